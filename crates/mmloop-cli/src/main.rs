@@ -1,0 +1,49 @@
+//! `mmloop`: the command line. Thin: parses flags, calls the crates, prints short,
+//! actionable output.
+
+mod cli;
+mod example;
+mod export_cmd;
+mod import_cmd;
+mod info;
+mod ui;
+mod versions_cmd;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn actor(cli: &Cli) -> String {
+    cli.actor.clone().unwrap_or_else(|| {
+        let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "local".into());
+        format!("cli:{user}")
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let actor = actor(&cli);
+    match cli.command {
+        Command::Init(a) => import_cmd::init(a, &actor).await,
+        Command::Import(a) => import_cmd::import(a, &actor).await,
+        Command::Stats(a) => info::stats(a).await,
+        Command::Split(a) => info::split(a, &actor).await,
+        Command::Commit(a) => versions_cmd::commit(a, &actor).await,
+        Command::Log(a) => versions_cmd::log(a).await,
+        Command::Diff(a) => versions_cmd::diff(a).await,
+        Command::Export(a) => export_cmd::export(a).await,
+        Command::Audit(a) => info::audit(a).await,
+        Command::Show(a) => info::show(a).await,
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            ui::error(&e);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Conversations ⇄ records, shared by the chat formats (ms-swift, LLaVA, ShareGPT).
+//!
+//! A conversation with several answered turns becomes one record per turn; each record
+//! keeps the messages before it as context. Writing joins consecutive records of one
+//! conversation back into a single conversation, with each turn's current answer.
+
+use mmloop_core::{Answer, ImageSource, Location, Message, Record, Task};
+use serde_json::{Map, Value};
+
+use crate::error::RecordError;
+
+pub(crate) const IMAGE_TAG: &str = "<image>";
+
+pub(crate) fn count_tags(s: &str) -> usize {
+    s.matches(IMAGE_TAG).count()
+}
+
+/// What a reader found in one conversational row.
+pub(crate) struct Conversation {
+    pub loc: Location,
+    pub id: Option<String>,
+    pub task: Task,
+    pub messages: Vec<Message>,
+    pub images: Vec<ImageSource>,
+    pub meta: Map<String, Value>,
+    pub split: Option<String>,
+}
+
+impl Conversation {
+    /// One record per answered user turn (plus one for a trailing unanswered question).
+    ///
+    /// Images bind to `<image>` tags in order; when there are fewer tags than images the
+    /// missing ones count as placed at the start of the first non-system message, as
+    /// ms-swift does, so they belong to the first turn.
+    pub(crate) fn into_records(self) -> Result<Vec<Record>, RecordError> {
+        let Conversation { loc, id, task, messages, images, meta, split } = self;
+        if messages.is_empty() {
+            return Err(RecordError::new(loc, "the conversation has no messages").id(id));
+        }
+        let tags: usize = messages.iter().map(|m| count_tags(&m.content)).sum();
+        let implicit = images.len().saturating_sub(tags);
+        let first_non_system = messages.iter().position(|m| m.role != "system");
+        // images_through[i] = how many images are bound by messages[..=i].
+        let mut images_through = Vec::with_capacity(messages.len());
+        let mut bound = 0usize;
+        for (i, m) in messages.iter().enumerate() {
+            if Some(i) == first_non_system {
+                bound += implicit;
+            }
+            bound += count_tags(&m.content);
+            images_through.push(bound.min(images.len()));
+        }
+
+        // (index of question message or None, index of answer message or None)
+        let mut turns: Vec<(Option<usize>, Option<usize>)> = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            match m.role.as_str() {
+                "assistant" => {
+                    let q = (i > 0 && messages[i - 1].role == "user").then(|| i - 1);
+                    turns.push((q, Some(i)));
+                }
+                "user" if i + 1 == messages.len() => turns.push((Some(i), None)),
+                _ => {}
+            }
+        }
+        if turns.is_empty() {
+            return Err(RecordError::new(loc, "the conversation has no user or assistant message")
+                .id(id)
+                .hint("roles must be user/assistant (ms-swift) or human/gpt (LLaVA, ShareGPT)"));
+        }
+        let conversation = (turns.len() > 1).then(|| id.clone().unwrap_or_else(|| loc.to_string()));
+        let n = turns.len();
+        let mut records = Vec::with_capacity(n);
+        for (t, (q, a)) in turns.into_iter().enumerate() {
+            let start = q.or(a).expect("a turn has a question or an answer");
+            let last = a.unwrap_or(start);
+            let mut r = Record::new(task, q.map(|q| messages[q].content.clone()).unwrap_or_default(), loc.clone());
+            r.id = match (&id, n) {
+                (Some(id), 1) => Some(id.clone()),
+                (Some(id), _) => Some(format!("{id}#{t}")),
+                (None, _) => None,
+            };
+            r.context = messages[..start].to_vec();
+            r.conversation = conversation.clone();
+            r.turn = t as u32;
+            r.images = images[..images_through[last]].to_vec();
+            r.answer = a.map(|a| Answer::text(messages[a].content.clone()));
+            r.split = split.clone();
+            if t + 1 == n {
+                r.meta = meta.clone();
+            }
+            records.push(r);
+        }
+        // Extra fields describe the whole row; they ride on its last record only so a
+        // writer emits them once.
+        Ok(records)
+    }
+}
+
+/// A conversation rebuilt from consecutive records of one group, for writing.
+pub(crate) struct Joined<'r> {
+    pub last: &'r Record,
+    pub messages: Vec<Message>,
+}
+
+impl<'r> Joined<'r> {
+    pub(crate) fn id(&self) -> Option<String> {
+        let id = self.last.id.as_deref()?;
+        Some(match (self.last.conversation.is_some(), id.rsplit_once('#')) {
+            (true, Some((base, turn))) if turn.parse::<u32>().is_ok() => base.to_string(),
+            _ => id.to_string(),
+        })
+    }
+
+    pub(crate) fn images(&self) -> &'r [ImageSource] {
+        &self.last.images
+    }
+}
+
+/// Joins a group of records (turns of one conversation, in order) into messages.
+pub(crate) fn join(group: &[Record]) -> Joined<'_> {
+    let last = group.last().expect("a group is never empty");
+    let mut messages = last.context.clone();
+    for r in &group[..group.len() - 1] {
+        // The answer of an earlier turn sits right after its question in the context.
+        let at = r.context.len() + 1;
+        if let (Some(best), Some(m)) = (r.answer.as_ref().and_then(Answer::best), messages.get_mut(at))
+            && m.role == "assistant"
+        {
+            m.content = best.to_string();
+        }
+    }
+    if !last.question.is_empty() || last.answer.is_none() {
+        messages.push(Message::new("user", last.question.clone()));
+    }
+    if let Some(best) = last.answer.as_ref().and_then(Answer::best) {
+        messages.push(Message::new("assistant", best));
+    }
+    Joined { last, messages }
+}
+
+/// Splits a record stream into groups of consecutive records of one conversation.
+pub(crate) struct Groups<I: Iterator<Item = Record>> {
+    inner: std::iter::Peekable<I>,
+}
+
+impl<I: Iterator<Item = Record>> Groups<I> {
+    pub(crate) fn new(inner: I) -> Self {
+        Groups { inner: inner.peekable() }
+    }
+}
+
+impl<I: Iterator<Item = Record>> Iterator for Groups<I> {
+    type Item = Vec<Record>;
+    fn next(&mut self) -> Option<Vec<Record>> {
+        let first = self.inner.next()?;
+        let mut group = vec![first];
+        if let Some(key) = group[0].conversation.clone() {
+            while let Some(next) = self.inner.next_if(|r| r.conversation.as_ref() == Some(&key)) {
+                group.push(next);
+            }
+        }
+        Some(group)
+    }
+}
+
+/// Prepends missing `<image>` tags to the first user message, for formats whose loaders
+/// need one tag per image (LLaVA, LLaMA-Factory).
+pub(crate) fn ensure_tags(messages: &mut [Message], images: usize, sep: &str) {
+    let tags: usize = messages.iter().map(|m| count_tags(&m.content)).sum();
+    if tags >= images {
+        return;
+    }
+    if let Some(m) = messages.iter_mut().find(|m| m.role == "user") {
+        let mut prefix = String::new();
+        for _ in tags..images {
+            prefix.push_str(IMAGE_TAG);
+        }
+        prefix.push_str(sep);
+        m.content.insert_str(0, &prefix);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    fn conv(messages: &[(&str, &str)], images: usize) -> Conversation {
+        let file = Arc::new(PathBuf::from("d.jsonl"));
+        Conversation {
+            loc: Location::line(&file, 3),
+            id: Some("c1".into()),
+            task: Task::Vqa,
+            messages: messages.iter().map(|(r, c)| Message::new(*r, *c)).collect(),
+            images: (0..images).map(|i| ImageSource::Path(format!("{i}.jpg"))).collect(),
+            meta: Map::new(),
+            split: None,
+        }
+    }
+
+    #[test]
+    fn multi_turn_becomes_one_record_per_turn_with_context() {
+        let c = conv(
+            &[
+                ("system", "Be brief."),
+                ("user", "<image>What is on the plate?"),
+                ("assistant", "Pizza."),
+                ("user", "Is it <image> sliced?"),
+                ("assistant", "Yes."),
+            ],
+            2,
+        );
+        let rs = c.into_records().unwrap();
+        assert_eq!(rs.len(), 2);
+        assert_eq!(rs[0].context.len(), 1);
+        assert_eq!(rs[0].images.len(), 1);
+        assert_eq!(rs[1].question, "Is it <image> sliced?");
+        assert_eq!(rs[1].context.len(), 3);
+        assert_eq!(rs[1].images.len(), 2);
+        assert_eq!(rs[1].id.as_deref(), Some("c1#1"));
+        assert_eq!(rs[0].conversation, rs[1].conversation);
+
+        let joined = join(&rs);
+        assert_eq!(joined.id().as_deref(), Some("c1"));
+        assert_eq!(joined.messages.len(), 5);
+        assert_eq!(joined.messages[2].content, "Pizza.");
+    }
+
+    #[test]
+    fn untagged_images_belong_to_the_first_turn() {
+        let rs = conv(&[("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2")], 2)
+            .into_records()
+            .unwrap();
+        assert_eq!(rs[0].images.len(), 2);
+    }
+
+    #[test]
+    fn edited_earlier_answers_replace_the_context() {
+        let mut rs = conv(&[("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2")], 0)
+            .into_records()
+            .unwrap();
+        rs[0].answer = Some(Answer::text("B1"));
+        let j = join(&rs);
+        assert_eq!(j.messages[1].content, "B1");
+        assert_eq!(j.messages[3].content, "A2");
+    }
+
+    #[test]
+    fn trailing_question_is_an_unanswered_record() {
+        let rs = conv(&[("user", "<image>Q")], 1).into_records().unwrap();
+        assert_eq!(rs.len(), 1);
+        assert!(rs[0].answer.is_none());
+        assert_eq!(join(&rs).messages.len(), 1);
+    }
+
+    #[test]
+    fn missing_tags_are_prepended() {
+        let mut m = vec![Message::new("user", "Q")];
+        ensure_tags(&mut m, 2, "\n");
+        assert_eq!(m[0].content, "<image><image>\nQ");
+    }
+}

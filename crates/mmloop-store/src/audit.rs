@@ -1,0 +1,271 @@
+//! The tamper-evident audit log: every mutation appends an event in the same transaction
+//! as the change, and each event's hash covers the previous one
+//! (`hash = sha256(domain ‖ seq ‖ prev_hash ‖ at ‖ actor ‖ action ‖ entity ‖ before ‖ after)`).
+//! Editing, deleting or reordering any row breaks the chain; deleting the newest rows is
+//! caught by the head anchor kept outside the database (`.mmloop/audit-head`) and by the
+//! chain positions recorded in versions.
+
+use rusqlite::{Connection, OptionalExtension, Transaction};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use mmloop_core::{Digest, canonical_json};
+
+use crate::{Store, StoreError};
+
+/// One audit event as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditEvent {
+    pub seq: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub entity: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    pub hash: String,
+}
+
+/// What `audit verify` found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditReport {
+    pub events: u64,
+    pub head: Option<(i64, String)>,
+    pub problems: Vec<AuditProblem>,
+}
+
+impl AuditReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// A break in the chain, with the event it was found at.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditProblem {
+    /// The event's content does not match its hash: it was edited.
+    Edited { seq: i64 },
+    /// Events are missing before this one.
+    Missing { after_seq: i64, next_seq: i64 },
+    /// The event does not follow the one before it: rows were reordered or replaced.
+    Broken { seq: i64 },
+    /// The newest events recorded outside the database are gone.
+    Truncated { anchored_seq: i64, last_seq: i64 },
+    /// The anchor (or a version) names an event whose hash differs.
+    AnchorMismatch { seq: i64, source: String },
+}
+
+impl std::fmt::Display for AuditProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuditProblem::Edited { seq } => {
+                write!(f, "event {seq} was edited (its hash no longer matches its content)")
+            }
+            AuditProblem::Missing { after_seq, next_seq } => {
+                write!(f, "events {}..{} are missing (deleted)", after_seq + 1, next_seq - 1)
+            }
+            AuditProblem::Broken { seq } => {
+                write!(f, "event {seq} does not follow the event before it (rows reordered or replaced)")
+            }
+            AuditProblem::Truncated { anchored_seq, last_seq } => write!(
+                f,
+                "the log ends at event {last_seq} but event {anchored_seq} was recorded: the newest events were deleted"
+            ),
+            AuditProblem::AnchorMismatch { seq, source } => {
+                write!(f, "event {seq} differs from the hash recorded in {source}")
+            }
+        }
+    }
+}
+
+fn event_hash(
+    seq: i64,
+    prev: &[u8],
+    at: &str,
+    actor: &str,
+    action: &str,
+    entity: &str,
+    before: Option<&str>,
+    after: Option<&str>,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(b"mmloop/event/v1");
+    field(&seq.to_le_bytes());
+    field(prev);
+    field(at.as_bytes());
+    field(actor.as_bytes());
+    field(action.as_bytes());
+    field(entity.as_bytes());
+    for v in [before, after] {
+        match v {
+            None => field(b"\x00"),
+            Some(s) => {
+                field(b"\x01");
+                field(s.as_bytes());
+            }
+        }
+    }
+    h.finalize().into()
+}
+
+/// Appends an event inside the caller's transaction; returns its sequence number.
+pub(crate) fn append(
+    tx: &Transaction,
+    actor: &str,
+    action: &str,
+    entity: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+) -> Result<i64, StoreError> {
+    let last: Option<(i64, Vec<u8>)> = tx
+        .query_row("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (seq, prev) = match last {
+        Some((s, h)) => (s + 1, h),
+        None => (1, vec![0u8; 32]),
+    };
+    let at = crate::now();
+    let before = before.map(canonical_json);
+    let after = after.map(canonical_json);
+    let hash = event_hash(seq, &prev, &at, actor, action, entity, before.as_deref(), after.as_deref());
+    tx.prepare_cached(
+        "INSERT INTO events (seq, at, actor, action, entity, before, after, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(rusqlite::params![seq, at, actor, action, entity, before, after, prev, hash.as_slice()])?;
+    Ok(seq)
+}
+
+/// The newest event: its sequence number and hash.
+pub(crate) fn head(conn: &Connection) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+    Ok(conn
+        .query_row("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+fn row_event(r: &rusqlite::Row) -> rusqlite::Result<AuditEvent> {
+    let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+    Ok(AuditEvent {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        entity: r.get(4)?,
+        before: parse(r.get(5)?),
+        after: parse(r.get(6)?),
+        hash: hex::encode(r.get::<_, Vec<u8>>(7)?),
+    })
+}
+
+impl Store {
+    /// Rewrites the head anchor outside the database after a mutation.
+    pub(crate) async fn sync_audit_head(&self) -> Result<(), StoreError> {
+        let path = self.paths().audit_head.clone();
+        let head = self.db().read(|c| head(c)).await?;
+        if let Some((seq, hash)) = head {
+            let text = format!("{seq} {}\n", hex::encode(hash));
+            crate::project::write_atomic(&path, text.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Events, newest first, optionally only those about one entity (e.g. `item:42`).
+    pub async fn audit_log(&self, entity: Option<String>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        self.db()
+            .read(move |c| {
+                let sql = "SELECT seq, at, actor, action, entity, before, after, hash FROM events
+                           WHERE (?1 IS NULL OR entity = ?1) ORDER BY seq DESC LIMIT ?2";
+                let mut st = c.prepare(sql)?;
+                let rows = st.query_map(rusqlite::params![entity, limit as i64], row_event)?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+    }
+
+    /// Recomputes the whole chain and checks it against the anchors.
+    pub async fn audit_verify(&self) -> Result<AuditReport, StoreError> {
+        let anchor = std::fs::read_to_string(&self.paths().audit_head).ok().and_then(|s| {
+            let (seq, hash) = s.trim().split_once(' ')?;
+            Some((seq.parse::<i64>().ok()?, hex::decode(hash).ok()?))
+        });
+        self.db()
+            .read(move |c| {
+                let mut report = AuditReport::default();
+                let mut st = c.prepare(
+                    "SELECT seq, at, actor, action, entity, before, after, prev_hash, hash FROM events ORDER BY seq",
+                )?;
+                let mut rows = st.query([])?;
+                let mut prev_seq = 0i64;
+                let mut prev_hash = vec![0u8; 32];
+                let mut hashes = std::collections::HashMap::new();
+                while let Some(r) = rows.next()? {
+                    let seq: i64 = r.get(0)?;
+                    let (at, actor, action, entity): (String, String, String, String) =
+                        (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+                    let (before, after): (Option<String>, Option<String>) = (r.get(5)?, r.get(6)?);
+                    let stored_prev: Vec<u8> = r.get(7)?;
+                    let hash: Vec<u8> = r.get(8)?;
+                    report.events += 1;
+                    if seq != prev_seq + 1 {
+                        report.problems.push(AuditProblem::Missing { after_seq: prev_seq, next_seq: seq });
+                    }
+                    let expect = event_hash(
+                        seq,
+                        &stored_prev,
+                        &at,
+                        &actor,
+                        &action,
+                        &entity,
+                        before.as_deref(),
+                        after.as_deref(),
+                    );
+                    if expect.as_slice() != hash.as_slice() {
+                        report.problems.push(AuditProblem::Edited { seq });
+                    } else if stored_prev != prev_hash && seq == prev_seq + 1 {
+                        report.problems.push(AuditProblem::Broken { seq });
+                    }
+                    hashes.insert(seq, hash.clone());
+                    prev_seq = seq;
+                    prev_hash = hash;
+                }
+                report.head = (prev_seq > 0).then(|| (prev_seq, hex::encode(&prev_hash)));
+                let mut anchors: Vec<(i64, Vec<u8>, String)> = Vec::new();
+                if let Some((seq, hash)) = anchor {
+                    anchors.push((seq, hash, ".mmloop/audit-head".into()));
+                }
+                let mut vs = c.prepare("SELECT seq, audit_seq, audit_hash FROM versions ORDER BY seq")?;
+                for v in
+                    vs.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)))?
+                {
+                    let (vseq, aseq, ahash) = v?;
+                    anchors.push((aseq, ahash, format!("version v{vseq}")));
+                }
+                for (seq, hash, source) in anchors {
+                    match hashes.get(&seq) {
+                        Some(h) if *h == hash => {}
+                        Some(_) => report.problems.push(AuditProblem::AnchorMismatch { seq, source }),
+                        None if seq > prev_seq => {
+                            if !report.problems.iter().any(|p| matches!(p, AuditProblem::Truncated { .. })) {
+                                report.problems.push(AuditProblem::Truncated { anchored_seq: seq, last_seq: prev_seq });
+                            }
+                        }
+                        None => {} // already reported as missing
+                    }
+                }
+                Ok(report)
+            })
+            .await
+    }
+}
+
+/// The digest of the newest event, for versions to record.
+pub(crate) fn head_digest(conn: &Connection) -> Result<(i64, Digest), StoreError> {
+    let (seq, hash) = head(conn)?.unwrap_or((0, vec![0u8; 32]));
+    Ok((seq, Digest::from_slice(&hash).unwrap_or_default()))
+}

@@ -1,0 +1,264 @@
+//! Reading a version (or the working state) back out as records, for the format writers.
+//! Runs in one read transaction so the records are one consistent snapshot, and streams
+//! them through a bounded channel so memory stays flat on large projects.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use mmloop_core::{ImageInfo, ImageSource, LabelStatus, Location, Prediction, Record, Task};
+use rusqlite::Connection;
+use serde::Serialize;
+
+use crate::versions::{Entry, Manifest, VersionInfo, load_manifest, resolve};
+use crate::{Store, StoreError};
+
+const CHUNK: usize = 512;
+
+/// Which state to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VersionSpec {
+    /// The project as it is now, committed or not.
+    Working,
+    /// A committed version: `v2`, `HEAD`, `HEAD~1`, an id prefix.
+    Named(String),
+}
+
+impl std::str::FromStr for VersionSpec {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "working" | "work" | "wip" => VersionSpec::Working,
+            _ => VersionSpec::Named(s.to_string()),
+        })
+    }
+}
+
+/// Which items to read.
+#[derive(Clone, Debug, Default)]
+pub struct ExportFilter {
+    pub split: Option<String>,
+    /// Also items whose label is not trusted yet (pending, skipped); rejected answers are
+    /// never written.
+    pub include_unreviewed: bool,
+    pub task: Option<Task>,
+    /// Attach model candidates as predictions.
+    pub candidates: bool,
+}
+
+/// What an export is reading.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportInfo {
+    /// `None` for the working state.
+    pub version: Option<VersionInfo>,
+    pub items: u64,
+}
+
+fn working_manifest(conn: &Connection) -> Result<Manifest, StoreError> {
+    let mut st = conn.prepare("SELECT id, label_id, split FROM items ORDER BY id")?;
+    let mut rows = st.query([])?;
+    let mut m = Manifest { splits: Vec::new(), entries: Vec::new() };
+    while let Some(r) = rows.next()? {
+        let split: Option<String> = r.get(2)?;
+        let split = split.map(|s| match m.splits.iter().position(|x| *x == s) {
+            Some(i) => i as u32,
+            None => {
+                m.splits.push(s);
+                (m.splits.len() - 1) as u32
+            }
+        });
+        m.entries.push(Entry { item: r.get(0)?, label: r.get(1)?, split });
+    }
+    Ok(m)
+}
+
+struct Label {
+    status: LabelStatus,
+    answer: mmloop_core::Answer,
+}
+
+fn fetch_chunk(
+    conn: &Connection,
+    dot: &std::path::Path,
+    m: &Manifest,
+    chunk: &[Entry],
+    filter: &ExportFilter,
+) -> Result<Vec<Record>, StoreError> {
+    let ids: Vec<String> = chunk.iter().map(|e| e.item.to_string()).collect();
+    let id_list = ids.join(",");
+    let label_ids: Vec<String> = chunk.iter().filter_map(|e| e.label).map(|l| l.to_string()).collect();
+    let mut labels: HashMap<i64, Label> = HashMap::with_capacity(label_ids.len());
+    if !label_ids.is_empty() {
+        let mut st = conn.prepare(&format!(
+            "SELECT id, status, answer, answers FROM labels WHERE id IN ({})",
+            label_ids.join(",")
+        ))?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let status: String = r.get(1)?;
+            labels.insert(
+                r.get(0)?,
+                Label {
+                    status: status.parse().unwrap_or(LabelStatus::Pending),
+                    answer: crate::labels::parse_answers(r.get(2)?, r.get(3)?),
+                },
+            );
+        }
+    }
+    let mut images: HashMap<i64, Vec<(ImageSource, ImageInfo)>> = HashMap::new();
+    {
+        let mut st = conn.prepare(&format!(
+            "SELECT ii.item_id, im.id, im.sha256, im.path, im.copied, im.width, im.height, im.format, im.bytes
+             FROM item_images ii JOIN images im ON im.id = ii.image_id
+             WHERE ii.item_id IN ({id_list}) ORDER BY ii.item_id, ii.pos"
+        ))?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let item: i64 = r.get(0)?;
+            let img = crate::labels::row_image_at(r, 1, dot)?;
+            images.entry(item).or_default().push((
+                ImageSource::Path(img.path.to_string_lossy().into_owned()),
+                ImageInfo { sha256: img.sha256, width: img.width, height: img.height, format: img.format },
+            ));
+        }
+    }
+    let mut preds: HashMap<i64, Vec<Prediction>> = HashMap::new();
+    if filter.candidates {
+        let mut st = conn.prepare(&format!(
+            "SELECT item_id, model, answer, confidence FROM candidates
+             WHERE item_id IN ({id_list}) AND answer IS NOT NULL AND error IS NULL ORDER BY item_id, id"
+        ))?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            preds.entry(r.get(0)?).or_default().push(Prediction {
+                model: r.get(1)?,
+                answer: r.get(2)?,
+                score: r.get(3)?,
+            });
+        }
+    }
+    let mut items: HashMap<i64, Record> = HashMap::with_capacity(chunk.len());
+    {
+        let mut st = conn.prepare(&format!(
+            "SELECT id, source_id, task, question, context, conversation, turn, tags, meta, source_file, source_line
+             FROM items WHERE id IN ({id_list})"
+        ))?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let task: String = r.get(2)?;
+            let file: Option<String> = r.get(9)?;
+            let line: Option<i64> = r.get(10)?;
+            let file = std::sync::Arc::new(std::path::PathBuf::from(file.unwrap_or_default()));
+            let mut rec = Record::new(
+                task.parse().unwrap_or(Task::Vqa),
+                r.get::<_, String>(3)?,
+                Location { file, line: line.map(|l| l as u64), index: None },
+            );
+            rec.id = r.get(1)?;
+            rec.context =
+                r.get::<_, Option<String>>(4)?.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
+            rec.conversation = r.get(5)?;
+            rec.turn = r.get(6)?;
+            rec.tags = r.get::<_, Option<String>>(7)?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+            rec.meta = r.get::<_, Option<String>>(8)?.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default();
+            items.insert(id, rec);
+        }
+    }
+    let mut out = Vec::with_capacity(chunk.len());
+    for e in chunk {
+        let Some(mut rec) = items.remove(&e.item) else { continue };
+        if filter.task.is_some_and(|t| t != rec.task) {
+            continue;
+        }
+        let label = e.label.and_then(|l| labels.remove(&l));
+        let truth = label.as_ref().is_some_and(|l| l.status.is_truth());
+        if !truth && !filter.include_unreviewed {
+            continue;
+        }
+        if let Some(l) = label {
+            rec.status = Some(l.status);
+            if l.status != LabelStatus::Rejected && !l.answer.is_empty() {
+                rec.answer = Some(l.answer);
+            }
+        }
+        rec.split = m.split_of(e).map(String::from);
+        let (srcs, infos): (Vec<_>, Vec<_>) = images.remove(&e.item).unwrap_or_default().into_iter().unzip();
+        rec.images = srcs;
+        rec.image_info = infos;
+        rec.predictions = preds.remove(&e.item).unwrap_or_default();
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+fn stream(
+    conn: &Connection,
+    dot: &std::path::Path,
+    m: &Manifest,
+    filter: &ExportFilter,
+    tx: &SyncSender<Result<Record, StoreError>>,
+) -> Result<(), StoreError> {
+    let split_idx = match &filter.split {
+        Some(s) => match m.splits.iter().position(|x| x == s) {
+            Some(i) => Some(Some(i as u32)),
+            None => return Ok(()), // no item has that split
+        },
+        None => None,
+    };
+    let wanted: Vec<Entry> = m.entries.iter().filter(|e| split_idx.is_none_or(|s| e.split == s)).copied().collect();
+    for chunk in wanted.chunks(CHUNK) {
+        for rec in fetch_chunk(conn, dot, m, chunk, filter)? {
+            if tx.send(Ok(rec)).is_err() {
+                return Ok(()); // the reader hung up
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Starts reading `version` as records (in item order, conversations together).
+    /// Returns what is being read and a channel of records; an error mid-way arrives as
+    /// the channel's last message.
+    pub async fn export(
+        &self,
+        version: VersionSpec,
+        filter: ExportFilter,
+    ) -> Result<(ExportInfo, Receiver<Result<Record, StoreError>>), StoreError> {
+        let (tx, rx) = sync_channel(1024);
+        let (info_tx, info_rx) = tokio::sync::oneshot::channel();
+        let db = self.db().clone();
+        let dot = self.paths().dot.clone();
+        std::thread::Builder::new()
+            .name("mmloop-export".into())
+            .spawn(move || {
+                let res = db.read_blocking(|c| {
+                    c.execute_batch("BEGIN")?;
+                    let (info, m) = match &version {
+                        VersionSpec::Working => (None, working_manifest(c)?),
+                        VersionSpec::Named(spec) => {
+                            let (v, pages) = resolve(c, spec)?;
+                            (Some(v), load_manifest(c, &pages)?)
+                        }
+                    };
+                    let _ = info_tx.send(Ok(ExportInfo { version: info, items: m.entries.len() as u64 }));
+                    let res = stream(c, &dot, &m, &filter, &tx);
+                    c.execute_batch("COMMIT")?;
+                    res
+                });
+                if let Err(e) = res {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(StoreError::Io)?;
+        match info_rx.await {
+            Ok(Ok(info)) => Ok((info, rx)),
+            Ok(Err(e)) => Err(e),
+            // The thread failed before it knew the version: its error is in the channel.
+            Err(_) => match rx.recv() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(StoreError::Internal("export thread ended early".into())),
+            },
+        }
+    }
+}

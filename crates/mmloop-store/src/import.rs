@@ -1,0 +1,498 @@
+//! Importing records: all of a file in one transaction, so an import lands whole or not
+//! at all (a killed process leaves the project as it was). Images are read and hashed in
+//! parallel batches; identical images are stored once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+
+use mmloop_core::{Answer, Digest, ItemContent, LabelContent, LabelStatus, Record, RecordError, canonical_json};
+use rayon::prelude::*;
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::images::{self, ImageError, ImageLimits, Origin, Probed};
+use crate::{Store, StoreError};
+
+const BATCH: usize = 2048;
+
+/// How to import one file.
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    /// The format name; it namespaces the file's own ids (`id:<format>:<id>`).
+    pub format: String,
+    pub file: PathBuf,
+    /// Where relative image paths resolve.
+    pub images_dir: PathBuf,
+    pub copy_images: bool,
+    /// Import the good records and report the bad ones instead of failing.
+    pub skip_bad: bool,
+    pub actor: String,
+    /// Everything the user asked for, kept with the run.
+    pub config: Value,
+}
+
+/// What an importer sends the store: records, refused records, and how the source ended.
+/// The store commits only after `End`; `Abort`, or a sender that vanishes without `End`,
+/// rolls the whole import back.
+#[derive(Debug)]
+pub enum Incoming {
+    Record(Record),
+    Bad(RecordError),
+    Abort(String),
+    End,
+}
+
+/// Told how far an import got.
+pub trait ImportProgress: Send {
+    fn records(&self, done: u64);
+}
+
+impl ImportProgress for () {
+    fn records(&self, _: u64) {}
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ImportReport {
+    pub run_id: i64,
+    /// New items.
+    pub added: u64,
+    /// Records already in the project with the same content.
+    pub unchanged: u64,
+    /// Records that repeat another record of the same file word for word (no id).
+    pub duplicates: u64,
+    /// Records refused (only with `skip_bad`).
+    pub bad: u64,
+    pub labels: u64,
+    pub candidates: u64,
+    pub images_added: u64,
+    pub images_referenced: u64,
+    /// Where the bad records were written (with `skip_bad`).
+    pub report_path: Option<PathBuf>,
+}
+
+/// A refused record, as written to the report.
+#[derive(Serialize)]
+struct BadRow {
+    location: String,
+    id: Option<String>,
+    error: String,
+    hint: Option<String>,
+}
+
+impl From<&RecordError> for BadRow {
+    fn from(e: &RecordError) -> Self {
+        BadRow { location: e.location.to_string(), id: e.id.clone(), error: e.message.clone(), hint: e.hint.clone() }
+    }
+}
+
+/// A file-hash for the run record: which bytes were imported.
+fn file_digest(path: &Path) -> Option<Digest> {
+    use sha2::Digest as _;
+    if path.is_dir() {
+        return None;
+    }
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).ok()?;
+    Some(Digest(h.finalize().into()))
+}
+
+impl Store {
+    /// Imports every record `records` yields, in one transaction.
+    ///
+    /// A bad record (unreadable, missing image, duplicate id, ...) aborts the import and
+    /// nothing is stored, unless `skip_bad` is set: then the good records land and the bad
+    /// ones are written to a report under `.mmloop/reports/`.
+    pub async fn import(
+        &self,
+        opts: ImportOptions,
+        records: Receiver<Incoming>,
+        progress: Box<dyn ImportProgress>,
+    ) -> Result<ImportReport, StoreError> {
+        let dot = self.paths().dot.clone();
+        let reports = self.paths().reports.clone();
+        let limits = ImageLimits { max_pixels: self.config().import.max_image_pixels };
+        let sha = file_digest(&opts.file);
+        let report = self
+            .db()
+            .write(move |conn| {
+                let tx = conn.transaction()?;
+                let mut job = Job::start(&tx, &opts, sha, &dot, limits)?;
+                let mut batch = Vec::with_capacity(BATCH);
+                let mut done = 0u64;
+                let mut ended = false;
+                while !ended {
+                    batch.clear();
+                    let mut next = records.recv().ok();
+                    loop {
+                        match next {
+                            Some(Incoming::Record(r)) => batch.push(Ok(r)),
+                            Some(Incoming::Bad(e)) => batch.push(Err(e)),
+                            Some(Incoming::Abort(why)) => {
+                                return Err(StoreError::Import(format!("{why}\n  nothing was imported")));
+                            }
+                            Some(Incoming::End) => {
+                                ended = true;
+                                break;
+                            }
+                            None if batch.is_empty() => {
+                                return Err(StoreError::Import(
+                                    "the dataset reader stopped before the end of the file; nothing was imported".into(),
+                                ));
+                            }
+                            None => break,
+                        }
+                        if batch.len() >= BATCH {
+                            break;
+                        }
+                        next = records.try_recv().ok();
+                    }
+                    done += batch.len() as u64;
+                    job.batch(&tx, std::mem::take(&mut batch))?;
+                    if !opts.skip_bad
+                        && let Some(e) = job.bad.first()
+                    {
+                        return Err(StoreError::Import(format!(
+                            "{e}\n  nothing was imported; fix the record, or pass --skip-bad to import the good ones and get a report of the bad"
+                        )));
+                    }
+                    progress.records(done);
+                }
+                let report = job.finish(&tx, &reports)?;
+                tx.commit()?;
+                Ok(report)
+            })
+            .await?;
+        self.sync_audit_head().await?;
+        Ok(report)
+    }
+}
+
+/// The state of one import inside its transaction.
+struct Job<'o> {
+    opts: &'o ImportOptions,
+    dot: PathBuf,
+    limits: ImageLimits,
+    run_id: i64,
+    next_item: i64,
+    /// Resolved image sources: path text → result.
+    paths: HashMap<String, Result<i64, String>>,
+    by_sha: HashMap<Digest, i64>,
+    bad: Vec<RecordError>,
+    report: ImportReport,
+    now: String,
+}
+
+impl<'o> Job<'o> {
+    fn start(
+        tx: &Transaction,
+        opts: &'o ImportOptions,
+        sha: Option<Digest>,
+        dot: &Path,
+        limits: ImageLimits,
+    ) -> Result<Self, StoreError> {
+        let now = crate::now();
+        let mut config = opts.config.clone();
+        if let Value::Object(m) = &mut config {
+            m.insert("file".into(), json!(opts.file.display().to_string()));
+            m.insert("sha256".into(), json!(sha.map(|d| d.to_hex())));
+        }
+        tx.execute(
+            "INSERT INTO runs (kind, actor, started_at, status, config) VALUES ('import', ?1, ?2, 'running', ?3)",
+            params![opts.actor, now, canonical_json(&config)],
+        )?;
+        let run_id = tx.last_insert_rowid();
+        let next_item: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM items", [], |r| r.get(0))?;
+        Ok(Job {
+            opts,
+            dot: dot.to_path_buf(),
+            limits,
+            run_id,
+            next_item,
+            paths: HashMap::new(),
+            by_sha: HashMap::new(),
+            bad: Vec::new(),
+            report: ImportReport { run_id, ..Default::default() },
+            now,
+        })
+    }
+
+    fn batch(&mut self, tx: &Transaction, batch: Vec<Result<Record, RecordError>>) -> Result<(), StoreError> {
+        // Read and hash the images this batch sees for the first time, in parallel.
+        let mut fresh: Vec<(String, &mmloop_core::ImageSource)> = Vec::new();
+        for r in batch.iter().flatten() {
+            for src in &r.images {
+                let key = source_key(src);
+                if !self.paths.contains_key(&key) && !fresh.iter().any(|(k, _)| *k == key) {
+                    fresh.push((key, src));
+                }
+            }
+        }
+        let root = &self.opts.images_dir;
+        let limits = self.limits;
+        let probed: Vec<(String, Result<Probed, ImageError>)> =
+            fresh.into_par_iter().map(|(k, src)| (k, images::probe(src, root, limits))).collect();
+        for (key, res) in probed {
+            let stored = match res {
+                Ok(p) => self.store_image(tx, p),
+                Err(e) => Ok(Err(image_error_text(&e))),
+            };
+            self.paths.insert(key, stored?);
+        }
+        for rec in batch {
+            match rec {
+                Ok(r) => {
+                    if let Err(e) = self.item(tx, r)? {
+                        self.bad.push(e);
+                    }
+                }
+                Err(e) => self.bad.push(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a probed image once per content; returns its id.
+    fn store_image(&mut self, tx: &Transaction, p: Probed) -> Result<Result<i64, String>, StoreError> {
+        if let Some(&id) = self.by_sha.get(&p.sha256) {
+            return Ok(Ok(id));
+        }
+        let existing: Option<i64> = tx
+            .prepare_cached("SELECT id FROM images WHERE sha256 = ?1")?
+            .query_row([p.sha256.as_bytes().as_slice()], |r| r.get(0))
+            .optional()?;
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                let copy = self.opts.copy_images || matches!(p.origin, Origin::Inline(_));
+                let (path, copied) = if copy {
+                    let rel = images::write_blob(&self.dot, &p)
+                        .map_err(|e| StoreError::IoPath { path: self.dot.clone(), source: e })?;
+                    (rel.to_string_lossy().into_owned(), true)
+                } else {
+                    match &p.origin {
+                        Origin::File(f) => (f.to_string_lossy().into_owned(), false),
+                        Origin::Inline(_) => unreachable!("inline images are always copied"),
+                    }
+                };
+                tx.prepare_cached(
+                    "INSERT INTO images (sha256, path, copied, width, height, format, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![p.sha256.as_bytes().as_slice(), path, copied, p.width, p.height, p.format, p.bytes as i64])?;
+                self.report.images_added += 1;
+                tx.last_insert_rowid()
+            }
+        };
+        self.by_sha.insert(p.sha256, id);
+        Ok(Ok(id))
+    }
+
+    /// Inserts one record's item, label and candidates; a record error when it is refused.
+    fn item(&mut self, tx: &Transaction, r: Record) -> Result<Result<(), RecordError>, StoreError> {
+        let mut image_ids = Vec::with_capacity(r.images.len());
+        let mut shas = Vec::with_capacity(r.images.len());
+        for src in &r.images {
+            match &self.paths[&source_key(src)] {
+                Ok(id) => {
+                    image_ids.push(*id);
+                    shas.push(self.sha_of(*id, tx)?);
+                }
+                Err(msg) => {
+                    let (message, hint) = split_hint(msg);
+                    let mut e = RecordError::new(r.source.clone(), message).id(r.id.clone());
+                    e.hint = hint;
+                    return Ok(Err(e));
+                }
+            }
+        }
+        let context = (!r.context.is_empty()).then(|| serde_json::to_string(&r.context).expect("messages serialize"));
+        let tags = (!r.tags.is_empty()).then(|| serde_json::to_string(&r.tags).expect("tags serialize"));
+        let meta = (!r.meta.is_empty()).then(|| canonical_json(&Value::Object(r.meta.clone())));
+        let content = ItemContent {
+            task: r.task,
+            source_id: r.id.as_deref(),
+            question: &r.question,
+            context_json: context.as_deref(),
+            turn: r.turn,
+            images: &shas,
+            tags: &r.tags,
+            meta_json: meta.as_deref(),
+        }
+        .digest();
+        let key = match &r.id {
+            Some(id) => format!("id:{}:{id}", self.opts.format),
+            None => format!("sha:{}", content.to_hex()),
+        };
+        let existing: Option<(Vec<u8>, i64, Option<String>, Option<i64>)> = tx
+            .prepare_cached("SELECT content, run_id, source_file, source_line FROM items WHERE key = ?1")?
+            .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+            .optional()?;
+        if let Some((old, run, file, line)) = existing {
+            let same = old.as_slice() == content.as_bytes();
+            return Ok(match (same, r.id.is_some(), run == self.run_id) {
+                (_, true, true) => Err(RecordError::new(r.source.clone(), format!(
+                    "duplicate id {:?}: the file already has it at line {}",
+                    r.id.as_deref().unwrap_or_default(),
+                    line.map_or("?".to_string(), |l| l.to_string()),
+                ))
+                .id(r.id.clone())
+                .hint("ids must be unique within a file")),
+                (true, true, false) => {
+                    self.report.unchanged += 1;
+                    Ok(())
+                }
+                (true, false, same_run) => {
+                    if same_run {
+                        self.report.duplicates += 1;
+                    } else {
+                        self.report.unchanged += 1;
+                    }
+                    Ok(())
+                }
+                (false, _, _) => Err(RecordError::new(r.source.clone(), format!(
+                    "id {:?} is already in the project (from {}) with different content",
+                    r.id.as_deref().unwrap_or_default(),
+                    file.map(|f| format!("{f}:{}", line.unwrap_or(0))).unwrap_or_else(|| "an earlier import".into()),
+                ))
+                .id(r.id.clone())
+                .hint("re-importing an edited file does not overwrite items; review changes in the project, or give the item a new id")),
+            });
+        }
+
+        let item_id = self.next_item;
+        self.next_item += 1;
+        let status = r.status.unwrap_or(LabelStatus::Imported);
+        let label_id = match (&r.answer, r.status) {
+            (Some(a), _) if !a.is_empty() => Some(self.label(tx, item_id, status, a)?),
+            (_, Some(s)) => Some(self.label(tx, item_id, s, &Answer::default())?),
+            _ => None,
+        };
+        tx.prepare_cached(
+            "INSERT INTO items (id, key, source_id, task, question, context, conversation, turn, tags, meta,
+                                source_file, source_line, run_id, content, split, label_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )?
+        .execute(params![
+            item_id,
+            key,
+            r.id,
+            r.task.as_str(),
+            r.question,
+            context,
+            r.conversation,
+            r.turn,
+            tags,
+            meta,
+            r.source.file.display().to_string(),
+            r.source.line.or(r.source.index).map(|n| n as i64),
+            self.run_id,
+            content.as_bytes().as_slice(),
+            r.split,
+            label_id,
+        ])?;
+        {
+            let mut st = tx.prepare_cached("INSERT INTO item_images (item_id, pos, image_id) VALUES (?1, ?2, ?3)")?;
+            for (pos, id) in image_ids.iter().enumerate() {
+                st.execute(params![item_id, pos as i64, id])?;
+            }
+        }
+        self.report.images_referenced += image_ids.len() as u64;
+        if !r.predictions.is_empty() {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO candidates (item_id, run_id, model, answer, confidence, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for p in &r.predictions {
+                st.execute(params![item_id, self.run_id, p.model, p.answer, p.score, self.now])?;
+                self.report.candidates += 1;
+            }
+        }
+        self.report.added += 1;
+        Ok(Ok(()))
+    }
+
+    fn label(&mut self, tx: &Transaction, item_id: i64, status: LabelStatus, a: &Answer) -> Result<i64, StoreError> {
+        let digest = LabelContent { status, answer: a }.digest();
+        let answers = (!a.all.is_empty()).then(|| serde_json::to_string(&a.all).expect("answers serialize"));
+        tx.prepare_cached(
+            "INSERT INTO labels (item_id, status, answer, answers, actor, at, action, content)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'import', ?7)",
+        )?
+        .execute(params![
+            item_id,
+            status.as_str(),
+            a.text,
+            answers,
+            self.opts.actor,
+            self.now,
+            digest.as_bytes().as_slice()
+        ])?;
+        self.report.labels += 1;
+        Ok(tx.last_insert_rowid())
+    }
+
+    fn sha_of(&mut self, id: i64, tx: &Transaction) -> Result<Digest, StoreError> {
+        // Images seen in this import are in `by_sha`; look others up once.
+        if let Some((d, _)) = self.by_sha.iter().find(|(_, v)| **v == id) {
+            return Ok(*d);
+        }
+        let b: Vec<u8> = tx.prepare_cached("SELECT sha256 FROM images WHERE id = ?1")?.query_row([id], |r| r.get(0))?;
+        let d = Digest::from_slice(&b).ok_or_else(|| StoreError::Internal("bad image digest".into()))?;
+        self.by_sha.insert(d, id);
+        Ok(d)
+    }
+
+    fn finish(mut self, tx: &Transaction, reports: &Path) -> Result<ImportReport, StoreError> {
+        self.report.bad = self.bad.len() as u64;
+        if !self.bad.is_empty() {
+            std::fs::create_dir_all(reports).map_err(|e| StoreError::IoPath { path: reports.into(), source: e })?;
+            let path = reports.join(format!("import-{}-bad.jsonl", self.run_id));
+            let mut text = String::new();
+            for e in &self.bad {
+                text.push_str(&serde_json::to_string(&BadRow::from(e)).expect("report rows serialize"));
+                text.push('\n');
+            }
+            crate::project::write_atomic(&path, text.as_bytes())?;
+            self.report.report_path = Some(path);
+        }
+        let summary = serde_json::to_value(&self.report).expect("report serializes");
+        tx.execute(
+            "UPDATE runs SET status = 'done', finished_at = ?1, summary = ?2 WHERE id = ?3",
+            params![crate::now(), canonical_json(&summary), self.run_id],
+        )?;
+        let config: String = tx.query_row("SELECT config FROM runs WHERE id = ?1", [self.run_id], |r| r.get(0))?;
+        let before = None;
+        let after = json!({
+            "run": self.run_id,
+            "config": serde_json::from_str::<Value>(&config).unwrap_or(Value::Null),
+            "summary": summary,
+        });
+        crate::audit::append(tx, &self.opts.actor, "import", &format!("run:{}", self.run_id), before, Some(&after))?;
+        Ok(self.report)
+    }
+}
+
+/// Identifies an image source within one import.
+fn source_key(src: &mmloop_core::ImageSource) -> String {
+    match src {
+        mmloop_core::ImageSource::Path(p) => format!("p:{p}"),
+        mmloop_core::ImageSource::Url(u) => format!("u:{u}"),
+        mmloop_core::ImageSource::Bytes(b) => format!("b:{}", Digest::of(b).to_hex()),
+    }
+}
+
+fn image_error_text(e: &ImageError) -> String {
+    match e.hint() {
+        Some(h) => format!("{e}\n{h}"),
+        None => e.to_string(),
+    }
+}
+
+fn split_hint(msg: &str) -> (String, Option<String>) {
+    match msg.split_once('\n') {
+        Some((m, h)) => (m.to_string(), Some(h.to_string())),
+        None => (msg.to_string(), None),
+    }
+}

@@ -1,0 +1,303 @@
+//! Reading items and saving labels. Labels are append-only: a save writes a new label row
+//! that points at the one it replaced, and moves the item's pointer, all in one
+//! transaction with its audit event. A save names the label it was based on (the row
+//! version); if the item has moved on since, the save is refused with the current label.
+
+use std::path::Path;
+
+use mmloop_core::{Answer, HumanAnswer, LabelContent, LabelStatus, Message, Task};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::images::StoredImage;
+use crate::{Store, StoreError};
+
+/// A label as stored.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LabelView {
+    /// Also the row version a save must name.
+    pub id: i64,
+    pub status: LabelStatus,
+    pub answer: Answer,
+    pub actor: String,
+    pub at: String,
+    pub action: String,
+    pub lead_time_ms: Option<i64>,
+}
+
+impl LabelView {
+    pub(crate) fn to_json(&self) -> Value {
+        json!({"id": self.id, "status": self.status, "answer": self.answer})
+    }
+}
+
+/// An item with everything a reviewer or an exporter needs.
+#[derive(Clone, Debug, Serialize)]
+pub struct ItemView {
+    pub id: i64,
+    pub source_id: Option<String>,
+    pub task: Task,
+    pub question: String,
+    pub context: Vec<Message>,
+    pub conversation: Option<String>,
+    pub turn: u32,
+    pub tags: Vec<String>,
+    pub meta: Map<String, Value>,
+    pub split: Option<String>,
+    pub source_file: Option<String>,
+    pub source_line: Option<i64>,
+    pub images: Vec<StoredImage>,
+    pub label: Option<LabelView>,
+}
+
+/// A label change a reviewer (or a script) asks for.
+#[derive(Clone, Debug)]
+pub struct LabelSave {
+    pub status: LabelStatus,
+    pub answer: Answer,
+    /// The label id the change was based on (`None`: the item had no label).
+    pub base: Option<i64>,
+    pub actor: String,
+    /// What the person did: accept, edit, reject, skip, undo...
+    pub action: String,
+    pub lead_time_ms: Option<i64>,
+}
+
+/// The result of a save.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SaveOutcome {
+    Saved {
+        label: LabelView,
+    },
+    /// The item's label changed since `base`: nothing was written.
+    Conflict {
+        current: Option<LabelView>,
+    },
+}
+
+pub(crate) fn parse_answers(answer: Option<String>, answers: Option<String>) -> Answer {
+    let all: Vec<HumanAnswer> = answers.and_then(|a| serde_json::from_str(&a).ok()).unwrap_or_default();
+    Answer { text: answer, all }
+}
+
+pub(crate) fn label_by_id(conn: &Connection, id: i64) -> Result<Option<LabelView>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, status, answer, answers, actor, at, action, lead_time_ms FROM labels WHERE id = ?1",
+        )?
+        .query_row([id], row_label)
+        .optional()?)
+}
+
+fn row_label(r: &rusqlite::Row) -> rusqlite::Result<LabelView> {
+    let status: String = r.get(1)?;
+    Ok(LabelView {
+        id: r.get(0)?,
+        status: status.parse().unwrap_or(LabelStatus::Pending),
+        answer: parse_answers(r.get(2)?, r.get(3)?),
+        actor: r.get(4)?,
+        at: r.get(5)?,
+        action: r.get(6)?,
+        lead_time_ms: r.get(7)?,
+    })
+}
+
+pub(crate) fn images_of(conn: &Connection, dot: &Path, item_id: i64) -> Result<Vec<StoredImage>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT im.id, im.sha256, im.path, im.copied, im.width, im.height, im.format, im.bytes
+         FROM item_images ii JOIN images im ON im.id = ii.image_id WHERE ii.item_id = ?1 ORDER BY ii.pos",
+    )?;
+    let rows = st.query_map([item_id], |r| row_image(r, dot))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(crate) fn row_image(r: &rusqlite::Row, dot: &Path) -> rusqlite::Result<StoredImage> {
+    row_image_at(r, 0, dot)
+}
+
+/// An image from 8 columns starting at `at`: id, sha256, path, copied, width, height,
+/// format, bytes.
+pub(crate) fn row_image_at(r: &rusqlite::Row, at: usize, dot: &Path) -> rusqlite::Result<StoredImage> {
+    let sha: Vec<u8> = r.get(at + 1)?;
+    let path: String = r.get(at + 2)?;
+    let copied: bool = r.get(at + 3)?;
+    Ok(StoredImage {
+        id: r.get(at)?,
+        sha256: mmloop_core::Digest::from_slice(&sha).unwrap_or_default(),
+        path: if copied { dot.join(path) } else { path.into() },
+        copied,
+        width: r.get(at + 4)?,
+        height: r.get(at + 5)?,
+        format: r.get(at + 6)?,
+        bytes: r.get::<_, i64>(at + 7)? as u64,
+    })
+}
+
+pub(crate) fn item_view(conn: &Connection, dot: &Path, id: i64) -> Result<ItemView, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, source_id, task, question, context, conversation, turn, tags, meta, split,
+                    source_file, source_line, label_id FROM items WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, u32>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, Option<String>>(8)?,
+                r.get::<_, Option<String>>(9)?,
+                r.get::<_, Option<String>>(10)?,
+                r.get::<_, Option<i64>>(11)?,
+                r.get::<_, Option<i64>>(12)?,
+            ))
+        })
+        .optional()?
+        .ok_or(StoreError::ItemNotFound(id))?;
+    let (
+        id,
+        source_id,
+        task,
+        question,
+        context,
+        conversation,
+        turn,
+        tags,
+        meta,
+        split,
+        source_file,
+        source_line,
+        label_id,
+    ) = row;
+    Ok(ItemView {
+        id,
+        source_id,
+        task: task.parse().unwrap_or(Task::Vqa),
+        question,
+        context: context.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default(),
+        conversation,
+        turn,
+        tags: tags.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
+        meta: meta.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default(),
+        split,
+        source_file,
+        source_line,
+        images: images_of(conn, dot, id)?,
+        label: match label_id {
+            Some(l) => label_by_id(conn, l)?,
+            None => None,
+        },
+    })
+}
+
+impl Store {
+    /// One item with its images and current label.
+    pub async fn item(&self, id: i64) -> Result<ItemView, StoreError> {
+        let dot = self.paths().dot.clone();
+        self.db().read(move |c| item_view(c, &dot, id)).await
+    }
+
+    /// One image by id (the only way images are served).
+    pub async fn image(&self, id: i64) -> Result<Option<StoredImage>, StoreError> {
+        let dot = self.paths().dot.clone();
+        self.db()
+            .read(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT id, sha256, path, copied, width, height, format, bytes FROM images WHERE id = ?1",
+                )?
+                .query_row([id], |r| row_image(r, &dot))
+                .optional()?)
+            })
+            .await
+    }
+
+    /// Every label an item has had, newest first.
+    pub async fn label_history(&self, item_id: i64) -> Result<Vec<LabelView>, StoreError> {
+        self.db()
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT id, status, answer, answers, actor, at, action, lead_time_ms FROM labels
+                     WHERE item_id = ?1 ORDER BY id DESC",
+                )?;
+                let rows = st.query_map([item_id], row_label)?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    /// Saves a label if the item's label is still `save.base`.
+    pub async fn save_label(&self, item_id: i64, save: LabelSave) -> Result<SaveOutcome, StoreError> {
+        let out = self
+            .db()
+            .write(move |conn| {
+                let tx = conn.transaction()?;
+                let current: Option<Option<i64>> = tx
+                    .prepare_cached("SELECT label_id FROM items WHERE id = ?1")?
+                    .query_row([item_id], |r| r.get(0))
+                    .optional()?;
+                let Some(current) = current else { return Err(StoreError::ItemNotFound(item_id)) };
+                let before = match current {
+                    Some(l) => label_by_id(&tx, l)?,
+                    None => None,
+                };
+                if current != save.base {
+                    return Ok(SaveOutcome::Conflict { current: before });
+                }
+                let digest = LabelContent { status: save.status, answer: &save.answer }.digest();
+                let answers =
+                    (!save.answer.all.is_empty()).then(|| serde_json::to_string(&save.answer.all).expect("answers serialize"));
+                let at = crate::now();
+                tx.prepare_cached(
+                    "INSERT INTO labels (item_id, prev_id, status, answer, answers, actor, at, action, lead_time_ms, content)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?
+                .execute(params![
+                    item_id,
+                    current,
+                    save.status.as_str(),
+                    save.answer.text,
+                    answers,
+                    save.actor,
+                    at,
+                    save.action,
+                    save.lead_time_ms,
+                    digest.as_bytes().as_slice(),
+                ])?;
+                let id = tx.last_insert_rowid();
+                tx.prepare_cached("UPDATE items SET label_id = ?1 WHERE id = ?2")?.execute([id, item_id])?;
+                let label = LabelView {
+                    id,
+                    status: save.status,
+                    answer: save.answer,
+                    actor: save.actor.clone(),
+                    at,
+                    action: save.action.clone(),
+                    lead_time_ms: save.lead_time_ms,
+                };
+                let mut after = label.to_json();
+                after["action"] = json!(save.action);
+                after["lead_time_ms"] = json!(save.lead_time_ms);
+                crate::audit::append(
+                    &tx,
+                    &save.actor,
+                    "label.save",
+                    &format!("item:{item_id}"),
+                    before.as_ref().map(LabelView::to_json).as_ref(),
+                    Some(&after),
+                )?;
+                tx.commit()?;
+                Ok(SaveOutcome::Saved { label })
+            })
+            .await?;
+        if matches!(out, SaveOutcome::Saved { .. }) {
+            self.sync_audit_head().await?;
+        }
+        Ok(out)
+    }
+}

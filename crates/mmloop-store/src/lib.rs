@@ -1,0 +1,110 @@
+//! The mmloop project store: the spine every stage reads from and writes to.
+//!
+//! One async [`Store`] API over an embedded SQLite database in `DIR/.mmloop/` (WAL,
+//! numbered migrations). Callers never see SQL or connections, so another backend (e.g.
+//! PostgreSQL for many reviewers) can sit behind the same methods. Images are
+//! content-addressed by sha256, referenced in place or copied under `.mmloop/blobs/`.
+//! Every mutation appends an event to a hash-chained audit log in the same transaction;
+//! versions are content-addressed manifests of (item, label, split).
+//!
+//! This crate never parses dataset files (that is `mmloop-formats`) and never talks HTTP.
+
+mod audit;
+mod db;
+mod export;
+mod images;
+mod import;
+mod labels;
+mod project;
+mod splits;
+mod stats;
+mod versions;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use audit::{AuditEvent, AuditProblem, AuditReport};
+pub use export::{ExportFilter, ExportInfo, VersionSpec};
+pub use images::{ImageError, ImageLimits, StoredImage};
+pub use import::{ImportOptions, ImportProgress, ImportReport, Incoming};
+pub use labels::{ItemView, LabelSave, LabelView, SaveOutcome};
+pub use project::{Config, ProjectPaths};
+pub use splits::{SplitPlan, SplitReport};
+pub use stats::Stats;
+pub use versions::{CommitOutcome, Diff, DiffEntry, DiffKind, VersionInfo};
+
+/// What went wrong in the store. Messages name the project, file or version involved and
+/// end with a hint where one helps.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{path}: {source}")]
+    IoPath { path: PathBuf, source: std::io::Error },
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0} is not an mmloop project\n  hint: create one with `mmloop init {0}`")]
+    NotAProject(PathBuf),
+    #[error("{0} is already an mmloop project")]
+    AlreadyExists(PathBuf),
+    #[error(
+        "this project was written by a newer mmloop (schema {found}, this build knows {supported})\n  hint: upgrade mmloop"
+    )]
+    TooNew { found: usize, supported: usize },
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Import(String),
+    #[error("nothing to commit: the project is the same as {0}")]
+    NothingToCommit(String),
+    #[error("unknown version {0:?}\n  hint: `mmloop log` lists versions (v1, v2, ..., HEAD, HEAD~1, or an id prefix)")]
+    UnknownVersion(String),
+    #[error("no version committed yet\n  hint: run `mmloop commit -m \"...\"` first")]
+    NoVersions,
+    #[error("item {0} not found")]
+    ItemNotFound(i64),
+    #[error("the store is closed")]
+    Closed,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An open project: its folder, settings and database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    paths: ProjectPaths,
+    config: Config,
+    db: Arc<db::Db>,
+}
+
+impl Store {
+    pub fn paths(&self) -> &ProjectPaths {
+        &self.inner.paths
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub(crate) fn db(&self) -> &Arc<db::Db> {
+        &self.inner.db
+    }
+
+    /// Finishes queued writes and closes the database.
+    pub fn close(&self) {
+        self.inner.db.close();
+    }
+}
+
+/// Now, as stored: RFC 3339 UTC with microseconds.
+pub(crate) fn now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    let t = t.replace_nanosecond(t.nanosecond() / 1000 * 1000).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}

@@ -1,0 +1,197 @@
+//! Train/val/test splits grouped by image: every item showing an image lands in the same
+//! split, so no image leaks between splits (images of multi-image items are joined into
+//! one group). Items that already have a split keep it; new groups are ordered by a
+//! seeded hash of their smallest image digest and cut at the requested ratios, so the
+//! result depends only on the seed and the data.
+
+use std::collections::{BTreeMap, HashMap};
+
+use mmloop_core::Digest;
+use rusqlite::params;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use crate::{Store, StoreError};
+
+/// What `split` should do.
+#[derive(Clone, Debug)]
+pub struct SplitPlan {
+    /// Split names and their shares (normalised to sum to 1).
+    pub ratios: Vec<(String, f64)>,
+    pub seed: u64,
+    /// Reassign items that already have a split.
+    pub reassign: bool,
+}
+
+/// What `split` did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SplitReport {
+    /// Items given a split now.
+    pub assigned: u64,
+    /// Items that kept the split they had.
+    pub kept: u64,
+    /// Items per split after the change.
+    pub counts: BTreeMap<String, u64>,
+    /// Image groups.
+    pub groups: u64,
+    /// Groups whose items were already in different splits (an existing leak, left as is).
+    pub leaks: u64,
+}
+
+struct UnionFind(Vec<usize>);
+
+impl UnionFind {
+    fn find(&mut self, mut x: usize) -> usize {
+        while self.0[x] != x {
+            self.0[x] = self.0[self.0[x]];
+            x = self.0[x];
+        }
+        x
+    }
+
+    fn union(&mut self, a: usize, b: usize) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra != rb {
+            self.0[ra.max(rb)] = ra.min(rb);
+        }
+    }
+}
+
+impl Store {
+    pub async fn split(&self, plan: SplitPlan, actor: &str) -> Result<SplitReport, StoreError> {
+        let total: f64 = plan.ratios.iter().map(|r| r.1).sum();
+        if plan.ratios.is_empty() || total <= 0.0 || plan.ratios.iter().any(|r| r.1 < 0.0 || !r.1.is_finite()) {
+            return Err(StoreError::Config("split ratios must be non-negative numbers with a positive sum".into()));
+        }
+        let actor = actor.to_string();
+        let report = self
+            .db()
+            .write(move |conn| {
+                let tx = conn.transaction()?;
+                // Items and their images.
+                let mut items: Vec<(i64, Option<String>, Vec<u8>)> = Vec::new();
+                {
+                    let mut st = tx.prepare("SELECT id, split, content FROM items ORDER BY id")?;
+                    let mut rows = st.query([])?;
+                    while let Some(r) = rows.next()? {
+                        items.push((r.get(0)?, r.get(1)?, r.get(2)?));
+                    }
+                }
+                let index: HashMap<i64, usize> = items.iter().enumerate().map(|(i, it)| (it.0, i)).collect();
+                let mut image_digest: HashMap<i64, Digest> = HashMap::new();
+                {
+                    let mut st = tx.prepare("SELECT id, sha256 FROM images")?;
+                    let mut rows = st.query([])?;
+                    while let Some(r) = rows.next()? {
+                        let b: Vec<u8> = r.get(1)?;
+                        image_digest.insert(r.get(0)?, Digest::from_slice(&b).unwrap_or_default());
+                    }
+                }
+                // Union items sharing an image (through the image's first item).
+                let mut uf = UnionFind((0..items.len()).collect());
+                let mut first_item_of_image: HashMap<i64, usize> = HashMap::new();
+                let mut key: Vec<Option<Digest>> = vec![None; items.len()];
+                {
+                    let mut st = tx.prepare("SELECT item_id, image_id FROM item_images")?;
+                    let mut rows = st.query([])?;
+                    while let Some(r) = rows.next()? {
+                        let (item, image): (i64, i64) = (r.get(0)?, r.get(1)?);
+                        let Some(&i) = index.get(&item) else { continue };
+                        let d = image_digest.get(&image).copied().unwrap_or_default();
+                        if key[i].is_none_or(|k| d < k) {
+                            key[i] = Some(d);
+                        }
+                        match first_item_of_image.get(&image) {
+                            Some(&j) => uf.union(i, j),
+                            None => {
+                                first_item_of_image.insert(image, i);
+                            }
+                        }
+                    }
+                }
+                // Groups: root → (smallest image digest, members).
+                let mut groups: HashMap<usize, (Digest, Vec<usize>)> = HashMap::new();
+                for i in 0..items.len() {
+                    let root = uf.find(i);
+                    let k = key[i].unwrap_or_else(|| Digest::from_slice(&items[i].2).unwrap_or_default());
+                    let g = groups.entry(root).or_insert((k, Vec::new()));
+                    if k < g.0 {
+                        g.0 = k;
+                    }
+                    g.1.push(i);
+                }
+                let mut report = SplitReport { groups: groups.len() as u64, ..Default::default() };
+                let mut new_split: Vec<Option<String>> = items.iter().map(|it| it.1.clone()).collect();
+                let mut fresh: Vec<(Digest, Vec<usize>)> = Vec::new();
+                for (_, (k, members)) in groups {
+                    let existing: Vec<&String> = if plan.reassign {
+                        Vec::new()
+                    } else {
+                        members.iter().filter_map(|&i| items[i].1.as_ref()).collect()
+                    };
+                    match existing.first() {
+                        Some(&s) => {
+                            if existing.iter().any(|x| *x != s) {
+                                report.leaks += 1;
+                            }
+                            for &i in &members {
+                                if items[i].1.is_none() {
+                                    new_split[i] = Some(s.clone());
+                                }
+                            }
+                        }
+                        None => {
+                            let mut h = Sha256::new();
+                            h.update(plan.seed.to_le_bytes());
+                            h.update(k.as_bytes());
+                            fresh.push((Digest(h.finalize().into()), members));
+                        }
+                    }
+                }
+                fresh.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                let n_fresh: usize = fresh.iter().map(|g| g.1.len()).sum();
+                let mut bounds = Vec::with_capacity(plan.ratios.len());
+                let mut acc = 0.0;
+                for (_, r) in &plan.ratios {
+                    acc += r / total;
+                    bounds.push(acc * n_fresh as f64);
+                }
+                let mut placed = 0usize;
+                for (_, members) in fresh {
+                    // The group goes where its first item would fall in the cumulative order.
+                    let k = bounds.iter().position(|&b| (placed as f64) < b - 1e-9).unwrap_or(bounds.len() - 1);
+                    for &i in &members {
+                        new_split[i] = Some(plan.ratios[k].0.clone());
+                    }
+                    placed += members.len();
+                }
+                {
+                    let mut st = tx.prepare_cached("UPDATE items SET split = ?1 WHERE id = ?2")?;
+                    for (i, it) in items.iter().enumerate() {
+                        if new_split[i] != it.1 {
+                            st.execute(params![new_split[i], it.0])?;
+                            report.assigned += 1;
+                        } else if it.1.is_some() {
+                            report.kept += 1;
+                        }
+                        if let Some(s) = &new_split[i] {
+                            *report.counts.entry(s.clone()).or_default() += 1;
+                        }
+                    }
+                }
+                let after = json!({
+                    "ratios": plan.ratios.iter().map(|(n, r)| json!([n, r])).collect::<Vec<_>>(),
+                    "seed": plan.seed,
+                    "reassign": plan.reassign,
+                    "report": report,
+                });
+                crate::audit::append(&tx, &actor, "split", "project", None, Some(&after))?;
+                tx.commit()?;
+                Ok(report)
+            })
+            .await?;
+        self.sync_audit_head().await?;
+        Ok(report)
+    }
+}
