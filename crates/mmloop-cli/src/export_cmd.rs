@@ -1,6 +1,7 @@
 //! `mmloop export`.
 
 use anyhow::bail;
+use mmloop::pipeline::{ExportRequest, export_file};
 use mmloop_formats::{Format, WriteOptions};
 use mmloop_store::{ExportFilter, Store, StoreError, VersionSpec};
 
@@ -10,9 +11,6 @@ use crate::ui;
 pub async fn export(a: ExportArgs) -> anyhow::Result<()> {
     let store = Store::open(&a.project).await?;
     let format: Format = a.format.parse()?;
-    if format == Format::Folder {
-        bail!("an image folder is an input format only\n  hint: export to jsonl, csv or parquet");
-    }
     let version: VersionSpec = a.version.parse().expect("infallible");
     let filter = ExportFilter {
         split: a.split.clone(),
@@ -20,8 +18,17 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<()> {
         task: a.task.as_deref().map(str::parse).transpose()?,
         candidates: format == Format::LabelStudio,
     };
-    let (info, rx) = match store.export(version, filter).await {
-        Err(StoreError::NoVersions) if a.version.eq_ignore_ascii_case("HEAD") => {
+    let opts = WriteOptions {
+        embed_images: a.embed_images,
+        document_root: a.document_root.clone(),
+        data_subtype: a.split.clone(),
+    };
+    let pb = ui::bar("exporting", 0);
+    let req = ExportRequest { version, filter, format, out: a.output.clone(), write: opts };
+    let res = export_file(&store, req, |info| pb.set_length(info.items), || pb.inc(1)).await;
+    pb.finish_and_clear();
+    let (info, summary) = match res {
+        Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::NoVersions)) => {
             bail!(
                 "no version committed yet\n  hint: run `mmloop commit {} -m \"...\"` first, or export the uncommitted state with --version working",
                 a.project.display()
@@ -29,31 +36,6 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<()> {
         }
         other => other?,
     };
-    let pb = ui::bar("exporting", info.items);
-    let mut failure = None;
-    let mut records = rx.into_iter().map_while(|r| match r {
-        Ok(rec) => {
-            pb.inc(1);
-            Some(rec)
-        }
-        Err(e) => {
-            failure = Some(e);
-            None
-        }
-    });
-    let opts = WriteOptions {
-        embed_images: a.embed_images,
-        document_root: a.document_root.clone(),
-        data_subtype: a.split.clone(),
-    };
-    let out = a.output.clone();
-    let summary = tokio::task::block_in_place(|| mmloop_formats::write(format, &out, &mut records, &opts));
-    drop(records);
-    pb.finish_and_clear();
-    if let Some(e) = failure {
-        return Err(e.into());
-    }
-    let summary = summary?;
     store.close();
     let from = match &info.version {
         Some(v) => format!("{} ({})", v.name(), v.id.short()),

@@ -1,15 +1,13 @@
 //! `mmloop init` and `mmloop import`.
 
-use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::mpsc::sync_channel;
 
 use anyhow::{Context, bail};
 use console::style;
 use indicatif::ProgressBar;
+use mmloop::pipeline::{ImportRequest, import_file};
 use mmloop_formats::{Format, ReadOptions};
-use mmloop_store::{ImportOptions, ImportProgress, ImportReport, Incoming, Store};
-use serde_json::json;
+use mmloop_store::{ImportProgress, ImportReport, Store};
 
 use crate::cli::{ImportArgs, InitArgs};
 use crate::ui;
@@ -81,6 +79,12 @@ fn print_report(file: &Path, r: &ImportReport) {
     if r.unchanged > 0 {
         parts.push(format!("{} already present", ui::count(r.unchanged)));
     }
+    if r.updated > 0 {
+        parts.push(format!("{} answers updated", ui::count(r.updated)));
+    }
+    if r.kept_reviewed > 0 {
+        parts.push(format!("{} changed answers not taken (already reviewed)", ui::count(r.kept_reviewed)));
+    }
     if r.duplicates > 0 {
         parts.push(format!("{} exact duplicates skipped", ui::count(r.duplicates)));
     }
@@ -95,29 +99,24 @@ fn print_report(file: &Path, r: &ImportReport) {
     }
 }
 
-/// Reads `a.file` on a thread and streams its records into the store.
+/// Imports `a.file` with the command's flags.
 pub async fn import_into(
     store: &Store,
     a: &ImportArgs,
     actor: &str,
     progress: Option<ProgressBar>,
 ) -> anyhow::Result<ImportReport> {
-    if !a.file.exists() {
-        bail!("{} does not exist", a.file.display());
-    }
-    let format = match &a.format {
-        Some(f) => f.parse::<Format>()?,
-        None => mmloop_formats::detect(&a.file)?,
-    };
+    let format = a.format.as_deref().map(str::parse::<Format>).transpose()?;
     let task = a.task.as_deref().map(str::parse).transpose()?;
-    let opts = ReadOptions {
+    let read = ReadOptions {
         task,
         question: a.question.clone(),
         prompt: a.prompt.clone(),
         images_dir: a.images_dir.clone(),
         annotations: a.annotations.clone(),
     };
-    if format == Format::Folder && a.question.is_none() && a.prompt.is_none() && task.is_none() {
+    let is_folder = format == Some(Format::Folder) || (format.is_none() && a.file.is_dir());
+    if is_folder && a.question.is_none() && a.prompt.is_none() && task.is_none() {
         let meta = ["metadata.jsonl", "metadata.csv"].iter().any(|m| a.file.join(m).is_file());
         if !meta {
             bail!(
@@ -126,50 +125,21 @@ pub async fn import_into(
             );
         }
     }
-    let images_dir = opts.images_dir_for(&a.file);
-    let config = json!({
-        "format": format.name(),
-        "task": a.task,
-        "question": a.question,
-        "prompt": a.prompt,
-        "images_dir": images_dir.display().to_string(),
-        "annotations": a.annotations.as_ref().map(|p| p.display().to_string()),
-        "copy": a.copy || store.config().import.copy_images,
-        "skip_bad": a.skip_bad,
-    });
-    let import_opts = ImportOptions {
-        format: format.name().to_string(),
-        file: std::path::absolute(&a.file).unwrap_or_else(|_| a.file.clone()),
-        images_dir,
-        copy_images: a.copy || store.config().import.copy_images,
+    let req = ImportRequest {
+        file: a.file.clone(),
+        format,
+        read,
+        copy_images: a.copy,
         skip_bad: a.skip_bad,
         actor: actor.to_string(),
-        config,
     };
-    let (tx, rx) = sync_channel::<Incoming>(8192);
-    let file = a.file.clone();
-    let reader = std::thread::Builder::new().name("mmloop-reader".into()).spawn(move || {
-        let mut sink = |r: Result<mmloop_core::Record, mmloop_core::RecordError>| {
-            let msg = match r {
-                Ok(r) => Incoming::Record(r),
-                Err(e) => Incoming::Bad(e),
-            };
-            if tx.send(msg).is_ok() { ControlFlow::Continue(()) } else { ControlFlow::Break(()) }
-        };
-        let end = match mmloop_formats::read(format, &file, &opts, &mut sink) {
-            Ok(()) => Incoming::End,
-            Err(e) => Incoming::Abort(e.to_string()),
-        };
-        let _ = tx.send(end);
-    })?;
     let sink: Box<dyn ImportProgress> = match progress.clone() {
         Some(pb) => Box::new(Progress(pb)),
         None => Box::new(()),
     };
-    let result = store.import(import_opts, rx, sink).await;
+    let result = import_file(store, &req, sink).await;
     if let Some(pb) = progress {
         pb.finish_and_clear();
     }
-    let _ = reader.join();
-    Ok(result?)
+    result
 }

@@ -80,16 +80,20 @@ impl std::fmt::Display for AuditProblem {
     }
 }
 
-fn event_hash(
+/// The hashed fields of one event, as stored.
+struct EventFields<'a> {
     seq: i64,
-    prev: &[u8],
-    at: &str,
-    actor: &str,
-    action: &str,
-    entity: &str,
-    before: Option<&str>,
-    after: Option<&str>,
-) -> [u8; 32] {
+    prev: &'a [u8],
+    at: &'a str,
+    actor: &'a str,
+    action: &'a str,
+    entity: &'a str,
+    before: Option<&'a str>,
+    after: Option<&'a str>,
+}
+
+fn event_hash(e: &EventFields) -> [u8; 32] {
+    let EventFields { seq, prev, at, actor, action, entity, before, after } = *e;
     let mut h = Sha256::new();
     let mut field = |b: &[u8]| {
         h.update((b.len() as u64).to_le_bytes());
@@ -133,7 +137,16 @@ pub(crate) fn append(
     let at = crate::now();
     let before = before.map(canonical_json);
     let after = after.map(canonical_json);
-    let hash = event_hash(seq, &prev, &at, actor, action, entity, before.as_deref(), after.as_deref());
+    let hash = event_hash(&EventFields {
+        seq,
+        prev: &prev,
+        at: &at,
+        actor,
+        action,
+        entity,
+        before: before.as_deref(),
+        after: after.as_deref(),
+    });
     tx.prepare_cached(
         "INSERT INTO events (seq, at, actor, action, entity, before, after, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -167,7 +180,7 @@ impl Store {
     /// Rewrites the head anchor outside the database after a mutation.
     pub(crate) async fn sync_audit_head(&self) -> Result<(), StoreError> {
         let path = self.paths().audit_head.clone();
-        let head = self.db().read(|c| head(c)).await?;
+        let head = self.db().read(head).await?;
         if let Some((seq, hash)) = head {
             let text = format!("{seq} {}\n", hex::encode(hash));
             crate::project::write_atomic(&path, text.as_bytes())?;
@@ -215,16 +228,16 @@ impl Store {
                     if seq != prev_seq + 1 {
                         report.problems.push(AuditProblem::Missing { after_seq: prev_seq, next_seq: seq });
                     }
-                    let expect = event_hash(
+                    let expect = event_hash(&EventFields {
                         seq,
-                        &stored_prev,
-                        &at,
-                        &actor,
-                        &action,
-                        &entity,
-                        before.as_deref(),
-                        after.as_deref(),
-                    );
+                        prev: &stored_prev,
+                        at: &at,
+                        actor: &actor,
+                        action: &action,
+                        entity: &entity,
+                        before: before.as_deref(),
+                        after: after.as_deref(),
+                    });
                     if expect.as_slice() != hash.as_slice() {
                         report.problems.push(AuditProblem::Edited { seq });
                     } else if stored_prev != prev_hash && seq == prev_seq + 1 {
@@ -250,12 +263,12 @@ impl Store {
                     match hashes.get(&seq) {
                         Some(h) if *h == hash => {}
                         Some(_) => report.problems.push(AuditProblem::AnchorMismatch { seq, source }),
-                        None if seq > prev_seq => {
-                            if !report.problems.iter().any(|p| matches!(p, AuditProblem::Truncated { .. })) {
-                                report.problems.push(AuditProblem::Truncated { anchored_seq: seq, last_seq: prev_seq });
-                            }
+                        None if seq > prev_seq
+                            && !report.problems.iter().any(|p| matches!(p, AuditProblem::Truncated { .. })) =>
+                        {
+                            report.problems.push(AuditProblem::Truncated { anchored_seq: seq, last_seq: prev_seq });
                         }
-                        None => {} // already reported as missing
+                        None => {} // reported already (missing, or truncated)
                     }
                 }
                 Ok(report)

@@ -38,7 +38,7 @@ pub struct ImportOptions {
 /// rolls the whole import back.
 #[derive(Debug)]
 pub enum Incoming {
-    Record(Record),
+    Record(Box<Record>),
     Bad(RecordError),
     Abort(String),
     End,
@@ -61,6 +61,10 @@ pub struct ImportReport {
     pub added: u64,
     /// Records already in the project with the same content.
     pub unchanged: u64,
+    /// Items whose imported answer the file changed (no one had reviewed them).
+    pub updated: u64,
+    /// Items whose answer the file changed but a person had decided on: kept as reviewed.
+    pub kept_reviewed: u64,
     /// Records that repeat another record of the same file word for word (no id).
     pub duplicates: u64,
     /// Records refused (only with `skip_bad`).
@@ -129,7 +133,7 @@ impl Store {
                     let mut next = records.recv().ok();
                     loop {
                         match next {
-                            Some(Incoming::Record(r)) => batch.push(Ok(r)),
+                            Some(Incoming::Record(r)) => batch.push(Ok(*r)),
                             Some(Incoming::Bad(e)) => batch.push(Err(e)),
                             Some(Incoming::Abort(why)) => {
                                 return Err(StoreError::Import(format!("{why}\n  nothing was imported")));
@@ -178,8 +182,8 @@ struct Job<'o> {
     limits: ImageLimits,
     run_id: i64,
     next_item: i64,
-    /// Resolved image sources: path text → result.
-    paths: HashMap<String, Result<i64, String>>,
+    /// Resolved image sources: path text → (image id, digest) or why it was refused.
+    paths: HashMap<String, Result<(i64, Digest), String>>,
     by_sha: HashMap<Digest, i64>,
     bad: Vec<RecordError>,
     report: ImportReport,
@@ -256,9 +260,9 @@ impl<'o> Job<'o> {
     }
 
     /// Stores a probed image once per content; returns its id.
-    fn store_image(&mut self, tx: &Transaction, p: Probed) -> Result<Result<i64, String>, StoreError> {
+    fn store_image(&mut self, tx: &Transaction, p: Probed) -> Result<Result<(i64, Digest), String>, StoreError> {
         if let Some(&id) = self.by_sha.get(&p.sha256) {
-            return Ok(Ok(id));
+            return Ok(Ok((id, p.sha256)));
         }
         let existing: Option<i64> = tx
             .prepare_cached("SELECT id FROM images WHERE sha256 = ?1")?
@@ -287,7 +291,7 @@ impl<'o> Job<'o> {
             }
         };
         self.by_sha.insert(p.sha256, id);
-        Ok(Ok(id))
+        Ok(Ok((id, p.sha256)))
     }
 
     /// Inserts one record's item, label and candidates; a record error when it is refused.
@@ -296,9 +300,9 @@ impl<'o> Job<'o> {
         let mut shas = Vec::with_capacity(r.images.len());
         for src in &r.images {
             match &self.paths[&source_key(src)] {
-                Ok(id) => {
+                Ok((id, sha)) => {
                     image_ids.push(*id);
-                    shas.push(self.sha_of(*id, tx)?);
+                    shas.push(*sha);
                 }
                 Err(msg) => {
                     let (message, hint) = split_hint(msg);
@@ -322,53 +326,102 @@ impl<'o> Job<'o> {
             meta_json: meta.as_deref(),
         }
         .digest();
+        let status = r.status.unwrap_or(LabelStatus::Imported);
+        let answer = r.answer.clone().filter(|a| !a.is_empty());
+        let label = match (&answer, r.status) {
+            (Some(a), _) => Some((status, a.clone())),
+            (None, Some(s)) => Some((s, Answer::default())),
+            (None, None) => None,
+        };
+        let label_digest = label.as_ref().map(|(s, a)| LabelContent { status: *s, answer: a }.digest());
+        // Rows without an id are told apart by everything they hold, answer included:
+        // five captions of one image under one prompt are five items.
         let key = match &r.id {
             Some(id) => format!("id:{}:{id}", self.opts.format),
-            None => format!("sha:{}", content.to_hex()),
+            None => {
+                let mut b = content.as_bytes().to_vec();
+                b.extend_from_slice(label_digest.as_ref().map_or(&[0u8; 32], |d| d.as_bytes()));
+                format!("sha:{}", Digest::of(&b).to_hex())
+            }
         };
-        let existing: Option<(Vec<u8>, i64, Option<String>, Option<i64>)> = tx
-            .prepare_cached("SELECT content, run_id, source_file, source_line FROM items WHERE key = ?1")?
-            .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+        let existing: Option<Existing> = tx
+            .prepare_cached(
+                "SELECT i.id, i.content, i.run_id, i.source_file, i.source_line, i.label_id, l.content, l.status
+                 FROM items i LEFT JOIN labels l ON l.id = i.label_id WHERE i.key = ?1",
+            )?
+            .query_row([&key], |row| {
+                Ok(Existing {
+                    id: row.get(0)?,
+                    content: row.get(1)?,
+                    run: row.get(2)?,
+                    file: row.get(3)?,
+                    line: row.get(4)?,
+                    label_id: row.get(5)?,
+                    label_content: row.get(6)?,
+                    label_status: row.get(7)?,
+                })
+            })
             .optional()?;
-        if let Some((old, run, file, line)) = existing {
-            let same = old.as_slice() == content.as_bytes();
-            return Ok(match (same, r.id.is_some(), run == self.run_id) {
-                (_, true, true) => Err(RecordError::new(r.source.clone(), format!(
-                    "duplicate id {:?}: the file already has it at line {}",
-                    r.id.as_deref().unwrap_or_default(),
-                    line.map_or("?".to_string(), |l| l.to_string()),
-                ))
-                .id(r.id.clone())
-                .hint("ids must be unique within a file")),
-                (true, true, false) => {
+        if let Some(old) = existing {
+            let same_run = old.run == self.run_id;
+            if r.id.is_none() {
+                // Same key means same content: a repeated row.
+                if same_run {
+                    self.report.duplicates += 1;
+                } else {
                     self.report.unchanged += 1;
-                    Ok(())
                 }
-                (true, false, same_run) => {
-                    if same_run {
-                        self.report.duplicates += 1;
-                    } else {
-                        self.report.unchanged += 1;
-                    }
-                    Ok(())
-                }
-                (false, _, _) => Err(RecordError::new(r.source.clone(), format!(
-                    "id {:?} is already in the project (from {}) with different content",
-                    r.id.as_deref().unwrap_or_default(),
-                    file.map(|f| format!("{f}:{}", line.unwrap_or(0))).unwrap_or_else(|| "an earlier import".into()),
-                ))
+                return Ok(Ok(()));
+            }
+            let where_from = match (&old.file, old.line) {
+                (Some(f), Some(l)) => format!("{f}:{l}"),
+                (Some(f), None) => f.clone(),
+                _ => "an earlier import".into(),
+            };
+            if same_run {
+                return Ok(Err(RecordError::new(
+                    r.source.clone(),
+                    format!(
+                        "duplicate id {:?}: the file already has it at {where_from}",
+                        r.id.as_deref().unwrap_or_default()
+                    ),
+                )
                 .id(r.id.clone())
-                .hint("re-importing an edited file does not overwrite items; review changes in the project, or give the item a new id")),
-            });
+                .hint("ids must be unique within a file")));
+            }
+            if old.content.as_slice() != content.as_bytes() {
+                return Ok(Err(RecordError::new(
+                    r.source.clone(),
+                    format!(
+                        "id {:?} is already in the project (from {where_from}) with a different question or images",
+                        r.id.as_deref().unwrap_or_default()
+                    ),
+                )
+                .id(r.id.clone())
+                .hint("an item's question and images never change; give the new item another id")));
+            }
+            if old.label_content.as_deref() == label_digest.as_ref().map(|d| d.as_bytes().as_slice()) {
+                self.report.unchanged += 1;
+                return Ok(Ok(()));
+            }
+            // The file's answer changed. Take it unless a person has decided on this item.
+            let untouched = old.label_status.as_deref().is_none_or(|s| s == LabelStatus::Imported.as_str());
+            match (&label, untouched) {
+                (Some((status, answer)), true) => {
+                    let id = self.label(tx, old.id, old.label_id, *status, answer)?;
+                    tx.prepare_cached("UPDATE items SET label_id = ?1 WHERE id = ?2")?.execute([id, old.id])?;
+                    self.report.updated += 1;
+                }
+                _ => self.report.kept_reviewed += 1,
+            }
+            return Ok(Ok(()));
         }
 
         let item_id = self.next_item;
         self.next_item += 1;
-        let status = r.status.unwrap_or(LabelStatus::Imported);
-        let label_id = match (&r.answer, r.status) {
-            (Some(a), _) if !a.is_empty() => Some(self.label(tx, item_id, status, a)?),
-            (_, Some(s)) => Some(self.label(tx, item_id, s, &Answer::default())?),
-            _ => None,
+        let label_id = match &label {
+            Some((status, answer)) => Some(self.label(tx, item_id, None, *status, answer)?),
+            None => None,
         };
         tx.prepare_cached(
             "INSERT INTO items (id, key, source_id, task, question, context, conversation, turn, tags, meta,
@@ -413,15 +466,23 @@ impl<'o> Job<'o> {
         Ok(Ok(()))
     }
 
-    fn label(&mut self, tx: &Transaction, item_id: i64, status: LabelStatus, a: &Answer) -> Result<i64, StoreError> {
+    fn label(
+        &mut self,
+        tx: &Transaction,
+        item_id: i64,
+        prev: Option<i64>,
+        status: LabelStatus,
+        a: &Answer,
+    ) -> Result<i64, StoreError> {
         let digest = LabelContent { status, answer: a }.digest();
         let answers = (!a.all.is_empty()).then(|| serde_json::to_string(&a.all).expect("answers serialize"));
         tx.prepare_cached(
-            "INSERT INTO labels (item_id, status, answer, answers, actor, at, action, content)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'import', ?7)",
+            "INSERT INTO labels (item_id, prev_id, status, answer, answers, actor, at, action, content)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'import', ?8)",
         )?
         .execute(params![
             item_id,
+            prev,
             status.as_str(),
             a.text,
             answers,
@@ -431,17 +492,6 @@ impl<'o> Job<'o> {
         ])?;
         self.report.labels += 1;
         Ok(tx.last_insert_rowid())
-    }
-
-    fn sha_of(&mut self, id: i64, tx: &Transaction) -> Result<Digest, StoreError> {
-        // Images seen in this import are in `by_sha`; look others up once.
-        if let Some((d, _)) = self.by_sha.iter().find(|(_, v)| **v == id) {
-            return Ok(*d);
-        }
-        let b: Vec<u8> = tx.prepare_cached("SELECT sha256 FROM images WHERE id = ?1")?.query_row([id], |r| r.get(0))?;
-        let d = Digest::from_slice(&b).ok_or_else(|| StoreError::Internal("bad image digest".into()))?;
-        self.by_sha.insert(d, id);
-        Ok(d)
     }
 
     fn finish(mut self, tx: &Transaction, reports: &Path) -> Result<ImportReport, StoreError> {
@@ -472,6 +522,18 @@ impl<'o> Job<'o> {
         crate::audit::append(tx, &self.opts.actor, "import", &format!("run:{}", self.run_id), before, Some(&after))?;
         Ok(self.report)
     }
+}
+
+/// An item already stored under the key a record maps to.
+struct Existing {
+    id: i64,
+    content: Vec<u8>,
+    run: i64,
+    file: Option<String>,
+    line: Option<i64>,
+    label_id: Option<i64>,
+    label_content: Option<Vec<u8>>,
+    label_status: Option<String>,
 }
 
 /// Identifies an image source within one import.

@@ -149,7 +149,7 @@ impl Store {
                         }
                     }
                 }
-                fresh.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                fresh.sort_unstable_by_key(|g| g.0);
                 let n_fresh: usize = fresh.iter().map(|g| g.1.len()).sum();
                 let mut bounds = Vec::with_capacity(plan.ratios.len());
                 let mut acc = 0.0;

@@ -234,9 +234,10 @@ pub(crate) fn resolve(conn: &Connection, spec: &str) -> Result<(VersionInfo, Vec
 }
 
 /// The working state's manifest rows with their content digests.
-fn working_rows(
-    conn: &Connection,
-) -> Result<(Vec<(i64, Option<i64>, Option<String>)>, Vec<Digest>, Value), StoreError> {
+/// Manifest rows before pagination: (item id, label id, split).
+type Row = (i64, Option<i64>, Option<String>);
+
+fn working_rows(conn: &Connection) -> Result<(Vec<Row>, Vec<Digest>, Value), StoreError> {
     let mut st = conn.prepare(
         "SELECT i.id, i.content, i.split, i.label_id, l.content, l.status
          FROM items i LEFT JOIN labels l ON l.id = i.label_id ORDER BY i.id",
@@ -265,7 +266,7 @@ fn working_rows(
 }
 
 /// Splits manifest rows into pages at content-defined boundaries.
-fn paginate(entries: &[(i64, Option<i64>, Option<String>)]) -> Vec<Vec<u8>> {
+fn paginate(entries: &[Row]) -> Vec<Vec<u8>> {
     let mut pages = Vec::new();
     let mut cur: Vec<(i64, Option<i64>, Option<&str>)> = Vec::new();
     for (item, label, split) in entries {
