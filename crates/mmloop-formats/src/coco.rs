@@ -27,6 +27,7 @@ struct Doc<'a> {
 }
 
 struct Image {
+    loc: Location,
     id: String,
     file_name: String,
     meta: Map<String, Value>,
@@ -37,12 +38,22 @@ struct Image {
 pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(), FormatError> {
     let buf = json::read_all(path)?;
     let file = Arc::new(path.to_path_buf());
-    let doc: Doc = serde_json::from_slice(&buf).map_err(|e| json::syntax_error(&file, &e))?;
+    let doc: Doc = serde_json::from_slice(&buf).map_err(|e| {
+        json::document_error(&file, &buf, &e, "a COCO captions object ({\"images\": [...], \"annotations\": [...]})")
+    })?;
     let mut lines = LineCounter::new(&buf);
     let prompt = opts.caption_prompt();
-    let Some(annotations) = doc.annotations else {
+    // Karpathy's file has no `annotations`; neither do COCO test splits
+    // (image_info_test*.json), whose images simply have no captions yet.
+    let karpathy = doc.annotations.is_none()
+        && doc.images.first().is_some_and(|raw| {
+            serde_json::from_str::<Map<String, Value>>(raw.get())
+                .is_ok_and(|m| m.contains_key("sentences") || m.contains_key("filename"))
+        });
+    if karpathy {
         return read_karpathy(&file, &doc.images, &mut lines, &prompt, sink);
-    };
+    }
+    let annotations = doc.annotations.unwrap_or_default();
 
     let mut images: HashMap<String, Image> = HashMap::with_capacity(doc.images.len());
     let mut order = Vec::with_capacity(doc.images.len());
@@ -61,9 +72,11 @@ pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(
             // Size comes from the image itself; keep the rest for the round trip.
             f.take("width");
             f.take("height");
+            // Not COCO's own: mmloop writes it so that splits survive a round trip.
+            let split = f.opt_str("split")?;
             let mut meta = f.rest();
             meta.insert("id".into(), json::id_value(&id));
-            Ok(Image { id, file_name, meta, split: None, captioned: false })
+            Ok(Image { loc: loc.clone(), id, file_name, meta, split, captioned: false })
         });
         match parsed {
             Ok(img) => {
@@ -101,13 +114,16 @@ pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(
                 }
             };
             let img = images.get_mut(&image_id).ok_or_else(|| {
-                RecordError::new(loc.clone(), format!("`image_id` {image_id} is not in `images`")).id(id.clone())
+                RecordError::new(loc.clone(), format!("`image_id` {image_id} is not in `images`"))
+                    .id(id.clone())
+                    .hint("the annotation names an image the file does not list; is the file truncated or from another split?")
             })?;
             img.captioned = true;
             let mut r = Record::new(Task::Caption, prompt.clone(), loc.clone());
             r.id = id;
             r.images = vec![ImageSource::Path(img.file_name.clone())];
             r.answer = Some(Answer::text(caption));
+            r.split = img.split.clone();
             r.meta = f.rest();
             r.meta.insert("image".into(), Value::Object(img.meta.clone()));
             Ok(r)
@@ -119,7 +135,7 @@ pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(
     for id in order {
         let img = &images[&id];
         if !img.captioned {
-            let mut r = Record::new(Task::Caption, prompt.clone(), Location::file(&file));
+            let mut r = Record::new(Task::Caption, prompt.clone(), img.loc.clone());
             r.images = vec![ImageSource::Path(img.file_name.clone())];
             r.meta.insert("image".into(), Value::Object(img.meta.clone()));
             r.split = img.split.clone();
@@ -264,6 +280,9 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
             if let Some(info) = r.image_info.first() {
                 img_meta.insert("width".into(), Value::from(info.width));
                 img_meta.insert("height".into(), Value::from(info.height));
+            }
+            if let Some(split) = &r.split {
+                img_meta.insert("split".into(), Value::from(split.clone()));
             }
             images.push(Value::Object(img_meta));
         }

@@ -122,8 +122,10 @@ pub(crate) fn join(group: &[Record]) -> Joined<'_> {
     let last = group.last().expect("a group is never empty");
     let mut messages = last.context.clone();
     for r in &group[..group.len() - 1] {
-        // The answer of an earlier turn sits right after its question in the context.
-        let at = r.context.len() + 1;
+        // The answer of an earlier turn sits right after its question, or right after the
+        // context when the turn had no question (an answer after a tool turn).
+        let asked = messages.get(r.context.len()).is_some_and(|m| m.role == "user");
+        let at = r.context.len() + usize::from(asked);
         if let (Some(best), Some(m)) = (r.answer.as_ref().and_then(Answer::best), messages.get_mut(at))
             && m.role == "assistant"
         {
@@ -245,6 +247,28 @@ mod tests {
         let j = join(&rs);
         assert_eq!(j.messages[1].content, "B1");
         assert_eq!(j.messages[3].content, "A2");
+    }
+
+    #[test]
+    fn edited_answers_after_tool_turns_replace_the_right_message() {
+        let mut rs = conv(
+            &[
+                ("user", "Q1"),
+                ("tool_call", "f()"),
+                ("tool_response", "42"),
+                ("assistant", "A1"),
+                ("user", "Q2"),
+                ("assistant", "A2"),
+            ],
+            0,
+        )
+        .into_records()
+        .unwrap();
+        assert_eq!(rs[0].question, "");
+        rs[0].answer = Some(Answer::text("B1"));
+        let j = join(&rs);
+        let contents: Vec<&str> = j.messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(contents, ["Q1", "f()", "42", "B1", "Q2", "A2"]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! each format's defining docs (see the table in the project's format notes).
 
 use std::collections::BTreeSet;
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::Path;
 
 use serde::de::{IgnoredAny, MapAccess, Visitor};
@@ -49,20 +49,17 @@ pub fn detect(path: &Path) -> Result<Format, FormatError> {
         }
         Some(b'{') => {
             // JSON Lines if the first line alone is a whole object.
-            let first_line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
-            if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(first_line) {
-                if let Some(f) = from_document_keys(&m.keys().cloned().collect()) {
+            let first_line = first_line(path, &head)?;
+            if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&first_line) {
+                let keys = m.keys().cloned().collect();
+                annotations_file(path, &keys)?;
+                if let Some(f) = from_document_keys(&keys) {
                     return Ok(f);
                 }
                 return from_record_keys(&m).ok_or_else(|| unknown(&describe_keys(&m)));
             }
             let keys = top_level_keys(path)?;
-            if keys.contains("annotations") && !keys.contains("images") && !keys.contains("questions") {
-                return Err(FormatError::Usage(format!(
-                    "{}: this is a VQAv2 annotations file\n  hint: import the questions file and pass this one with --annotations",
-                    path.display()
-                )));
-            }
+            annotations_file(path, &keys)?;
             from_document_keys(&keys).ok_or_else(|| {
                 unknown(&format!("a JSON object with keys {}", keys.iter().cloned().collect::<Vec<_>>().join(", ")))
             })
@@ -70,6 +67,33 @@ pub fn detect(path: &Path) -> Result<Format, FormatError> {
         Some(_) if ext == "jsonl" || ext == "json" => Err(unknown("not JSON")),
         Some(_) => Err(FormatError::Unknown { path: path.to_path_buf(), detail: None }),
     }
+}
+
+/// A VQAv2 annotations file is half a dataset: say which file to import instead.
+fn annotations_file(path: &Path, keys: &BTreeSet<String>) -> Result<(), FormatError> {
+    let has = |k: &str| keys.contains(k);
+    if has("annotations") && !has("images") && !has("questions") && !has("data") {
+        return Err(FormatError::Usage(format!(
+            "{}: this is a VQAv2 annotations file\n  hint: import the questions file and pass this one with --annotations",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The first line of the file (without a BOM), read whole even when it is longer than
+/// the sniffed head: JSON Lines rows with inline base64 images often are.
+fn first_line(path: &Path, head: &[u8]) -> Result<Vec<u8>, FormatError> {
+    if let Some(end) = head.iter().position(|&b| b == b'\n') {
+        return Ok(head[..end].to_vec());
+    }
+    let mut line = Vec::new();
+    let file = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
+    std::io::BufReader::new(file).read_until(b'\n', &mut line).map_err(|e| FormatError::io(path, e))?;
+    if line.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        line.drain(..3);
+    }
+    Ok(line)
 }
 
 fn describe_keys(m: &Map<String, Value>) -> String {
@@ -105,7 +129,11 @@ fn from_record_keys(m: &Map<String, Value>) -> Option<Format> {
     if has("conversations") && conv_from {
         return Some(if has("image") && !has("images") { Format::Llava } else { Format::ShareGpt });
     }
-    if has("messages") {
+    if has("messages") || has("conversation") {
+        return Some(Format::Swift);
+    }
+    // Alpaca rows, which ms-swift reads as query/response.
+    if has("instruction") && (has("output") || has("input")) {
         return Some(Format::Swift);
     }
     if has("query") || (has("response") && !has("question")) || has("history") {

@@ -25,8 +25,12 @@ pub(crate) fn parse(v: &Value) -> Result<ImageSource, String> {
                     .collect::<Option<Vec<u8>>>()
                     .map(|b| ImageSource::Bytes(b.into()))
                     .ok_or_else(|| "`bytes` must be a byte list or base64".to_string()),
-                _ => match path {
+                other => match path {
                     Some(p) => parse_str(p),
+                    None if other.and_then(Value::as_str) == Some("<<<bytes>>>") => Err(
+                        "the image bytes were not saved (ms-swift's `<<<bytes>>>` placeholder) and there is no `path`"
+                            .into(),
+                    ),
                     None => Err("an image object needs `path` or `bytes`".into()),
                 },
             }

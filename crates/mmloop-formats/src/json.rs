@@ -134,6 +134,25 @@ pub(crate) fn syntax_error(file: &Arc<PathBuf>, e: &serde_json::Error) -> Record
     })
 }
 
+/// The error for a JSON document that does not parse, or parses to the wrong shape
+/// (an array where `expected` is an object, a list that is a string...).
+pub(crate) fn document_error(file: &Arc<PathBuf>, buf: &[u8], e: &serde_json::Error, expected: &str) -> RecordError {
+    if e.classify() != serde_json::error::Category::Data {
+        return syntax_error(file, e);
+    }
+    let start = strip_bom(buf);
+    if first_byte(&buf[start..]) == Some(b'[') {
+        return RecordError::new(Location::file(file), format!("the file is a JSON array, expected {expected}")).hint(
+            "an array of {question_id, answer} or {image_id, caption} is a results file: score it with `mmloop eval --predictions`; otherwise leave out --format to detect the format",
+        );
+    }
+    RecordError::new(
+        Location { file: file.clone(), line: Some(e.line() as u64), index: None },
+        format!("unexpected JSON at column {}: {}", e.column(), strip_position(e)),
+    )
+    .hint(format!("expected {expected}; is this the right --format?"))
+}
+
 /// Tracks line numbers of positions within a buffer, moving forward only.
 pub(crate) struct LineCounter<'a> {
     buf: &'a [u8],
@@ -297,46 +316,18 @@ pub(crate) fn id_text(v: &Value) -> Option<String> {
     }
 }
 
+/// Writes an id as a string, for files that HF `datasets` loads (LLaVA, ShareGPT,
+/// ms-swift): a column of ints and strings mixed fails there (`ArrowTypeError ... column
+/// id`), and a record no longer knows which its id was.
+pub(crate) fn id_string(id: &str) -> Value {
+    Value::from(id)
+}
+
 /// Writes an id back the way it came: integers stay integers.
 pub(crate) fn id_value(id: &str) -> Value {
     match id.parse::<i64>() {
         Ok(n) if n.to_string() == id => Value::from(n),
         _ => Value::from(id),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn array_elements_carry_their_lines() {
-        let buf = b"[\n {\"a\": 1},\n {\"a\": 2},\n\n {\"a\": 3}\n]";
-        let file = Arc::new(PathBuf::from("x.json"));
-        let mut lines = LineCounter::new(buf);
-        let mut seen = Vec::new();
-        for_each_element(&file, buf, &mut |raw| {
-            seen.push((lines.line_of(raw.get()), raw.get().to_string()));
-            ControlFlow::Continue(())
-        })
-        .unwrap();
-        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![2, 3, 5]);
-    }
-
-    #[test]
-    fn truncated_array_names_the_line() {
-        let buf = b"[\n {\"a\": 1},\n {\"a\": ";
-        let file = Arc::new(PathBuf::from("x.json"));
-        let err = for_each_element(&file, buf, &mut |_| ControlFlow::Continue(())).unwrap_err();
-        assert_eq!(err.location.line, Some(3));
-        assert!(err.hint.unwrap().contains("truncated"));
-    }
-
-    #[test]
-    fn ids_keep_their_type() {
-        assert_eq!(id_value("42"), Value::from(42));
-        assert_eq!(id_value("042"), Value::from("042"));
-        assert_eq!(id_value("q1"), Value::from("q1"));
     }
 }
 
@@ -382,4 +373,39 @@ pub(crate) fn is_json_array(path: &Path) -> Result<bool, FormatError> {
     let n = f.read(&mut head).map_err(|e| FormatError::io(path, e))?;
     let start = strip_bom(&head[..n]);
     Ok(first_byte(&head[start..n]) == Some(b'['))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_elements_carry_their_lines() {
+        let buf = b"[\n {\"a\": 1},\n {\"a\": 2},\n\n {\"a\": 3}\n]";
+        let file = Arc::new(PathBuf::from("x.json"));
+        let mut lines = LineCounter::new(buf);
+        let mut seen = Vec::new();
+        for_each_element(&file, buf, &mut |raw| {
+            seen.push((lines.line_of(raw.get()), raw.get().to_string()));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![2, 3, 5]);
+    }
+
+    #[test]
+    fn truncated_array_names_the_line() {
+        let buf = b"[\n {\"a\": 1},\n {\"a\": ";
+        let file = Arc::new(PathBuf::from("x.json"));
+        let err = for_each_element(&file, buf, &mut |_| ControlFlow::Continue(())).unwrap_err();
+        assert_eq!(err.location.line, Some(3));
+        assert!(err.hint.unwrap().contains("truncated"));
+    }
+
+    #[test]
+    fn ids_keep_their_type() {
+        assert_eq!(id_value("42"), Value::from(42));
+        assert_eq!(id_value("042"), Value::from("042"));
+        assert_eq!(id_value("q1"), Value::from("q1"));
+    }
 }

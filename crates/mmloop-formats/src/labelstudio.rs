@@ -47,11 +47,13 @@ pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(
                 .id(id)
                 .hint(format!("mmloop looks for one of the keys {}", IMAGE_KEYS.join(", "))));
         };
+        let question_key = QUESTION_KEYS.iter().copied().find(|k| d.has(k));
         let question = d.first_str(QUESTION_KEYS)?;
-        let task = match (&question, opts.task) {
+        // A `prompt` is what a caption task shows (the writer below puts it there).
+        let task = match (question_key, opts.task) {
             (_, Some(t)) => t,
+            (Some("prompt") | None, None) => Task::Caption,
             (Some(_), None) => Task::Vqa,
-            (None, None) => Task::Caption,
         };
         let mut r = Record::new(task, question.unwrap_or_else(|| prompt.clone()), loc.clone());
         r.images = vec![resolve_url(&image, &images_dir)];
@@ -143,6 +145,8 @@ const QUERY_SET: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').a
 
 fn to_url(src: &ImageSource, root: Option<&Path>) -> String {
     match src {
+        // Cloud storage URIs (s3://, gs://, azure-blob://) are resolved by Label Studio itself.
+        ImageSource::Path(p) if is_uri(p) => p.clone(),
         ImageSource::Path(p) => {
             let path = Path::new(p);
             let rel = match root {
@@ -153,6 +157,13 @@ fn to_url(src: &ImageSource, root: Option<&Path>) -> String {
         }
         other => image_ref::to_string(other),
     }
+}
+
+/// `scheme://...`, the scheme made of letters, digits and `+-.` as URIs have it.
+fn is_uri(p: &str) -> bool {
+    p.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.len() > 1 && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    })
 }
 
 fn textarea(from: &str, answer: &Answer) -> Value {

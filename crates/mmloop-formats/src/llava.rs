@@ -21,12 +21,11 @@ pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(
         let id = f.opt_id("id")?;
         let images = swift::take_images(&mut f)?;
         if !f.has("conversations") {
-            return Err(f.err("missing field `conversations`").id(id));
+            return Err(f.err("missing field `conversations`").id(id).hint(
+                "LLaVA items look like {\"id\": ..., \"image\": ..., \"conversations\": [{\"from\": \"human\", \"value\": ...}, ...]}",
+            ));
         }
-        let messages = swift::parse_messages(&mut f, "conversations", "from", "value")?
-            .into_iter()
-            .map(|m| Message::new(from_llava_role(&m.role), m.content))
-            .collect();
+        let messages = swift::parse_messages(&mut f, "conversations")?;
         Conversation { loc: loc.clone(), id, task, messages, images, meta: f.rest(), split: None }.into_records()
     })
 }
@@ -62,7 +61,7 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
             auto_id += 1;
             format!("{auto_id:06}")
         });
-        row.insert("id".into(), json::id_value(&id));
+        row.insert("id".into(), json::id_string(&id));
         match j.images() {
             [] => {}
             [one] => {

@@ -33,10 +33,10 @@ const ANSWER_COLUMNS: &[&str] = &["answer", "response", "caption", "output"];
 
 pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(), FormatError> {
     let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+    let builder = decode(path, || ParquetRecordBatchReaderBuilder::try_new(file))?
         .map_err(|e| perr(path, format!("{e}\n  hint: is this a Parquet file? it may be truncated")))?;
     let schema = builder.schema().clone();
-    let reader = builder.with_batch_size(1024).build().map_err(|e| perr(path, e))?;
+    let mut reader = decode(path, || builder.with_batch_size(1024).build())?.map_err(|e| perr(path, e))?;
     let find = |names: &[&str]| names.iter().find_map(|n| schema.index_of(n).ok());
     let image_col = find(IMAGE_COLUMNS);
     let question_col = find(QUESTION_COLUMNS);
@@ -76,7 +76,7 @@ pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(
         .into());
     }
     let mut row_index = 0u64;
-    for batch in reader {
+    while let Some(batch) = decode(path, || reader.next())? {
         let batch = batch.map_err(|e| perr(path, e))?;
         for row in 0..batch.num_rows() {
             let loc = Location::index(&file, row_index);
@@ -109,6 +109,24 @@ pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Runs one step of the Parquet decoder, turning a panic into an error on the file: the
+/// `parquet` crate asserts on some malformed footers instead of returning an error (a
+/// column chunk at a negative offset, found by `fuzz/`), and one bad file must not abort
+/// an import. Only decoder steps run here, never the sink.
+fn decode<T>(path: &Path, step: impl FnOnce() -> T) -> Result<T, FormatError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)).map_err(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        perr(
+            path,
+            format!("the file is malformed, the decoder gave up: {why}\n  hint: write the file again; if it came from a tool, check it with that tool (pyarrow, `datasets`)"),
+        )
+    })
 }
 
 fn read_row(
@@ -168,8 +186,8 @@ fn read_row(
         if known.contains(&i) {
             continue;
         }
-        if let Some(v) = cell_str(batch.column(i).as_ref(), row) {
-            r.meta.entry(field.name().clone()).or_insert(Value::from(v));
+        if let Some(v) = cell_json(batch.column(i).as_ref(), row) {
+            r.meta.entry(field.name().clone()).or_insert(v);
         }
     }
     r.id = id;
@@ -188,6 +206,34 @@ fn cell_str(a: &dyn Array, row: usize) -> Option<String> {
         DataType::Int32 => Some(a.as_primitive::<arrow_array::types::Int32Type>().value(row).to_string()),
         DataType::UInt64 => Some(a.as_primitive::<arrow_array::types::UInt64Type>().value(row).to_string()),
         _ => None,
+    }
+}
+
+/// A scalar cell as JSON, numbers and booleans as themselves; `None` for nulls and for
+/// types that have no plain JSON form (binary, nested, temporal).
+fn cell_json(a: &dyn Array, row: usize) -> Option<Value> {
+    use arrow_array::types::*;
+    if a.is_null(row) {
+        return None;
+    }
+    let int = |v: i64| Some(Value::from(v));
+    match a.data_type() {
+        DataType::Boolean => Some(Value::from(a.as_boolean().value(row))),
+        DataType::Int8 => int(a.as_primitive::<Int8Type>().value(row).into()),
+        DataType::Int16 => int(a.as_primitive::<Int16Type>().value(row).into()),
+        DataType::Int32 => int(a.as_primitive::<Int32Type>().value(row).into()),
+        DataType::Int64 => int(a.as_primitive::<Int64Type>().value(row)),
+        DataType::UInt8 => int(a.as_primitive::<UInt8Type>().value(row).into()),
+        DataType::UInt16 => int(a.as_primitive::<UInt16Type>().value(row).into()),
+        DataType::UInt32 => int(a.as_primitive::<UInt32Type>().value(row).into()),
+        DataType::UInt64 => Some(Value::from(a.as_primitive::<UInt64Type>().value(row))),
+        DataType::Float32 => {
+            serde_json::Number::from_f64(a.as_primitive::<Float32Type>().value(row).into()).map(Value::Number)
+        }
+        DataType::Float64 => {
+            serde_json::Number::from_f64(a.as_primitive::<Float64Type>().value(row)).map(Value::Number)
+        }
+        _ => cell_str(a, row).map(Value::from),
     }
 }
 
@@ -414,4 +460,64 @@ pub(crate) fn write(
     let file = writer.into_inner().map_err(|e| perr(out, e))?;
     let path = file.commit()?;
     Ok(WriteSummary { records: n, files: vec![path] })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::ControlFlow;
+
+    use parquet::file::metadata::{ParquetMetaDataReader, ParquetMetaDataWriter};
+
+    use super::*;
+
+    /// Found by `fuzz/` (target `parquet`), parquet 60.1: a footer whose column chunk starts
+    /// at a negative offset made the decoder panic (`column start and length should not be
+    /// negative`) and took the whole import down with it.
+    #[test]
+    fn a_column_chunk_at_a_negative_offset_is_a_file_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.parquet");
+        let file = Arc::new(good.clone());
+        let mut r = Record::new(Task::Vqa, "What is it?", Location::line(&file, 1));
+        r.images = vec![ImageSource::Path("a.jpg".into())];
+        r.answer = Some(Answer::text("a cat"));
+        crate::write(crate::Format::Parquet, &good, &mut [r].into_iter(), &WriteOptions::default()).unwrap();
+
+        // The same data pages under a footer whose first column chunk starts at -1.
+        let bytes = std::fs::read(&good).unwrap();
+        let meta = ParquetMetaDataReader::new().parse_and_finish(&File::open(&good).unwrap()).unwrap();
+        let footer_len = u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap()) as usize;
+        let mut builder = meta.into_builder();
+        let groups = builder
+            .take_row_groups()
+            .into_iter()
+            .map(|g| {
+                let mut columns = g.columns().to_vec();
+                columns[0] = columns[0]
+                    .clone()
+                    .into_builder()
+                    .set_dictionary_page_offset(None)
+                    .set_data_page_offset(-1)
+                    .build()
+                    .unwrap();
+                g.into_builder().set_column_metadata(columns).build().unwrap()
+            })
+            .collect();
+        let meta = builder.set_row_groups(groups).build();
+        let mut corrupt = bytes[..bytes.len() - 8 - footer_len].to_vec();
+        ParquetMetaDataWriter::new(&mut corrupt, &meta).finish().unwrap();
+        let bad = dir.path().join("bad.parquet");
+        std::fs::write(&bad, corrupt).unwrap();
+
+        let mut items = 0;
+        let err = crate::read(crate::Format::Parquet, &bad, &ReadOptions::default(), &mut |_| {
+            items += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap_err();
+        assert_eq!(items, 0);
+        let FormatError::Parquet { path, message } = &err else { panic!("not a parquet error: {err}") };
+        assert_eq!(path, &bad);
+        assert!(message.contains("hint:"), "{message}");
+    }
 }

@@ -9,9 +9,9 @@ use mmloop_core::{Message, Record, Task};
 use serde_json::{Map, Value};
 
 use crate::conversation::{self, Conversation};
-use crate::error::{FormatError, RecordError};
+use crate::error::FormatError;
 use crate::json::{self, Fields};
-use crate::llava::{from_llava_role, to_llava_role};
+use crate::llava::to_llava_role;
 use crate::output::{AtomicFile, JsonArray, JsonLines};
 use crate::{ReadOptions, Sink, WriteSummary, image_ref, swift};
 
@@ -22,25 +22,19 @@ pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(
         let id = f.opt_id("id")?;
         let images = swift::take_images(&mut f)?;
         let mut messages = if f.has("conversations") {
-            parse_sharegpt_messages(&mut f)?
+            swift::parse_messages(&mut f, "conversations")?
         } else if f.has("messages") {
-            swift::parse_messages(&mut f, "messages", "role", "content")?
+            swift::parse_messages(&mut f, "messages")?
         } else {
-            return Err(f.err("missing field `conversations`").id(id));
+            return Err(f.err("missing field `conversations`").id(id).hint(
+                "ShareGPT rows look like {\"conversations\": [{\"from\": \"human\", \"value\": ...}, ...], \"images\": [...]}",
+            ));
         };
         if let Some(system) = f.opt_str("system")? {
             messages.insert(0, Message::new("system", system));
         }
         Conversation { loc: loc.clone(), id, task, messages, images, meta: f.rest(), split: None }.into_records()
     })
-}
-
-/// `conversations` of `{from, value}` with roles mapped to user/assistant/system.
-pub(crate) fn parse_sharegpt_messages(f: &mut Fields) -> Result<Vec<Message>, RecordError> {
-    Ok(swift::parse_messages(f, "conversations", "from", "value")?
-        .into_iter()
-        .map(|m| Message::new(from_llava_role(&m.role), m.content))
-        .collect())
 }
 
 pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Result<WriteSummary, FormatError> {
@@ -72,7 +66,7 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
             row.insert("images".into(), j.images().iter().map(image_ref::to_json).collect());
         }
         if let Some(id) = j.id() {
-            row.insert("id".into(), json::id_value(&id));
+            row.insert("id".into(), json::id_string(&id));
         }
         for (k, v) in &j.last.meta {
             row.entry(k.clone()).or_insert_with(|| v.clone());

@@ -29,8 +29,17 @@ pub(crate) fn parse_row(mut f: Fields, task: Task) -> Result<Vec<Record>, Record
     let images = take_images(&mut f)?;
     let mut prediction = None;
     let mut reference = None;
-    let messages = if f.has("messages") {
-        let mut messages = parse_messages(&mut f, "messages", "role", "content")?;
+    // ms-swift's MessagesPreprocessor reads any of these three columns.
+    let chat_key = ["messages", "conversation", "conversations"].into_iter().find(|k| f.has(k));
+    let messages = if let Some(key) = chat_key {
+        let mut messages = parse_messages(&mut f, key)?;
+        // A `system` column fills in the system turn when the messages have none.
+        if messages.first().is_none_or(|m| m.role != "system")
+            && let Some(k) = ["system", "system_prompt"].into_iter().find(|k| f.has(k))
+        {
+            let system = f.str(k)?;
+            messages.insert(0, Message::new("system", system));
+        }
         // A `swift infer` result row: the model's answer is appended to `messages`.
         if f.has("response") && f.has("labels") {
             let response = f.opt_str("response")?.unwrap_or_default();
@@ -48,8 +57,6 @@ pub(crate) fn parse_row(mut f: Fields, task: Task) -> Result<Vec<Record>, Record
             prediction = Some(Prediction { model, answer: response, score });
         }
         messages
-    } else if f.has("conversations") {
-        crate::sharegpt::parse_sharegpt_messages(&mut f)?
     } else {
         query_response(&mut f)?
     };
@@ -72,40 +79,78 @@ pub(crate) fn take_images(f: &mut Fields) -> Result<Vec<ImageSource>, RecordErro
         Some(Value::Array(a)) => a,
         Some(single) => vec![single],
     };
-    v.iter().enumerate().map(|(i, x)| image_ref::parse(x).map_err(|e| f.err(format!("`{key}[{i}]`: {e}")))).collect()
-}
-
-/// A list of `{role, content}` objects under `key`.
-pub(crate) fn parse_messages(
-    f: &mut Fields,
-    key: &str,
-    role_key: &str,
-    content_key: &str,
-) -> Result<Vec<Message>, RecordError> {
-    let list = f.opt_array(key)?.unwrap_or_default();
-    list.into_iter()
+    v.iter()
         .enumerate()
-        .map(|(i, m)| {
-            let Value::Object(mut m) = m else {
-                return Err(f.err(format!("`{key}[{i}]` must be an object, found {}", kind(&m))));
-            };
-            let role = match m.remove(role_key) {
-                Some(Value::String(r)) => r,
-                _ => return Err(f.err(format!("`{key}[{i}]` needs a string `{role_key}`"))),
-            };
-            let content = match m.remove(content_key) {
-                Some(Value::String(c)) => c,
-                Some(other) => {
-                    return Err(f
-                        .err(format!("`{key}[{i}].{content_key}` must be a string, found {}", kind(&other)))
-                        .hint("multimodal content lists are not supported: write the text with <image> tags and list images in `images`"));
-                }
-                None => return Err(f.err(format!("`{key}[{i}]` has no `{content_key}`"))),
-            };
-            Ok(Message::new(role, content))
+        .map(|(i, x)| {
+            image_ref::parse(x).map_err(|e| {
+                f.err(format!("`{key}[{i}]`: {e}")).hint(
+                    "an image is a path, an http(s) URL, a data: URI, or an object {\"bytes\": ..., \"path\": ...}",
+                )
+            })
         })
         .collect()
 }
+
+/// The messages under `key` in any spelling ms-swift accepts: `{role, content}` or
+/// `{from, value}` objects (roles human/gpt/bot mapped to user/assistant), or ShareGPT
+/// pairs `{human, assistant}` (`docs/source_en/Customization/Custom-dataset.md`).
+pub(crate) fn parse_messages(f: &mut Fields, key: &str) -> Result<Vec<Message>, RecordError> {
+    let list = match f.take(key) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a,
+        Some(Value::String(_)) => {
+            return Err(f.err(format!("field `{key}` is a string, not a list")).hint(
+                "write the messages as a JSON list of {\"role\": ..., \"content\": ...} objects (ms-swift's Python-literal strings are not read)",
+            ));
+        }
+        Some(other) => return Err(f.err(format!("field `{key}` must be a list, found {}", kind(&other)))),
+    };
+    let mut messages = Vec::with_capacity(list.len());
+    for (i, m) in list.into_iter().enumerate() {
+        let Value::Object(mut m) = m else {
+            return Err(f.err(format!("`{key}[{i}]` must be an object, found {}", kind(&m))).hint(MESSAGE_HINT));
+        };
+        let standard = ["role", "from", "content", "value"].iter().any(|k| m.contains_key(*k));
+        if !standard && m.keys().any(|k| PAIR_USER.contains(&k.as_str())) {
+            let mut side = |names: &[&str], what: &str| -> Result<Option<String>, RecordError> {
+                match names.iter().find_map(|n| m.remove(*n)) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s)),
+                    Some(other) => {
+                        Err(f.err(format!("`{key}[{i}]`: the {what} turn must be a string, found {}", kind(&other))))
+                    }
+                }
+            };
+            let user = side(PAIR_USER, "human")?;
+            let assistant = side(PAIR_ASSISTANT, "assistant")?;
+            messages.extend(user.map(|c| Message::new("user", c)));
+            messages.extend(assistant.map(|c| Message::new("assistant", c)));
+            continue;
+        }
+        let (role_key, content_key) =
+            if m.contains_key("role") || m.contains_key("content") { ("role", "content") } else { ("from", "value") };
+        let role = match m.remove(role_key) {
+            Some(Value::String(r)) => r,
+            _ => return Err(f.err(format!("`{key}[{i}]` needs a string `{role_key}`")).hint(MESSAGE_HINT)),
+        };
+        let content = match m.remove(content_key) {
+            Some(Value::String(c)) => c,
+            Some(other) => {
+                return Err(f
+                    .err(format!("`{key}[{i}].{content_key}` must be a string, found {}", kind(&other)))
+                    .hint("multimodal content lists are not supported: write the text with <image> tags and list images in `images`"));
+            }
+            None => return Err(f.err(format!("`{key}[{i}]` has no `{content_key}`")).hint(MESSAGE_HINT)),
+        };
+        messages.push(Message::new(crate::llava::from_llava_role(&role), content));
+    }
+    Ok(messages)
+}
+
+const MESSAGE_HINT: &str =
+    "a message looks like {\"role\": \"user\", \"content\": \"...\"} (or {\"from\": \"human\", \"value\": \"...\"})";
+const PAIR_USER: &[&str] = &["human", "user"];
+const PAIR_ASSISTANT: &[&str] = &["assistant", "gpt", "bot"];
 
 fn query_response(f: &mut Fields) -> Result<Vec<Message>, RecordError> {
     let mut messages = Vec::new();
@@ -130,7 +175,8 @@ fn query_response(f: &mut Fields) -> Result<Vec<Message>, RecordError> {
         }
         Some(other) => return Err(f.err(format!("`history` must be a list, found {}", kind(&other)))),
     }
-    let query = f.first_str(QUERY_KEYS)?;
+    let alpaca = !f.has("query") && !f.has("prompt") && (f.has("instruction") || f.has("input"));
+    let query = if alpaca { alpaca_query(f)? } else { f.first_str(QUERY_KEYS)? };
     let response = take_response(f)?;
     match query {
         Some(q) => messages.push(Message::new("user", q)),
@@ -145,6 +191,18 @@ fn query_response(f: &mut Fields) -> Result<Vec<Message>, RecordError> {
         messages.push(Message::new("assistant", r));
     }
     Ok(messages)
+}
+
+/// Alpaca rows ask `instruction` and `input` together, joined by a newline when both are
+/// there (ms-swift `AlpacaPreprocessor.concat_inst_input`).
+fn alpaca_query(f: &mut Fields) -> Result<Option<String>, RecordError> {
+    let instruction = f.opt_str("instruction")?;
+    let input = f.opt_str("input")?;
+    Ok(match (instruction, input) {
+        (Some(i), Some(x)) if !i.is_empty() && !x.is_empty() => Some(format!("{i}\n{x}")),
+        (Some(i), _) if !i.is_empty() => Some(i),
+        (i, x) => x.or(i),
+    })
 }
 
 fn take_response(f: &mut Fields) -> Result<Option<String>, RecordError> {
@@ -188,7 +246,7 @@ fn row(j: &conversation::Joined) -> Map<String, Value> {
         row.insert("images".into(), j.images().iter().map(image_ref::to_json).collect());
     }
     if let Some(id) = j.id() {
-        row.insert("id".into(), json::id_value(&id));
+        row.insert("id".into(), json::id_string(&id));
     }
     for (k, v) in &j.last.meta {
         row.entry(k.clone()).or_insert_with(|| v.clone());

@@ -75,13 +75,10 @@ pub(crate) fn read_jsonl(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Re
 
 pub(crate) fn read_csv(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(), FormatError> {
     let file = Arc::new(path.to_path_buf());
-    json::read_all(path).map(drop)?; // empty and non-UTF-8 files get the usual errors
+    let buf = json::read_all(path)?; // empty and non-UTF-8 files get the usual errors
     let delimiter = if path.extension().is_some_and(|e| e == "tsv") { b'\t' } else { b',' };
-    let mut rdr = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .flexible(false)
-        .from_path(path)
-        .map_err(|e| FormatError::io(path, std::io::Error::other(e)))?;
+    let mut rdr = csv::ReaderBuilder::new().delimiter(delimiter).flexible(false).from_reader(buf.as_slice());
+    let mut lines = RowLines { buf: &buf, pos: 0, line: 1 };
     let headers = rdr
         .headers()
         .map_err(|e| FormatError::from(RecordError::new(Location::line(&file, 1), format!("bad header: {e}"))))?
@@ -89,7 +86,7 @@ pub(crate) fn read_csv(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Resu
     for (i, row) in rdr.records().enumerate() {
         let res = match row {
             Ok(row) => {
-                let loc = Location::at(&file, row.position().map_or(0, |p| p.line()), i as u64);
+                let loc = Location::at(&file, row.position().map_or(0, |p| lines.at(p.byte())), i as u64);
                 let mut map = Map::new();
                 for (h, v) in headers.iter().zip(row.iter()) {
                     if v.is_empty() {
@@ -114,8 +111,14 @@ pub(crate) fn read_csv(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Resu
                 })
             }
             Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
-                Err(RecordError::new(Location::at(&file, line, i as u64), format!("bad CSV row: {e}"))
+                let line = e.position().map_or(0, |p| lines.at(p.byte()));
+                let message = match e.kind() {
+                    csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                        format!("the row has {len} fields, the header has {expected_len}")
+                    }
+                    _ => format!("bad CSV row: {e}"),
+                };
+                Err(RecordError::new(Location::at(&file, line, i as u64), message)
                     .hint("every row needs as many fields as the header; quote fields that contain commas"))
             }
         };
@@ -128,6 +131,29 @@ pub(crate) fn read_csv(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Resu
         }
     }
     Ok(())
+}
+
+/// Line numbers of CSV rows, from their byte offsets: the csv crate's own line numbers
+/// are one short after blank lines and on CRLF files, where its offsets point at the end
+/// of the line before the row.
+struct RowLines<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    line: u64,
+}
+
+impl RowLines<'_> {
+    fn at(&mut self, byte: u64) -> u64 {
+        let mut start = (byte as usize).min(self.buf.len());
+        while start < self.buf.len() && matches!(self.buf[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        if start >= self.pos {
+            self.line += self.buf[self.pos..start].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.pos = start;
+        }
+        self.line
+    }
 }
 
 fn row_fields(r: &Record) -> Map<String, Value> {

@@ -26,7 +26,8 @@ struct Doc<'a> {
 pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(), FormatError> {
     let buf = json::read_all(path)?;
     let file = Arc::new(path.to_path_buf());
-    let doc: Doc = serde_json::from_slice(&buf).map_err(|e| json::syntax_error(&file, &e))?;
+    let doc: Doc = serde_json::from_slice(&buf)
+        .map_err(|e| json::document_error(&file, &buf, &e, "a TextVQA object ({\"data\": [...]})"))?;
     let Some(data) = doc.data else {
         return Err(RecordError::new(Location::file(&file), "no `data` list")
             .hint("TextVQA files (TextVQA_0.5.1_*.json) hold their questions under `data`")
@@ -93,7 +94,7 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
         let mut m: Map<String, Value> = r.meta.clone();
         let image_id = m
             .remove("image_id")
-            .and_then(|v| v.as_str().map(String::from))
+            .and_then(|v| json::id_text(&v))
             .or_else(|| r.image_info.first().map(|i| i.sha256.to_hex()[..16].to_string()))
             .unwrap_or_default();
         m.insert("question_id".into(), r.id.as_deref().map(json::id_value).unwrap_or(Value::from(n)));

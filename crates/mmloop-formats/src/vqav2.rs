@@ -48,7 +48,8 @@ fn sibling_annotations(questions: &Path, subtype: Option<&str>) -> Option<PathBu
 pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(), FormatError> {
     let buf = json::read_all(path)?;
     let file = Arc::new(path.to_path_buf());
-    let doc: Questions = serde_json::from_slice(&buf).map_err(|e| json::syntax_error(&file, &e))?;
+    let doc: Questions = serde_json::from_slice(&buf)
+        .map_err(|e| json::document_error(&file, &buf, &e, "a VQAv2 questions object ({\"questions\": [...]})"))?;
     let Some(questions) = doc.questions else {
         return Err(RecordError::new(Location::file(&file), "no `questions` list")
             .hint(
@@ -65,7 +66,9 @@ pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(
     let ann_file = Arc::new(ann_path.clone().unwrap_or_default());
     let mut answers: HashMap<String, (Location, &RawValue)> = HashMap::new();
     if let Some(ab) = &ann_buf {
-        let doc: Annotations = serde_json::from_slice(ab).map_err(|e| json::syntax_error(&ann_file, &e))?;
+        let doc: Annotations = serde_json::from_slice(ab).map_err(|e| {
+            json::document_error(&ann_file, ab, &e, "a VQAv2 annotations object ({\"annotations\": [...]})")
+        })?;
         let list = doc.annotations.ok_or_else(|| {
             FormatError::from(
                 RecordError::new(Location::file(&ann_file), "no `annotations` list")
@@ -184,6 +187,8 @@ pub(crate) fn coco_image_path(dir: &Path, subtype: Option<&str>, image_id: &str)
     };
     let mut names = Vec::new();
     if let Some(s) = subtype {
+        // test-dev2015 is a subset of test2015: its images are named and filed as test2015.
+        let s = s.replace("test-dev", "test");
         names.push(format!("COCO_{s}_{n:012}.jpg"));
         names.push(format!("{s}/COCO_{s}_{n:012}.jpg"));
     }
