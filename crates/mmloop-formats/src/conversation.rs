@@ -115,6 +115,22 @@ impl<'r> Joined<'r> {
     pub(crate) fn images(&self) -> &'r [ImageSource] {
         &self.last.images
     }
+
+    /// Adds what every chat format writes after its messages: the images as a list under
+    /// `images_key` (when given), the conversation's id, and the fields kept from reading.
+    pub(crate) fn finish_row(&self, row: &mut Map<String, Value>, images_key: Option<&str>) {
+        if let Some(key) = images_key
+            && !self.images().is_empty()
+        {
+            row.insert(key.into(), self.images().iter().map(crate::image_ref::to_json).collect());
+        }
+        if let Some(id) = self.id() {
+            row.insert("id".into(), crate::json::id_string(&id));
+        }
+        for (k, v) in &self.last.meta {
+            row.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
 }
 
 /// Joins a group of records (turns of one conversation, in order) into messages.

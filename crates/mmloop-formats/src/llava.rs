@@ -75,9 +75,7 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
             "conversations".into(),
             messages.iter().map(|m| serde_json::json!({"from": to_llava_role(&m.role), "value": m.content})).collect(),
         );
-        for (k, v) in &j.last.meta {
-            row.entry(k.clone()).or_insert_with(|| v.clone());
-        }
+        j.finish_row(&mut row, None);
         file.push(&row)?;
     }
     let path = file.commit()?;

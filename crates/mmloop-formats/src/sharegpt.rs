@@ -13,7 +13,7 @@ use crate::error::FormatError;
 use crate::json::{self, Fields};
 use crate::llava::to_llava_role;
 use crate::output::{AtomicFile, JsonArray, JsonLines};
-use crate::{ReadOptions, Sink, WriteSummary, image_ref, swift};
+use crate::{ReadOptions, Sink, WriteSummary, swift};
 
 pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(), FormatError> {
     let task = opts.task.unwrap_or(Task::Vqa);
@@ -62,15 +62,7 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
             "conversations".into(),
             messages.iter().map(|m| serde_json::json!({"from": to_llava_role(&m.role), "value": m.content})).collect(),
         );
-        if !j.images().is_empty() {
-            row.insert("images".into(), j.images().iter().map(image_ref::to_json).collect());
-        }
-        if let Some(id) = j.id() {
-            row.insert("id".into(), json::id_string(&id));
-        }
-        for (k, v) in &j.last.meta {
-            row.entry(k.clone()).or_insert_with(|| v.clone());
-        }
+        j.finish_row(&mut row, Some("images"));
         match &mut file {
             Out::Lines(f) => f.push(&row)?,
             Out::Array(f) => f.push(&row)?,

@@ -242,14 +242,6 @@ fn row(j: &conversation::Joined) -> Map<String, Value> {
         "messages".into(),
         j.messages.iter().map(|m| serde_json::json!({"role": m.role, "content": m.content})).collect(),
     );
-    if !j.images().is_empty() {
-        row.insert("images".into(), j.images().iter().map(image_ref::to_json).collect());
-    }
-    if let Some(id) = j.id() {
-        row.insert("id".into(), json::id_string(&id));
-    }
-    for (k, v) in &j.last.meta {
-        row.entry(k.clone()).or_insert_with(|| v.clone());
-    }
+    j.finish_row(&mut row, Some("images"));
     row
 }
