@@ -9,6 +9,15 @@ use tempfile::NamedTempFile;
 
 use crate::error::FormatError;
 
+/// A temporary file beside the target. Temporary files are created owner-only; the
+/// finished file should be an ordinary one.
+pub(crate) fn temp_file_in(dir: &Path) -> std::io::Result<NamedTempFile> {
+    let mut b = tempfile::Builder::new();
+    #[cfg(unix)]
+    b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    b.tempfile_in(dir)
+}
+
 pub(crate) struct AtomicFile {
     path: PathBuf,
     out: BufWriter<NamedTempFile>,
@@ -21,7 +30,7 @@ impl AtomicFile {
             _ => Path::new("."),
         };
         std::fs::create_dir_all(dir).map_err(|e| FormatError::io(dir, e))?;
-        let tmp = NamedTempFile::new_in(dir).map_err(|e| FormatError::io(dir, e))?;
+        let tmp = temp_file_in(dir).map_err(|e| FormatError::io(dir, e))?;
         Ok(AtomicFile { path: path.to_path_buf(), out: BufWriter::with_capacity(1 << 20, tmp) })
     }
 
@@ -85,5 +94,22 @@ impl JsonArray {
     pub(crate) fn commit(mut self) -> Result<PathBuf, FormatError> {
         self.file.write_all(b"\n]\n")?;
         self.file.commit()
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn finished_files_are_ordinary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.json");
+        let mut f = AtomicFile::create(&path).unwrap();
+        f.write_all(b"[]").unwrap();
+        f.commit().unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
     }
 }
