@@ -288,7 +288,7 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
         }
         let Some(caption) = r.answer.as_ref().and_then(Answer::best) else { continue };
         let mut ann = r.meta.clone();
-        ann.remove("image");
+        ann.shift_remove("image");
         ann.insert("image_id".into(), Value::from(image_id));
         ann.insert("caption".into(), Value::from(caption));
         if let Some(id) = r.id.as_deref().and_then(|i| i.parse::<i64>().ok())

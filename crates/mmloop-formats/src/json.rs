@@ -258,7 +258,7 @@ impl<'l> Fields<'l> {
 
     /// Removes `key`, which must be a string if present.
     pub(crate) fn opt_str(&mut self, key: &str) -> Result<Option<String>, RecordError> {
-        match self.map.remove(key) {
+        match self.map.shift_remove(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(other) => Err(self.err(format!("field `{key}` must be a string, found {}", kind(&other)))),
@@ -281,7 +281,7 @@ impl<'l> Fields<'l> {
 
     /// Removes an id (string or integer) and returns it as text.
     pub(crate) fn opt_id(&mut self, key: &str) -> Result<Option<String>, RecordError> {
-        match self.map.remove(key) {
+        match self.map.shift_remove(key) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => id_text(&v)
                 .ok_or_else(|| self.err(format!("field `{key}` must be a string or an integer, found {}", kind(&v))))
@@ -290,7 +290,7 @@ impl<'l> Fields<'l> {
     }
 
     pub(crate) fn opt_array(&mut self, key: &str) -> Result<Option<Vec<Value>>, RecordError> {
-        match self.map.remove(key) {
+        match self.map.shift_remove(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Array(a)) => Ok(Some(a)),
             Some(other) => Err(self.err(format!("field `{key}` must be an array, found {}", kind(&other)))),
@@ -298,7 +298,7 @@ impl<'l> Fields<'l> {
     }
 
     pub(crate) fn take(&mut self, key: &str) -> Option<Value> {
-        self.map.remove(key)
+        self.map.shift_remove(key)
     }
 
     /// What is left: the fields a reader has no place for, kept for round trips.

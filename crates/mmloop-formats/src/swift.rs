@@ -113,7 +113,7 @@ pub(crate) fn parse_messages(f: &mut Fields, key: &str) -> Result<Vec<Message>, 
         let standard = ["role", "from", "content", "value"].iter().any(|k| m.contains_key(*k));
         if !standard && m.keys().any(|k| PAIR_USER.contains(&k.as_str())) {
             let mut side = |names: &[&str], what: &str| -> Result<Option<String>, RecordError> {
-                match names.iter().find_map(|n| m.remove(*n)) {
+                match names.iter().find_map(|n| m.shift_remove(*n)) {
                     None | Some(Value::Null) => Ok(None),
                     Some(Value::String(s)) => Ok(Some(s)),
                     Some(other) => {
@@ -129,11 +129,11 @@ pub(crate) fn parse_messages(f: &mut Fields, key: &str) -> Result<Vec<Message>, 
         }
         let (role_key, content_key) =
             if m.contains_key("role") || m.contains_key("content") { ("role", "content") } else { ("from", "value") };
-        let role = match m.remove(role_key) {
+        let role = match m.shift_remove(role_key) {
             Some(Value::String(r)) => r,
             _ => return Err(f.err(format!("`{key}[{i}]` needs a string `{role_key}`")).hint(MESSAGE_HINT)),
         };
-        let content = match m.remove(content_key) {
+        let content = match m.shift_remove(content_key) {
             Some(Value::String(c)) => c,
             Some(other) => {
                 return Err(f

@@ -47,10 +47,10 @@ fn parse_row(mut f: Fields, opts: &ReadOptions) -> Result<Vec<Record>, RecordErr
             .into_iter()
             .map(|v| match v {
                 Value::String(answer) => Ok(HumanAnswer { answer, confidence: None }),
-                Value::Object(mut o) => match o.remove("answer") {
+                Value::Object(mut o) => match o.shift_remove("answer") {
                     Some(Value::String(answer)) => Ok(HumanAnswer {
                         answer,
-                        confidence: o.remove("answer_confidence").and_then(|c| c.as_str().map(String::from)),
+                        confidence: o.shift_remove("answer_confidence").and_then(|c| c.as_str().map(String::from)),
                     }),
                     _ => Err(f.err("an `answers` entry needs a string `answer`")),
                 },
@@ -99,7 +99,7 @@ pub(crate) fn read_csv(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Resu
                     };
                     map.insert(h.to_string(), value);
                 }
-                let meta = match map.remove("meta") {
+                let meta = match map.shift_remove("meta") {
                     Some(Value::Object(m)) => m,
                     _ => Map::new(),
                 };

@@ -93,7 +93,7 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
         n += 1;
         let mut m: Map<String, Value> = r.meta.clone();
         let image_id = m
-            .remove("image_id")
+            .shift_remove("image_id")
             .and_then(|v| json::id_text(&v))
             .or_else(|| r.image_info.first().map(|i| i.sha256.to_hex()[..16].to_string()))
             .unwrap_or_default();

@@ -169,11 +169,11 @@ fn parse_answers(f: &mut Fields) -> Result<Answer, RecordError> {
         let Value::Object(mut a) = a else {
             return Err(f.err(format!("`answers[{i}]` must be an object, found {}", kind(&a))));
         };
-        let answer = match a.remove("answer") {
+        let answer = match a.shift_remove("answer") {
             Some(Value::String(s)) => s,
             _ => return Err(f.err(format!("`answers[{i}]` needs a string `answer`"))),
         };
-        let confidence = a.remove("answer_confidence").and_then(|c| c.as_str().map(String::from));
+        let confidence = a.shift_remove("answer_confidence").and_then(|c| c.as_str().map(String::from));
         all.push(HumanAnswer { answer, confidence });
     }
     Ok(Answer { text, all })
@@ -226,11 +226,11 @@ pub(crate) fn write(
             next_qid
         });
         let mut meta = r.meta.clone();
-        let wanted = meta.remove("image_id").and_then(|v| v.as_i64());
-        meta.remove("data_subtype");
+        let wanted = meta.shift_remove("image_id").and_then(|v| v.as_i64());
+        meta.shift_remove("data_subtype");
         let (image_id, _) = ids.get(&r, wanted);
-        let question_type = meta.remove("question_type");
-        let answer_type = meta.remove("answer_type");
+        let question_type = meta.shift_remove("question_type");
+        let answer_type = meta.shift_remove("answer_type");
         // Fields that came with the question stay on the question.
         let mut q = meta;
         q.insert("question_id".into(), Value::from(qid));

@@ -454,7 +454,7 @@ fn windows_line_endings_read_like_unix_ones() {
 fn detection_failures_say_what_was_seen() {
     let (_d, path) = file("d.jsonl", b"{\"foo\": 1, \"bar\": 2}\n");
     let e = mmloop_formats::detect(&path).unwrap_err().to_string();
-    assert!(e.contains("records with keys bar, foo") && e.contains("hint: name it with --format"), "{e}");
+    assert!(e.contains("records with keys foo, bar") && e.contains("hint: name it with --format"), "{e}");
     let (_d, path) = file("d.json", b"[1, 2, 3]");
     let e = mmloop_formats::detect(&path).unwrap_err().to_string();
     assert!(e.contains("elements are not objects"), "{e}");
