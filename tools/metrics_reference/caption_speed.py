@@ -10,7 +10,13 @@ pipeline on the same data and check every score.
 With `--plain 1` the captions look like COCO's (lower case words, a final period now and
 then) instead of caption_reference.py's deliberately tricky ones.
 
+With `--mmloop PATH` (a release `mmloop` binary) the same corpus is also written as a COCO
+annotation file and a COCO results file under `--coco-dir`, scored end to end by
+`mmloop eval --metrics bleu,rouge_l,cider` in the same run, timed, and every corpus and
+per-image score compared with pycocoevalcap's.
+
 Usage: python3 tools/metrics_reference/caption_speed.py [--n 25000] [--plain 1] [--out /tmp/caption_speed.json]
+           [--mmloop target/release/mmloop] [--coco-dir /tmp/caption_speed_coco]
 Then:  MMLOOP_CAPTION_BENCH=/tmp/caption_speed.json cargo test --release -p mmloop-metrics \
            --test caption_speed -- --ignored --nocapture
 """
@@ -18,6 +24,7 @@ Then:  MMLOOP_CAPTION_BENCH=/tmp/caption_speed.json cargo test --release -p mmlo
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 
@@ -84,6 +91,55 @@ def main():
     with open(out_path, "w") as f:
         json.dump({"reference": _venv.versions(), "images": images, "scores": scores, "seconds": t}, f)
     print("wrote", out_path)
+    if args.get("--mmloop"):
+        run_mmloop(args["--mmloop"], args.get("--coco-dir", "/tmp/caption_speed_coco"), images, scores, t["total"])
+
+
+def run_mmloop(binary, coco_dir, images, scores, py_seconds):
+    """`mmloop eval` on the same corpus as COCO files, timed end to end, scores compared."""
+    os.makedirs(coco_dir, exist_ok=True)
+    refs = {"images": [], "annotations": []}
+    res = []
+    for i, im in enumerate(images):
+        refs["images"].append({"id": i, "file_name": "%012d.jpg" % i})
+        for c in im["references"]:
+            refs["annotations"].append({"id": len(refs["annotations"]) + 1, "image_id": i, "caption": c})
+        res.append({"image_id": i, "caption": im["prediction"]})
+    refs_path = os.path.join(coco_dir, "captions_refs.json")
+    res_path = os.path.join(coco_dir, "captions_results.json")
+    with open(refs_path, "w") as f:
+        json.dump(refs, f)
+    with open(res_path, "w") as f:
+        json.dump(res, f)
+    out = os.path.join(coco_dir, "report")
+    cmd = [binary, "eval", "--predictions", res_path, "--references", refs_path,
+           "--metrics", "bleu,rouge_l,cider", "-o", out]
+    runs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        runs.append(time.perf_counter() - t0)
+    best = min(runs)
+    with open(os.path.join(out, "metrics.json")) as f:
+        got = json.load(f)
+    by = {m["name"]: m for m in got["metrics"]}
+    diffs = {
+        "Bleu": max(abs(p["value"] - w) for p, w in zip(by["bleu"]["parts"], scores["Bleu"])),
+        "ROUGE_L": abs(by["rouge_l"]["value"] - scores["ROUGE_L"]),
+        "CIDEr": abs(by["cider"]["value"] - scores["CIDEr"]),
+    }
+    per = {"Bleu": 0.0, "ROUGE_L": 0.0, "CIDEr": 0.0}
+    for i, it in enumerate(got["items"]):
+        s = it["scores"]
+        per["Bleu"] = max(per["Bleu"], max(abs(s["bleu_%d" % (k + 1)] - scores["Bleu_per_image"][i][k]) for k in range(4)))
+        per["ROUGE_L"] = max(per["ROUGE_L"], abs(s["rouge_l"] - scores["ROUGE_L_per_image"][i]))
+        per["CIDEr"] = max(per["CIDEr"], abs(s["cider"] - scores["CIDEr_per_image"][i]))
+    print("mmloop eval end to end: runs %s s, best %.3f s; pycocoevalcap %.2f s: %.1fx faster"
+          % ([round(r, 3) for r in runs], best, py_seconds, py_seconds / best))
+    print("max |mmloop - pycocoevalcap|: corpus", diffs, "per image", per)
+    if any(diffs.values()) or any(per.values()):
+        sys.exit("scores differ")
+    print("identical scores: corpus and all", len(got["items"]), "images")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,17 @@ pub enum Command {
     Audit(AuditCommand),
     /// Show one item with its images, label and history.
     Show(ShowArgs),
+    /// Pre-annotate with a vision-language model: answers, confidence and risk flags for a
+    /// project's pending items, or images/a dataset file to a JSONL file (like `swift infer`).
+    Infer(Box<InferArgs>),
+    /// Review in the browser: serve the review UI and its REST API.
+    Review(ReviewArgs),
+    /// Manage accounts (admin, reviewer, annotator, viewer) and API tokens.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Score predictions against references with the official metrics; write metrics.json
+    /// and report.html (like `swift eval`).
+    Eval(Box<EvalArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -206,6 +217,294 @@ pub struct ShowArgs {
     pub project: PathBuf,
     /// The item id.
     pub item: i64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReviewArgs {
+    pub project: PathBuf,
+    /// The port to listen on (0: any free port; the URL printed says which).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The address to listen on; anything but loopback should sit behind a TLS proxy.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Always mark cookies Secure (they are anyway when a proxy sends X-Forwarded-Proto: https).
+    #[arg(long)]
+    pub secure_cookies: bool,
+    /// How long an item stays with its reviewer without a renewal, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub lease_secs: u64,
+    /// How long a login lasts, in hours.
+    #[arg(long, default_value_t = 12)]
+    pub session_hours: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a user (asks for a password; --password-stdin reads it from standard input).
+    Add {
+        project: PathBuf,
+        name: String,
+        /// admin, reviewer, annotator or viewer.
+        #[arg(long, default_value = "reviewer")]
+        role: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// No password: the account can only use API tokens.
+        #[arg(long, conflicts_with = "password_stdin")]
+        no_password: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List users.
+    List {
+        project: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a user's role.
+    Role { project: PathBuf, name: String, role: String },
+    /// Disable a user: ends their sessions, frees their items, refuses their tokens.
+    Disable { project: PathBuf, name: String },
+    /// Enable a disabled user again.
+    Enable { project: PathBuf, name: String },
+    /// Set a user's password (ends their sessions).
+    Password {
+        project: PathBuf,
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Create an API token for a user and print it (shown once) for scripts:
+    /// `Authorization: Bearer <token>`.
+    Token {
+        project: PathBuf,
+        name: String,
+        /// What the token is for.
+        #[arg(long = "token-name", default_value = "cli")]
+        token_name: String,
+        /// Expire after this many days (default: never).
+        #[arg(long)]
+        expires_days: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List API tokens (never the tokens themselves).
+    Tokens {
+        project: PathBuf,
+        /// Only this user's.
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API token by id.
+    Revoke { project: PathBuf, id: i64 },
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  mmloop infer --model HuggingFaceTB/SmolVLM-256M-Instruct --images './photos/*.jpg' \\
+      --prompt \"What material is this? Answer briefly.\" --output answers.jsonl
+  mmloop infer my-project --model Qwen/Qwen2.5-VL-3B-Instruct --device cuda
+  mmloop infer my-project --api http://127.0.0.1:8000/v1 --model Qwen2.5-VL-7B-Instruct --concurrency 64")]
+pub struct InferArgs {
+    /// The project whose pending items get candidates. Leave out for file mode (--images or
+    /// --dataset with --output).
+    pub project: Option<PathBuf>,
+    /// A Hugging Face repo id or a checkpoint folder; with --api, the served model's name
+    /// (default: the first one the server lists).
+    #[arg(long, alias = "model_id")]
+    pub model: Option<String>,
+    /// The hub revision (branch, tag or commit) of --model.
+    #[arg(long, alias = "model_revision", default_value = "main")]
+    pub revision: String,
+    /// Answer with an OpenAI-compatible server (vLLM, SGLang, LMDeploy, Ollama) at this URL
+    /// instead of the embedded engine, e.g. http://127.0.0.1:8000/v1.
+    #[arg(long, value_name = "URL", alias = "base_url", alias = "base-url")]
+    pub api: Option<String>,
+    /// The server's API key.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true, alias = "api_key")]
+    pub api_key: Option<String>,
+    /// ms-swift's engine choice: transformers/pt/mistralrs run the embedded engine;
+    /// vllm/sglang/lmdeploy/openai need --api.
+    #[arg(long, alias = "infer_backend", value_name = "ENGINE")]
+    pub infer_backend: Option<String>,
+
+    /// File mode: images to answer: files, folders, or quoted globs ('dir/*.jpg').
+    #[arg(long, num_args = 1.., value_name = "PATH")]
+    pub images: Vec<String>,
+    /// File mode: the question (or captioning prompt) every image gets.
+    #[arg(long, alias = "query", alias = "question")]
+    pub prompt: Option<String>,
+    /// File mode: a dataset file in any format `mmloop import` reads; its answers become
+    /// `labels` in the output.
+    #[arg(long, alias = "val_dataset", alias = "val-dataset", value_name = "FILE")]
+    pub dataset: Option<PathBuf>,
+    /// The dataset's format, when detection guesses wrong.
+    #[arg(long, short)]
+    pub format: Option<String>,
+    /// Where the dataset's relative image paths resolve (default: its folder).
+    #[arg(long, alias = "images_dir", alias = "image-folder", alias = "image_folder")]
+    pub images_dir: Option<PathBuf>,
+    /// vqa or caption (file mode; captions are not held to question-format rules).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// File mode: the JSONL file to write. An existing file is completed: questions it
+    /// already answers are skipped.
+    #[arg(long, short, alias = "result_path", alias = "result-path")]
+    pub output: Option<PathBuf>,
+    /// File mode: start the output file over.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// File mode: apply the [rules] section of this TOML file (e.g. a project's mmloop.toml).
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+
+    /// The longest answer, in tokens (default: the checkpoint's, else 256).
+    #[arg(long, alias = "max_new_tokens")]
+    pub max_new_tokens: Option<usize>,
+    /// Suppress end-of-sequence until this many tokens (fixed-length benchmarks).
+    #[arg(long, alias = "min_new_tokens")]
+    pub min_new_tokens: Option<usize>,
+    /// 0 is greedy (default: the checkpoint's generation_config.json).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    #[arg(long, alias = "top_p")]
+    pub top_p: Option<f64>,
+    #[arg(long, alias = "top_k")]
+    pub top_k: Option<usize>,
+    /// transformers' rule; 1 is off (default: the checkpoint's).
+    #[arg(long, alias = "repetition_penalty")]
+    pub repetition_penalty: Option<f64>,
+    /// Alternatives stored per answer token (at most 20).
+    #[arg(long, alias = "top_logprobs")]
+    pub top_logprobs: Option<usize>,
+    /// Seed for sampling (each item draws its own numbers from it).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// A system prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Request token log-probabilities (needed for confidence); false for servers without them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub logprobs: bool,
+
+    /// Self-consistency: extra sampled answers per question; the share agreeing becomes the
+    /// confidence.
+    #[arg(long, default_value_t = 0)]
+    pub samples: usize,
+    /// Temperature of the extra samples when the answer itself is greedy.
+    #[arg(long, alias = "sample_temperature", default_value_t = 0.7)]
+    pub sample_temperature: f64,
+    /// Which number is the confidence: auto (agreement with --samples, else sequence),
+    /// sequence, min-token, margin, agreement.
+    #[arg(long, default_value = "auto")]
+    pub confidence: String,
+
+    /// cpu, cuda or metal (embedded engine; cuda/metal need a build with that feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// auto (f32 on CPU, the GPU's best otherwise), f32, bf16 or f16 (embedded engine).
+    #[arg(long, alias = "torch_dtype", default_value = "auto")]
+    pub dtype: String,
+    /// In-situ quantization of the text layers at load: q4k, q5k, q8_0, 4, 8, ...
+    #[arg(long, alias = "isq", alias = "quant_method", value_name = "TYPE")]
+    pub quant: Option<String>,
+    /// Requests the embedded engine runs together (same-size images only; not Qwen2/2.5-VL).
+    /// 1 by default: mistral.rs 0.8.1's batches can decode other answers than single requests.
+    #[arg(long, alias = "max_batch_size", default_value_t = 1)]
+    pub max_batch_size: usize,
+    /// Requests in flight to the --api server.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Seconds a request to the --api server may take.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Retries of a request after 429, 5xx, timeouts or connection failures.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// Show the embedded engine's own log.
+    #[arg(long)]
+    pub verbose: bool,
+
+    /// Project mode: only this split.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Project mode: also items someone has already decided on.
+    #[arg(long)]
+    pub all: bool,
+    /// Answer again questions whose earlier attempt with the same settings failed.
+    #[arg(long)]
+    pub retry_errors: bool,
+    /// Project mode: at most this many items.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The predictions: COCO caption results, VQA results, JSONL with id/answer/confidence,
+    /// ms-swift/LLaVA/mmloop infer output, a multiple-choice table, or MME result files.
+    #[arg(long, short)]
+    pub predictions: PathBuf,
+    /// The references: COCO captions, VQAv2 questions (+ --annotations) or annotations,
+    /// TextVQA, JSONL/CSV rows, a multiple-choice table, or a project folder (with
+    /// --version/--split). Optional when the predictions carry their references.
+    #[arg(long, short)]
+    pub references: Option<PathBuf>,
+    /// VQAv2: the annotations file that goes with a questions file.
+    #[arg(long)]
+    pub annotations: Option<PathBuf>,
+    /// Project references: the version whose labels are the truth (v2, HEAD, an id prefix).
+    #[arg(long, default_value = "HEAD")]
+    pub version: String,
+    /// Project references: only this split.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Comma-separated: vqa_acc, exact_match, f1, anls, bleu, meteor, rouge_l, cider,
+    /// mc_acc, mmbench, mme, ece, brier (default: the task's usual ones).
+    #[arg(long, short)]
+    pub metrics: Option<String>,
+    /// Force the task instead of telling it from the references: vqa, caption, choice, mme.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// VQA accuracy as: official (GT-Vision-Lab vqaEval.py), lmms-eval, lmms-eval-textvqa,
+    /// vlmevalkit.
+    #[arg(long, default_value = "official")]
+    pub vqa_variant: String,
+    /// Score what matches and list the rest (missing ids, empty answers) instead of failing.
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// The METEOR 1.5 jar (default: the one in an installed pycocoevalcap).
+    #[arg(long)]
+    pub meteor_jar: Option<PathBuf>,
+    /// A second predictions file: paired bootstrap of A − B on every metric.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    /// Bootstrap resamples for --compare.
+    #[arg(long, default_value_t = 1000)]
+    pub resamples: usize,
+    /// Seed of the bootstrap's random numbers.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Bins for ECE and the reliability diagram.
+    #[arg(long, default_value_t = 15)]
+    pub ece_bins: usize,
+    /// Where relative image paths of the references resolve (default: the references' folder).
+    #[arg(long, alias = "image-folder", alias = "image_folder", alias = "images_dir")]
+    pub images_dir: Option<PathBuf>,
+    /// The folder for metrics.json and report.html.
+    #[arg(long, short, alias = "eval_output_dir", alias = "eval-output-dir", default_value = "eval_output")]
+    pub output: PathBuf,
+    /// How many of the lowest-scoring items the report shows.
+    #[arg(long, default_value_t = 12)]
+    pub worst: usize,
+    /// Print the scores as JSON (metrics.json without the per-item list).
     #[arg(long)]
     pub json: bool,
 }

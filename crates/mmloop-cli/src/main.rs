@@ -2,10 +2,13 @@
 //! actionable output.
 
 mod cli;
+mod eval_cmd;
 mod example;
 mod export_cmd;
 mod import_cmd;
+mod infer_cmd;
 mod info;
+mod review_cmd;
 mod ui;
 mod versions_cmd;
 
@@ -33,6 +36,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(a) => export_cmd::export(a).await,
         Command::Audit(a) => info::audit(a).await,
         Command::Show(a) => info::show(a).await,
+        Command::Infer(a) => infer_cmd::infer(*a, &actor).await,
+        Command::Review(a) => review_cmd::review(a, &actor).await,
+        Command::User(a) => review_cmd::user(a, &actor).await,
+        Command::Eval(a) => eval_cmd::eval(*a).await,
     }
 }
 

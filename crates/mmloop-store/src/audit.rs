@@ -177,14 +177,27 @@ fn row_event(r: &rusqlite::Row) -> rusqlite::Result<AuditEvent> {
 }
 
 impl Store {
-    /// Rewrites the head anchor outside the database after a mutation.
+    /// Rewrites the head anchor outside the database after a mutation. Concurrent callers
+    /// share one rewrite: when this returns, the anchor names an event at least as new as
+    /// any committed before the call. The file is written off the async threads.
     pub(crate) async fn sync_audit_head(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let anchor = &self.inner.anchor;
+        let ticket = anchor.requested.fetch_add(1, SeqCst) + 1;
+        let _turn = anchor.lock.lock().await;
+        if anchor.done.load(SeqCst) >= ticket {
+            return Ok(());
+        }
+        let upto = anchor.requested.load(SeqCst);
         let path = self.paths().audit_head.clone();
         let head = self.db().read(head).await?;
         if let Some((seq, hash)) = head {
             let text = format!("{seq} {}\n", hex::encode(hash));
-            crate::project::write_atomic(&path, text.as_bytes())?;
+            tokio::task::spawn_blocking(move || crate::project::write_atomic(&path, text.as_bytes()))
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))??;
         }
+        anchor.done.store(upto, SeqCst);
         Ok(())
     }
 
@@ -275,6 +288,15 @@ impl Store {
             })
             .await
     }
+}
+
+/// Coalesces rewrites of the head anchor (see `Store::sync_audit_head`).
+#[derive(Default)]
+pub(crate) struct AnchorSync {
+    lock: tokio::sync::Mutex<()>,
+    /// Rewrites asked for so far, and the number covered by the last finished one.
+    requested: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
 }
 
 /// The digest of the newest event, for versions to record.

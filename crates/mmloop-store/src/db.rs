@@ -11,7 +11,8 @@ use tokio::sync::oneshot;
 
 use crate::StoreError;
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../migrations/0001_init.sql"), include_str!("../migrations/0002_review.sql")];
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 

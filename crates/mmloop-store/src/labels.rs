@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use mmloop_core::{Answer, HumanAnswer, LabelContent, LabelStatus, Message, Task};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -91,7 +91,7 @@ pub(crate) fn label_by_id(conn: &Connection, id: i64) -> Result<Option<LabelView
         .optional()?)
 }
 
-fn row_label(r: &rusqlite::Row) -> rusqlite::Result<LabelView> {
+pub(crate) fn row_label(r: &rusqlite::Row) -> rusqlite::Result<LabelView> {
     let status: String = r.get(1)?;
     Ok(LabelView {
         id: r.get(0)?,
@@ -237,62 +237,11 @@ impl Store {
             .db()
             .write(move |conn| {
                 let tx = conn.transaction()?;
-                let current: Option<Option<i64>> = tx
-                    .prepare_cached("SELECT label_id FROM items WHERE id = ?1")?
-                    .query_row([item_id], |r| r.get(0))
-                    .optional()?;
-                let Some(current) = current else { return Err(StoreError::ItemNotFound(item_id)) };
-                let before = match current {
-                    Some(l) => label_by_id(&tx, l)?,
-                    None => None,
-                };
-                if current != save.base {
-                    return Ok(SaveOutcome::Conflict { current: before });
+                let out = save_in_tx(&tx, item_id, save)?;
+                if matches!(out, SaveOutcome::Saved { .. }) {
+                    tx.commit()?;
                 }
-                let digest = LabelContent { status: save.status, answer: &save.answer }.digest();
-                let answers =
-                    (!save.answer.all.is_empty()).then(|| serde_json::to_string(&save.answer.all).expect("answers serialize"));
-                let at = crate::now();
-                tx.prepare_cached(
-                    "INSERT INTO labels (item_id, prev_id, status, answer, answers, actor, at, action, lead_time_ms, content)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )?
-                .execute(params![
-                    item_id,
-                    current,
-                    save.status.as_str(),
-                    save.answer.text,
-                    answers,
-                    save.actor,
-                    at,
-                    save.action,
-                    save.lead_time_ms,
-                    digest.as_bytes().as_slice(),
-                ])?;
-                let id = tx.last_insert_rowid();
-                tx.prepare_cached("UPDATE items SET label_id = ?1 WHERE id = ?2")?.execute([id, item_id])?;
-                let label = LabelView {
-                    id,
-                    status: save.status,
-                    answer: save.answer,
-                    actor: save.actor.clone(),
-                    at,
-                    action: save.action.clone(),
-                    lead_time_ms: save.lead_time_ms,
-                };
-                let mut after = label.to_json();
-                after["action"] = json!(save.action);
-                after["lead_time_ms"] = json!(save.lead_time_ms);
-                crate::audit::append(
-                    &tx,
-                    &save.actor,
-                    "label.save",
-                    &format!("item:{item_id}"),
-                    before.as_ref().map(LabelView::to_json).as_ref(),
-                    Some(&after),
-                )?;
-                tx.commit()?;
-                Ok(SaveOutcome::Saved { label })
+                Ok(out)
             })
             .await?;
         if matches!(out, SaveOutcome::Saved { .. }) {
@@ -300,4 +249,62 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// The save inside the caller's transaction (which commits it): the label row, the item's
+/// pointer and the audit event. Writes nothing on a conflict.
+pub(crate) fn save_in_tx(tx: &Transaction, item_id: i64, save: LabelSave) -> Result<SaveOutcome, StoreError> {
+    let current: Option<Option<i64>> =
+        tx.prepare_cached("SELECT label_id FROM items WHERE id = ?1")?.query_row([item_id], |r| r.get(0)).optional()?;
+    let Some(current) = current else { return Err(StoreError::ItemNotFound(item_id)) };
+    let before = match current {
+        Some(l) => label_by_id(tx, l)?,
+        None => None,
+    };
+    if current != save.base {
+        return Ok(SaveOutcome::Conflict { current: before });
+    }
+    let digest = LabelContent { status: save.status, answer: &save.answer }.digest();
+    let answers =
+        (!save.answer.all.is_empty()).then(|| serde_json::to_string(&save.answer.all).expect("answers serialize"));
+    let at = crate::now();
+    tx.prepare_cached(
+        "INSERT INTO labels (item_id, prev_id, status, answer, answers, actor, at, action, lead_time_ms, content)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        item_id,
+        current,
+        save.status.as_str(),
+        save.answer.text,
+        answers,
+        save.actor,
+        at,
+        save.action,
+        save.lead_time_ms,
+        digest.as_bytes().as_slice(),
+    ])?;
+    let id = tx.last_insert_rowid();
+    tx.prepare_cached("UPDATE items SET label_id = ?1 WHERE id = ?2")?.execute([id, item_id])?;
+    let label = LabelView {
+        id,
+        status: save.status,
+        answer: save.answer,
+        actor: save.actor.clone(),
+        at,
+        action: save.action.clone(),
+        lead_time_ms: save.lead_time_ms,
+    };
+    let mut after = label.to_json();
+    after["action"] = json!(save.action);
+    after["lead_time_ms"] = json!(save.lead_time_ms);
+    crate::audit::append(
+        tx,
+        &save.actor,
+        "label.save",
+        &format!("item:{item_id}"),
+        before.as_ref().map(LabelView::to_json).as_ref(),
+        Some(&after),
+    )?;
+    Ok(SaveOutcome::Saved { label })
 }

@@ -10,12 +10,14 @@
 //! This crate never parses dataset files (that is `mmloop-formats`) and never talks HTTP.
 
 mod audit;
+mod candidates;
 mod db;
 mod export;
 mod images;
 mod import;
 mod labels;
 mod project;
+pub mod review;
 mod splits;
 mod stats;
 mod versions;
@@ -24,11 +26,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use audit::{AuditEvent, AuditProblem, AuditReport};
+pub use candidates::{NewCandidate, PendingFilter, RunView, StoredCandidate};
 pub use export::{ExportFilter, ExportInfo, VersionSpec};
 pub use images::{ImageError, ImageLimits, StoredImage};
 pub use import::{ImportOptions, ImportProgress, ImportReport, Incoming};
 pub use labels::{ItemView, LabelSave, LabelView, SaveOutcome};
 pub use project::{Config, ProjectPaths};
+pub use review::{ReviewError, ReviewResult};
 pub use splits::{SplitPlan, SplitReport};
 pub use stats::Stats;
 pub use versions::{CommitOutcome, Diff, DiffEntry, DiffKind, VersionInfo};
@@ -81,6 +85,7 @@ struct Inner {
     paths: ProjectPaths,
     config: Config,
     db: Arc<db::Db>,
+    anchor: audit::AnchorSync,
 }
 
 impl Store {

@@ -151,7 +151,7 @@ impl Store {
     fn open_paths(paths: ProjectPaths, create: bool) -> Result<Store, StoreError> {
         let config = Config::load(&paths.config)?;
         let db = db::Db::open(&paths.db, create)?;
-        Ok(Store { inner: Arc::new(Inner { paths, config, db }) })
+        Ok(Store { inner: Arc::new(Inner { paths, config, db, anchor: Default::default() }) })
     }
 }
 
@@ -167,8 +167,7 @@ pub(crate) fn temp_file_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFil
 /// Writes a file whole or not at all.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp =
-        temp_file_in(dir).map_err(|e| StoreError::IoPath { path: dir.into(), source: e })?;
+    let mut tmp = temp_file_in(dir).map_err(|e| StoreError::IoPath { path: dir.into(), source: e })?;
     std::io::Write::write_all(&mut tmp, bytes).map_err(|e| StoreError::IoPath { path: path.into(), source: e })?;
     tmp.as_file().sync_all().map_err(|e| StoreError::IoPath { path: path.into(), source: e })?;
     tmp.persist(path).map_err(|e| StoreError::IoPath { path: path.into(), source: e.error })?;

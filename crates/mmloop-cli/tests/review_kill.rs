@@ -1,0 +1,201 @@
+//! `mmloop review` as a process: SIGKILL while reviewers are saving, restart, and every
+//! acknowledged save is there, leases held before the kill still hold (and expire as
+//! they would have), the audit chain verifies; SIGTERM shuts down gracefully. Also the
+//! `mmloop user` commands a script uses.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{json, ok};
+use serde_json::{Value, json};
+
+/// Starts `mmloop review` on a free port; returns the child and its URL.
+fn start(project: &str, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mmloop"))
+        .args(["review", project, "--port", "0"])
+        .args(extra)
+        .env("MMLOOP_ACTOR", common::ACTOR)
+        .env("MMLOOP_ADMIN_PASSWORD", "admin password")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().trim_end_matches('/').to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "no URL printed: {line:?}");
+    (child, url)
+}
+
+fn add_user(project: &str, name: &str, role: &str) -> String {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mmloop"))
+        .args(["user", "add", project, name, "--role", role, "--password-stdin"])
+        .env("MMLOOP_ACTOR", common::ACTOR)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(b"a good password\n").unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = json(&["user", "token", project, name, "--token-name", "test"]);
+    t["token"].as_str().unwrap().to_string()
+}
+
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Api {
+    fn new(url: &str, token: &str) -> Api {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+        Api { http, url: url.to_string(), token: token.to_string() }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        let mut rb = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await.map_err(|e| e.to_string())?;
+        let status = r.status().as_u16();
+        let body = r.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+}
+
+fn kill(child: &Child, signal: &str) {
+    let ok = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_while_reviewing_loses_no_acknowledged_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("p").display().to_string();
+    ok(&["init", &project, "--example"]);
+    let tokens: Vec<String> = (0..4).map(|i| add_user(&project, &format!("r{i}"), "reviewer")).collect();
+    let holder = add_user(&project, "holder", "annotator");
+    let (mut child, url) = start(&project, &["--lease-secs", "4"]);
+
+    // One user takes an item and keeps it.
+    let h = Api::new(&url, &holder);
+    let (s, held) = h.call(reqwest::Method::GET, "/api/items/next", None).await.unwrap();
+    assert_eq!(s, 200);
+    let held_id = held["item"]["id"].as_i64().unwrap();
+
+    // Four reviewers save as fast as they can; the server is killed in the middle.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<(i64, i64)>::new()));
+    let mut tasks = Vec::new();
+    for t in &tokens {
+        let api = Api::new(&url, t);
+        let (stop, acked) = (stop.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((200, item)) = api.call(reqwest::Method::GET, "/api/items/next", None).await else { break };
+                let id = item["item"]["id"].as_i64().unwrap();
+                let body = json!({"action": "accept", "base": item["item"]["label"]["id"], "lead_time_ms": 10});
+                match api.call(reqwest::Method::POST, &format!("/api/items/{id}/decision"), Some(body)).await {
+                    Ok((200, r)) => acked.lock().unwrap().push((id, r["label"]["id"].as_i64().unwrap())),
+                    Ok((s, r)) => panic!("save refused: {s} {r}"),
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    let start_wait = std::time::Instant::now();
+    while acked.lock().unwrap().len() < 20 {
+        assert!(start_wait.elapsed() < Duration::from_secs(60), "reviewers made no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap(); // SIGKILL, with saves in flight
+    child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 20);
+
+    // Restart: every acknowledged save is the item's label (nobody else touched those items).
+    let (mut child, url) = start(&project, &["--lease-secs", "4"]);
+    let r0 = Api::new(&url, &tokens[0]);
+    for (item, label) in &acked {
+        let (s, v) = r0.call(reqwest::Method::GET, &format!("/api/items/{item}"), None).await.unwrap();
+        assert_eq!(s, 200);
+        assert_eq!(v["item"]["label"]["id"].as_i64(), Some(*label), "item {item}: acknowledged save lost");
+        assert_eq!(v["item"]["label"]["status"], "accepted");
+    }
+    // The lease taken before the kill still holds: the holder gets the item back, others don't.
+    let (_, again) = h_api(&url, &holder).call(reqwest::Method::GET, "/api/items/next", None).await.unwrap();
+    assert_eq!(again["item"]["id"].as_i64(), Some(held_id), "the lease did not survive the restart");
+    let (s, v) = r0.call(reqwest::Method::POST, &format!("/api/items/{held_id}/lease"), None).await.unwrap();
+    assert_eq!((s, v["error"].as_str()), (409, Some("leased")));
+    // And it expires on time after the restart.
+    tokio::time::sleep(Duration::from_millis(4300)).await;
+    let (s, _) = r0.call(reqwest::Method::POST, &format!("/api/items/{held_id}/lease"), None).await.unwrap();
+    assert_eq!(s, 200, "an expired lease is free again after a restart");
+
+    // SIGTERM: a graceful stop, exit status 0.
+    kill(&child, "-TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful shutdown failed: {status:?}");
+    ok(&["audit", "verify", &project]);
+    let log = json(&["audit", "log", &project, "-n", "500"]);
+    let saves = log.as_array().unwrap().iter().filter(|e| e["action"] == "label.save").count();
+    assert!(saves >= acked.len(), "{saves} save events for {} acknowledged saves", acked.len());
+}
+
+fn h_api(url: &str, token: &str) -> Api {
+    Api::new(url, token)
+}
+
+#[test]
+fn user_commands_manage_accounts_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("p").display().to_string();
+    ok(&["init", &project]);
+    let token = add_user(&project, "alice", "annotator");
+    assert!(token.starts_with("mmt_"));
+    let users = json(&["user", "list", &project]);
+    assert_eq!(users[0]["name"], "alice");
+    assert_eq!(users[0]["role"], "annotator");
+    ok(&["user", "role", &project, "alice", "reviewer"]);
+    ok(&["user", "disable", &project, "alice"]);
+    let users = json(&["user", "list", &project]);
+    assert_eq!((users[0]["role"].as_str(), users[0]["disabled"].as_bool()), (Some("reviewer"), Some(true)));
+    let tokens = json(&["user", "tokens", &project]);
+    assert_eq!(tokens[0]["user"], "alice");
+    assert!(!tokens.to_string().contains(&token), "token listed in clear");
+    ok(&["user", "revoke", &project, &tokens[0]["id"].to_string()]);
+    let err = common::fails(&["user", "add", &project, "bob", "--role", "boss", "--password-stdin"]);
+    assert!(err.contains("admin, reviewer, annotator, viewer"), "{err}");
+    let err = common::fails(&["user", "add", &project, "carol"]);
+    assert!(err.contains("--password-stdin"), "{err}");
+    // Without users and without a terminal, `review` says how to make the admin.
+    let p2 = dir.path().join("q").display().to_string();
+    ok(&["init", &p2]);
+    let out = Command::new(env!("CARGO_BIN_EXE_mmloop"))
+        .args(["review", &p2, "--port", "0"])
+        .env_remove("MMLOOP_ADMIN_PASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MMLOOP_ADMIN_PASSWORD"));
+    let log = json(&["audit", "log", &project, "-n", "50"]);
+    let actions: Vec<&str> = log.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for a in ["user.add", "token.create", "user.role", "user.disable", "token.revoke"] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+}

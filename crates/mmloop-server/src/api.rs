@@ -1,0 +1,342 @@
+//! The REST API handlers: extract, check the caller's permission, call the store, shape
+//! the answer. Items leave here without the server's file paths: images are named by id
+//! and fetched from `/api/images/{id}`.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mmloop_store::SaveOutcome;
+use mmloop_store::review::{Decision, Permission, QueueFilter, ReviewItem, Role, UserUpdate};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// An item as the API shows it: images as ids and URLs, the source file by name only.
+fn item_json(r: &ReviewItem) -> Result<Value, ApiError> {
+    let mut v = serde_json::to_value(r)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    if let Some(images) = v["item"]["images"].as_array_mut() {
+        for img in images {
+            if let Some(o) = img.as_object_mut() {
+                o.shift_remove("path");
+                o.shift_remove("copied");
+                let id = o.get("id").and_then(Value::as_i64).unwrap_or_default();
+                o.insert("url".into(), json!(format!("/api/images/{id}")));
+            }
+        }
+    }
+    if let Some(f) = v["item"]["source_file"].as_str() {
+        let name = std::path::Path::new(f).file_name().map(|n| n.to_string_lossy().into_owned());
+        v["item"]["source_file"] = json!(name);
+    }
+    Ok(v)
+}
+
+fn saved(out: SaveOutcome) -> Response {
+    match out {
+        SaveOutcome::Saved { label } => axum::Json(json!({"label": label})).into_response(),
+        SaveOutcome::Conflict { current } => ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "the item changed since you loaded it: nothing was saved\n  hint: look at the current label and decide again",
+        )
+        .with("current", json!(current))
+        .into_response(),
+    }
+}
+
+pub async fn openapi(c: Caller) -> Result<Response, ApiError> {
+    c.require(Permission::Read)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response())
+}
+
+/// `GET /api/items/next`: the next item for the caller, leased; 204 when none is left.
+pub async fn next_item(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiQuery(filter): ApiQuery<QueueFilter>,
+) -> Result<Response, ApiError> {
+    c.require(Permission::Label)?;
+    match st.store.next_item(&c.user, &filter, st.lease_ms()).await? {
+        Some(item) => Ok(axum::Json(item_json(&item)?).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(flatten)]
+    filter: QueueFilter,
+    #[serde(default)]
+    after: Option<i64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /api/items`: items in id order, for browsing.
+pub async fn list_items(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    c.require(Permission::Read)?;
+    let items = st.store.list_items(&q.filter, q.after.unwrap_or(0), q.limit.unwrap_or(50)).await?;
+    Ok(axum::Json(json!({"items": items})).into_response())
+}
+
+pub async fn get_item(State(st): State<AppState>, c: Caller, ApiPath(id): ApiPath<i64>) -> Result<Response, ApiError> {
+    c.require(Permission::Read)?;
+    let item = st.store.review_item(id).await?;
+    Ok(axum::Json(item_json(&item)?).into_response())
+}
+
+/// `GET /api/items/{id}/history`: every label the item had and its audit events.
+pub async fn item_history(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Response, ApiError> {
+    c.require(Permission::Read)?;
+    let labels = st.store.item_labels(id).await?;
+    let events = st.store.audit_log(Some(format!("item:{id}")), 200).await?;
+    Ok(axum::Json(json!({"labels": labels, "events": events})).into_response())
+}
+
+pub async fn lease(State(st): State<AppState>, c: Caller, ApiPath(id): ApiPath<i64>) -> Result<Response, ApiError> {
+    c.require(Permission::Label)?;
+    let lease = st.store.lease_item(id, &c.user, st.lease_ms()).await?;
+    Ok(axum::Json(json!({"lease": lease})).into_response())
+}
+
+pub async fn release(State(st): State<AppState>, c: Caller, ApiPath(id): ApiPath<i64>) -> Result<Response, ApiError> {
+    c.require(Permission::Label)?;
+    st.store.release_item(id, &c.user).await?;
+    Ok(axum::Json(json!({"released": id})).into_response())
+}
+
+/// `POST /api/items/{id}/decision`: accept, edit, reject or skip; 409 when stale.
+pub async fn decide(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(d): ApiJson<Decision>,
+) -> Result<Response, ApiError> {
+    c.require(Permission::Label)?;
+    Ok(saved(st.store.decide(id, &c.user, d).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UndoBody {
+    base: Option<i64>,
+}
+
+/// `POST /api/items/{id}/undo`: restores the label before the current one.
+pub async fn undo(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(b): ApiJson<UndoBody>,
+) -> Result<Response, ApiError> {
+    c.require(Permission::Label)?;
+    Ok(saved(st.store.undo(id, &c.user, b.base, st.lease_ms()).await?))
+}
+
+/// `GET /api/images/{id}`: the bytes of one image of the project's image table. The
+/// content never changes under an id (images are content-addressed), so it is cacheable
+/// for good, privately (it needs a login).
+pub async fn image(
+    State(st): State<AppState>,
+    c: Caller,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Response, ApiError> {
+    c.require(Permission::Read)?;
+    let img = st
+        .store
+        .image(id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("image {id} not found")))?;
+    let etag = format!("\"{}\"", img.sha256.to_hex());
+    let cache = HeaderValue::from_static("private, max-age=31536000, immutable");
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)], [(header::CACHE_CONTROL, cache)]).into_response());
+    }
+    let bytes = tokio::fs::read(&img.path).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "image_missing",
+            format!("the file of image {id} is no longer where it was imported from\n  hint: restore it, or re-import with --copy"),
+        )
+    })?;
+    let mut resp = Response::new(Body::from(bytes));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(img.mime()));
+    h.insert(header::CACHE_CONTROL, cache);
+    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex etag"));
+    Ok(resp)
+}
+
+pub async fn stats(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
+    c.require(Permission::Read)?;
+    let s = st.store.review_stats().await?;
+    Ok(axum::Json(json!({"project": st.store.config().project.name, "stats": s})).into_response())
+}
+
+/// `GET /api/facets`: the values the filters can take (cached for half a minute: the
+/// queries scan the project).
+pub async fn facets(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
+    c.require(Permission::Read)?;
+    let cached = st
+        .facets
+        .lock()
+        .expect("facets")
+        .as_ref()
+        .filter(|(t, _)| t.elapsed() < Duration::from_secs(30))
+        .map(|(_, f)| f.clone());
+    let f = match cached {
+        Some(f) => f,
+        None => {
+            let f = st.store.review_facets().await?;
+            *st.facets.lock().expect("facets") = Some((Instant::now(), f.clone()));
+            f
+        }
+    };
+    Ok(axum::Json(f).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    entity: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /api/audit`: recent audit events (reviewers and admins).
+pub async fn audit(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Response, ApiError> {
+    c.require(Permission::Review)?;
+    let events = st.store.audit_log(q.entity.filter(|e| !e.is_empty()), q.limit.unwrap_or(100).clamp(1, 1000)).await?;
+    Ok(axum::Json(json!({"events": events})).into_response())
+}
+
+pub async fn list_users(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
+    c.require(Permission::ManageUsers)?;
+    Ok(axum::Json(json!({"users": st.store.users().await?})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    name: String,
+    role: Role,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+pub async fn add_user(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiJson(u): ApiJson<NewUser>,
+) -> Result<Response, ApiError> {
+    c.require(Permission::ManageUsers)?;
+    let user = st.store.create_user(&u.name, u.role, u.password.as_deref(), &c.user.name).await?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"user": user}))).into_response())
+}
+
+pub async fn update_user(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(u): ApiJson<UserUpdate>,
+) -> Result<Response, ApiError> {
+    c.require(Permission::ManageUsers)?;
+    let user = st.store.update_user(&name, u, &c.user.name).await;
+    st.auth.clear();
+    Ok(axum::Json(json!({"user": user?})).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct TokensQuery {
+    #[serde(default)]
+    all: Option<bool>,
+}
+
+/// `GET /api/tokens`: the caller's API tokens (`?all=true`: everyone's, admins only).
+pub async fn list_tokens(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiQuery(q): ApiQuery<TokensQuery>,
+) -> Result<Response, ApiError> {
+    c.require(Permission::Read)?;
+    let all = q.all.unwrap_or(false);
+    if all {
+        c.require(Permission::ManageUsers)?;
+    }
+    let tokens = st.store.tokens(if all { None } else { Some(&c.user.name) }).await?;
+    Ok(axum::Json(json!({"tokens": tokens})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    name: String,
+    #[serde(default)]
+    expires_days: Option<u32>,
+    /// Make it for another user (admins only).
+    #[serde(default)]
+    user: Option<String>,
+}
+
+/// `POST /api/tokens`: a new API token, shown once.
+pub async fn add_token(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiJson(t): ApiJson<NewToken>,
+) -> Result<Response, ApiError> {
+    c.require(Permission::Read)?;
+    let owner = t.user.unwrap_or_else(|| c.user.name.clone());
+    if owner != c.user.name {
+        c.require(Permission::ManageUsers)?;
+    }
+    let expires = match t.expires_days {
+        Some(0) => return Err(ApiError::bad_request("expires_days must be at least 1")),
+        Some(d) if d > 3650 => return Err(ApiError::bad_request("expires_days is at most 3650")),
+        Some(d) => Some(now_ms() + d as i64 * 86_400_000),
+        None => None,
+    };
+    let (info, secret) = st.store.create_token(&owner, &t.name, expires, &c.user.name).await?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"token": secret.secret, "info": info}))).into_response())
+}
+
+pub async fn revoke_token(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Response, ApiError> {
+    c.require(Permission::Read)?;
+    let info = st.store.revoke_token(id, &c.user).await;
+    st.auth.clear();
+    let info = info?;
+    Ok(axum::Json(json!({"info": info})).into_response())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

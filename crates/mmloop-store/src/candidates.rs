@@ -1,0 +1,351 @@
+//! Model candidates and the runs that make them. A pre-annotation run asks which items
+//! still need a candidate for its params hash (model + prompt + generation settings), so a
+//! rerun resumes where the last one stopped; it stores candidates a batch at a time, each
+//! batch in one transaction with its audit event, so a killed run loses at most the batch
+//! in flight. A candidate that failed (unreadable image, refused request) is stored with its
+//! error and is not retried unless asked.
+
+use mmloop_core::{Digest, Task, canonical_json};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use crate::labels::{ItemView, item_view};
+use crate::{Store, StoreError};
+
+/// Which items a run answers.
+#[derive(Clone, Debug, Default)]
+pub struct PendingFilter {
+    /// Also items someone has decided on (accepted, edited, rejected, skipped); by default
+    /// only items nobody has decided on: no label, pending or imported.
+    pub all: bool,
+    pub split: Option<String>,
+    pub task: Option<Task>,
+    /// Answer again items whose candidate for this params hash failed.
+    pub retry_errors: bool,
+}
+
+/// A candidate to store.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NewCandidate {
+    pub item_id: i64,
+    pub answer: Option<String>,
+    pub confidence: Option<f64>,
+    /// JSON: the numbers behind the confidence.
+    pub confidence_detail: Option<Value>,
+    /// JSON: `[{"flag", "why", "span"?}]`.
+    pub flags: Option<Value>,
+    /// JSON: OpenAI's `{"content": [...]}`.
+    pub logprobs: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// A stored candidate.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StoredCandidate {
+    pub id: i64,
+    pub item_id: i64,
+    pub run_id: Option<i64>,
+    pub model: String,
+    pub answer: Option<String>,
+    pub confidence: Option<f64>,
+    pub confidence_detail: Option<Value>,
+    pub flags: Option<Value>,
+    pub logprobs: Option<Value>,
+    pub error: Option<String>,
+    pub created_at: String,
+}
+
+/// A run as recorded.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RunView {
+    pub id: i64,
+    pub kind: String,
+    pub actor: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub status: String,
+    pub config: Value,
+    pub summary: Option<Value>,
+    pub version: Option<String>,
+}
+
+const PENDING_SQL: &str = "
+    SELECT i.id FROM items i
+    WHERE i.id > ?1
+      AND NOT EXISTS (SELECT 1 FROM candidates c
+                      WHERE c.item_id = i.id AND c.params_hash = ?2 AND (?3 = 0 OR c.error IS NULL))
+      AND (?4 = 1 OR i.label_id IS NULL
+           OR (SELECT l.status FROM labels l WHERE l.id = i.label_id) IN ('pending', 'imported'))
+      AND (?5 IS NULL OR i.split = ?5)
+      AND (?6 IS NULL OR i.task = ?6)
+    ORDER BY i.id LIMIT ?7";
+
+fn json_text(v: &Option<Value>) -> Option<String> {
+    v.as_ref().map(canonical_json)
+}
+
+fn parse_json(s: Option<String>) -> Option<Value> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+fn row_candidate(r: &rusqlite::Row) -> rusqlite::Result<StoredCandidate> {
+    Ok(StoredCandidate {
+        id: r.get(0)?,
+        item_id: r.get(1)?,
+        run_id: r.get(2)?,
+        model: r.get(3)?,
+        answer: r.get(4)?,
+        confidence: r.get(5)?,
+        confidence_detail: parse_json(r.get(6)?),
+        flags: parse_json(r.get(7)?),
+        logprobs: parse_json(r.get(8)?),
+        error: r.get(9)?,
+        created_at: r.get(10)?,
+    })
+}
+
+impl Store {
+    /// Records the start of a run (`infer`, `train`, `eval`) with its full configuration.
+    pub async fn start_run(&self, kind: &str, actor: &str, config: Value) -> Result<i64, StoreError> {
+        let (kind, actor) = (kind.to_string(), actor.to_string());
+        let id = self
+            .db()
+            .write(move |conn| {
+                let tx = conn.transaction()?;
+                tx.execute(
+                    "INSERT INTO runs (kind, actor, started_at, status, config) VALUES (?1, ?2, ?3, 'running', ?4)",
+                    params![kind, actor, crate::now(), canonical_json(&config)],
+                )?;
+                let id = tx.last_insert_rowid();
+                let after = json!({"run": id, "kind": kind, "config": config});
+                crate::audit::append(&tx, &actor, &format!("{kind}.start"), &format!("run:{id}"), None, Some(&after))?;
+                tx.commit()?;
+                Ok(id)
+            })
+            .await?;
+        self.sync_audit_head().await?;
+        Ok(id)
+    }
+
+    /// Records how a run ended (`done`, `failed`, `interrupted`) and what it did.
+    pub async fn finish_run(&self, run_id: i64, actor: &str, status: &str, summary: Value) -> Result<(), StoreError> {
+        let (actor, status) = (actor.to_string(), status.to_string());
+        self.db()
+            .write(move |conn| {
+                let tx = conn.transaction()?;
+                let kind: Option<String> =
+                    tx.query_row("SELECT kind FROM runs WHERE id = ?1", [run_id], |r| r.get(0)).optional()?;
+                let kind = kind.ok_or_else(|| StoreError::Internal(format!("run {run_id} not found")))?;
+                tx.execute(
+                    "UPDATE runs SET status = ?1, finished_at = ?2, summary = ?3 WHERE id = ?4",
+                    params![status, crate::now(), canonical_json(&summary), run_id],
+                )?;
+                let after = json!({"run": run_id, "status": status, "summary": summary});
+                crate::audit::append(
+                    &tx,
+                    &actor,
+                    &format!("{kind}.finish"),
+                    &format!("run:{run_id}"),
+                    None,
+                    Some(&after),
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        self.sync_audit_head().await
+    }
+
+    /// A run by id.
+    pub async fn run(&self, run_id: i64) -> Result<Option<RunView>, StoreError> {
+        self.db()
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT id, kind, actor, started_at, finished_at, status, config, summary, version
+                     FROM runs WHERE id = ?1",
+                    [run_id],
+                    |r| {
+                        Ok(RunView {
+                            id: r.get(0)?,
+                            kind: r.get(1)?,
+                            actor: r.get(2)?,
+                            started_at: r.get(3)?,
+                            finished_at: r.get(4)?,
+                            status: r.get(5)?,
+                            config: parse_json(r.get(6)?).unwrap_or(Value::Null),
+                            summary: parse_json(r.get(7)?),
+                            version: r.get(8)?,
+                        })
+                    },
+                )
+                .optional()?)
+            })
+            .await
+    }
+
+    /// How many items still need a candidate for `params_hash`.
+    pub async fn count_pending_candidates(
+        &self,
+        params_hash: Digest,
+        filter: &PendingFilter,
+    ) -> Result<u64, StoreError> {
+        let f = filter.clone();
+        self.db()
+            .read(move |c| {
+                let sql = format!("SELECT COUNT(*) FROM ({})", PENDING_SQL.replace("ORDER BY i.id LIMIT ?7", ""));
+                let mut st = c.prepare_cached(&sql)?;
+                let n: i64 = st.query_row(
+                    params![
+                        0i64,
+                        params_hash.0.to_vec(),
+                        f.retry_errors,
+                        f.all,
+                        f.split,
+                        f.task.map(|t| t.to_string())
+                    ],
+                    |r| r.get(0),
+                )?;
+                Ok(n as u64)
+            })
+            .await
+    }
+
+    /// Up to `limit` items after `after_id` (in id order) that still need a candidate for
+    /// `params_hash`, with their images.
+    pub async fn pending_candidates(
+        &self,
+        params_hash: Digest,
+        filter: &PendingFilter,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<ItemView>, StoreError> {
+        let f = filter.clone();
+        let dot = self.paths().dot.clone();
+        self.db()
+            .read(move |c| {
+                let mut st = c.prepare_cached(PENDING_SQL)?;
+                let ids: Vec<i64> = st
+                    .query_map(
+                        params![
+                            after_id,
+                            params_hash.0.to_vec(),
+                            f.retry_errors,
+                            f.all,
+                            f.split,
+                            f.task.map(|t| t.to_string()),
+                            limit as i64
+                        ],
+                        |r| r.get(0),
+                    )?
+                    .collect::<Result<_, _>>()?;
+                ids.into_iter().map(|id| item_view(c, &dot, id)).collect()
+            })
+            .await
+    }
+
+    /// Stores a batch of candidates from run `run_id` in one transaction with one audit
+    /// event (the items, how many failed, and a digest of the rows).
+    pub async fn add_candidates(
+        &self,
+        run_id: Option<i64>,
+        model: &str,
+        params_hash: Digest,
+        actor: &str,
+        rows: Vec<NewCandidate>,
+    ) -> Result<usize, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let (model, actor) = (model.to_string(), actor.to_string());
+        let n = self
+            .db()
+            .write(move |conn| {
+                let tx = conn.transaction()?;
+                let now = crate::now();
+                let mut digest = sha2::Sha256::new();
+                {
+                    let mut st = tx.prepare_cached(
+                        "INSERT INTO candidates (item_id, run_id, model, params_hash, answer, confidence,
+                             confidence_detail, flags, logprobs, error, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    )?;
+                    for r in &rows {
+                        let exists: bool = tx
+                            .prepare_cached("SELECT EXISTS (SELECT 1 FROM items WHERE id = ?1)")?
+                            .query_row([r.item_id], |x| x.get(0))?;
+                        if !exists {
+                            return Err(StoreError::ItemNotFound(r.item_id));
+                        }
+                        let flags = json_text(&r.flags);
+                        st.execute(params![
+                            r.item_id,
+                            run_id,
+                            model,
+                            params_hash.0.to_vec(),
+                            r.answer,
+                            r.confidence,
+                            json_text(&r.confidence_detail),
+                            flags,
+                            json_text(&r.logprobs),
+                            r.error,
+                            now,
+                        ])?;
+                        digest.update(canonical_json(&serde_json::to_value(r).expect("candidate serializes")));
+                        digest.update(b"\n");
+                    }
+                }
+                let items: Vec<i64> = rows.iter().map(|r| r.item_id).collect();
+                let errors = rows.iter().filter(|r| r.error.is_some()).count();
+                let after = json!({
+                    "run": run_id,
+                    "model": model,
+                    "params_hash": hex::encode(params_hash.0),
+                    "items": items,
+                    "errors": errors,
+                    "rows_sha256": hex::encode(digest.finalize()),
+                });
+                let entity = match run_id {
+                    Some(r) => format!("run:{r}"),
+                    None => "candidates".into(),
+                };
+                crate::audit::append(&tx, &actor, "candidates.add", &entity, None, Some(&after))?;
+                tx.commit()?;
+                Ok(rows.len())
+            })
+            .await?;
+        self.sync_audit_head().await?;
+        Ok(n)
+    }
+
+    /// An item's candidates, newest first.
+    pub async fn candidates_of(&self, item_id: i64) -> Result<Vec<StoredCandidate>, StoreError> {
+        self.db()
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT id, item_id, run_id, model, answer, confidence, confidence_detail, flags, logprobs,
+                            error, created_at
+                     FROM candidates WHERE item_id = ?1 ORDER BY id DESC",
+                )?;
+                let rows = st.query_map([item_id], row_candidate)?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    /// Candidates from one run, in item order.
+    pub async fn run_candidates(&self, run_id: i64) -> Result<Vec<StoredCandidate>, StoreError> {
+        self.db()
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT id, item_id, run_id, model, answer, confidence, confidence_detail, flags, logprobs,
+                            error, created_at
+                     FROM candidates WHERE run_id = ?1 ORDER BY item_id, id",
+                )?;
+                let rows = st.query_map([run_id], row_candidate)?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+}

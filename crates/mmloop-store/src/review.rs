@@ -1,0 +1,54 @@
+//! Review, the store side: accounts and roles, sessions and API tokens, leases, the
+//! risk-ordered review queue, reviewers' decisions and the numbers of the stats page.
+//!
+//! Everything a reviewer does is one write transaction here: handing out the next item
+//! and leasing it, saving a decision with its audit event and releasing the lease, a user
+//! change with its audit event. Secrets (passwords, session cookies, API tokens) are kept
+//! only as hashes. This module never speaks HTTP and never decides how a page looks: the
+//! server maps its errors to status codes, the UI renders what it returns.
+
+mod accounts;
+mod queue;
+mod stats;
+
+pub use accounts::{NewSecret, Permission, Role, Session, TokenInfo, User, UserUpdate};
+pub use queue::{
+    CandidateView, Decision, DecisionAction, Facets, ItemSummary, Lease, QueueFilter, ReviewItem, RiskFlag,
+};
+pub use stats::{BucketStats, ReviewStats, ReviewerStats};
+
+use crate::StoreError;
+
+/// What went wrong with a review request, in words a reviewer or a script can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request makes no sense (bad value, nothing to undo...).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The user's role does not allow it.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Another reviewer holds the item.
+    #[error("item {item} is leased to {user} for {seconds_left} more seconds\n  hint: take another item")]
+    Leased { item: i64, user: String, seconds_left: i64 },
+    /// A name that must be unique is taken.
+    #[error("{0}")]
+    Exists(String),
+}
+
+impl From<rusqlite::Error> for ReviewError {
+    fn from(e: rusqlite::Error) -> Self {
+        ReviewError::Store(StoreError::Sqlite(e))
+    }
+}
+
+pub type ReviewResult<T> = std::result::Result<T, ReviewError>;
+
+/// Milliseconds since the Unix epoch: the clock of leases, sessions and tokens.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

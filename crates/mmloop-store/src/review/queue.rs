@@ -1,0 +1,800 @@
+//! The review queue and reviewers' decisions.
+//!
+//! `review_queue` holds one row per item with the keys of the risk order (items with a
+//! model candidate first, lowest confidence first, more risk flags first; then unanswered
+//! items; then items with an imported answer), kept current by triggers; new items join it
+//! on the next look (`sync`). Handing out an item and leasing it is one write transaction,
+//! so two reviewers never get the same item; a lease past its time is simply free again.
+//! A decision is a label save (with its audit event) that also releases the lease.
+//! Nothing here knows about HTTP or how a page looks.
+
+use mmloop_core::{Answer, LabelStatus, Task};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Transaction, params_from_iter};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::accounts::{Permission, User};
+use super::{ReviewError, ReviewResult, now_ms};
+use crate::labels::{ItemView, LabelSave, LabelView, SaveOutcome, item_view, label_by_id, save_in_tx};
+use crate::{Store, StoreError};
+
+/// Which items a reviewer wants next. Empty strings count as "any".
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct QueueFilter {
+    /// A label status; default: items nobody here has decided on (pending and imported).
+    #[serde(default)]
+    pub status: Option<String>,
+    /// A risk flag the primary candidate raised.
+    #[serde(default)]
+    pub flag: Option<String>,
+    /// Confidence range of the primary candidate (only items with a candidate match).
+    #[serde(default)]
+    pub min_conf: Option<f64>,
+    #[serde(default)]
+    pub max_conf: Option<f64>,
+    #[serde(default)]
+    pub split: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// The model of the primary candidate.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// vqa or caption.
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+fn given(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl QueueFilter {
+    fn status(&self) -> ReviewResult<Option<LabelStatus>> {
+        given(&self.status)
+            .map(|s| s.parse::<LabelStatus>().map_err(|e| ReviewError::BadRequest(e.to_string())))
+            .transpose()
+    }
+
+    /// Conditions on `q` (review_queue) other than the status.
+    fn conditions(&self, params: &mut Vec<SqlValue>) -> ReviewResult<Vec<&'static str>> {
+        let mut out = Vec::new();
+        for (v, what) in [(self.min_conf, "min_conf"), (self.max_conf, "max_conf")] {
+            if v.is_some_and(|v| !v.is_finite()) {
+                return Err(ReviewError::BadRequest(format!("{what} must be a number")));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.min_conf, self.max_conf)
+            && lo > hi
+        {
+            return Err(ReviewError::BadRequest(format!("min_conf {lo} is above max_conf {hi}")));
+        }
+        if self.min_conf.is_some() || self.max_conf.is_some() {
+            out.push("q.tier = 0");
+        }
+        if let Some(lo) = self.min_conf {
+            out.push("q.conf >= ?");
+            params.push(SqlValue::Real(lo));
+        }
+        if let Some(hi) = self.max_conf {
+            out.push("q.conf <= ?");
+            params.push(SqlValue::Real(hi));
+        }
+        if let Some(f) = given(&self.flag) {
+            out.push("instr(q.flags, ?) > 0");
+            params.push(SqlValue::Text(format!(",{f},")));
+        }
+        if let Some(m) = given(&self.model) {
+            out.push("q.model = ?");
+            params.push(SqlValue::Text(m.into()));
+        }
+        if let Some(s) = given(&self.split) {
+            out.push("EXISTS (SELECT 1 FROM items i WHERE i.id = q.item_id AND i.split = ?)");
+            params.push(SqlValue::Text(s.into()));
+        }
+        if let Some(t) = given(&self.task) {
+            let t: Task = t.parse().map_err(|e: mmloop_core::ParseEnumError| ReviewError::BadRequest(e.to_string()))?;
+            out.push("EXISTS (SELECT 1 FROM items i WHERE i.id = q.item_id AND i.task = ?)");
+            params.push(SqlValue::Text(t.as_str().into()));
+        }
+        if let Some(t) = given(&self.tag) {
+            out.push(
+                "EXISTS (SELECT 1 FROM items i, json_each(i.tags) t WHERE i.id = q.item_id AND i.tags IS NOT NULL AND t.value = ?)",
+            );
+            params.push(SqlValue::Text(t.into()));
+        }
+        Ok(out)
+    }
+
+    /// The WHERE clause and ORDER BY of this queue, without the lease condition.
+    fn queue_sql(&self, params: &mut Vec<SqlValue>) -> ReviewResult<(String, &'static str)> {
+        let status = self.status()?;
+        let mut conds = Vec::new();
+        let order = match status {
+            None => {
+                conds.push("q.need = 1");
+                "ORDER BY q.tier, q.conf, q.nflags DESC, q.item_id"
+            }
+            Some(s @ (LabelStatus::Pending | LabelStatus::Imported)) => {
+                conds.push("q.need = 1");
+                conds.push("q.status = ?");
+                params.push(SqlValue::Text(s.as_str().into()));
+                "ORDER BY q.tier, q.conf, q.nflags DESC, q.item_id"
+            }
+            // Re-review: oldest decision first, so a decided item moves to the back.
+            Some(s) => {
+                conds.push("q.need = 0");
+                conds.push("q.status = ?");
+                params.push(SqlValue::Text(s.as_str().into()));
+                "ORDER BY q.status, q.label_id"
+            }
+        };
+        conds.extend(self.conditions(params)?);
+        Ok((conds.join(" AND "), order))
+    }
+}
+
+/// An item handed to a reviewer until `until_ms`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Lease {
+    pub item_id: i64,
+    pub user: String,
+    pub until_ms: i64,
+}
+
+/// One risk flag a candidate raised: which rule, why, and where in the answer (a
+/// `[start, end)` range of characters) when the rule knows.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RiskFlag {
+    pub flag: String,
+    pub why: Option<String>,
+    pub span: Option<[u64; 2]>,
+}
+
+fn parse_flags(text: Option<String>) -> Vec<RiskFlag> {
+    let Some(Value::Array(items)) = text.and_then(|t| serde_json::from_str::<Value>(&t).ok()) else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|v| match v {
+            Value::String(flag) => Some(RiskFlag { flag, why: None, span: None }),
+            Value::Object(o) => {
+                let flag = o.get("flag")?.as_str()?.to_string();
+                let why = o.get("why").and_then(Value::as_str).map(String::from);
+                let span = o.get("span").and_then(Value::as_array).and_then(|s| match s.as_slice() {
+                    [a, b] => Some([a.as_u64()?, b.as_u64()?]).filter(|[a, b]| a <= b),
+                    _ => None,
+                });
+                Some(RiskFlag { flag, why, span })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A model's answer as a reviewer sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CandidateView {
+    pub id: i64,
+    pub run_id: Option<i64>,
+    pub model: String,
+    pub answer: Option<String>,
+    pub confidence: Option<f64>,
+    pub confidence_detail: Option<Value>,
+    pub flags: Vec<RiskFlag>,
+    pub error: Option<String>,
+    pub created_at: String,
+}
+
+/// Everything the review page shows for one item.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReviewItem {
+    pub item: ItemView,
+    /// Primary first: the newest candidate without an error.
+    pub candidates: Vec<CandidateView>,
+    /// The live lease on the item, whoever holds it.
+    pub lease: Option<Lease>,
+    /// Whether the current label replaced an earlier one (so undo has something to restore).
+    pub can_undo: bool,
+}
+
+/// One line of the item browser.
+#[derive(Clone, Debug, Serialize)]
+pub struct ItemSummary {
+    pub id: i64,
+    pub task: String,
+    pub question: String,
+    pub status: String,
+    pub label_id: Option<i64>,
+    pub confidence: Option<f64>,
+    pub flags: Vec<String>,
+    pub model: Option<String>,
+}
+
+/// The values the queue filters can take, for the filter bar.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Facets {
+    pub statuses: Vec<String>,
+    pub tasks: Vec<String>,
+    pub splits: Vec<String>,
+    pub models: Vec<String>,
+    pub flags: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+/// What a reviewer decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionAction {
+    /// Take the candidate's answer (or the current answer when there is no candidate).
+    Accept,
+    /// Save the answer the reviewer typed.
+    Edit,
+    /// The candidate's answer is wrong (reviewers only).
+    Reject,
+    /// Not now: leaves the default queue, keeps the answer.
+    Skip,
+}
+
+impl DecisionAction {
+    const fn as_str(self) -> &'static str {
+        match self {
+            DecisionAction::Accept => "accept",
+            DecisionAction::Edit => "edit",
+            DecisionAction::Reject => "reject",
+            DecisionAction::Skip => "skip",
+        }
+    }
+}
+
+/// A decision on one item. `base` is the label id the reviewer saw (`None`: no label);
+/// if the item moved on since, nothing is saved and the current label comes back.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    pub action: DecisionAction,
+    #[serde(default)]
+    pub base: Option<i64>,
+    /// The answer typed (edit).
+    #[serde(default)]
+    pub answer: Option<Answer>,
+    /// The candidate accepted or rejected.
+    #[serde(default)]
+    pub candidate_id: Option<i64>,
+    /// Time from showing the item to deciding (Label Studio's `lead_time`).
+    #[serde(default)]
+    pub lead_time_ms: Option<i64>,
+}
+
+const MAX_ANSWER_CHARS: usize = 20_000;
+const MAX_ANSWERS: usize = 100;
+const MAX_LEAD_MS: i64 = 24 * 3600 * 1000;
+
+fn check_answer(a: &Answer) -> ReviewResult<()> {
+    if a.text.as_deref().is_none_or(|t| t.trim().is_empty()) && a.all.iter().all(|h| h.answer.trim().is_empty()) {
+        return Err(ReviewError::BadRequest("the answer is empty\n  hint: type an answer, or skip the item".into()));
+    }
+    if a.text.as_deref().is_some_and(|t| t.chars().count() > MAX_ANSWER_CHARS)
+        || a.all.iter().any(|h| h.answer.chars().count() > MAX_ANSWER_CHARS)
+    {
+        return Err(ReviewError::BadRequest(format!("an answer is longer than {MAX_ANSWER_CHARS} characters")));
+    }
+    if a.all.len() > MAX_ANSWERS {
+        return Err(ReviewError::BadRequest(format!("more than {MAX_ANSWERS} answers")));
+    }
+    Ok(())
+}
+
+const CANDIDATE_COLS: &str =
+    "id, run_id, model, answer, confidence, confidence_detail, flags, error, created_at, item_id";
+
+fn row_candidate(r: &rusqlite::Row) -> rusqlite::Result<CandidateView> {
+    Ok(CandidateView {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        model: r.get(2)?,
+        answer: r.get(3)?,
+        confidence: r.get(4)?,
+        confidence_detail: r.get::<_, Option<String>>(5)?.and_then(|t| serde_json::from_str(&t).ok()),
+        flags: parse_flags(r.get(6)?),
+        error: r.get(7)?,
+        created_at: r.get(8)?,
+    })
+}
+
+fn candidates_of(c: &Connection, item_id: i64) -> ReviewResult<Vec<CandidateView>> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {CANDIDATE_COLS} FROM candidates WHERE item_id = ?1 ORDER BY error IS NULL DESC, id DESC"
+    ))?;
+    let rows = st.query_map([item_id], row_candidate)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn live_lease(c: &Connection, item_id: i64, now: i64) -> ReviewResult<Option<(i64, Lease)>> {
+    Ok(c.prepare_cached(
+        "SELECT l.user_id, COALESCE(u.name, '?'), l.until_ms FROM leases l LEFT JOIN users u ON u.id = l.user_id
+         WHERE l.item_id = ?1 AND l.until_ms > ?2",
+    )?
+    .query_row([item_id, now], |r| Ok((r.get(0)?, Lease { item_id, user: r.get(1)?, until_ms: r.get(2)? })))
+    .optional()?)
+}
+
+/// Refuses when someone else holds a live lease on the item.
+fn check_lease(c: &Connection, item_id: i64, user: &User, now: i64) -> ReviewResult<()> {
+    match live_lease(c, item_id, now)? {
+        Some((uid, l)) if uid != user.id => {
+            Err(ReviewError::Leased { item: item_id, user: l.user, seconds_left: (l.until_ms - now + 999) / 1000 })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn grant(tx: &Transaction, item_id: i64, user: &User, now: i64, lease_ms: i64) -> ReviewResult<Lease> {
+    let until = now + lease_ms;
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO leases (item_id, user_id, until_ms, granted_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute([item_id, user.id, until, now])?;
+    Ok(Lease { item_id, user: user.name.clone(), until_ms: until })
+}
+
+fn current_label_id(c: &Connection, item_id: i64) -> ReviewResult<Option<i64>> {
+    c.prepare_cached("SELECT label_id FROM items WHERE id = ?1")?
+        .query_row([item_id], |r| r.get::<_, Option<i64>>(0))
+        .optional()?
+        .ok_or(ReviewError::NotFound(format!("item {item_id}")))
+}
+
+/// Adds items the queue has not seen yet (ids only grow: imports append).
+pub(crate) fn sync_queue(tx: &Transaction) -> ReviewResult<u64> {
+    let seen: i64 =
+        tx.prepare_cached("SELECT COALESCE(MAX(item_id), 0) FROM review_queue")?.query_row([], |r| r.get(0))?;
+    let last: i64 = tx.prepare_cached("SELECT COALESCE(MAX(id), 0) FROM items")?.query_row([], |r| r.get(0))?;
+    if last <= seen {
+        return Ok(0);
+    }
+    let added = tx.execute(
+        "INSERT INTO review_queue (item_id, status, label_id)
+         SELECT i.id, COALESCE(l.status, 'pending'), i.label_id
+         FROM items i LEFT JOIN labels l ON l.id = i.label_id WHERE i.id > ?1",
+        [seen],
+    )?;
+    tx.execute(
+        "UPDATE review_queue SET (has_cand, conf, nflags, flags, model) = (
+             SELECT 1,
+                    CASE WHEN c.error IS NULL THEN c.confidence END,
+                    CASE WHEN json_valid(c.flags) AND json_type(c.flags) = 'array' THEN json_array_length(c.flags) ELSE 0 END,
+                    CASE WHEN json_valid(c.flags) AND json_type(c.flags) = 'array'
+                         THEN ',' || (SELECT group_concat(CASE f.type WHEN 'object' THEN json_extract(f.value, '$.flag')
+                                                                      WHEN 'text' THEN f.value END, ',')
+                                      FROM json_each(c.flags) f) || ','
+                    END,
+                    c.model
+             FROM candidates c WHERE c.item_id = review_queue.item_id
+             ORDER BY c.error IS NULL DESC, c.id DESC LIMIT 1)
+         WHERE item_id > ?1 AND item_id IN (SELECT item_id FROM candidates WHERE item_id > ?1)",
+        [seen],
+    )?;
+    Ok(added as u64)
+}
+
+fn need_label(user: &User) -> ReviewResult<()> {
+    if user.can(Permission::Label) {
+        Ok(())
+    } else {
+        Err(ReviewError::Forbidden(format!("{} is a {}: viewers cannot label items", user.name, user.role)))
+    }
+}
+
+/// Runs `f` in a write transaction that commits only when `f` returns Ok and `commit`
+/// says so.
+async fn write_tx<T: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&Transaction) -> ReviewResult<(T, bool)> + Send + 'static,
+) -> ReviewResult<T> {
+    store
+        .db()
+        .write(move |conn| {
+            let tx = conn.transaction()?;
+            match f(&tx) {
+                Ok((v, commit)) => {
+                    if commit {
+                        tx.commit()?;
+                    }
+                    Ok(Ok(v))
+                }
+                Err(ReviewError::Store(e)) => Err(e),
+                Err(e) => Ok(Err(e)),
+            }
+        })
+        .await?
+}
+
+impl Store {
+    /// Brings the review queue up to date with items imported since it last looked.
+    pub async fn sync_review_queue(&self) -> ReviewResult<u64> {
+        write_tx(self, |tx| Ok((sync_queue(tx)?, true))).await
+    }
+
+    /// Hands `user` the riskiest item under `filter` nobody else holds, leased for
+    /// `lease_ms`; the item the user already holds comes back first (a reload, a second
+    /// tab). `None` when the queue is empty.
+    pub async fn next_item(
+        &self,
+        user: &User,
+        filter: &QueueFilter,
+        lease_ms: i64,
+    ) -> ReviewResult<Option<ReviewItem>> {
+        need_label(user)?;
+        let mut params = Vec::new();
+        let (cond, order) = filter.queue_sql(&mut params)?;
+        let user2 = user.clone();
+        let picked = write_tx(self, move |tx| {
+            sync_queue(tx)?;
+            let now = now_ms();
+            let mine_sql = format!(
+                "SELECT q.item_id FROM review_queue q JOIN leases l ON l.item_id = q.item_id
+                 WHERE l.user_id = ? AND l.until_ms > ? AND {cond} {order} LIMIT 1"
+            );
+            let mut p = vec![SqlValue::Integer(user2.id), SqlValue::Integer(now)];
+            p.extend(params.iter().cloned());
+            let mine: Option<i64> =
+                tx.prepare_cached(&mine_sql)?.query_row(params_from_iter(p), |r| r.get(0)).optional()?;
+            if let Some(id) = mine {
+                return Ok((Some(grant(tx, id, &user2, now, lease_ms)?), true));
+            }
+            tx.prepare_cached("DELETE FROM leases WHERE user_id = ?1")?.execute([user2.id])?;
+            let pick_sql = format!(
+                "SELECT q.item_id FROM review_queue q
+                 WHERE {cond} AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.item_id = q.item_id AND l.until_ms > ?)
+                 {order} LIMIT 1"
+            );
+            let mut p = params;
+            p.push(SqlValue::Integer(now));
+            let id: Option<i64> =
+                tx.prepare_cached(&pick_sql)?.query_row(params_from_iter(p), |r| r.get(0)).optional()?;
+            match id {
+                Some(id) => Ok((Some(grant(tx, id, &user2, now, lease_ms)?), true)),
+                None => Ok((None, true)),
+            }
+        })
+        .await?;
+        match picked {
+            Some(lease) => Ok(Some(self.review_item(lease.item_id).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One item with its candidates and live lease, as the review page shows it.
+    pub async fn review_item(&self, id: i64) -> ReviewResult<ReviewItem> {
+        let dot = self.paths().dot.clone();
+        self.db()
+            .read(move |c| {
+                let r = (|| -> ReviewResult<ReviewItem> {
+                    let item = match item_view(c, &dot, id) {
+                        Ok(i) => i,
+                        Err(StoreError::ItemNotFound(_)) => return Err(ReviewError::NotFound(format!("item {id}"))),
+                        Err(e) => return Err(e.into()),
+                    };
+                    let can_undo = match &item.label {
+                        Some(l) => c
+                            .prepare_cached("SELECT prev_id IS NOT NULL FROM labels WHERE id = ?1")?
+                            .query_row([l.id], |r| r.get(0))?,
+                        None => false,
+                    };
+                    Ok(ReviewItem {
+                        candidates: candidates_of(c, id)?,
+                        lease: live_lease(c, id, now_ms())?.map(|(_, l)| l),
+                        can_undo,
+                        item,
+                    })
+                })();
+                Ok(r)
+            })
+            .await?
+    }
+
+    /// Takes or renews the lease on one item for `user`.
+    pub async fn lease_item(&self, id: i64, user: &User, lease_ms: i64) -> ReviewResult<Lease> {
+        need_label(user)?;
+        let user = user.clone();
+        write_tx(self, move |tx| {
+            current_label_id(tx, id)?;
+            let now = now_ms();
+            check_lease(tx, id, &user, now)?;
+            Ok((grant(tx, id, &user, now, lease_ms)?, true))
+        })
+        .await
+    }
+
+    /// Gives back `user`'s lease on one item (nothing happens when they hold none).
+    pub async fn release_item(&self, id: i64, user: &User) -> ReviewResult<()> {
+        let uid = user.id;
+        write_tx(self, move |tx| {
+            current_label_id(tx, id)?;
+            tx.prepare_cached("DELETE FROM leases WHERE item_id = ?1 AND user_id = ?2")?.execute([id, uid])?;
+            Ok(((), true))
+        })
+        .await
+    }
+
+    /// Saves a reviewer's decision as a new label (with its audit event) and releases the
+    /// item's lease, in one transaction. A stale `base` gives `Conflict` with the current
+    /// label; someone else's live lease gives `Leased`.
+    pub async fn decide(&self, id: i64, user: &User, d: Decision) -> ReviewResult<SaveOutcome> {
+        need_label(user)?;
+        if d.action == DecisionAction::Reject && !user.can(Permission::Review) {
+            return Err(ReviewError::Forbidden(format!(
+                "{} is an {}: only reviewers and admins reject\n  hint: skip the item instead",
+                user.name, user.role
+            )));
+        }
+        if let Some(a) = &d.answer {
+            check_answer(a)?;
+        }
+        if d.action == DecisionAction::Edit && d.answer.is_none() {
+            return Err(ReviewError::BadRequest("an edit needs an answer".into()));
+        }
+        let user = user.clone();
+        let out = write_tx(self, move |tx| {
+            let current_id = current_label_id(tx, id)?;
+            let current = match current_id {
+                Some(l) => label_by_id(tx, l)?,
+                None => None,
+            };
+            if current_id != d.base {
+                return Ok((SaveOutcome::Conflict { current }, false));
+            }
+            let now = now_ms();
+            check_lease(tx, id, &user, now)?;
+            if let Some(cur) = &current
+                && cur.status.is_reviewed()
+                && cur.actor != user.name
+                && !user.can(Permission::Review)
+            {
+                return Err(ReviewError::Forbidden(format!(
+                    "{} already decided on item {id}; only a reviewer can change that",
+                    cur.actor
+                )));
+            }
+            let candidate = match d.candidate_id {
+                Some(cid) => Some(
+                    tx.prepare_cached(&format!(
+                        "SELECT {CANDIDATE_COLS} FROM candidates WHERE id = ?1 AND item_id = ?2"
+                    ))?
+                    .query_row([cid, id], row_candidate)
+                    .optional()?
+                    .ok_or_else(|| {
+                        ReviewError::BadRequest(format!("candidate {cid} is not a candidate of item {id}"))
+                    })?,
+                ),
+                None => None,
+            };
+            let current_answer = current.as_ref().map(|l| l.answer.clone()).unwrap_or_default();
+            let (status, answer) = match d.action {
+                DecisionAction::Accept => match &candidate {
+                    Some(c) => match (&c.answer, &c.error) {
+                        (Some(text), None) => {
+                            (LabelStatus::Accepted, Answer { text: Some(text.clone()), all: current_answer.all })
+                        }
+                        _ => {
+                            return Err(ReviewError::BadRequest(format!(
+                                "candidate {} has no answer to accept\n  hint: edit to type one",
+                                c.id
+                            )));
+                        }
+                    },
+                    None if !current_answer.is_empty() => (LabelStatus::Accepted, current_answer),
+                    None => {
+                        return Err(ReviewError::BadRequest(
+                            "nothing to accept: the item has no answer and no candidate\n  hint: edit to type one"
+                                .into(),
+                        ));
+                    }
+                },
+                DecisionAction::Edit => (LabelStatus::Edited, d.answer.clone().unwrap_or_default()),
+                DecisionAction::Reject => match &candidate {
+                    Some(c) => (LabelStatus::Rejected, Answer { text: c.answer.clone(), all: current_answer.all }),
+                    None => (LabelStatus::Rejected, current_answer),
+                },
+                DecisionAction::Skip => (LabelStatus::Skipped, current_answer),
+            };
+            let save = LabelSave {
+                status,
+                answer,
+                base: current_id,
+                actor: user.name.clone(),
+                action: d.action.as_str().into(),
+                lead_time_ms: d.lead_time_ms.map(|t| t.clamp(0, MAX_LEAD_MS)),
+            };
+            let out = save_in_tx(tx, id, save)?;
+            let saved = matches!(out, SaveOutcome::Saved { .. });
+            if saved {
+                tx.prepare_cached("DELETE FROM leases WHERE item_id = ?1")?.execute([id])?;
+            }
+            Ok((out, saved))
+        })
+        .await?;
+        if matches!(out, SaveOutcome::Saved { .. }) {
+            self.sync_audit_head().await?;
+        }
+        Ok(out)
+    }
+
+    /// Restores the label the current one replaced, as a new label (action `undo`); the
+    /// item goes back to `user` under a lease when it needs review again. Annotators undo
+    /// only their own decisions.
+    pub async fn undo(&self, id: i64, user: &User, base: Option<i64>, lease_ms: i64) -> ReviewResult<SaveOutcome> {
+        need_label(user)?;
+        let user = user.clone();
+        let out = write_tx(self, move |tx| {
+            let current_id = current_label_id(tx, id)?;
+            let current = match current_id {
+                Some(l) => label_by_id(tx, l)?,
+                None => None,
+            };
+            if current_id != base {
+                return Ok((SaveOutcome::Conflict { current }, false));
+            }
+            let Some(cur) = current else {
+                return Err(ReviewError::BadRequest(format!("nothing to undo: item {id} has no label")));
+            };
+            if cur.actor != user.name && !user.can(Permission::Review) {
+                return Err(ReviewError::Forbidden(format!(
+                    "{} made this label; annotators undo only their own decisions",
+                    cur.actor
+                )));
+            }
+            let prev: Option<i64> =
+                tx.prepare_cached("SELECT prev_id FROM labels WHERE id = ?1")?.query_row([cur.id], |r| r.get(0))?;
+            let Some(prev) = prev.and_then(|p| label_by_id(tx, p).transpose()).transpose()? else {
+                return Err(ReviewError::BadRequest(format!("nothing to undo: item {id} has had only this label")));
+            };
+            let now = now_ms();
+            check_lease(tx, id, &user, now)?;
+            let status = prev.status;
+            let save = LabelSave {
+                status,
+                answer: prev.answer,
+                base: Some(cur.id),
+                actor: user.name.clone(),
+                action: "undo".into(),
+                lead_time_ms: None,
+            };
+            let out = save_in_tx(tx, id, save)?;
+            if matches!(status, LabelStatus::Pending | LabelStatus::Imported) {
+                grant(tx, id, &user, now, lease_ms)?;
+            } else {
+                tx.prepare_cached("DELETE FROM leases WHERE item_id = ?1")?.execute([id])?;
+            }
+            Ok((out, true))
+        })
+        .await?;
+        self.sync_audit_head().await?;
+        Ok(out)
+    }
+
+    /// Items in id order after `after`, for browsing (any status unless filtered).
+    pub async fn list_items(&self, filter: &QueueFilter, after: i64, limit: usize) -> ReviewResult<Vec<ItemSummary>> {
+        let mut params = vec![SqlValue::Integer(after)];
+        let mut conds = vec!["q.item_id > ?"];
+        if let Some(s) = filter.status()? {
+            conds.push("q.status = ?");
+            params.push(SqlValue::Text(s.as_str().into()));
+        }
+        conds.extend(filter.conditions(&mut params)?);
+        params.push(SqlValue::Integer(limit.clamp(1, 500) as i64));
+        let sql = format!(
+            "SELECT q.item_id, i.task, substr(i.question, 1, 300), q.status, q.label_id, q.conf, q.flags, q.model
+             FROM review_queue q JOIN items i ON i.id = q.item_id
+             WHERE {} ORDER BY q.item_id LIMIT ?",
+            conds.join(" AND ")
+        );
+        let store = self.clone();
+        store.sync_review_queue().await?;
+        Ok(self
+            .db()
+            .read(move |c| {
+                let mut st = c.prepare_cached(&sql)?;
+                let rows = st.query_map(params_from_iter(params), |r| {
+                    Ok(ItemSummary {
+                        id: r.get(0)?,
+                        task: r.get(1)?,
+                        question: r.get(2)?,
+                        status: r.get(3)?,
+                        label_id: r.get(4)?,
+                        confidence: r.get(5)?,
+                        flags: split_flags(r.get::<_, Option<String>>(6)?.as_deref()),
+                        model: r.get(7)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?)
+    }
+
+    /// The values the queue filters can take.
+    pub async fn review_facets(&self) -> ReviewResult<Facets> {
+        Ok(self
+            .db()
+            .read(|c| {
+                let strings = |sql: &str| -> Result<Vec<String>, StoreError> {
+                    let mut st = c.prepare(sql)?;
+                    let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                };
+                let mut flags: Vec<String> = strings(
+                    "SELECT DISTINCT flags FROM review_queue WHERE flags IS NOT NULL AND flags != ',,' LIMIT 1000",
+                )?
+                .iter()
+                .flat_map(|f| split_flags(Some(f)))
+                .collect();
+                flags.sort();
+                flags.dedup();
+                let mut tags = strings(
+                    "SELECT DISTINCT t.value FROM items i, json_each(i.tags) t
+                     WHERE i.tags IS NOT NULL AND t.type = 'text' LIMIT 200",
+                )?;
+                tags.sort();
+                Ok(Facets {
+                    statuses: LabelStatus::ALL.iter().map(|s| s.as_str().to_string()).collect(),
+                    tasks: vec![Task::Vqa.as_str().into(), Task::Caption.as_str().into()],
+                    splits: strings("SELECT DISTINCT split FROM items WHERE split IS NOT NULL ORDER BY 1 LIMIT 100")?,
+                    models: strings("SELECT DISTINCT model FROM candidates ORDER BY 1 LIMIT 100")?,
+                    flags,
+                    tags,
+                })
+            })
+            .await?)
+    }
+
+    /// Every label an item has had, newest first, as `LabelView`s (re-exported for the
+    /// item history; the audit events come from `audit_log`).
+    pub async fn item_labels(&self, id: i64) -> ReviewResult<Vec<LabelView>> {
+        self.db().read(move |c| Ok(current_label_id(c, id))).await??;
+        Ok(self.label_history(id).await?)
+    }
+}
+
+pub(crate) fn split_flags(f: Option<&str>) -> Vec<String> {
+    f.unwrap_or_default().split(',').filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_leniently() {
+        let f = parse_flags(Some(
+            r#"[{"flag":"hedge","why":"says maybe","span":[4,9]},"short",{"why":"no name"},{"flag":"x","span":[5,2]}]"#
+                .into(),
+        ));
+        assert_eq!(
+            f,
+            vec![
+                RiskFlag { flag: "hedge".into(), why: Some("says maybe".into()), span: Some([4, 9]) },
+                RiskFlag { flag: "short".into(), why: None, span: None },
+                RiskFlag { flag: "x".into(), why: None, span: None },
+            ]
+        );
+        assert!(parse_flags(Some("not json".into())).is_empty());
+        assert!(parse_flags(None).is_empty());
+    }
+
+    #[test]
+    fn filters_refuse_nonsense() {
+        let bad = QueueFilter { status: Some("done".into()), ..Default::default() };
+        assert!(matches!(bad.queue_sql(&mut Vec::new()), Err(ReviewError::BadRequest(_))));
+        let bad = QueueFilter { min_conf: Some(0.9), max_conf: Some(0.1), ..Default::default() };
+        assert!(matches!(bad.queue_sql(&mut Vec::new()), Err(ReviewError::BadRequest(_))));
+        let bad = QueueFilter { task: Some("detect".into()), ..Default::default() };
+        assert!(matches!(bad.queue_sql(&mut Vec::new()), Err(ReviewError::BadRequest(_))));
+        let empty = QueueFilter { status: Some(" ".into()), split: Some(String::new()), ..Default::default() };
+        let mut p = Vec::new();
+        let (cond, _) = empty.queue_sql(&mut p).unwrap();
+        assert_eq!(cond, "q.need = 1");
+        assert!(p.is_empty());
+    }
+}
