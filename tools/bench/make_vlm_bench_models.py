@@ -74,6 +74,7 @@ def smolvlm(anchor, d: Path) -> None:
         "pad_token_id": 128002,
         "scale_factor": 4,
         "text_config": {
+            "architectures": ["VLlama3ForCausalLM"],  # as the published checkpoint (llama.cpp picks its class by it)
             "head_dim": 64, "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size,
             "max_position_embeddings": 8192, "model_type": "llama", "num_attention_heads": 9,
             "num_hidden_layers": 30, "num_key_value_heads": 3, "pad_token_id": 2, "rms_norm_eps": 1e-05,

@@ -26,13 +26,26 @@ pub async fn eval(a: EvalArgs) -> anyhow::Result<()> {
         bootstrap: BootstrapOptions { resamples: a.resamples, alpha: 0.05, seed: a.seed },
         ece_bins: a.ece_bins,
     };
-    let preds = read_predictions(&a.predictions)?;
-    let refs = match &a.references {
-        Some(r) if r.join("mmloop.toml").is_file() => project_references(r, &a, task).await?,
+    let (preds, refs) = match &a.references {
+        Some(r) if r.join("mmloop.toml").is_file() => {
+            (read_predictions(&a.predictions)?, Some(project_references(r, &a, task).await?))
+        }
         Some(r) => {
             let ropts = RefOptions { images_dir: a.images_dir.clone(), annotations: a.annotations.clone(), task };
-            read_references(r, &ropts)?
+            // Both files are read in full before anything is scored: one thread each.
+            tokio::task::block_in_place(|| {
+                std::thread::scope(|s| {
+                    let refs = s.spawn(|| read_references(r, &ropts));
+                    let preds = read_predictions(&a.predictions);
+                    let refs = refs.join().expect("reference reader panicked");
+                    anyhow::Ok((preds?, Some(refs?)))
+                })
+            })?
         }
+        None => (read_predictions(&a.predictions)?, None),
+    };
+    let refs = match refs {
+        Some(r) => r,
         None => match preds.inline_references() {
             Some(mut r) => {
                 if let Some(t) = task {

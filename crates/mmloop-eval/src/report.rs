@@ -33,10 +33,16 @@ impl Default for ReportOptions {
 pub fn write_outputs(ev: &Evaluation, dir: &Path, opts: &ReportOptions) -> Result<(PathBuf, PathBuf), EvalError> {
     std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
     let json_path = dir.join("metrics.json");
-    let json = serde_json::to_vec_pretty(ev).map_err(|e| EvalError::Metric(e.to_string()))?;
-    std::fs::write(&json_path, json).map_err(|e| EvalError::io(&json_path, e))?;
     let html_path = dir.join("report.html");
-    std::fs::write(&html_path, html(ev, opts)).map_err(|e| EvalError::io(&html_path, e))?;
+    // The two files are independent: one thread each.
+    std::thread::scope(|s| {
+        let json = s.spawn(|| {
+            let json = serde_json::to_vec_pretty(ev).map_err(|e| EvalError::Metric(e.to_string()))?;
+            std::fs::write(&json_path, json).map_err(|e| EvalError::io(&json_path, e))
+        });
+        std::fs::write(&html_path, html(ev, opts)).map_err(|e| EvalError::io(&html_path, e))?;
+        json.join().expect("metrics.json writer panicked")
+    })?;
     Ok((json_path, html_path))
 }
 
