@@ -9,6 +9,10 @@
 
 use std::path::PathBuf;
 
+/// The allocator of the `mmloop` binary, so the benchmark measures what `mmloop review` runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
