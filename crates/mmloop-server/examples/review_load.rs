@@ -77,7 +77,7 @@ async fn call(
             let s = r.status().as_u16();
             (s, r.json().await.unwrap_or(Value::Null))
         }
-        Err(_) => (0, Value::Null),
+        Err(e) => (0, Value::String(e.to_string())),
     }
 }
 
@@ -88,6 +88,16 @@ struct Samples {
     conflicts: u64,
     errors: u64,
     empty: bool,
+}
+
+impl Samples {
+    /// Counts a failed call; each reviewer prints its first one (status 0: no HTTP answer).
+    fn error(&mut self, status: u16, reply: &Value) {
+        if self.errors == 0 {
+            eprintln!("error: status {status}: {reply}");
+        }
+        self.errors += 1;
+    }
 }
 
 fn pct(v: &mut [u64], p: f64) -> f64 {
@@ -150,7 +160,7 @@ async fn main() {
                         break;
                     }
                     _ => {
-                        s.errors += 1;
+                        s.error(st, &item);
                         continue;
                     }
                 }
@@ -168,14 +178,14 @@ async fn main() {
                     "lead_time_ms": 1500,
                 });
                 let t2 = Instant::now();
-                let (st, _) =
+                let (st, reply) =
                     call(&c, reqwest::Method::POST, &format!("{url}/api/items/{id}/decision"), &t, Some(body)).await;
                 let t3 = Instant::now();
                 match st {
                     200 if t2 >= measure_from && t3 <= deadline => s.save_us.push((t3 - t2).as_micros() as u64),
                     200 => {}
                     409 => s.conflicts += 1,
-                    _ => s.errors += 1,
+                    _ => s.error(st, &reply),
                 }
             }
             s
