@@ -58,6 +58,10 @@ impl Db {
         }
         let mut conn = Connection::open_with_flags(path, flags)?;
         configure(&conn)?;
+        // Every transaction on the writer takes the write lock at BEGIN. A deferred one that reads
+        // first and then needs the lock while a reader briefly holds it (WAL-index recovery) fails
+        // at once with SQLITE_BUSY: SQLite does not call the busy handler inside a read transaction.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let writer = std::thread::Builder::new()
@@ -127,7 +131,8 @@ impl Db {
         };
         let out = f(&conn);
         let mut pool = self.readers.lock().expect("reader pool");
-        if pool.len() < 8 {
+        // Enough for a busy review server: opening a connection parses the schema again.
+        if pool.len() < 32 {
             pool.push(conn);
         }
         out
