@@ -17,7 +17,9 @@ pub use queue::{
 };
 pub use stats::{BucketStats, ReviewStats, ReviewerStats};
 
-use crate::StoreError;
+use rusqlite::Transaction;
+
+use crate::{Store, StoreError};
 
 /// What went wrong with a review request, in words a reviewer or a script can act on.
 #[derive(Debug, thiserror::Error)]
@@ -51,4 +53,28 @@ pub type ReviewResult<T> = std::result::Result<T, ReviewError>;
 /// Milliseconds since the Unix epoch: the clock of leases, sessions and tokens.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Runs `f` in a write transaction that commits only when `f` returns Ok and `commit`
+/// says so.
+async fn write_tx<T: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&Transaction) -> ReviewResult<(T, bool)> + Send + 'static,
+) -> ReviewResult<T> {
+    store
+        .db()
+        .write(move |conn| {
+            let tx = conn.transaction()?;
+            match f(&tx) {
+                Ok((v, commit)) => {
+                    if commit {
+                        tx.commit()?;
+                    }
+                    Ok(Ok(v))
+                }
+                Err(ReviewError::Store(e)) => Err(e),
+                Err(e) => Ok(Err(e)),
+            }
+        })
+        .await?
 }

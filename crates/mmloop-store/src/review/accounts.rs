@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use super::{ReviewError, ReviewResult, now_ms};
+use super::{ReviewError, ReviewResult, now_ms, write_tx};
 use crate::{Store, StoreError};
 
 /// What a user may do. Ordered from least to most.
@@ -242,6 +242,15 @@ fn row_token(r: &rusqlite::Row) -> rusqlite::Result<TokenInfo> {
 
 const TOKEN_COLS: &str = "t.id, u.name, t.name, t.prefix, t.created_at, t.created_by, t.expires_ms, t.revoked_at";
 
+fn token_by_id(c: &Connection, id: i64) -> rusqlite::Result<Option<TokenInfo>> {
+    c.query_row(
+        &format!("SELECT {TOKEN_COLS} FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?1"),
+        [id],
+        row_token,
+    )
+    .optional()
+}
+
 impl Store {
     /// How many users exist (zero before the first admin is made).
     pub async fn user_count(&self) -> ReviewResult<u64> {
@@ -279,41 +288,29 @@ impl Store {
             None => None,
         };
         let (name, actor) = (name.to_string(), actor.to_string());
-        let out = self
-            .db()
-            .write(move |conn| {
-                let tx = conn.transaction()?;
-                let r = (|| -> ReviewResult<Option<User>> {
-                    if only_first && tx.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))? > 0 {
-                        return Ok(None);
-                    }
-                    if user_by_name(&tx, &name)?.is_some() {
-                        return Err(ReviewError::Exists(format!("user {name:?} already exists")));
-                    }
-                    tx.execute(
-                        "INSERT INTO users (name, role, password_hash, disabled, created_at, created_by)
-                         VALUES (?1, ?2, ?3, 0, ?4, ?5)",
-                        params![name, role.as_str(), hash, crate::now(), actor],
-                    )?;
-                    crate::audit::append(
-                        &tx,
-                        &actor,
-                        "user.add",
-                        &format!("user:{name}"),
-                        None,
-                        Some(&json!({"name": name, "role": role, "password": hash.is_some()})),
-                    )?;
-                    user_by_name(&tx, &name)
-                })();
-                match r {
-                    Ok(u) => {
-                        tx.commit()?;
-                        Ok(Ok(u))
-                    }
-                    Err(e) => Ok(Err(e)),
-                }
-            })
-            .await??;
+        let out = write_tx(self, move |tx| {
+            if only_first && tx.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))? > 0 {
+                return Ok((None, false));
+            }
+            if user_by_name(tx, &name)?.is_some() {
+                return Err(ReviewError::Exists(format!("user {name:?} already exists")));
+            }
+            tx.execute(
+                "INSERT INTO users (name, role, password_hash, disabled, created_at, created_by)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5)",
+                params![name, role.as_str(), hash, crate::now(), actor],
+            )?;
+            crate::audit::append(
+                tx,
+                &actor,
+                "user.add",
+                &format!("user:{name}"),
+                None,
+                Some(&json!({"name": name, "role": role, "password": hash.is_some()})),
+            )?;
+            Ok((user_by_name(tx, &name)?, true))
+        })
+        .await?;
         if out.is_some() {
             self.sync_audit_head().await?;
         }
@@ -349,74 +346,56 @@ impl Store {
             None => None,
         };
         let (name, actor) = (name.to_string(), actor.to_string());
-        let user = self
-            .db()
-            .write(move |conn| {
-                let tx = conn.transaction()?;
-                let r = (|| -> ReviewResult<User> {
-                    let u = user_by_name(&tx, &name)?.ok_or_else(|| ReviewError::NotFound(format!("user {name:?}")))?;
-                    let entity = format!("user:{name}");
-                    let last_admin = u.role == Role::Admin && !u.disabled && active_admins(&tx)? <= 1;
-                    if let Some(role) = update.role.filter(|r| *r != u.role) {
-                        if last_admin {
-                            return Err(ReviewError::BadRequest(format!(
-                                "{name} is the last admin\n  hint: make another user admin first"
-                            )));
-                        }
-                        tx.execute("UPDATE users SET role = ?1 WHERE id = ?2", params![role.as_str(), u.id])?;
-                        crate::audit::append(
-                            &tx,
-                            &actor,
-                            "user.role",
-                            &entity,
-                            Some(&json!({"role": u.role})),
-                            Some(&json!({"role": role})),
-                        )?;
-                    }
-                    if let Some(disabled) = update.disabled.filter(|d| *d != u.disabled) {
-                        if disabled && last_admin {
-                            return Err(ReviewError::BadRequest(format!(
-                                "{name} is the last admin\n  hint: make another user admin first"
-                            )));
-                        }
-                        tx.execute("UPDATE users SET disabled = ?1 WHERE id = ?2", params![disabled, u.id])?;
-                        if disabled {
-                            tx.execute("DELETE FROM sessions WHERE user_id = ?1", [u.id])?;
-                            tx.execute("DELETE FROM leases WHERE user_id = ?1", [u.id])?;
-                        }
-                        let action = if disabled { "user.disable" } else { "user.enable" };
-                        crate::audit::append(
-                            &tx,
-                            &actor,
-                            action,
-                            &entity,
-                            Some(&json!({"disabled": u.disabled})),
-                            Some(&json!({"disabled": disabled})),
-                        )?;
-                    }
-                    if let Some(hash) = &hash {
-                        tx.execute("UPDATE users SET password_hash = ?1 WHERE id = ?2", params![hash, u.id])?;
-                        tx.execute("DELETE FROM sessions WHERE user_id = ?1", [u.id])?;
-                        crate::audit::append(
-                            &tx,
-                            &actor,
-                            "user.password",
-                            &entity,
-                            None,
-                            Some(&json!({"changed": true})),
-                        )?;
-                    }
-                    user_by_name(&tx, &name)?.ok_or_else(|| ReviewError::NotFound(format!("user {name:?}")))
-                })();
-                match r {
-                    Ok(u) => {
-                        tx.commit()?;
-                        Ok(Ok(u))
-                    }
-                    Err(e) => Ok(Err(e)),
+        let user = write_tx(self, move |tx| {
+            let u = user_by_name(tx, &name)?.ok_or_else(|| ReviewError::NotFound(format!("user {name:?}")))?;
+            let entity = format!("user:{name}");
+            let last_admin = u.role == Role::Admin && !u.disabled && active_admins(tx)? <= 1;
+            if let Some(role) = update.role.filter(|r| *r != u.role) {
+                if last_admin {
+                    return Err(ReviewError::BadRequest(format!(
+                        "{name} is the last admin\n  hint: make another user admin first"
+                    )));
                 }
-            })
-            .await??;
+                tx.execute("UPDATE users SET role = ?1 WHERE id = ?2", params![role.as_str(), u.id])?;
+                crate::audit::append(
+                    tx,
+                    &actor,
+                    "user.role",
+                    &entity,
+                    Some(&json!({"role": u.role})),
+                    Some(&json!({"role": role})),
+                )?;
+            }
+            if let Some(disabled) = update.disabled.filter(|d| *d != u.disabled) {
+                if disabled && last_admin {
+                    return Err(ReviewError::BadRequest(format!(
+                        "{name} is the last admin\n  hint: make another user admin first"
+                    )));
+                }
+                tx.execute("UPDATE users SET disabled = ?1 WHERE id = ?2", params![disabled, u.id])?;
+                if disabled {
+                    tx.execute("DELETE FROM sessions WHERE user_id = ?1", [u.id])?;
+                    tx.execute("DELETE FROM leases WHERE user_id = ?1", [u.id])?;
+                }
+                let action = if disabled { "user.disable" } else { "user.enable" };
+                crate::audit::append(
+                    tx,
+                    &actor,
+                    action,
+                    &entity,
+                    Some(&json!({"disabled": u.disabled})),
+                    Some(&json!({"disabled": disabled})),
+                )?;
+            }
+            if let Some(hash) = &hash {
+                tx.execute("UPDATE users SET password_hash = ?1 WHERE id = ?2", params![hash, u.id])?;
+                tx.execute("DELETE FROM sessions WHERE user_id = ?1", [u.id])?;
+                crate::audit::append(tx, &actor, "user.password", &entity, None, Some(&json!({"changed": true})))?;
+            }
+            let u = user_by_name(tx, &name)?.ok_or_else(|| ReviewError::NotFound(format!("user {name:?}")))?;
+            Ok((u, true))
+        })
+        .await?;
         self.sync_audit_head().await?;
         Ok(user)
     }
@@ -516,44 +495,26 @@ impl Store {
         let hash = secret_hash(&secret);
         let prefix: String = secret.chars().take(12).collect();
         let (owner, name, actor) = (owner.to_string(), name.to_string(), actor.to_string());
-        let info = self
-            .db()
-            .write(move |conn| {
-                let tx = conn.transaction()?;
-                let r = (|| -> ReviewResult<TokenInfo> {
-                    let u =
-                        user_by_name(&tx, &owner)?.ok_or_else(|| ReviewError::NotFound(format!("user {owner:?}")))?;
-                    tx.execute(
-                        "INSERT INTO api_tokens (user_id, name, token_hash, prefix, created_at, created_by, expires_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        params![u.id, name, hash, prefix, crate::now(), actor, expires_ms],
-                    )?;
-                    let id = tx.last_insert_rowid();
-                    crate::audit::append(
-                        &tx,
-                        &actor,
-                        "token.create",
-                        &format!("token:{id}"),
-                        None,
-                        Some(&json!({"user": owner, "name": name, "prefix": prefix, "expires_ms": expires_ms})),
-                    )?;
-                    Ok(tx.query_row(
-                        &format!(
-                            "SELECT {TOKEN_COLS} FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?1"
-                        ),
-                        [id],
-                        row_token,
-                    )?)
-                })();
-                match r {
-                    Ok(t) => {
-                        tx.commit()?;
-                        Ok(Ok(t))
-                    }
-                    Err(e) => Ok(Err(e)),
-                }
-            })
-            .await??;
+        let info = write_tx(self, move |tx| {
+            let u = user_by_name(tx, &owner)?.ok_or_else(|| ReviewError::NotFound(format!("user {owner:?}")))?;
+            tx.execute(
+                "INSERT INTO api_tokens (user_id, name, token_hash, prefix, created_at, created_by, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![u.id, name, hash, prefix, crate::now(), actor, expires_ms],
+            )?;
+            let id = tx.last_insert_rowid();
+            crate::audit::append(
+                tx,
+                &actor,
+                "token.create",
+                &format!("token:{id}"),
+                None,
+                Some(&json!({"user": owner, "name": name, "prefix": prefix, "expires_ms": expires_ms})),
+            )?;
+            let t = token_by_id(tx, id)?.ok_or_else(|| ReviewError::NotFound(format!("token {id}")))?;
+            Ok((t, true))
+        })
+        .await?;
         self.sync_audit_head().await?;
         let expires = info.expires_ms;
         Ok((info, NewSecret { secret, expires_ms: expires }))
@@ -578,53 +539,27 @@ impl Store {
     /// Revokes a token; its owner or an admin may.
     pub async fn revoke_token(&self, id: i64, by: &User) -> ReviewResult<TokenInfo> {
         let by = by.clone();
-        let info = self
-            .db()
-            .write(move |conn| {
-                let tx = conn.transaction()?;
-                let r = (|| -> ReviewResult<TokenInfo> {
-                    let t = tx
-                        .query_row(
-                            &format!(
-                                "SELECT {TOKEN_COLS} FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?1"
-                            ),
-                            [id],
-                            row_token,
-                        )
-                        .optional()?
-                        .ok_or_else(|| ReviewError::NotFound(format!("token {id}")))?;
-                    if t.user != by.name && !by.can(Permission::ManageUsers) {
-                        // Someone else's token is, to this user, a token that does not exist.
-                        return Err(ReviewError::NotFound(format!("token {id}")));
-                    }
-                    if t.revoked_at.is_none() {
-                        tx.execute("UPDATE api_tokens SET revoked_at = ?1 WHERE id = ?2", params![crate::now(), id])?;
-                        crate::audit::append(
-                            &tx,
-                            &by.name,
-                            "token.revoke",
-                            &format!("token:{id}"),
-                            None,
-                            Some(&json!({"user": t.user, "name": t.name})),
-                        )?;
-                    }
-                    Ok(tx.query_row(
-                        &format!(
-                            "SELECT {TOKEN_COLS} FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?1"
-                        ),
-                        [id],
-                        row_token,
-                    )?)
-                })();
-                match r {
-                    Ok(t) => {
-                        tx.commit()?;
-                        Ok(Ok(t))
-                    }
-                    Err(e) => Ok(Err(e)),
-                }
-            })
-            .await??;
+        let info = write_tx(self, move |tx| {
+            let t = token_by_id(tx, id)?.ok_or_else(|| ReviewError::NotFound(format!("token {id}")))?;
+            if t.user != by.name && !by.can(Permission::ManageUsers) {
+                // Someone else's token is, to this user, a token that does not exist.
+                return Err(ReviewError::NotFound(format!("token {id}")));
+            }
+            if t.revoked_at.is_none() {
+                tx.execute("UPDATE api_tokens SET revoked_at = ?1 WHERE id = ?2", params![crate::now(), id])?;
+                crate::audit::append(
+                    tx,
+                    &by.name,
+                    "token.revoke",
+                    &format!("token:{id}"),
+                    None,
+                    Some(&json!({"user": t.user, "name": t.name})),
+                )?;
+            }
+            let t = token_by_id(tx, id)?.ok_or_else(|| ReviewError::NotFound(format!("token {id}")))?;
+            Ok((t, true))
+        })
+        .await?;
         self.sync_audit_head().await?;
         Ok(info)
     }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::accounts::{Permission, User};
-use super::{ReviewError, ReviewResult, now_ms};
+use super::{ReviewError, ReviewResult, now_ms, write_tx};
 use crate::labels::{ItemView, LabelSave, LabelView, SaveOutcome, item_view, label_by_id, save_in_tx};
 use crate::{Store, StoreError};
 
@@ -385,30 +385,6 @@ fn need_label(user: &User) -> ReviewResult<()> {
     } else {
         Err(ReviewError::Forbidden(format!("{} is a {}: viewers cannot label items", user.name, user.role)))
     }
-}
-
-/// Runs `f` in a write transaction that commits only when `f` returns Ok and `commit`
-/// says so.
-async fn write_tx<T: Send + 'static>(
-    store: &Store,
-    f: impl FnOnce(&Transaction) -> ReviewResult<(T, bool)> + Send + 'static,
-) -> ReviewResult<T> {
-    store
-        .db()
-        .write(move |conn| {
-            let tx = conn.transaction()?;
-            match f(&tx) {
-                Ok((v, commit)) => {
-                    if commit {
-                        tx.commit()?;
-                    }
-                    Ok(Ok(v))
-                }
-                Err(ReviewError::Store(e)) => Err(e),
-                Err(e) => Ok(Err(e)),
-            }
-        })
-        .await?
 }
 
 impl Store {
