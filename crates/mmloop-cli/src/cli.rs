@@ -239,6 +239,10 @@ pub struct ReviewArgs {
     /// How long a login lasts, in hours.
     #[arg(long, default_value_t = 12)]
     pub session_hours: u64,
+    /// A reverse proxy in front of the server whose X-Forwarded-For names the client (for
+    /// login throttling); repeat for several. From anyone else the header is ignored.
+    #[arg(long, value_name = "IP")]
+    pub trusted_proxy: Vec<std::net::IpAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -271,7 +275,7 @@ pub enum UserCommand {
     Disable { project: PathBuf, name: String },
     /// Enable a disabled user again.
     Enable { project: PathBuf, name: String },
-    /// Set a user's password (ends their sessions).
+    /// Set a user's password (ends their sessions and revokes their API tokens).
     Password {
         project: PathBuf,
         name: String,
@@ -286,9 +290,9 @@ pub enum UserCommand {
         /// What the token is for.
         #[arg(long = "token-name", default_value = "cli")]
         token_name: String,
-        /// Expire after this many days (default: never).
-        #[arg(long)]
-        expires_days: Option<u32>,
+        /// Expire after this many days (1 to 3650).
+        #[arg(long, default_value_t = 90)]
+        expires_days: u32,
         #[arg(long)]
         json: bool,
     },
@@ -477,7 +481,8 @@ pub struct EvalArgs {
     /// vlmevalkit.
     #[arg(long, default_value = "official")]
     pub vqa_variant: String,
-    /// Score what matches and list the rest (missing ids, empty answers) instead of failing.
+    /// Score what matches and list the ids missing on either side instead of failing
+    /// (empty answers are always scored as given, with a warning).
     #[arg(long)]
     pub allow_missing: bool,
     /// The METEOR 1.5 jar (default: the one in an installed pycocoevalcap).

@@ -77,6 +77,14 @@ pub async fn eval(a: EvalArgs) -> anyhow::Result<()> {
     for n in &ev.notes {
         ui::warn(n);
     }
+    if let Some(first) = ev.missing.empty_predictions.first() {
+        ui::warn(format!(
+            "{} empty answers scored as given (wrong, as the official scripts score them); first: id {} at {}",
+            ev.missing.empty_predictions.len(),
+            first.id,
+            first.at
+        ));
+    }
     ui::ok(format!("wrote {} and {}", json_path.display(), html_path.display()));
     // Freeing a large evaluation item by item takes a tenth of a second; the process ends here.
     std::mem::forget((ev, preds, refs, compare));

@@ -61,6 +61,10 @@ impl ImportProgress for Progress {
     fn records(&self, done: u64) {
         self.0.set_position(done);
     }
+    fn phase(&self, what: &str) {
+        self.0.set_position(0);
+        self.0.set_message(what.to_string());
+    }
 }
 
 pub async fn import(a: ImportArgs, actor: &str) -> anyhow::Result<()> {

@@ -33,6 +33,8 @@ use tokio::task::JoinSet;
 #[derive(Clone, Debug)]
 pub enum ImageIn {
     Path(PathBuf),
+    /// A project's image: read only while it is still the imported file.
+    Stored(mmloop_store::StoredImage),
     Bytes {
         name: String,
         bytes: Arc<Vec<u8>>,
@@ -48,6 +50,10 @@ impl ImageIn {
     fn load(&self) -> Result<InputImage, EngineError> {
         match self {
             ImageIn::Path(p) => InputImage::read(p),
+            ImageIn::Stored(img) => match mmloop_store::read_checked(img) {
+                Ok(bytes) => Ok(InputImage::new(img.path.display().to_string(), bytes)),
+                Err(e) => Err(EngineError::Image { name: img.path.display().to_string(), message: e.to_string() }),
+            },
             ImageIn::Bytes { name, bytes } => Ok(InputImage::new(name.clone(), bytes.clone())),
             ImageIn::Unusable { name, why } => Err(EngineError::Image { name: name.clone(), message: why.clone() }),
         }
@@ -267,7 +273,7 @@ fn question_of(item: &ItemView, system: Option<&str>) -> Question {
         system,
         context,
         text: item.question.clone(),
-        images: item.images.iter().map(|i| ImageIn::Path(i.path.clone())).collect(),
+        images: item.images.iter().cloned().map(ImageIn::Stored).collect(),
         is_caption: item.task == Task::Caption,
         answer_type: item.meta.get("answer_type").and_then(Value::as_str).map(String::from),
     }

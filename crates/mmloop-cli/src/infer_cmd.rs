@@ -213,7 +213,7 @@ pub async fn infer(a: InferArgs, actor: &str) -> anyhow::Result<()> {
         (Some(store), _) => {
             let filter = PendingFilter { all: a.all, split: a.split.clone(), task, retry_errors: a.retry_errors };
             let config = json!({
-                "command": std::env::args().collect::<Vec<_>>(),
+                "command": mmloop_core::redact::command_line(&std::env::args().collect::<Vec<_>>()),
                 "model": a.model,
                 "api": a.api,
                 "system": a.system,

@@ -73,8 +73,28 @@ pub async fn import_file(
         actor: req.actor.clone(),
         config,
     };
+    // Two passes over the file: the images are read and checked first, with no lock on the
+    // database, so the import's transaction (which blocks every other writer, a review
+    // server included) only does SQL.
+    let progress: std::sync::Arc<dyn ImportProgress> = std::sync::Arc::from(progress);
+    let (reader, rx) = read_records(format, &req.file, &opts)?;
+    let checked = store.check_images(&import_opts, rx, progress.clone()).await;
+    let _ = reader.join();
+    let checked = checked?;
+    let (reader, rx) = read_records(format, &req.file, &opts)?;
+    let result = store.import(import_opts, rx, checked, Box::new(progress)).await;
+    let _ = reader.join();
+    Ok(result?)
+}
+
+/// Reads `file` on a thread, sending its records and how it ended.
+fn read_records(
+    format: Format,
+    file: &std::path::Path,
+    opts: &ReadOptions,
+) -> anyhow::Result<(std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<Incoming>)> {
     let (tx, rx) = sync_channel::<Incoming>(8192);
-    let file = req.file.clone();
+    let (file, opts) = (file.to_path_buf(), opts.clone());
     let reader = std::thread::Builder::new().name("mmloop-reader".into()).spawn(move || {
         let mut sink = |r: Result<mmloop_core::Record, mmloop_core::RecordError>| {
             let msg = match r {
@@ -89,9 +109,7 @@ pub async fn import_file(
         };
         let _ = tx.send(end);
     })?;
-    let result = store.import(import_opts, rx, progress).await;
-    let _ = reader.join();
-    Ok(result?)
+    Ok((reader, rx))
 }
 
 /// One export to write.

@@ -57,16 +57,29 @@ fn cli_admin(actor: &str) -> User {
 
 pub async fn review(a: ReviewArgs, actor: &str) -> anyhow::Result<()> {
     let store = Store::open(&a.project).await?;
-    if store.user_count().await? == 0 {
+    // Someone must be able to manage users from the browser: without an active admin (a new
+    // project, or one whose users were all added as reviewers), make one.
+    if !store.has_active_admin().await? {
         let name = std::env::var("MMLOOP_ADMIN_USER").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| "admin".into());
+        if let Some(u) = store.user(&name).await? {
+            bail!(
+                "this project has no active admin, and the user {name:?} exists as a {}{}\n  hint: make someone admin with `mmloop user role {} NAME admin` (or `mmloop user enable`), or set MMLOOP_ADMIN_USER to a new name",
+                u.role,
+                if u.disabled { " (disabled)" } else { "" },
+                a.project.display()
+            );
+        }
         let password = match std::env::var("MMLOOP_ADMIN_PASSWORD") {
             Ok(p) if !p.is_empty() => p,
             _ if std::io::stdin().is_terminal() => {
-                eprintln!("First run: choose a password for the admin account {}.", style(&name).bold());
+                eprintln!(
+                    "This project has no admin: choose a password for the admin account {}.",
+                    style(&name).bold()
+                );
                 read_password(false, "Admin password")?
             }
             _ => bail!(
-                "this project has no users yet and there is no terminal to ask for the admin password\n  hint: set MMLOOP_ADMIN_PASSWORD (and MMLOOP_ADMIN_USER to name the account), or run `mmloop user add {} admin --role admin --password-stdin`",
+                "this project has no active admin and there is no terminal to ask for the admin password\n  hint: set MMLOOP_ADMIN_PASSWORD (and MMLOOP_ADMIN_USER to name the account), or run `mmloop user add {} admin --role admin --password-stdin`",
                 a.project.display()
             ),
         };
@@ -78,6 +91,8 @@ pub async fn review(a: ReviewArgs, actor: &str) -> anyhow::Result<()> {
     if added > 0 {
         ui::ok(format!("{} items joined the review queue", ui::count(added)));
     }
+    // Before the URL is announced: a signal from then on stops the server gracefully.
+    let shutdown = mmloop_server::shutdown_signal();
     let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
@@ -97,9 +112,10 @@ pub async fn review(a: ReviewArgs, actor: &str) -> anyhow::Result<()> {
         lease: Duration::from_secs(a.lease_secs.max(1)),
         session_ttl: Duration::from_secs(a.session_hours.max(1) * 3600),
         secure_cookies: a.secure_cookies,
+        trusted_proxies: a.trusted_proxy.clone(),
         ..Default::default()
     };
-    mmloop_server::serve(store.clone(), listener, cfg, mmloop_server::shutdown_signal()).await?;
+    mmloop_server::serve(store.clone(), listener, cfg, shutdown).await?;
     store.close();
     ui::ok("stopped");
     Ok(())
@@ -167,14 +183,15 @@ pub async fn user(cmd: UserCommand, actor: &str) -> anyhow::Result<()> {
             let pw = read_password(password_stdin, &format!("New password for {name}"))?;
             store.update_user(&name, UserUpdate { password: Some(pw), ..Default::default() }, actor).await?;
             store.close();
-            ui::ok(format!("changed the password of {name}; their sessions ended"));
+            ui::ok(format!("changed the password of {name}; their sessions ended and their API tokens were revoked"));
         }
         UserCommand::Token { project, name, token_name, expires_days, json } => {
             let store = Store::open(&project).await?;
-            let expires = expires_days.map(|d| {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                now.as_millis() as i64 + d as i64 * 86_400_000
-            });
+            if expires_days == 0 || expires_days > 3650 {
+                bail!("--expires-days must be between 1 and 3650");
+            }
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let expires = Some(now.as_millis() as i64 + expires_days as i64 * 86_400_000);
             let (info, secret) = store.create_token(&name, &token_name, expires, actor).await?;
             store.close();
             if json {

@@ -92,12 +92,70 @@ fn rehashed_row_still_breaks_the_chain() {
     assert!(err.contains("event 3") || err.contains("event 4"), "{err}");
 }
 
+/// The project, plus one more event after the commit, so the newest event is recorded by
+/// the anchor file only (no version names it).
+fn project_with_uncommitted_event(root: &Path) -> String {
+    let p = project(root);
+    ok(&["split", &p, "--reassign", "--seed", "7"]);
+    p
+}
+
 #[test]
-fn deleted_newest_rows_are_caught_by_the_anchor() {
+fn deleted_newest_rows_are_caught_by_the_anchor_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_with_uncommitted_event(dir.path());
+    tamper(&p, "DELETE FROM events WHERE seq = (SELECT MAX(seq) FROM events)");
+    let err = fails(&["audit", "verify", &p]);
+    assert!(err.contains("newest events were deleted"), "{err}");
+    assert!(!err.contains("version v1"), "only the anchor file can see this: {err}");
+}
+
+#[test]
+fn a_missing_anchor_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_with_uncommitted_event(dir.path());
+    tamper(&p, "DELETE FROM events WHERE seq = (SELECT MAX(seq) FROM events)");
+    std::fs::remove_file(Path::new(&p).join(".mmloop/audit-head")).unwrap();
+    verify_fails(&p, "audit-head is missing");
+}
+
+#[test]
+fn an_answer_rewritten_in_the_database_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     let p = project(dir.path());
-    tamper(&p, "DELETE FROM events WHERE seq = (SELECT MAX(seq) FROM events)");
-    verify_fails(&p, "newest events were deleted");
+    tamper(&p, "UPDATE labels SET answer = 'TAMPERED' WHERE id = 3");
+    let err = fails(&["audit", "verify", &p]);
+    assert!(err.contains("label 3 of item") && err.contains("was edited in the database"), "{err}");
+    assert!(err.contains("version v1 changed"), "{err}");
+}
+
+#[test]
+fn an_answer_rewritten_with_a_matching_digest_is_caught_by_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = project(dir.path());
+    // An attacker who also recomputes the label's digest: the label checks out, the
+    // committed version no longer hashes to its id.
+    let answer = mmloop_core::Answer { text: Some("TAMPERED".into()), all: vec![] };
+    let conn = rusqlite::Connection::open(Path::new(&p).join(".mmloop/mmloop.db")).unwrap();
+    let status: String = conn.query_row("SELECT status FROM labels WHERE id = 3", [], |r| r.get(0)).unwrap();
+    let digest = mmloop_core::LabelContent { status: status.parse().unwrap(), answer: &answer }.digest();
+    conn.execute(
+        "UPDATE labels SET answer = 'TAMPERED', answers = NULL, content = ?1 WHERE id = 3",
+        [digest.as_bytes().as_slice()],
+    )
+    .unwrap();
+    drop(conn);
+    let err = fails(&["audit", "verify", &p]);
+    assert!(!err.contains("label 3 of item"), "{err}");
+    assert!(err.contains("version v1 changed: its items, labels or splits no longer hash to its id"), "{err}");
+}
+
+#[test]
+fn an_edited_question_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = project(dir.path());
+    tamper(&p, "UPDATE items SET question = 'What is it really?' WHERE id = 2");
+    verify_fails(&p, "item 2 was edited in the database");
 }
 
 #[test]

@@ -164,6 +164,33 @@ async fn project_mode_stores_candidates_resumes_and_records_the_run() {
     ok(&["audit", "verify", &p]);
 }
 
+/// API keys and URL credentials never reach the run record or the audit chain (which
+/// every reviewer reads and nobody can edit afterwards).
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_on_the_command_line_are_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = project(dir.path(), 2);
+    let s = server(0).await;
+    let url = s.url.replacen("http://", "http://bob:s3cret-pw@", 1);
+    let r = run_ok(&["infer", &p, "--api", &url, "--model", "fake-vlm", "--api-key", "sk-SECRET-123"]).await;
+    assert_eq!(r["answered"], 2, "{r}");
+    let c = db(&p);
+    let mut texts: Vec<String> = Vec::new();
+    for sql in
+        ["SELECT config FROM runs", "SELECT COALESCE(summary, '') FROM runs", "SELECT COALESCE(after, '') FROM events"]
+    {
+        let mut st = c.prepare(sql).unwrap();
+        texts.extend(st.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap));
+    }
+    let all = texts.join("\n");
+    assert!(all.contains("[redacted]"), "the command line is recorded, redacted: {all}");
+    for secret in ["sk-SECRET-123", "s3cret-pw"] {
+        assert!(!all.contains(secret), "{secret} was recorded: {all}");
+    }
+    let log = common::json(&["audit", "log", &p, "-n", "100"]).to_string();
+    assert!(!log.contains("sk-SECRET-123") && !log.contains("s3cret-pw"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_image_fails_its_item_not_the_run() {
     let dir = tempfile::tempdir().unwrap();

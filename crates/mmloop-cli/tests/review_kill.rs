@@ -89,7 +89,7 @@ async fn kill_9_while_reviewing_loses_no_acknowledged_save() {
 
     // One user takes an item and keeps it.
     let h = Api::new(&url, &holder);
-    let (s, held) = h.call(reqwest::Method::GET, "/api/items/next", None).await.unwrap();
+    let (s, held) = h.call(reqwest::Method::POST, "/api/items/next", Some(serde_json::json!({}))).await.unwrap();
     assert_eq!(s, 200);
     let held_id = held["item"]["id"].as_i64().unwrap();
 
@@ -102,7 +102,11 @@ async fn kill_9_while_reviewing_loses_no_acknowledged_save() {
         let (stop, acked) = (stop.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Ok((200, item)) = api.call(reqwest::Method::GET, "/api/items/next", None).await else { break };
+                let Ok((200, item)) =
+                    api.call(reqwest::Method::POST, "/api/items/next", Some(serde_json::json!({}))).await
+                else {
+                    break;
+                };
                 let id = item["item"]["id"].as_i64().unwrap();
                 let body = json!({"action": "accept", "base": item["item"]["label"]["id"], "lead_time_ms": 10});
                 match api.call(reqwest::Method::POST, &format!("/api/items/{id}/decision"), Some(body)).await {
@@ -137,7 +141,8 @@ async fn kill_9_while_reviewing_loses_no_acknowledged_save() {
         assert_eq!(v["item"]["label"]["status"], "accepted");
     }
     // The lease taken before the kill still holds: the holder gets the item back, others don't.
-    let (_, again) = h_api(&url, &holder).call(reqwest::Method::GET, "/api/items/next", None).await.unwrap();
+    let (_, again) =
+        h_api(&url, &holder).call(reqwest::Method::POST, "/api/items/next", Some(serde_json::json!({}))).await.unwrap();
     assert_eq!(again["item"]["id"].as_i64(), Some(held_id), "the lease did not survive the restart");
     let (s, v) = r0.call(reqwest::Method::POST, &format!("/api/items/{held_id}/lease"), None).await.unwrap();
     assert_eq!((s, v["error"].as_str()), (409, Some("leased")));
@@ -198,4 +203,34 @@ fn user_commands_manage_accounts_and_tokens() {
     for a in ["user.add", "token.create", "user.role", "user.disable", "token.revoke"] {
         assert!(actions.contains(&a), "{a} missing from {actions:?}");
     }
+}
+
+/// A project whose first user was added as a reviewer still gets an admin when the server
+/// starts (someone must be able to manage users from the browser); a name taken by a
+/// non-admin is refused with a hint instead of being promoted silently.
+#[test]
+fn review_makes_an_admin_when_users_exist_but_none_is_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("p").display().to_string();
+    ok(&["init", &project]);
+    add_user(&project, "bob", "reviewer");
+    let (mut child, _) = start(&project, &[]);
+    kill(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+    let users = json(&["user", "list", &project]);
+    let admin = users.as_array().unwrap().iter().find(|u| u["name"] == "admin").expect("an admin was made");
+    assert_eq!(admin["role"], "admin");
+    // Admin taken by a reviewer: refuse with the way out.
+    let q = dir.path().join("q").display().to_string();
+    ok(&["init", &q]);
+    add_user(&q, "admin", "reviewer");
+    let out = Command::new(env!("CARGO_BIN_EXE_mmloop"))
+        .args(["review", &q, "--port", "0"])
+        .env("MMLOOP_ADMIN_PASSWORD", "admin password")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no active admin") && err.contains("mmloop user role"), "{err}");
 }

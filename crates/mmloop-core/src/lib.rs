@@ -7,6 +7,7 @@
 pub mod hash;
 pub mod model;
 pub mod record;
+pub mod redact;
 
 pub use hash::{Digest, ItemContent, LabelContent, canonical_json, row_digest, version_digest};
 pub use model::{Answer, HumanAnswer, LabelStatus, Message, ParseEnumError, Prediction, Task};

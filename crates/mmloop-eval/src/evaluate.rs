@@ -405,15 +405,10 @@ fn align<'a>(preds: &'a Predictions, refs: &'a References, allow_missing: bool) 
             });
         }
     }
+    // An empty answer is an answer (a wrong one, usually), as the official VQA, ANLS and
+    // SQuAD scripts score it; it is listed in metrics.json and warned about, never refused.
     for (_, p) in &pairs {
         if p.answer.trim().is_empty() {
-            if !allow_missing {
-                return Err(EvalError::input(
-                    p.at.clone(),
-                    format!("empty prediction for id {}", p.id),
-                    "check the inference run; --allow-missing scores empty answers as given (usually 0) and lists them",
-                ));
-            }
             missing.empty_predictions.push(Missed { id: p.id.clone(), at: p.at.to_string() });
         }
     }

@@ -1,5 +1,6 @@
 //! METEOR 1.5 jar driven like pycocoevalcap 1.2, on the toy vector of
-//! `tests/fixtures/metrics/captions.json`. Skips (with the reason) without Java or the jar.
+//! `tests/fixtures/metrics/captions.json`. Skips (with the reason) without Java or the jar,
+//! and fails instead when `MMLOOP_REQUIRE_METEOR` is set (`.ci/run` installs both and sets it).
 
 use std::path::{Path, PathBuf};
 
@@ -7,20 +8,25 @@ use mmloop_eval::meteor_jar::{MeteorJarError, find_jar, find_jar_with, meteor};
 use mmloop_metrics::meteor::evaluate;
 use serde_json::Value;
 
+fn skip(why: &str) -> Option<PathBuf> {
+    assert!(
+        std::env::var_os("MMLOOP_REQUIRE_METEOR").is_none(),
+        "the METEOR jar test cannot run: {why} (MMLOOP_REQUIRE_METEOR is set, so this must run)"
+    );
+    eprintln!("skipped: {why}");
+    None
+}
+
 fn jar() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let venv_python = root.join("tools/.venv-metrics/bin/python3");
     let python = if venv_python.exists() { venv_python.into_os_string() } else { "python3".into() };
     if std::process::Command::new("java").arg("-version").output().is_err() {
-        eprintln!("skipped: java not found");
-        return None;
+        return skip("java not found");
     }
     match find_jar_with(None, &python) {
         Ok(j) => Some(j),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
+        Err(e) => skip(&e.to_string()),
     }
 }
 

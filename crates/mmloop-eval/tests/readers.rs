@@ -298,11 +298,15 @@ fn empty_predictions() {
     let p = write(d.path(), "p.jsonl", "{\"id\": 1, \"answer\": \"a\"}\n{\"id\": 2, \"answer\": \"  \"}\n");
     let refs = read_references(&r, &RefOptions::default()).unwrap();
     let preds = read_predictions(&p).unwrap();
-    let e = err_text(evaluate(&preds, &refs, None, &EvalOptions::default()));
-    assert!(e.contains("p.jsonl:2") && e.contains("empty prediction for id 2"), "{e}");
-    let ev = evaluate(&preds, &refs, None, &EvalOptions { allow_missing: true, ..Default::default() }).unwrap();
+    // Scored as given (a wrong answer), as the official scripts do, and listed; no flag needed.
+    let ev = evaluate(&preds, &refs, None, &EvalOptions::default()).unwrap();
     assert_eq!(ev.missing.empty_predictions[0].id, "2");
+    assert_eq!(ev.missing.empty_predictions[0].at, format!("{}:2", p.display()));
     assert_eq!(ev.scored, 2);
+    // Missing ids stay an error.
+    let short = write(d.path(), "short.jsonl", "{\"id\": 1, \"answer\": \"a\"}\n");
+    let e = err_text(evaluate(&read_predictions(&short).unwrap(), &refs, None, &EvalOptions::default()));
+    assert!(e.contains("references have no prediction"), "{e}");
     // An empty file.
     let empty = write(d.path(), "empty.jsonl", "\n  \n");
     let e = err_text(read_predictions(&empty));

@@ -12,14 +12,23 @@ export class ApiError extends Error {
   }
 }
 
+const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+
 export async function api(method, path, body) {
   const headers = { Accept: 'application/json' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (method !== 'GET' && csrf) headers['X-CSRF-Token'] = csrf;
-  const r = await fetch(path, {
-    method, headers, credentials: 'same-origin',
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
+  let r;
+  // 503 busy (another process, an import say, holds the database): nothing was done, so
+  // the same request is safe to send again after the time the server asks for.
+  for (let attempt = 0; ; attempt += 1) {
+    r = await fetch(path, {
+      method, headers, credentials: 'same-origin',
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (r.status !== 503 || attempt >= 4) break;
+    await sleep(1000 * Math.min(10, Number(r.headers.get('Retry-After')) || 1));
+  }
   if (r.status === 401 && path !== '/api/login') {
     location.assign('/login');
     throw new ApiError(401, { message: 'your session ended: log in again' });

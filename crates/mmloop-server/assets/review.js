@@ -93,7 +93,7 @@ async function forward() {
   }
   let r;
   if (st.me.can.label) {
-    r = await get(`/api/items/next${query(st.filters)}`);
+    r = await post(`/api/items/next${query(st.filters)}`);
   } else {
     const after = st.trail.length ? st.trail[st.trail.length - 1] : 0;
     const list = await get(`/api/items${query({ ...st.filters, after, limit: 1 })}`);

@@ -22,6 +22,8 @@ async function render(root) {
   role.value = 'reviewer';
   const tname = h('input', { placeholder: 'token name, e.g. ci', required: true, autocomplete: 'off' });
   const tuser = h('select', {}, users.map((u) => h('option', { value: u.name }, u.name)));
+  const tdays = h('input', { type: 'number', min: 1, max: 3650, value: 90, 'aria-label': 'expires after days', class: 'days' });
+  const tpw = h('input', { type: 'password', placeholder: 'your password', required: true, autocomplete: 'current-password', 'aria-label': 'your password' });
   const shown = h('div', { class: 'secret' });
   root.replaceChildren(h('section', { class: 'users' },
     h('h1', {}, 'Users'),
@@ -47,12 +49,12 @@ async function render(root) {
     h('form', { class: 'inline-form', onsubmit: async (e) => {
       e.preventDefault();
       try {
-        const out = await post('/api/tokens', { name: tname.value, user: tuser.value });
+        const out = await post('/api/tokens', { name: tname.value, user: tuser.value, expires_days: Number(tdays.value), password: tpw.value });
         await render(root);
         root.querySelector('.secret').replaceChildren(h('p', {}, `Token for ${out.info.user} (shown once; send it as "Authorization: Bearer …"):`),
           h('input', { readonly: true, value: out.token, class: 'token-value', onfocus: (ev) => ev.target.select() }));
       } catch (err) { toast(err.message, 'error'); }
-    } }, h('b', {}, 'New token '), tuser, tname, h('button', { type: 'submit' }, 'Create')),
+    } }, h('b', {}, 'New token '), tuser, tname, h('span', {}, ' expires in '), tdays, h('span', {}, ' days '), tpw, h('button', { type: 'submit' }, 'Create')),
     shown));
 }
 

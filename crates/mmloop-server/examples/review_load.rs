@@ -1,5 +1,5 @@
 //! Load generator for the review server: N simulated reviewers, each looping
-//! `GET /api/items/next` → `POST /api/items/{id}/decision` (accept) for a bounded time, on a
+//! `POST /api/items/next` → `POST /api/items/{id}/decision` (accept) for a bounded time, on a
 //! server this machine runs. Reports p50/p90/p99/max latency of both calls and saves per
 //! second. It only ever talks to the URL given, and stops by itself.
 //!
@@ -150,8 +150,14 @@ async fn main() {
             let mut s = Samples::default();
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                let (st, item) =
-                    call(&c, reqwest::Method::GET, &format!("{url}/api/items/next{query}"), &t, None).await;
+                let (st, item) = call(
+                    &c,
+                    reqwest::Method::POST,
+                    &format!("{url}/api/items/next{query}"),
+                    &t,
+                    Some(serde_json::json!({})),
+                )
+                .await;
                 let t1 = Instant::now();
                 match st {
                     200 => {}

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mmloop_store::SaveOutcome;
@@ -40,6 +42,39 @@ fn item_json(r: &ReviewItem) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// Audit events as the API shows them: what the server's disk looks like stays on the
+/// server. Absolute paths become file names and recorded command lines are left out (the
+/// full record stays in the database, where `mmloop audit log` reads it).
+fn public_events(events: Vec<mmloop_store::AuditEvent>) -> Vec<mmloop_store::AuditEvent> {
+    fn clean(v: &mut Value) {
+        match v {
+            Value::String(s) => {
+                let p = std::path::Path::new(s.as_str());
+                if p.is_absolute()
+                    && let Some(name) = p.file_name()
+                {
+                    *s = name.to_string_lossy().into_owned();
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(clean),
+            Value::Object(o) => {
+                o.shift_remove("command");
+                o.values_mut().for_each(clean);
+            }
+            _ => {}
+        }
+    }
+    events
+        .into_iter()
+        .map(|mut e| {
+            for v in [&mut e.before, &mut e.after].into_iter().flatten() {
+                clean(v);
+            }
+            e
+        })
+        .collect()
+}
+
 fn saved(out: SaveOutcome) -> Response {
     match out {
         SaveOutcome::Saved { label } => axum::Json(json!({"label": label})).into_response(),
@@ -58,7 +93,8 @@ pub async fn openapi(c: Caller) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response())
 }
 
-/// `GET /api/items/next`: the next item for the caller, leased; 204 when none is left.
+/// `POST /api/items/next`: the next item for the caller, leased (a write, so a POST with
+/// the CSRF check); 204 when none is left.
 pub async fn next_item(
     State(st): State<AppState>,
     c: Caller,
@@ -107,7 +143,7 @@ pub async fn item_history(
     c.require(Permission::Read)?;
     let labels = st.store.item_labels(id).await?;
     let events = st.store.audit_log(Some(format!("item:{id}")), 200).await?;
-    Ok(axum::Json(json!({"labels": labels, "events": events})).into_response())
+    Ok(axum::Json(json!({"labels": labels, "events": public_events(events)})).into_response())
 }
 
 pub async fn lease(State(st): State<AppState>, c: Caller, ApiPath(id): ApiPath<i64>) -> Result<Response, ApiError> {
@@ -160,27 +196,21 @@ pub async fn image(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Response, ApiError> {
     c.require(Permission::Read)?;
-    let img = st
-        .store
-        .image(id)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("image {id} not found")))?;
-    let etag = format!("\"{}\"", img.sha256.to_hex());
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("image {id} not found"));
+    let etag_of = |sha: &mmloop_core::Digest| format!("\"{}\"", sha.to_hex());
     let cache = HeaderValue::from_static("private, max-age=31536000, immutable");
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
-    {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)], [(header::CACHE_CONTROL, cache)]).into_response());
+    // A revalidation needs no bytes: the id names the content for good.
+    if let Some(tags) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        let img = st.store.image(id).await?.ok_or_else(not_found)?;
+        let etag = etag_of(&img.sha256);
+        if tags.split(',').any(|t| t.trim() == etag) {
+            return Ok(
+                (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)], [(header::CACHE_CONTROL, cache)]).into_response()
+            );
+        }
     }
-    let bytes = tokio::fs::read(&img.path).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "image_missing",
-            format!("the file of image {id} is no longer where it was imported from\n  hint: restore it, or re-import with --copy"),
-        )
-    })?;
+    let (img, bytes) = st.store.image_bytes(id).await?.ok_or_else(not_found)?;
+    let etag = etag_of(&img.sha256);
     let mut resp = Response::new(Body::from(bytes));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(img.mime()));
@@ -233,7 +263,7 @@ pub async fn audit(
 ) -> Result<Response, ApiError> {
     c.require(Permission::Review)?;
     let events = st.store.audit_log(q.entity.filter(|e| !e.is_empty()), q.limit.unwrap_or(100).clamp(1, 1000)).await?;
-    Ok(axum::Json(json!({"events": events})).into_response())
+    Ok(axum::Json(json!({"events": public_events(events)})).into_response())
 }
 
 pub async fn list_users(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
@@ -293,10 +323,16 @@ pub async fn list_tokens(
     Ok(axum::Json(json!({"tokens": tokens})).into_response())
 }
 
+/// How long an API token lives when the request does not say.
+pub const DEFAULT_TOKEN_DAYS: u32 = 90;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     name: String,
+    /// The caller's own password, asked again: a stolen session alone cannot mint a
+    /// lasting credential.
+    password: String,
     #[serde(default)]
     expires_days: Option<u32>,
     /// Make it for another user (admins only).
@@ -304,9 +340,12 @@ pub struct NewToken {
     user: Option<String>,
 }
 
-/// `POST /api/tokens`: a new API token, shown once.
+/// `POST /api/tokens`: a new API token, shown once; it expires (90 days unless asked
+/// otherwise, at most 10 years) and needs the caller's password again.
 pub async fn add_token(
     State(st): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     c: Caller,
     ApiJson(t): ApiJson<NewToken>,
 ) -> Result<Response, ApiError> {
@@ -315,12 +354,13 @@ pub async fn add_token(
     if owner != c.user.name {
         c.require(Permission::ManageUsers)?;
     }
-    let expires = match t.expires_days {
-        Some(0) => return Err(ApiError::bad_request("expires_days must be at least 1")),
-        Some(d) if d > 3650 => return Err(ApiError::bad_request("expires_days is at most 3650")),
-        Some(d) => Some(now_ms() + d as i64 * 86_400_000),
-        None => None,
+    let days = match t.expires_days.unwrap_or(DEFAULT_TOKEN_DAYS) {
+        0 => return Err(ApiError::bad_request("expires_days must be at least 1")),
+        d if d > 3650 => return Err(ApiError::bad_request("expires_days is at most 3650")),
+        d => d,
     };
+    crate::auth::confirm_password(&st, &c, addr, &headers, &t.password).await?;
+    let expires = Some(now_ms() + days as i64 * 86_400_000);
     let (info, secret) = st.store.create_token(&owner, &t.name, expires, &c.user.name).await?;
     Ok((StatusCode::CREATED, axum::Json(json!({"token": secret.secret, "info": info}))).into_response())
 }

@@ -187,75 +187,143 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// How many failed logins are allowed in a window before the name (or the address) must
-/// wait.
+/// How password guesses are throttled. Attempts are counted when they start (before the
+/// slow password check), so parallel guesses cannot slip past the limit.
+///
+/// - per user name *and* address: `per_user_ip` attempts in `window`, then 429 until the
+///   oldest leaves the window — an attacker only locks themselves out;
+/// - per address, any name: `per_ip` attempts in `window`, then 429;
+/// - per user name, any address: past `per_user` attempts in `window` every further
+///   attempt is slowed down (a delay doubling from 250 ms up to `max_delay`) but never
+///   refused, so guessing from many addresses stays slow while the real user still gets in.
 #[derive(Clone, Debug)]
 pub struct LoginLimits {
-    pub per_user: usize,
+    pub per_user_ip: usize,
     pub per_ip: usize,
+    pub per_user: usize,
     pub window: Duration,
+    pub max_delay: Duration,
 }
 
 impl Default for LoginLimits {
     fn default() -> Self {
-        LoginLimits { per_user: 5, per_ip: 50, window: Duration::from_secs(300) }
+        LoginLimits {
+            per_user_ip: 5,
+            per_ip: 50,
+            per_user: 10,
+            window: Duration::from_secs(300),
+            max_delay: Duration::from_secs(2),
+        }
     }
 }
 
 pub struct Limiter {
     limits: LoginLimits,
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    attempts: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+/// An attempt let through: how long to slow it down, and the keys it was counted under.
+pub struct Attempt {
+    pub delay: Duration,
+    user: String,
+    pair: String,
+    ip: String,
 }
 
 impl Limiter {
     pub fn new(limits: LoginLimits) -> Self {
-        Limiter { limits, failures: Mutex::new(HashMap::new()) }
+        Limiter { limits, attempts: Mutex::new(HashMap::new()) }
     }
 
-    fn keys(&self, user: &str, ip: IpAddr) -> [(String, usize); 2] {
-        [(format!("u:{}", user.to_lowercase()), self.limits.per_user), (format!("ip:{ip}"), self.limits.per_ip)]
-    }
-
-    /// How long to wait when either key has used up its failures.
-    fn blocked(&self, user: &str, ip: IpAddr) -> Option<Duration> {
+    /// Counts an attempt for `user` from `ip` now, or says how long to wait.
+    pub fn begin(&self, user: &str, ip: IpAddr) -> Result<Attempt, Duration> {
         let now = Instant::now();
-        let mut map = self.failures.lock().expect("limiter");
-        let mut wait = None;
-        for (key, limit) in self.keys(user, ip) {
-            if let Some(q) = map.get_mut(&key) {
-                while q.front().is_some_and(|t| now.duration_since(*t) >= self.limits.window) {
-                    q.pop_front();
-                }
-                if q.len() >= limit
-                    && let Some(oldest) = q.front()
-                {
-                    let w = self.limits.window.saturating_sub(now.duration_since(*oldest));
-                    wait = Some(wait.map_or(w, |x: Duration| x.max(w)));
-                }
-            }
-        }
-        wait
-    }
-
-    fn failure(&self, user: &str, ip: IpAddr) {
-        let now = Instant::now();
-        let mut map = self.failures.lock().expect("limiter");
+        let window = self.limits.window;
+        let name = user.to_lowercase();
+        let (user_key, pair_key, ip_key) = (format!("u:{name}"), format!("p:{name}@{ip}"), format!("ip:{ip}"));
+        let mut map = self.attempts.lock().expect("limiter");
         if map.len() > 50_000 {
-            let window = self.limits.window;
             map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
         }
-        for (key, limit) in self.keys(user, ip) {
-            let q = map.entry(key).or_default();
+        let mut live = |key: &str| -> (usize, Option<Instant>) {
+            let q = map.entry(key.to_string()).or_default();
+            while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
+                q.pop_front();
+            }
+            (q.len(), q.front().copied())
+        };
+        let mut wait: Option<Duration> = None;
+        for (key, limit) in [(&pair_key, self.limits.per_user_ip), (&ip_key, self.limits.per_ip)] {
+            let (n, oldest) = live(key);
+            if n >= limit
+                && let Some(oldest) = oldest
+            {
+                let w = window.saturating_sub(now.duration_since(oldest)).max(Duration::from_secs(1));
+                wait = Some(wait.map_or(w, |x| x.max(w)));
+            }
+        }
+        if let Some(w) = wait {
+            return Err(w);
+        }
+        let (n_user, _) = live(&user_key);
+        let over = n_user.saturating_sub(self.limits.per_user.saturating_sub(1));
+        let delay = if over == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(250u64.saturating_mul(1 << (over - 1).min(16))).min(self.limits.max_delay)
+        };
+        for key in [&user_key, &pair_key, &ip_key] {
+            let q = map.entry(key.clone()).or_default();
             q.push_back(now);
-            while q.len() > limit {
+            // Nothing past the largest limit is ever looked at.
+            let cap = self.limits.per_ip.max(self.limits.per_user_ip).max(self.limits.per_user) + 1;
+            while q.len() > cap {
                 q.pop_front();
             }
         }
+        Ok(Attempt { delay, user: user_key, pair: pair_key, ip: ip_key })
     }
 
-    fn success(&self, user: &str) {
-        self.failures.lock().expect("limiter").remove(&format!("u:{}", user.to_lowercase()));
+    /// A correct password: this user's attempts (from everywhere) are forgotten, and this
+    /// one no longer counts against the address (many people may share one).
+    pub fn succeeded(&self, a: Attempt) {
+        let mut map = self.attempts.lock().expect("limiter");
+        map.remove(&a.user);
+        map.remove(&a.pair);
+        if let Some(q) = map.get_mut(&a.ip) {
+            q.pop_back();
+        }
     }
+
+    /// Refuses an attempt over the limits with 429 and `Retry-After`.
+    pub fn check(&self, user: &str, ip: IpAddr) -> Result<Attempt, ApiError> {
+        self.begin(user, ip).map_err(|wait| {
+            let secs = wait.as_secs().max(1);
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many failed attempts: try again in {secs} seconds"),
+            );
+            e.retry_after = Some(secs);
+            e
+        })
+    }
+}
+
+/// The client's address: the peer, or — only when the peer is one of the trusted proxies —
+/// the nearest address in `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|h| h.trim().parse().ok())
+        .collect();
+    hops.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer)
 }
 
 #[derive(Deserialize)]
@@ -304,25 +372,19 @@ pub async fn login(
     if body.username.len() > 128 || body.password.len() > 1024 {
         return Err(ApiError::bad_request("user name or password too long"));
     }
-    if let Some(wait) = st.limiter.blocked(&body.username, addr.ip()) {
-        let secs = wait.as_secs().max(1);
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("too many failed logins: try again in {secs} seconds"),
-        );
-        e.retry_after = Some(secs);
-        return Err(e);
+    let ip = client_ip(addr.ip(), &headers, &st.cfg.trusted_proxies);
+    let attempt = st.limiter.check(&body.username, ip)?;
+    if !attempt.delay.is_zero() {
+        tokio::time::sleep(attempt.delay).await;
     }
     let user = {
         let _permit = st.hash_gate.acquire().await.map_err(|_| ApiError::unauthorized("shutting down"))?;
         st.store.verify_login(&body.username, &body.password).await?
     };
     let Some(user) = user else {
-        st.limiter.failure(&body.username, addr.ip());
         return Err(ApiError::unauthorized("wrong user name or password"));
     };
-    st.limiter.success(&body.username);
+    st.limiter.succeeded(attempt);
     let ttl = st.cfg.session_ttl.as_millis() as i64;
     let secret = st.store.create_session(&user, ttl).await?;
     let mut resp = axum::Json(me_json(&st, &user, Some(&secret.secret))).into_response();
@@ -360,20 +422,42 @@ pub struct PasswordBody {
     new: String,
 }
 
-/// `POST /api/me/password`: changes one's own password (ends every session, this one too).
+/// Checks the caller's own password again (before changing it or minting a token),
+/// throttled like logins.
+pub async fn confirm_password(
+    st: &AppState,
+    c: &Caller,
+    addr: SocketAddr,
+    headers: &HeaderMap,
+    password: &str,
+) -> Result<(), ApiError> {
+    let ip = client_ip(addr.ip(), headers, &st.cfg.trusted_proxies);
+    let attempt = st.limiter.check(&c.user.name, ip)?;
+    if !attempt.delay.is_zero() {
+        tokio::time::sleep(attempt.delay).await;
+    }
+    let ok = {
+        let _permit = st.hash_gate.acquire().await.map_err(|_| ApiError::unauthorized("shutting down"))?;
+        password.len() <= 1024 && st.store.verify_login(&c.user.name, password).await?.is_some()
+    };
+    if !ok {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "wrong_password", "the current password is wrong"));
+    }
+    st.limiter.succeeded(attempt);
+    Ok(())
+}
+
+/// `POST /api/me/password`: changes one's own password (ends every session and revokes
+/// every API token of the user, this session too).
 pub async fn change_password(
     State(st): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     c: Caller,
     ApiJson(body): ApiJson<PasswordBody>,
 ) -> Result<Response, ApiError> {
     c.require(Permission::Read)?;
-    let ok = {
-        let _permit = st.hash_gate.acquire().await.map_err(|_| ApiError::unauthorized("shutting down"))?;
-        st.store.verify_login(&c.user.name, &body.current).await?.is_some()
-    };
-    if !ok {
-        return Err(ApiError::bad_request("the current password is wrong"));
-    }
+    confirm_password(&st, &c, addr, &headers, &body.current).await?;
     let update = UserUpdate { password: Some(body.new), ..Default::default() };
     let user = st.store.update_user(&c.user.name, update, &c.user.name).await?;
     st.auth.clear();
@@ -410,17 +494,67 @@ mod tests {
         assert!(check_origin(&h).is_err());
     }
 
-    #[test]
-    fn the_limiter_blocks_after_the_limit_and_forgets_on_success() {
-        let l = Limiter::new(LoginLimits { per_user: 3, per_ip: 100, window: Duration::from_secs(60) });
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        for _ in 0..3 {
-            assert!(l.blocked("Alice", ip).is_none());
-            l.failure("Alice", ip);
+    fn limits() -> LoginLimits {
+        LoginLimits {
+            per_user_ip: 3,
+            per_ip: 100,
+            per_user: 4,
+            window: Duration::from_secs(60),
+            max_delay: Duration::from_secs(2),
         }
-        assert!(l.blocked("alice", ip).is_some(), "names are compared without case");
-        assert!(l.blocked("bob", ip).is_none());
-        l.success("alice");
-        assert!(l.blocked("alice", ip).is_none());
+    }
+
+    #[test]
+    fn attempts_count_when_they_start() {
+        let l = Limiter::new(limits());
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        // Three attempts in flight at once (none finished): the fourth is refused.
+        let held: Vec<Attempt> = (0..3).map(|_| l.begin("Alice", ip).unwrap()).collect();
+        assert!(l.begin("alice", ip).is_err(), "names are compared without case");
+        assert!(l.begin("bob", ip).is_ok());
+        l.succeeded(held.into_iter().next().unwrap());
+        assert!(l.begin("alice", ip).is_ok(), "a success forgets the user's attempts");
+    }
+
+    #[test]
+    fn successful_logins_do_not_use_up_the_address() {
+        let l = Limiter::new(LoginLimits { per_ip: 3, ..limits() });
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        for i in 0..10 {
+            let a = l.begin(&format!("user{i}"), ip).unwrap();
+            l.succeeded(a);
+        }
+        assert!(l.begin("someone", ip).is_ok());
+    }
+
+    #[test]
+    fn other_addresses_are_slowed_down_not_locked_out() {
+        let l = Limiter::new(limits());
+        let attacker: IpAddr = "10.0.0.66".parse().unwrap();
+        let admin: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            l.begin("admin", attacker).unwrap();
+        }
+        assert!(l.begin("admin", attacker).is_err());
+        // The real admin from elsewhere is let through, at first without delay.
+        assert_eq!(l.begin("admin", admin).unwrap().delay, Duration::ZERO);
+        // Guesses from many addresses slow every attempt on the name down, up to the cap.
+        for i in 0..20 {
+            let _ = l.begin("admin", IpAddr::from([10, 1, 0, i]));
+        }
+        let a = l.begin("admin", admin).unwrap();
+        assert_eq!(a.delay, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, 5.6.7.8"));
+        let peer: IpAddr = "9.9.9.9".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &[]), peer, "no trusted proxy: the header is ignored");
+        assert_eq!(client_ip(peer, &h, &[proxy]), peer, "from an untrusted peer: ignored");
+        assert_eq!(client_ip(proxy, &h, &[proxy]), "5.6.7.8".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &[proxy]), proxy);
     }
 }

@@ -91,6 +91,23 @@ impl From<StoreError> for ApiError {
             StoreError::Closed => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "closed", "the server is shutting down")
             }
+            e if e.is_busy() => {
+                let mut a = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "the project's database is busy (another mmloop process, such as an import, is writing): nothing was saved\n  hint: try again in a moment",
+                );
+                a.retry_after = Some(2);
+                a
+            }
+            StoreError::Image { ref source, .. } => {
+                let (status, code) = match source {
+                    mmloop_store::ImageError::Missing(_) => (StatusCode::NOT_FOUND, "image_missing"),
+                    _ => (StatusCode::CONFLICT, "image_changed"),
+                };
+                let hint = source.hint().map(|h| format!("\n  hint: {h}")).unwrap_or_default();
+                ApiError::new(status, code, format!("{e}{hint}"))
+            }
             other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
         }
     }
@@ -176,4 +193,24 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
 pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error (a bug: please report it)")
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_database_is_503_with_retry_after_not_500() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error { code: rusqlite::ErrorCode::DatabaseBusy, extended_code: 5 },
+            Some("database is locked".into()),
+        );
+        let e: ApiError = StoreError::Sqlite(busy).into();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, "busy");
+        let resp = e.into_response();
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "2");
+        let other: ApiError = StoreError::Internal("boom".into()).into();
+        assert_eq!(other.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }

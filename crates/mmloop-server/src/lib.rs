@@ -39,6 +39,9 @@ pub struct ServerConfig {
     /// Largest request body accepted.
     pub body_limit: usize,
     pub login_limits: LoginLimits,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (for login throttling);
+    /// from anyone else the header is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +52,7 @@ impl Default for ServerConfig {
             secure_cookies: false,
             body_limit: 256 * 1024,
             login_limits: LoginLimits::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -88,7 +92,7 @@ pub fn router(store: Store, cfg: ServerConfig) -> Router {
         .route("/me/password", post(auth::change_password))
         .route("/openapi.json", get(api::openapi))
         .route("/items", get(api::list_items))
-        .route("/items/next", get(api::next_item))
+        .route("/items/next", post(api::next_item))
         .route("/items/{id}", get(api::get_item))
         .route("/items/{id}/history", get(api::item_history))
         .route("/items/{id}/lease", post(api::lease).delete(api::release))
@@ -132,24 +136,31 @@ pub async fn serve(
         .await
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled: a signal that arrives right after the server announced its
+/// URL still shuts it down gracefully.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {},
+                        _ = term.recv() => {},
+                    }
+                }
+                _ => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

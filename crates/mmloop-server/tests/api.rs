@@ -187,8 +187,11 @@ enum Need {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_permission_matrix_every_route_every_role() {
-    let p = Project::new(30).await;
-    spread(&p, 30);
+    // One fresh item per call, so that every permitted call finds its item in a state it
+    // can act on and must succeed (2xx), not merely avoid 401/403.
+    let n_items = 300;
+    let p = Project::new(n_items).await;
+    spread(&p, n_items as i64);
     for r in Role::ALL {
         p.user(r.as_str(), r).await;
     }
@@ -197,20 +200,20 @@ async fn the_permission_matrix_every_route_every_role() {
     let srv = Server::start(&p.store, cfg()).await;
     use Need::*;
     use Role::*;
-    // (method, path, body, need). Items are different per request so that each allowed
-    // call finds its item in a state it can act on.
+    // (method, path, body, need). `{id}` is a fresh item, `{base}` its current label,
+    // `{password}` the caller's password.
     let routes: Vec<(Method, &str, Option<Value>, Need)> = vec![
         (Method::GET, "/api/me", None, Min(Viewer)),
         (Method::GET, "/api/openapi.json", None, Min(Viewer)),
         (Method::GET, "/api/items", None, Min(Viewer)),
-        (Method::GET, "/api/items/next", None, Min(Annotator)),
+        (Method::POST, "/api/items/next", Some(json!({})), Min(Annotator)),
         (Method::GET, "/api/items/{id}", None, Min(Viewer)),
         (Method::GET, "/api/items/{id}/history", None, Min(Viewer)),
         (Method::POST, "/api/items/{id}/lease", Some(json!({})), Min(Annotator)),
         (Method::DELETE, "/api/items/{id}/lease", None, Min(Annotator)),
-        (Method::POST, "/api/items/{id}/decision", Some(json!({"action": "skip", "base": -1})), Min(Annotator)),
-        (Method::POST, "/api/items/{id}/decision", Some(json!({"action": "reject", "base": -1})), Min(Reviewer)),
-        (Method::POST, "/api/items/{id}/undo", Some(json!({"base": -1})), Min(Annotator)),
+        (Method::POST, "/api/items/{id}/decision", Some(json!({"action": "skip", "base": "{base}"})), Min(Annotator)),
+        (Method::POST, "/api/items/{id}/decision", Some(json!({"action": "reject", "base": "{base}"})), Min(Reviewer)),
+        (Method::POST, "/api/items/{id}/undo", Some(json!({"base": "{base}"})), Min(Annotator)),
         (Method::GET, "/api/images/1", None, Min(Viewer)),
         (Method::GET, "/api/stats", None, Min(Viewer)),
         (Method::GET, "/api/facets", None, Min(Viewer)),
@@ -220,15 +223,15 @@ async fn the_permission_matrix_every_route_every_role() {
         (Method::PATCH, "/api/users/viewer", Some(json!({"role": "viewer"})), Min(Admin)),
         (Method::GET, "/api/tokens", None, Min(Viewer)),
         (Method::GET, "/api/tokens?all=true", None, Min(Admin)),
-        (Method::POST, "/api/tokens", Some(json!({"name": "mine"})), Min(Viewer)),
-        (Method::POST, "/api/tokens", Some(json!({"name": "theirs", "user": "other"})), Min(Admin)),
-        (Method::DELETE, "/api/tokens/{admin_token}", None, OwnerOrAdmin),
+        (Method::POST, "/api/tokens", Some(json!({"name": "mine", "password": "{password}"})), Min(Viewer)),
         (
             Method::POST,
-            "/api/me/password",
-            Some(json!({"current": "wrong password", "new": "whatever123"})),
-            Min(Viewer),
+            "/api/tokens",
+            Some(json!({"name": "theirs", "user": "other", "password": "{password}"})),
+            Min(Admin),
         ),
+        (Method::DELETE, "/api/tokens/{admin_token}", None, OwnerOrAdmin),
+        (Method::POST, "/api/me/password", Some(json!({"current": "{password}", "new": "{password}"})), Min(Viewer)),
         (Method::POST, "/api/logout", Some(json!({})), Min(Viewer)),
     ];
     // Every operation of the OpenAPI document is in the matrix, and only those.
@@ -251,33 +254,51 @@ async fn the_permission_matrix_every_route_every_role() {
     with_login.insert("POST /api/login".into());
     assert_eq!(documented, with_login, "the OpenAPI document and the permission matrix disagree");
 
-    let mut item = 0;
+    let mut item = 0i64;
     let mut uniq = 0;
     let mut failures = Vec::new();
+    let mut permitted = 0;
     for mode in ["token", "cookie"] {
         for who in [None, Some(Viewer), Some(Annotator), Some(Reviewer), Some(Admin)] {
             for (method, path, body, need) in &routes {
                 item += 1;
                 uniq += 1;
-                let path = path
-                    .replace("{id}", &(item % 30 + 1).to_string())
-                    .replace("{admin_token}", &admin_token_id.to_string());
-                let body = body.as_ref().map(|b| {
-                    let mut b = b.clone();
-                    if b["name"] == "{uniq}" {
-                        b["name"] = json!(format!("u{uniq}"));
-                    }
-                    if b["base"] == -1 {
-                        b["base"] = json!(null);
-                    }
-                    b
-                });
+                assert!(item <= n_items as i64, "more calls than fresh items");
+                let path =
+                    path.replace("{id}", &item.to_string()).replace("{admin_token}", &admin_token_id.to_string());
                 // Fresh credentials each time: logout and password change end sessions.
                 let client = match (who, mode) {
                     (None, _) => srv.anon(),
                     (Some(r), "token") => srv.bearer(&p.token(r.as_str()).await),
                     (Some(r), _) => srv.login(r.as_str()).await,
                 };
+                let mut base = p.store.item(item).await.unwrap().label.map(|l| l.id);
+                if path.ends_with("/undo") && who.is_some_and(|r| r >= Annotator) {
+                    // Something to undo: the caller's own decision on the item, over an
+                    // earlier label (an item without an answer gets two decisions).
+                    for _ in 0..if base.is_none() { 2 } else { 1 } {
+                        let r = client
+                            .post(&format!("/api/items/{item}/decision"), json!({"action": "skip", "base": base}))
+                            .await;
+                        assert_eq!(r.status, 200, "setting up undo: {}", r.body);
+                        base = r.body["label"]["id"].as_i64();
+                    }
+                }
+                let body = body.as_ref().map(|b| {
+                    let mut b = b.clone();
+                    if b["name"] == "{uniq}" {
+                        b["name"] = json!(format!("u{uniq}"));
+                    }
+                    if b["base"] == "{base}" {
+                        b["base"] = json!(base);
+                    }
+                    for k in ["password", "current", "new"] {
+                        if b[k] == "{password}" {
+                            b[k] = json!(common::PASSWORD);
+                        }
+                    }
+                    b
+                });
                 let resp = client.send(method.clone(), &path, body, &[]).await;
                 let allowed = match (who, need) {
                     (None, _) => false,
@@ -286,12 +307,13 @@ async fn the_permission_matrix_every_route_every_role() {
                 };
                 let ok = match (who, allowed) {
                     (None, _) => resp.status == 401,
-                    (_, true) => resp.status != 401 && resp.status != 403 && resp.status < 500,
+                    (_, true) => (200..300).contains(&resp.status),
                     (Some(_), false) => match need {
                         OwnerOrAdmin => resp.status == 404,
                         _ => resp.status == 403,
                     },
                 };
+                permitted += usize::from(allowed);
                 assert!(resp.status < 500, "{mode} {who:?} {method} {path}: {} {}", resp.status, resp.body);
                 assert!(resp.body.get("error").is_some() || resp.status < 400, "{method} {path}: not JSON");
                 if !ok {
@@ -301,6 +323,7 @@ async fn the_permission_matrix_every_route_every_role() {
         }
     }
     assert!(failures.is_empty(), "permission matrix failures:\n{}", failures.join("\n"));
+    assert!(permitted > 100, "the matrix exercised {permitted} permitted calls");
 
     // Pages: only the login page and assets answer without a session.
     let anon = srv.anon();
@@ -374,32 +397,112 @@ async fn cookie_sessions_need_the_csrf_token_and_the_same_origin() {
     srv.stop().await;
 }
 
+/// Logs in as `user` from `ip` (through a trusted proxy's X-Forwarded-For).
+async fn login_from(srv: &Server, user: &str, password: &str, ip: &str) -> common::Resp {
+    srv.anon()
+        .send(
+            Method::POST,
+            "/api/login",
+            Some(json!({"username": user, "password": password})),
+            &[("x-forwarded-for", ip)],
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_logins_are_throttled_even_in_parallel_and_never_lock_the_real_user_out() {
+    let p = Project::new(1).await;
+    p.user("admin", Role::Admin).await;
+    p.user("bob", Role::Reviewer).await;
+    let limits = LoginLimits { per_user_ip: 5, per_ip: 12, ..LoginLimits::default() };
+    let cfg = ServerConfig { login_limits: limits, trusted_proxies: vec!["127.0.0.1".parse().unwrap()], ..cfg() };
+    let srv = std::sync::Arc::new(Server::start(&p.store, cfg).await);
+    // 40 wrong guesses at once from one address: attempts count when they start, so only
+    // 5 reach the password check.
+    let guesses: Vec<_> = (0..40)
+        .map(|_| {
+            let srv = srv.clone();
+            tokio::spawn(async move { login_from(&srv, "admin", "wrong password", "10.0.0.66").await.status })
+        })
+        .collect();
+    let mut statuses = BTreeMap::new();
+    for g in guesses {
+        *statuses.entry(g.await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses.get(&401), Some(&5), "{statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&35), "{statuses:?}");
+    let r = login_from(&srv, "admin", common::PASSWORD, "10.0.0.66").await;
+    assert_eq!(r.status, 429, "the guessing address stays throttled, even with the right password");
+    assert!(r.header("retry-after").parse::<u64>().unwrap() > 0);
+    // The real admin, elsewhere, still gets in.
+    let r = login_from(&srv, "admin", common::PASSWORD, "10.0.0.1").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // An unknown name answers like a wrong password (no user enumeration).
+    let r = login_from(&srv, "nobody", "wrong password", "10.0.0.2").await;
+    assert_eq!((r.status, r.body["message"].as_str()), (401, Some("wrong user name or password")));
+    // An address spraying many names is throttled as a whole.
+    for i in 0..11 {
+        let _ = login_from(&srv, &format!("name{i}"), "wrong password", "10.0.0.2").await;
+    }
+    let r = login_from(&srv, "bob", common::PASSWORD, "10.0.0.2").await;
+    assert_eq!(r.status, 429, "the address is throttled");
+    assert_eq!(login_from(&srv, "bob", common::PASSWORD, "10.0.0.3").await.status, 200);
+    std::sync::Arc::into_inner(srv).unwrap().stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_logins_are_throttled() {
+async fn forwarded_addresses_are_ignored_without_a_trusted_proxy() {
     let p = Project::new(1).await;
     p.user("ann", Role::Reviewer).await;
-    p.user("bob", Role::Reviewer).await;
-    let limits = LoginLimits { per_user: 5, per_ip: 8, window: Duration::from_secs(60) };
+    let limits = LoginLimits { per_user_ip: 2, ..LoginLimits::default() };
     let srv = Server::start(&p.store, ServerConfig { login_limits: limits, ..cfg() }).await;
-    for _ in 0..5 {
-        let r = srv.login_with("ann", "wrong password").await.err().unwrap();
-        assert_eq!(r.status, 401);
-        assert_eq!(r.body["message"], "wrong user name or password");
+    for i in 0..2 {
+        assert_eq!(login_from(&srv, "ann", "wrong password", &format!("10.9.0.{i}")).await.status, 401);
     }
-    let r = srv.login_with("ann", common::PASSWORD).await.err().expect("locked even with the right password");
-    assert_eq!(r.status, 429);
-    assert!(r.header("retry-after").parse::<u64>().unwrap() > 0);
-    // An unknown name answers like a wrong password (no user enumeration).
-    let r = srv.login_with("nobody", "wrong password").await.err().unwrap();
-    assert_eq!((r.status, r.body["message"].as_str()), (401, Some("wrong user name or password")));
-    // Another user is fine until the address has failed too often.
-    assert!(srv.login_with("bob", common::PASSWORD).await.is_ok());
-    for _ in 0..2 {
-        let _ = srv.login_with("carol", "wrong password").await;
-    }
-    let r = srv.login_with("bob", common::PASSWORD).await.err().expect("the address is throttled");
-    assert_eq!(r.status, 429);
+    // A made-up X-Forwarded-For does not buy a fresh address.
+    assert_eq!(login_from(&srv, "ann", "wrong password", "10.9.0.9").await.status, 429);
     srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_password_revokes_tokens_and_tokens_need_the_password_and_expire() {
+    let p = Project::new(1).await;
+    p.user("ann", Role::Reviewer).await;
+    let srv = Server::start(&p.store, cfg()).await;
+    let a = srv.login("ann").await;
+    // Minting asks for the password again.
+    let r = a.post("/api/tokens", json!({"name": "ci", "password": "not it at all"})).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.body["error"], "wrong_password");
+    let r = a.post("/api/tokens", json!({"name": "ci"})).await;
+    assert_eq!(r.status, 422, "the password is required: {}", r.body);
+    let r = a.post("/api/tokens", json!({"name": "ci", "password": common::PASSWORD})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let token = r.body["token"].as_str().unwrap().to_string();
+    let expires = r.body["info"]["expires_ms"].as_i64().expect("tokens expire");
+    let days = (expires - now_ms()) as f64 / 86_400_000.0;
+    assert!((89.9..=90.1).contains(&days), "default lifetime {days} days");
+    let t = srv.bearer(&token);
+    assert_eq!(t.get("/api/me").await.status, 200);
+    // Changing the password ends the sessions and revokes the tokens.
+    let r = a.post("/api/me/password", json!({"current": common::PASSWORD, "new": "a brand new password"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(t.get("/api/me").await.status, 401, "the token outlived the password change");
+    assert_eq!(a.get("/api/me").await.status, 401, "the session outlived the password change");
+    let tokens = p.store.tokens(Some("ann")).await.unwrap();
+    assert!(tokens.iter().all(|t| t.revoked_at.is_some()), "{tokens:?}");
+    // Wrong current passwords are throttled like logins.
+    let b = srv.login_with("ann", "a brand new password").await.unwrap();
+    let mut last = 0;
+    for _ in 0..6 {
+        last = b.post("/api/me/password", json!({"current": "wrong wrong", "new": "whatever123"})).await.status;
+    }
+    assert_eq!(last, 429);
+    srv.stop().await;
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,9 +575,9 @@ async fn bad_requests_get_a_4xx_with_a_json_message_never_a_500() {
         ("id too large", a.get("/api/items/99999999999999999999999").await, 400),
         ("unknown image", a.get("/api/images/4242").await, 404),
         ("path in image id", a.get("/api/images/..%2F..%2Fetc%2Fpasswd").await, 400),
-        ("bad filter number", a.get("/api/items/next?min_conf=abc").await, 400),
-        ("bad status filter", a.get("/api/items/next?status=done").await, 400),
-        ("inverted range", a.get("/api/items/next?min_conf=0.9&max_conf=0.1").await, 400),
+        ("bad filter number", a.post("/api/items/next?min_conf=abc", json!({})).await, 400),
+        ("bad status filter", a.post("/api/items/next?status=done", json!({})).await, 400),
+        ("inverted range", a.post("/api/items/next?min_conf=0.9&max_conf=0.1", json!({})).await, 400),
         ("bad task", a.get("/api/items?task=detect").await, 400),
         ("unknown route", a.get("/api/nope").await, 404),
         ("unknown page", a.get("/nope").await, 404),
@@ -490,7 +593,11 @@ async fn bad_requests_get_a_4xx_with_a_json_message_never_a_500() {
         ),
         ("duplicate user", a.post("/api/users", json!({"name": "ann", "role": "viewer"})).await, 409),
         ("unknown token", a.send(Method::DELETE, "/api/tokens/777", None, &[]).await, 404),
-        ("bad expiry", a.post("/api/tokens", json!({"name": "t", "expires_days": 0})).await, 400),
+        (
+            "bad expiry",
+            a.post("/api/tokens", json!({"name": "t", "expires_days": 0, "password": common::PASSWORD})).await,
+            400,
+        ),
         (
             "undo nothing",
             a.post(&format!("/api/items/{}/undo", id_of(&x)), json!({"base": x["item"]["label"]["id"]})).await,
@@ -516,7 +623,7 @@ async fn bad_requests_get_a_4xx_with_a_json_message_never_a_500() {
         ),
         ("login missing field", srv.anon().post("/api/login", json!({"username": "ann"})).await, 422),
     ];
-    let r = a.send(Method::GET, "/api/items/next?max_conf=1e999", None, &[]).await;
+    let r = a.send(Method::POST, "/api/items/next?max_conf=1e999", Some(json!({})), &[]).await;
     cases.push(("infinite number", r, 400));
     let mut failures = Vec::new();
     for (what, r, want) in &cases {
@@ -558,6 +665,57 @@ async fn images_come_from_the_image_table_with_cache_headers() {
     assert_eq!(r.status, 304);
     assert!(r.bytes.is_empty());
     srv.stop().await;
+}
+
+/// A dataset image replaced behind the project's back (a link to /etc/passwd, a FIFO,
+/// other bytes) is refused with an error naming the item, and the server keeps serving.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_changed_after_import_are_refused_never_read_through() {
+    let p = Project::new(3).await;
+    p.user("v", Role::Viewer).await;
+    let srv = Server::start(&p.store, cfg()).await;
+    let v = srv.login("v").await;
+    let path_of = |id: i64| {
+        let img = futures_block(p.store.image(id)).unwrap().unwrap();
+        img.path
+    };
+    // 1: a symbolic link to a file the server can read.
+    let one = path_of(1);
+    std::fs::remove_file(&one).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", &one).unwrap();
+    let r = v.get("/api/images/1").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.body["error"], "image_changed");
+    let msg = r.body["message"].as_str().unwrap();
+    assert!(msg.contains("(item 1)") && msg.contains("not a regular file"), "{msg}");
+    assert!(!String::from_utf8_lossy(&r.bytes).contains("root:"), "the link was followed");
+    // 2: a FIFO (reading it would hang a worker).
+    let two = path_of(2);
+    std::fs::remove_file(&two).unwrap();
+    let c = std::ffi::CString::new(two.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let r = tokio::time::timeout(Duration::from_secs(10), v.get("/api/images/2")).await.expect("no hang");
+    assert_eq!(r.status, 409, "{}", r.body);
+    // 3: other bytes of the same size.
+    let three = path_of(3);
+    let mut bytes = std::fs::read(&three).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xFF;
+    std::fs::write(&three, &bytes).unwrap();
+    let r = v.get("/api/images/3").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body["message"].as_str().unwrap().contains("changed since it was imported"), "{}", r.body);
+    // Gone altogether: 404 with a hint.
+    std::fs::remove_file(&three).unwrap();
+    let r = v.get("/api/images/3").await;
+    assert_eq!((r.status, r.body["error"].as_str()), (404, Some("image_missing")));
+    assert_eq!(v.get("/api/me").await.status, 200);
+    srv.stop().await;
+}
+
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -772,7 +930,9 @@ async fn user_management_is_audited_and_disabling_takes_effect() {
     let r = boss.post("/api/users", json!({"name": "eve", "role": "reviewer", "password": "eve's password"})).await;
     assert_eq!(r.status, 201, "{}", r.body);
     let eve = srv.login_with("eve", "eve's password").await.unwrap();
-    let token = boss.post("/api/tokens", json!({"name": "eve-ci", "user": "eve", "expires_days": 30})).await;
+    let token = boss
+        .post("/api/tokens", json!({"name": "eve-ci", "user": "eve", "expires_days": 30, "password": common::PASSWORD}))
+        .await;
     assert_eq!(token.status, 201);
     let t = srv.bearer(token.body["token"].as_str().unwrap());
     let item = eve.next("").await.unwrap();
@@ -791,7 +951,7 @@ async fn user_management_is_audited_and_disabling_takes_effect() {
     let r = boss.send(Method::PATCH, "/api/users/boss", Some(json!({"role": "viewer"})), &[]).await;
     assert_eq!(r.status, 400);
     // Revoked tokens stop working.
-    let mine = boss.post("/api/tokens", json!({"name": "mine"})).await.body;
+    let mine = boss.post("/api/tokens", json!({"name": "mine", "password": common::PASSWORD})).await.body;
     let tb = srv.bearer(mine["token"].as_str().unwrap());
     assert_eq!(tb.get("/api/me").await.status, 200);
     let r = boss.send(Method::DELETE, &format!("/api/tokens/{}", mine["info"]["id"]), None, &[]).await;
@@ -886,9 +1046,24 @@ async fn the_review_page_weighs_under_200_kb() {
     srv.stop().await;
 }
 
-#[test]
-fn auth_modes_are_distinct() {
-    // Keep the helper enum honest: a cookie session and a bearer token are different things.
-    let a = Auth::Bearer("x".into());
-    assert!(matches!(a, Auth::Bearer(_)));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_secret_is_not_a_token_and_a_token_is_not_a_session() {
+    let p = Project::new(1).await;
+    p.user("ann", Role::Reviewer).await;
+    let srv = Server::start(&p.store, cfg()).await;
+    let session = srv.login("ann").await;
+    let token = p.token("ann").await;
+    assert_eq!(session.get("/api/me").await.status, 200);
+    assert_eq!(srv.bearer(&token).get("/api/me").await.status, 200);
+    let Auth::Cookie { cookie, .. } = &session.auth else { panic!("login gives a cookie session") };
+    let secret = cookie.split_once('=').unwrap().1.to_string();
+    // The session secret sent as a bearer token, and the token sent as a cookie: refused.
+    let r = srv.bearer(&secret).get("/api/me").await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let as_cookie = common::Client::with_auth(
+        &srv.url,
+        Auth::Cookie { cookie: format!("mmloop_session={token}"), csrf: String::new() },
+    );
+    assert_eq!(as_cookie.get("/api/me").await.status, 401);
+    srv.stop().await;
 }

@@ -55,6 +55,16 @@ pub enum AuditProblem {
     Truncated { anchored_seq: i64, last_seq: i64 },
     /// The anchor (or a version) names an event whose hash differs.
     AnchorMismatch { seq: i64, source: String },
+    /// The log has events but the head anchor outside the database is gone.
+    AnchorMissing { last_seq: i64 },
+    /// An item's stored fields no longer match the digest recorded at import.
+    ItemChanged { item: i64 },
+    /// A label's status or answer no longer matches the digest recorded when it was saved.
+    LabelChanged { label: i64, item: i64 },
+    /// A committed version's content no longer matches its id.
+    VersionChanged { version: i64, why: String },
+    /// More problems of one kind than are listed.
+    More { what: String, count: u64 },
 }
 
 impl std::fmt::Display for AuditProblem {
@@ -76,6 +86,19 @@ impl std::fmt::Display for AuditProblem {
             AuditProblem::AnchorMismatch { seq, source } => {
                 write!(f, "event {seq} differs from the hash recorded in {source}")
             }
+            AuditProblem::AnchorMissing { last_seq } => write!(
+                f,
+                "the head anchor .mmloop/audit-head is missing (the log ends at event {last_seq}): deleting the newest events would go unnoticed"
+            ),
+            AuditProblem::ItemChanged { item } => {
+                write!(f, "item {item} was edited in the database (its content no longer matches its digest)")
+            }
+            AuditProblem::LabelChanged { label, item } => write!(
+                f,
+                "label {label} of item {item} was edited in the database (its answer or status no longer matches its digest)"
+            ),
+            AuditProblem::VersionChanged { version, why } => write!(f, "version v{version} changed: {why}"),
+            AuditProblem::More { what, count } => write!(f, "{count} more {what}"),
         }
     }
 }
@@ -214,12 +237,25 @@ impl Store {
             .await
     }
 
-    /// Recomputes the whole chain and checks it against the anchors.
+    /// Recomputes the whole chain and checks it against the anchors, then recomputes
+    /// every item, label and version digest (see `versions::verify_content`).
     pub async fn audit_verify(&self) -> Result<AuditReport, StoreError> {
-        let anchor = std::fs::read_to_string(&self.paths().audit_head).ok().and_then(|s| {
+        let anchor_text = match std::fs::read_to_string(&self.paths().audit_head) {
+            Ok(s) => Some(s),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::IoPath { path: self.paths().audit_head.clone(), source: e }),
+        };
+        let anchor_present = anchor_text.is_some();
+        let anchor = anchor_text.as_deref().and_then(|s| {
             let (seq, hash) = s.trim().split_once(' ')?;
             Some((seq.parse::<i64>().ok()?, hex::decode(hash).ok()?))
         });
+        if anchor_present && anchor.is_none() {
+            return Err(StoreError::Config(format!(
+                "{} is not an audit anchor (expected `<seq> <hex hash>`)",
+                self.paths().audit_head.display()
+            )));
+        }
         self.db()
             .read(move |c| {
                 let mut report = AuditReport::default();
@@ -272,6 +308,9 @@ impl Store {
                     let (vseq, aseq, ahash) = v?;
                     anchors.push((aseq, ahash, format!("version v{vseq}")));
                 }
+                if !anchor_present && prev_seq > 0 {
+                    report.problems.push(AuditProblem::AnchorMissing { last_seq: prev_seq });
+                }
                 for (seq, hash, source) in anchors {
                     match hashes.get(&seq) {
                         Some(h) if *h == hash => {}
@@ -284,6 +323,7 @@ impl Store {
                         None => {} // reported already (missing, or truncated)
                     }
                 }
+                report.problems.extend(crate::versions::verify_content(c)?);
                 Ok(report)
             })
             .await

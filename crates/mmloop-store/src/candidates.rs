@@ -108,8 +108,11 @@ fn row_candidate(r: &rusqlite::Row) -> rusqlite::Result<StoredCandidate> {
 
 impl Store {
     /// Records the start of a run (`infer`, `train`, `eval`) with its full configuration.
+    /// Secrets in it (API keys, URL credentials) are removed first: the configuration goes
+    /// into the audit chain, which every reviewer reads and nobody can edit afterwards.
     pub async fn start_run(&self, kind: &str, actor: &str, config: Value) -> Result<i64, StoreError> {
         let (kind, actor) = (kind.to_string(), actor.to_string());
+        let config = mmloop_core::redact::value(&config);
         let id = self
             .db()
             .write(move |conn| {
@@ -132,6 +135,7 @@ impl Store {
     /// Records how a run ended (`done`, `failed`, `interrupted`) and what it did.
     pub async fn finish_run(&self, run_id: i64, actor: &str, status: &str, summary: Value) -> Result<(), StoreError> {
         let (actor, status) = (actor.to_string(), status.to_string());
+        let summary = mmloop_core::redact::value(&summary);
         self.db()
             .write(move |conn| {
                 let tx = conn.transaction()?;

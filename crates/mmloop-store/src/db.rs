@@ -25,9 +25,12 @@ pub(crate) struct Db {
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // FULL: a decision acknowledged to a reviewer survives a power loss. NORMAL may lose the
+    // newest commits, and the fsynced audit-head anchor would then name an event the
+    // database no longer has (verify would report tampering).
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = NORMAL;
+         PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA cache_size = -65536;
          PRAGMA temp_store = MEMORY;",

@@ -76,12 +76,64 @@ struct Label {
     answer: mmloop_core::Answer,
 }
 
+/// Source ids that items of different formats share within one export (a COCO
+/// annotation 101 and a VQAv2 question 101). Those items are written as `<format>:<id>` so
+/// every id in a file is unique and the file imports back; the choice depends on the items
+/// the export selects (version, split, task), so the same export always writes the same ids,
+/// and an export of one source alone keeps its ids as they were (COCO's integers, say).
+fn shared_source_ids(
+    conn: &Connection,
+    wanted: &[Entry],
+    task: Option<Task>,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut st = conn.prepare(
+        "SELECT id, source_id, key, task FROM items WHERE source_id IN (
+             SELECT source_id FROM items WHERE source_id IS NOT NULL AND key LIKE 'id:%' GROUP BY source_id
+             HAVING COUNT(DISTINCT substr(key, 4, instr(substr(key, 4), ':') - 1)) > 1)",
+    )?;
+    let mut rows = st.query([])?;
+    let mut candidates: Vec<(i64, String, String)> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let item_task: String = r.get(3)?;
+        if task.is_some_and(|t| t.as_str() != item_task) {
+            continue;
+        }
+        candidates.push((r.get(0)?, r.get(1)?, r.get(2)?));
+    }
+    if candidates.is_empty() {
+        return Ok(Default::default());
+    }
+    let selected: std::collections::HashSet<i64> = wanted.iter().map(|e| e.item).collect();
+    let mut formats: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    for (item, source_id, key) in candidates {
+        if selected.contains(&item) {
+            formats.entry(source_id).or_default().insert(format_of_key(&key).to_string());
+        }
+    }
+    Ok(formats.into_iter().filter(|(_, f)| f.len() > 1).map(|(id, _)| id).collect())
+}
+
+/// The format namespace of an item key `id:<format>:<source id>`.
+fn format_of_key(key: &str) -> &str {
+    key.strip_prefix("id:").and_then(|k| k.split_once(':')).map(|(f, _)| f).unwrap_or("id")
+}
+
+/// The id an item is exported under (see [`shared_source_ids`]).
+fn export_id(source_id: Option<String>, key: &str, shared: &std::collections::HashSet<String>) -> Option<String> {
+    let id = source_id?;
+    if !shared.contains(&id) {
+        return Some(id);
+    }
+    Some(format!("{}:{id}", format_of_key(key)))
+}
+
 fn fetch_chunk(
     conn: &Connection,
     dot: &std::path::Path,
     m: &Manifest,
     chunk: &[Entry],
     filter: &ExportFilter,
+    shared: &std::collections::HashSet<String>,
 ) -> Result<Vec<Record>, StoreError> {
     let ids: Vec<String> = chunk.iter().map(|e| e.item.to_string()).collect();
     let id_list = ids.join(",");
@@ -139,7 +191,7 @@ fn fetch_chunk(
     let mut items: HashMap<i64, Record> = HashMap::with_capacity(chunk.len());
     {
         let mut st = conn.prepare(&format!(
-            "SELECT id, source_id, task, question, context, conversation, turn, tags, meta, source_file, source_line
+            "SELECT id, source_id, task, question, context, conversation, turn, tags, meta, source_file, source_line, key
              FROM items WHERE id IN ({id_list})"
         ))?;
         let mut rows = st.query([])?;
@@ -154,7 +206,7 @@ fn fetch_chunk(
                 r.get::<_, String>(3)?,
                 Location { file, line: line.map(|l| l as u64), index: None },
             );
-            rec.id = r.get(1)?;
+            rec.id = export_id(r.get(1)?, &r.get::<_, String>(11)?, shared);
             rec.context =
                 r.get::<_, Option<String>>(4)?.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
             rec.conversation = r.get(5)?;
@@ -206,8 +258,9 @@ fn stream(
         None => None,
     };
     let wanted: Vec<Entry> = m.entries.iter().filter(|e| split_idx.is_none_or(|s| e.split == s)).copied().collect();
+    let shared = shared_source_ids(conn, &wanted, filter.task)?;
     for chunk in wanted.chunks(CHUNK) {
-        for rec in fetch_chunk(conn, dot, m, chunk, filter)? {
+        for rec in fetch_chunk(conn, dot, m, chunk, filter, &shared)? {
             if tx.send(Ok(rec)).is_err() {
                 return Ok(()); // the reader hung up
             }

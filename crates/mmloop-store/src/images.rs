@@ -42,6 +42,10 @@ pub enum ImageError {
     Escapes { path: String, root: String },
     #[error("image {0} is a URL; mmloop does not download images")]
     Url(String),
+    #[error("image {0} is not a regular file (a symbolic link, a device or a pipe)")]
+    NotAFile(String),
+    #[error("image {0} changed since it was imported (its bytes no longer match their sha256)")]
+    Changed(String),
 }
 
 impl ImageError {
@@ -62,6 +66,10 @@ impl ImageError {
                 "download the images first and point the dataset (or --images-dir) at the files".into()
             }
             ImageError::NotAnImage(_) => "check that the path points at an image file".into(),
+            ImageError::NotAFile(_) | ImageError::Changed(_) => {
+                "put the original file back, or import the dataset again with --copy so the project keeps its own copy"
+                    .into()
+            }
             _ => return None,
         })
     }
@@ -93,6 +101,71 @@ impl StoredImage {
             _ => "image/jpeg",
         }
     }
+}
+
+/// Reads the bytes of a stored image for serving or inference, trusting nothing about
+/// the file that is there now: it must be a regular file reached without following a
+/// symbolic link at its last component (so a dataset image replaced by a link to
+/// `/etc/passwd`, `/dev/zero` or a FIFO is refused without reading or blocking), of the
+/// size recorded at import, and its sha256 must still be the image's id.
+pub fn read_checked(img: &StoredImage) -> Result<Vec<u8>, ImageError> {
+    use sha2::Digest as _;
+    use std::io::Read;
+    let shown = || img.path.display().to_string();
+    let file = open_no_follow(&img.path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ImageError::Missing(shown()),
+        _ if is_symlink_error(&e) => ImageError::NotAFile(shown()),
+        _ => ImageError::Unreadable { path: shown(), message: e.to_string() },
+    })?;
+    let meta = file.metadata().map_err(|e| ImageError::Unreadable { path: shown(), message: e.to_string() })?;
+    if !meta.file_type().is_file() {
+        return Err(ImageError::NotAFile(shown()));
+    }
+    if meta.len() != img.bytes {
+        return Err(ImageError::Changed(shown()));
+    }
+    let mut bytes = Vec::with_capacity(img.bytes as usize);
+    let mut hasher = sha2::Sha256::new();
+    let mut reader = file.take(img.bytes + 1);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n =
+            reader.read(&mut chunk).map_err(|e| ImageError::Unreadable { path: shown(), message: e.to_string() })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&chunk[..n]);
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+    if bytes.len() as u64 != img.bytes || hasher.finalize().as_slice() != img.sha256.as_bytes() {
+        return Err(ImageError::Changed(shown()));
+    }
+    Ok(bytes)
+}
+
+#[cfg(unix)]
+fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just after).
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
+}
+
+#[cfg(not(unix))]
+fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
+    if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Err(std::io::Error::other("symbolic link"));
+    }
+    std::fs::File::open(path)
+}
+
+#[cfg(unix)]
+fn is_symlink_error(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ELOOP)
+}
+
+#[cfg(not(unix))]
+fn is_symlink_error(e: &std::io::Error) -> bool {
+    e.to_string() == "symbolic link"
 }
 
 /// An image read and checked, not yet stored.
@@ -303,6 +376,60 @@ mod tests {
         p[29..33].copy_from_slice(&crc.to_be_bytes());
         let err = check(&p, "bomb.png", ImageLimits::default()).unwrap_err();
         assert!(matches!(err, ImageError::TooLarge { width: 100_000, height: 100_000, .. }), "{err}");
+    }
+
+    fn stored(path: PathBuf, bytes: &[u8]) -> StoredImage {
+        StoredImage {
+            id: 1,
+            sha256: Digest::of(bytes),
+            path,
+            copied: false,
+            width: 1,
+            height: 1,
+            format: "png".into(),
+            bytes: bytes.len() as u64,
+        }
+    }
+
+    #[test]
+    fn stored_images_are_read_only_when_unchanged_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.png");
+        let bytes = png(3, 3);
+        std::fs::write(&p, &bytes).unwrap();
+        let img = stored(p.clone(), &bytes);
+        assert_eq!(read_checked(&img).unwrap(), bytes);
+
+        // Same size, other content.
+        let mut other = bytes.clone();
+        other[20] ^= 1;
+        std::fs::write(&p, &other).unwrap();
+        assert!(matches!(read_checked(&img), Err(ImageError::Changed(_))));
+        // Other size.
+        std::fs::write(&p, b"short").unwrap();
+        assert!(matches!(read_checked(&img), Err(ImageError::Changed(_))));
+        std::fs::remove_file(&p).unwrap();
+        assert!(matches!(read_checked(&img), Err(ImageError::Missing(_))));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_devices_and_pipes_are_refused_without_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = png(3, 3);
+        let real = dir.path().join("real.png");
+        std::fs::write(&real, &bytes).unwrap();
+        let link = dir.path().join("link.png");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(matches!(read_checked(&stored(link, &bytes)), Err(ImageError::NotAFile(_))));
+        let passwd = dir.path().join("passwd.png");
+        std::os::unix::fs::symlink("/etc/passwd", &passwd).unwrap();
+        assert!(matches!(read_checked(&stored(passwd, &bytes)), Err(ImageError::NotAFile(_))));
+        assert!(matches!(read_checked(&stored("/dev/zero".into(), &bytes)), Err(ImageError::NotAFile(_))));
+        let fifo = dir.path().join("fifo.png");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(matches!(read_checked(&stored(fifo, &bytes)), Err(ImageError::NotAFile(_))));
     }
 
     #[test]

@@ -45,12 +45,23 @@ pub enum Incoming {
 }
 
 /// Told how far an import got.
-pub trait ImportProgress: Send {
+pub trait ImportProgress: Send + Sync {
     fn records(&self, done: u64);
+    /// A new pass over the records starts (`checking images`, `importing`).
+    fn phase(&self, _what: &str) {}
 }
 
 impl ImportProgress for () {
     fn records(&self, _: u64) {}
+}
+
+impl<T: ImportProgress + ?Sized> ImportProgress for std::sync::Arc<T> {
+    fn records(&self, done: u64) {
+        (**self).records(done)
+    }
+    fn phase(&self, what: &str) {
+        (**self).phase(what)
+    }
 }
 
 /// What an import did.
@@ -104,27 +115,115 @@ fn file_digest(path: &Path) -> Option<Digest> {
     Some(Digest(h.finalize().into()))
 }
 
+/// Images read, hashed and checked before an import's transaction (see
+/// [`Store::check_images`]), keyed like the import's own table. Only files are kept: inline
+/// bytes are cheap to check again and could be large.
+#[derive(Default)]
+pub struct CheckedImages {
+    probed: HashMap<String, Result<Probed, ImageError>>,
+}
+
+impl CheckedImages {
+    pub fn len(&self) -> usize {
+        self.probed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.probed.is_empty()
+    }
+}
+
 impl Store {
+    /// The slow part of an import done before it takes the database's write lock: reads,
+    /// hashes and checks every image file `records` names (in parallel batches), and copies
+    /// it into the project when `opts` asks for copies (content-addressed blobs, harmless if
+    /// the import then fails). Writes nothing to the database, so a review server on the
+    /// same project keeps saving meanwhile; [`Store::import`] then only does SQL.
+    pub async fn check_images(
+        &self,
+        opts: &ImportOptions,
+        records: Receiver<Incoming>,
+        progress: std::sync::Arc<dyn ImportProgress>,
+    ) -> Result<CheckedImages, StoreError> {
+        progress.phase("checking images");
+        let root = opts.images_dir.clone();
+        let copy = opts.copy_images;
+        let dot = self.paths().dot.clone();
+        let limits = ImageLimits { max_pixels: self.config().import.max_image_pixels };
+        tokio::task::spawn_blocking(move || {
+            let mut checked = CheckedImages::default();
+            let mut done = 0u64;
+            let mut batch: Vec<(String, String)> = Vec::new();
+            let flush = |batch: &mut Vec<(String, String)>, checked: &mut CheckedImages| -> Result<(), StoreError> {
+                let probed: Vec<(String, Result<Probed, ImageError>)> = std::mem::take(batch)
+                    .into_par_iter()
+                    .map(|(key, raw)| {
+                        let p = images::probe(&mmloop_core::ImageSource::Path(raw), &root, limits);
+                        if copy && let Ok(p) = &p {
+                            images::write_blob(&dot, p)
+                                .map_err(|e| StoreError::IoPath { path: dot.clone(), source: e })?;
+                        }
+                        Ok((key, p))
+                    })
+                    .collect::<Result<_, StoreError>>()?;
+                checked.probed.extend(probed);
+                Ok(())
+            };
+            while let Ok(msg) = records.recv() {
+                match msg {
+                    Incoming::Record(r) => {
+                        for src in &r.images {
+                            if let mmloop_core::ImageSource::Path(raw) = src {
+                                let key = source_key(src);
+                                if !checked.probed.contains_key(&key) && !batch.iter().any(|(k, _)| *k == key) {
+                                    batch.push((key, raw.clone()));
+                                }
+                            }
+                        }
+                        done += 1;
+                        if batch.len() >= BATCH {
+                            flush(&mut batch, &mut checked)?;
+                            progress.records(done);
+                        }
+                    }
+                    Incoming::Bad(_) => done += 1,
+                    Incoming::Abort(why) => return Err(StoreError::Import(format!("{why}\n  nothing was imported"))),
+                    Incoming::End => break,
+                }
+            }
+            flush(&mut batch, &mut checked)?;
+            progress.records(done);
+            Ok(checked)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
     /// Imports every record `records` yields, in one transaction.
     ///
     /// A bad record (unreadable, missing image, duplicate id, ...) aborts the import and
     /// nothing is stored, unless `skip_bad` is set: then the good records land and the bad
     /// ones are written to a report under `.mmloop/reports/`.
+    ///
+    /// Images found in `checked` (see [`Store::check_images`]) are not read again, so the
+    /// write lock is held for the SQL work only; others are read here.
     pub async fn import(
         &self,
         opts: ImportOptions,
         records: Receiver<Incoming>,
+        checked: CheckedImages,
         progress: Box<dyn ImportProgress>,
     ) -> Result<ImportReport, StoreError> {
         let dot = self.paths().dot.clone();
         let reports = self.paths().reports.clone();
         let limits = ImageLimits { max_pixels: self.config().import.max_image_pixels };
         let sha = file_digest(&opts.file);
+        progress.phase("importing");
         let report = self
             .db()
             .write(move |conn| {
                 let tx = conn.transaction()?;
-                let mut job = Job::start(&tx, &opts, sha, &dot, limits)?;
+                let mut job = Job::start(&tx, &opts, sha, &dot, limits, checked)?;
                 let mut batch = Vec::with_capacity(BATCH);
                 let mut done = 0u64;
                 let mut ended = false;
@@ -188,6 +287,8 @@ struct Job<'o> {
     bad: Vec<RecordError>,
     report: ImportReport,
     now: String,
+    /// Images checked before the transaction.
+    checked: CheckedImages,
     last_file: (std::sync::Arc<PathBuf>, String),
 }
 
@@ -198,9 +299,10 @@ impl<'o> Job<'o> {
         sha: Option<Digest>,
         dot: &Path,
         limits: ImageLimits,
+        checked: CheckedImages,
     ) -> Result<Self, StoreError> {
         let now = crate::now();
-        let mut config = opts.config.clone();
+        let mut config = mmloop_core::redact::value(&opts.config);
         if let Value::Object(m) = &mut config {
             m.insert("file".into(), json!(opts.file.display().to_string()));
             m.insert("sha256".into(), json!(sha.map(|d| d.to_hex())));
@@ -222,6 +324,7 @@ impl<'o> Job<'o> {
             bad: Vec::new(),
             report: ImportReport { run_id, ..Default::default() },
             now,
+            checked,
             last_file: (std::sync::Arc::new(PathBuf::new()), String::new()),
         })
     }
@@ -229,19 +332,22 @@ impl<'o> Job<'o> {
     fn batch(&mut self, tx: &Transaction, batch: Vec<Result<Record, RecordError>>) -> Result<(), StoreError> {
         // Read and hash the images this batch sees for the first time, in parallel.
         let mut fresh: Vec<(String, &mmloop_core::ImageSource)> = Vec::new();
+        let mut probed: Vec<(String, Result<Probed, ImageError>)> = Vec::new();
         let mut queued = std::collections::HashSet::new();
         for r in batch.iter().flatten() {
             for src in &r.images {
                 let key = source_key(src);
                 if !self.paths.contains_key(&key) && queued.insert(key.clone()) {
-                    fresh.push((key, src));
+                    match self.checked.probed.remove(&key) {
+                        Some(p) => probed.push((key, p)),
+                        None => fresh.push((key, src)),
+                    }
                 }
             }
         }
         let root = &self.opts.images_dir;
         let limits = self.limits;
-        let probed: Vec<(String, Result<Probed, ImageError>)> =
-            fresh.into_par_iter().map(|(k, src)| (k, images::probe(src, root, limits))).collect();
+        probed.par_extend(fresh.into_par_iter().map(|(k, src)| (k, images::probe(src, root, limits))));
         for (key, res) in probed {
             let stored = match res {
                 Ok(p) => self.store_image(tx, p),
@@ -537,6 +643,11 @@ impl<'o> Job<'o> {
             "summary": summary,
         });
         crate::audit::append(tx, &self.opts.actor, "import", &format!("run:{}", self.run_id), before, Some(&after))?;
+        // New items join the review queue with the import, not at some later read.
+        crate::review::queue::sync_queue(tx).map_err(|e| match e {
+            crate::ReviewError::Store(s) => s,
+            other => StoreError::Internal(other.to_string()),
+        })?;
         Ok(self.report)
     }
 }

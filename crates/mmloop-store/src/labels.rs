@@ -217,6 +217,36 @@ impl Store {
             .await
     }
 
+    /// One image's bytes, read with [`crate::images::read_checked`]: a file that is no
+    /// longer the imported image is an error naming the items that show it.
+    pub async fn image_bytes(&self, id: i64) -> Result<Option<(StoredImage, Vec<u8>)>, StoreError> {
+        let Some(img) = self.image(id).await? else {
+            return Ok(None);
+        };
+        let read = {
+            let img = img.clone();
+            tokio::task::spawn_blocking(move || crate::images::read_checked(&img))
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))?
+        };
+        match read {
+            Ok(bytes) => Ok(Some((img, bytes))),
+            Err(source) => {
+                let items = self
+                    .db()
+                    .read(move |c| {
+                        let mut st = c.prepare_cached(
+                            "SELECT DISTINCT item_id FROM item_images WHERE image_id = ?1 ORDER BY item_id LIMIT 5",
+                        )?;
+                        let rows = st.query_map([id], |r| r.get(0))?;
+                        Ok(rows.collect::<Result<Vec<i64>, _>>()?)
+                    })
+                    .await?;
+                Err(StoreError::Image { image: id, items, source })
+            }
+        }
+    }
+
     /// Every label an item has had, newest first.
     pub async fn label_history(&self, item_id: i64) -> Result<Vec<LabelView>, StoreError> {
         self.db()

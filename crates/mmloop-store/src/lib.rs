@@ -28,8 +28,8 @@ use std::sync::Arc;
 pub use audit::{AuditEvent, AuditProblem, AuditReport};
 pub use candidates::{NewCandidate, PendingFilter, RunView, StoredCandidate};
 pub use export::{ExportFilter, ExportInfo, VersionSpec};
-pub use images::{ImageError, ImageLimits, StoredImage};
-pub use import::{ImportOptions, ImportProgress, ImportReport, Incoming};
+pub use images::{ImageError, ImageLimits, StoredImage, read_checked};
+pub use import::{CheckedImages, ImportOptions, ImportProgress, ImportReport, Incoming};
 pub use labels::{ItemView, LabelSave, LabelView, SaveOutcome};
 pub use project::{Config, ProjectPaths};
 pub use review::{ReviewError, ReviewResult};
@@ -67,10 +67,34 @@ pub enum StoreError {
     NoVersions,
     #[error("item {0} not found")]
     ItemNotFound(i64),
+    /// A stored image whose file is gone or no longer the imported image.
+    #[error("image {image}{}: {source}", items_of(items))]
+    Image { image: i64, items: Vec<i64>, source: ImageError },
     #[error("the store is closed")]
     Closed,
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl StoreError {
+    /// Whether another process holds the database's write lock (an import, say) for
+    /// longer than this one waited: worth retrying in a moment, not a failure.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn items_of(items: &[i64]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => format!(" (item {one})"),
+        many => format!(" (items {})", many.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")),
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

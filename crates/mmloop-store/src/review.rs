@@ -8,7 +8,7 @@
 //! server maps its errors to status codes, the UI renders what it returns.
 
 mod accounts;
-mod queue;
+pub(crate) mod queue;
 mod stats;
 
 pub use accounts::{NewSecret, Permission, Role, Session, TokenInfo, User, UserUpdate};

@@ -8,12 +8,13 @@
 
 use std::collections::BTreeMap;
 
-use mmloop_core::{Digest, LabelStatus, row_digest, version_digest};
+use mmloop_core::{Digest, ItemContent, LabelContent, LabelStatus, Task, row_digest, version_digest};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::labels::{LabelView, label_by_id};
+use crate::audit::AuditProblem;
+use crate::labels::{LabelView, label_by_id, parse_answers};
 use crate::{Store, StoreError};
 
 /// Pages end after an item whose mixed id has these low bits zero (~256 entries).
@@ -263,6 +264,180 @@ fn working_rows(conn: &Connection) -> Result<(Vec<Row>, Vec<Digest>, Value), Sto
         entries.push((item, label, split));
     }
     Ok((entries, digests, json!({"status": by_status, "split": by_split})))
+}
+
+/// How many problems of one kind `verify_content` lists before it only counts.
+const LISTED: usize = 50;
+
+/// Collects problems of one kind, listing the first `LISTED` and counting the rest.
+struct Found<'a> {
+    what: &'static str,
+    listed: usize,
+    more: u64,
+    out: &'a mut Vec<AuditProblem>,
+}
+
+impl Found<'_> {
+    fn push(&mut self, p: AuditProblem) {
+        if self.listed < LISTED {
+            self.listed += 1;
+            self.out.push(p);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn finish(self) {
+        if self.more > 0 {
+            self.out.push(AuditProblem::More { what: self.what.into(), count: self.more });
+        }
+    }
+}
+
+/// Recomputes every item's and label's content digest from the stored fields, every
+/// version page's hash, and every version's id from its manifest: a row edited in the
+/// database (an answer rewritten with SQL, say) no longer matches the digest recorded when
+/// it was written, and a version whose rows changed no longer matches its id.
+pub(crate) fn verify_content(conn: &Connection) -> Result<Vec<AuditProblem>, StoreError> {
+    let mut problems = Vec::new();
+    // Item digests, from the fields and the images' sha256 in position order.
+    let mut item_digests: std::collections::HashMap<i64, Digest> = std::collections::HashMap::new();
+    {
+        let mut found = Found { what: "items changed", listed: 0, more: 0, out: &mut problems };
+        let mut imgs = conn.prepare(
+            "SELECT ii.item_id, im.sha256 FROM item_images ii JOIN images im ON im.id = ii.image_id
+             ORDER BY ii.item_id, ii.pos",
+        )?;
+        let mut imgs = imgs.query([])?;
+        let mut pending_img: Option<(i64, Vec<u8>)> = None;
+        let mut st = conn.prepare(
+            "SELECT id, task, source_id, question, context, turn, tags, meta, content FROM items ORDER BY id",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let task: String = r.get(1)?;
+            let source_id: Option<String> = r.get(2)?;
+            let question: String = r.get(3)?;
+            let context: Option<String> = r.get(4)?;
+            let turn: i64 = r.get(5)?;
+            let tags: Option<String> = r.get(6)?;
+            let meta: Option<String> = r.get(7)?;
+            let stored: Vec<u8> = r.get(8)?;
+            let mut shas = Vec::new();
+            loop {
+                if pending_img.is_none() {
+                    pending_img = match imgs.next()? {
+                        Some(ir) => Some((ir.get(0)?, ir.get(1)?)),
+                        None => None,
+                    };
+                }
+                match &pending_img {
+                    Some((item, sha)) if *item == id => {
+                        shas.push(Digest::from_slice(sha).unwrap_or_default());
+                        pending_img = None;
+                    }
+                    Some((item, _)) if *item < id => pending_img = None, // an orphan row
+                    _ => break,
+                }
+            }
+            let tags: Vec<String> = tags.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+            let digest = ItemContent {
+                task: task.parse().unwrap_or(Task::Vqa),
+                source_id: source_id.as_deref(),
+                question: &question,
+                context_json: context.as_deref(),
+                turn: turn as u32,
+                images: &shas,
+                tags: &tags,
+                meta_json: meta.as_deref(),
+            }
+            .digest();
+            if digest.as_bytes().as_slice() != stored.as_slice() || task.parse::<Task>().is_err() {
+                found.push(AuditProblem::ItemChanged { item: id });
+            }
+            item_digests.insert(id, digest);
+        }
+        found.finish();
+    }
+    // Label digests, from status and answers.
+    let mut label_digests: std::collections::HashMap<i64, Digest> = std::collections::HashMap::new();
+    {
+        let mut found = Found { what: "labels changed", listed: 0, more: 0, out: &mut problems };
+        let mut st = conn.prepare("SELECT id, item_id, status, answer, answers, content FROM labels ORDER BY id")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let item: i64 = r.get(1)?;
+            let status: String = r.get(2)?;
+            let answer = parse_answers(r.get(3)?, r.get(4)?);
+            let stored: Vec<u8> = r.get(5)?;
+            let parsed = status.parse::<LabelStatus>().ok();
+            let digest = LabelContent { status: parsed.unwrap_or(LabelStatus::Pending), answer: &answer }.digest();
+            if parsed.is_none() || digest.as_bytes().as_slice() != stored.as_slice() {
+                found.push(AuditProblem::LabelChanged { label: id, item });
+            }
+            label_digests.insert(id, digest);
+        }
+        found.finish();
+    }
+    // Versions: pages intact, and the id recomputed from the recomputed row digests.
+    let mut found = Found { what: "versions changed", listed: 0, more: 0, out: &mut problems };
+    let mut st = conn.prepare("SELECT seq, id, pages FROM versions ORDER BY seq")?;
+    let mut versions = st.query([])?;
+    let mut page = conn.prepare_cached("SELECT data FROM pages WHERE hash = ?1")?;
+    while let Some(v) = versions.next()? {
+        let seq: i64 = v.get(0)?;
+        let id: Vec<u8> = v.get(1)?;
+        let pages: Vec<u8> = v.get(2)?;
+        let mut m = Manifest { splits: Vec::new(), entries: Vec::new() };
+        let mut why = None;
+        for h in page_hashes(&pages) {
+            let data: Option<Vec<u8>> = page.query_row([h], |r| r.get(0)).optional()?;
+            match data {
+                None => why = Some("a manifest page is missing".to_string()),
+                Some(d) if Digest::of(&d).as_bytes().as_slice() != h => {
+                    why = Some("a manifest page was edited".to_string())
+                }
+                Some(d) => {
+                    if decode_page(&d, &mut m.splits, &mut m.entries).is_err() {
+                        why = Some("a manifest page cannot be read".to_string());
+                    }
+                }
+            }
+            if why.is_some() {
+                break;
+            }
+        }
+        if why.is_none() {
+            let mut digests = Vec::with_capacity(m.entries.len());
+            for e in &m.entries {
+                let Some(item) = item_digests.get(&e.item) else {
+                    why = Some(format!("item {} is gone", e.item));
+                    break;
+                };
+                let label = match e.label {
+                    Some(l) => match label_digests.get(&l) {
+                        Some(d) => Some(d),
+                        None => {
+                            why = Some(format!("label {l} of item {} is gone", e.item));
+                            break;
+                        }
+                    },
+                    None => None,
+                };
+                digests.push(row_digest(item, label, m.split_of(e)));
+            }
+            if why.is_none() && version_digest(&mut digests).as_bytes().as_slice() != id.as_slice() {
+                why = Some("its items, labels or splits no longer hash to its id".to_string());
+            }
+        }
+        if let Some(why) = why {
+            found.push(AuditProblem::VersionChanged { version: seq, why });
+        }
+    }
+    found.finish();
+    Ok(problems)
 }
 
 /// Splits manifest rows into pages at content-defined boundaries.

@@ -89,7 +89,7 @@ impl Project {
             actor: "test".into(),
             config: json!({}),
         };
-        store.import(opts, rx, Box::new(())).await.unwrap();
+        store.import(opts, rx, Default::default(), Box::new(())).await.unwrap();
         Project { dir, store }
     }
 
@@ -203,6 +203,10 @@ impl Resp {
 }
 
 impl Client {
+    pub fn with_auth(base: &str, auth: Auth) -> Client {
+        Client::new(base, auth)
+    }
+
     fn new(base: &str, auth: Auth) -> Client {
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         Client { http, base: base.to_string(), auth, csrf: true }
@@ -262,7 +266,7 @@ impl Client {
     }
 
     pub async fn next(&self, query: &str) -> Option<Value> {
-        let r = self.get(&format!("/api/items/next{query}")).await;
+        let r = self.post(&format!("/api/items/next{query}"), json!({})).await;
         match r.status {
             200 => Some(r.body),
             204 => None,

@@ -265,9 +265,15 @@ impl Store {
         self.create_user_inner(name, role, password, actor, false).await?.ok_or_else(unreachable_none)
     }
 
-    /// Creates the first admin when the project has no users yet; `None` when it has some.
+    /// Creates the admin `name` when the project has no active admin; `None` when it has one.
+    /// A user of that name who is not an active admin is refused: nobody is promoted silently.
     pub async fn ensure_admin(&self, name: &str, password: &str, actor: &str) -> ReviewResult<Option<User>> {
         self.create_user_inner(name, Role::Admin, Some(password), actor, true).await
+    }
+
+    /// Whether some enabled user is an admin (someone can manage users from the browser).
+    pub async fn has_active_admin(&self) -> ReviewResult<bool> {
+        Ok(self.db().read(|c| active_admins(c).map_err(into_store)).await? > 0)
     }
 
     async fn create_user_inner(
@@ -276,6 +282,7 @@ impl Store {
         role: Role,
         password: Option<&str>,
         actor: &str,
+        // Only when there is no active admin (`ensure_admin`).
         only_first: bool,
     ) -> ReviewResult<Option<User>> {
         check_name(name)?;
@@ -289,7 +296,7 @@ impl Store {
         };
         let (name, actor) = (name.to_string(), actor.to_string());
         let out = write_tx(self, move |tx| {
-            if only_first && tx.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))? > 0 {
+            if only_first && active_admins(tx)? > 0 {
                 return Ok((None, false));
             }
             if user_by_name(tx, &name)?.is_some() {
@@ -334,8 +341,8 @@ impl Store {
     }
 
     /// Changes a user's role, disabled flag or password, each an audit event. Disabling a
-    /// user or changing their password ends their sessions; disabling also frees their
-    /// leases. The last active admin can be neither demoted nor disabled.
+    /// user or changing their password ends their sessions; a new password also revokes
+    /// their API tokens; disabling frees their leases. The last active admin can be neither demoted nor disabled.
     pub async fn update_user(&self, name: &str, update: UserUpdate, actor: &str) -> ReviewResult<User> {
         let hash = match &update.password {
             Some(pw) => {
@@ -390,7 +397,19 @@ impl Store {
             if let Some(hash) = &hash {
                 tx.execute("UPDATE users SET password_hash = ?1 WHERE id = ?2", params![hash, u.id])?;
                 tx.execute("DELETE FROM sessions WHERE user_id = ?1", [u.id])?;
-                crate::audit::append(tx, &actor, "user.password", &entity, None, Some(&json!({"changed": true})))?;
+                // A new password is the answer to a leak: credentials made with the old one go too.
+                let revoked = tx.execute(
+                    "UPDATE api_tokens SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL",
+                    params![crate::now(), u.id],
+                )?;
+                crate::audit::append(
+                    tx,
+                    &actor,
+                    "user.password",
+                    &entity,
+                    None,
+                    Some(&json!({"changed": true, "tokens_revoked": revoked})),
+                )?;
             }
             let u = user_by_name(tx, &name)?.ok_or_else(|| ReviewError::NotFound(format!("user {name:?}")))?;
             Ok((u, true))

@@ -3,7 +3,7 @@
 //! `review_queue` holds one row per item with the keys of the risk order (items with a
 //! model candidate first, lowest confidence first, more risk flags first; then unanswered
 //! items; then items with an imported answer), kept current by triggers; new items join it
-//! on the next look (`sync`). Handing out an item and leasing it is one write transaction,
+//! in the import's own transaction (`sync_queue`). Handing out an item and leasing it is one write transaction,
 //! so two reviewers never get the same item; a lease past its time is simply free again.
 //! A decision is a label save (with its audit event) that also releases the lease.
 //! Nothing here knows about HTTP or how a page looks.
@@ -667,8 +667,6 @@ impl Store {
              WHERE {} ORDER BY q.item_id LIMIT ?",
             conds.join(" AND ")
         );
-        let store = self.clone();
-        store.sync_review_queue().await?;
         Ok(self
             .db()
             .read(move |c| {

@@ -139,7 +139,6 @@ fn reviewers(c: &Connection) -> Result<Vec<ReviewerStats>, StoreError> {
 
 impl Store {
     pub async fn review_stats(&self) -> ReviewResult<ReviewStats> {
-        self.sync_review_queue().await?;
         Ok(self
             .db()
             .read(|c| {
