@@ -27,8 +27,15 @@ Run (creates ``tools/.venv-vlm`` on first use; PyPI only; the CPU is enough)::
     python3 tools/make_vlm_fixtures.py                 # all families
     python3 tools/make_vlm_fixtures.py --family qwen3_vl
 
-The script re-executes itself inside the venv. Output is deterministic for a given
-torch/transformers version (both are recorded in every reference.json). Rerunning overwrites.
+The script re-executes itself inside the venv (``ensure_venv`` re-executes whichever script
+called it, so the companion scripts below reuse it). ``PACKAGES`` pins the versions the committed
+references were made with. Output is deterministic for a given torch/transformers version (both
+are recorded in every reference.json). Rerunning overwrites.
+
+Companion scripts (committed weights untouched; they reuse ``run_cases`` / ``run_case``):
+``tools/make_vlm_variant_references.py`` (reference_no_tiling.json, reference_decode_offset.json)
+and ``tools/make_vlm_extra_references.py`` (reference_multi.json, adapters/{lora,dora}/,
+reference_lora.json, reference_dora.json).
 
 How the references are made (what a Rust parity test must reproduce)
 --------------------------------------------------------------------
@@ -124,7 +131,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "tools" / ".venv-vlm"
 OUT = ROOT / "tests" / "fixtures" / "vlm"
-PACKAGES = ["torch", "transformers", "safetensors", "pillow", "tokenizers"]
+# Pinned to the versions the committed references were made with (recorded in every reference*.json).
+PACKAGES = ["torch==2.15.0", "transformers==5.24.0", "safetensors==0.8.0", "pillow==13.0.0", "tokenizers==0.23.3"]
 
 MAX_NEW_TOKENS = 8
 EMB_STD = 1.0
@@ -139,8 +147,10 @@ PROMPTS = [
 
 
 # --------------------------------------------------------------------------- venv bootstrap
-def ensure_venv() -> None:
-    """Re-exec inside tools/.venv-vlm, creating it (PyPI only) when missing."""
+def ensure_venv(extra: dict[str, str] | None = None) -> None:
+    """Re-exec the running script (sys.argv[0], not necessarily this module) inside
+    tools/.venv-vlm, creating it (PyPI only) when missing. ``extra``: {import name: pip
+    requirement} also needed by the caller, installed into an existing venv when absent."""
     if Path(sys.prefix).resolve() == VENV.resolve():
         return
     py = VENV / "bin" / "python"
@@ -148,7 +158,12 @@ def ensure_venv() -> None:
         print(f"creating {VENV} (pip install {' '.join(PACKAGES)})", flush=True)
         subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
         subprocess.check_call([str(py), "-m", "pip", "install", "-q", *PACKAGES])
-    os.execv(str(py), [str(py), __file__, *sys.argv[1:]])
+    for mod, req in (extra or {}).items():
+        if subprocess.call([str(py), "-c", f"import {mod}"], stderr=subprocess.DEVNULL) != 0:
+            print(f"pip install {req} into {VENV}", flush=True)
+            subprocess.check_call([str(py), "-m", "pip", "install", "-q", req])
+    script = os.path.abspath(sys.argv[0])
+    os.execv(str(py), [str(py), script, *sys.argv[1:]])
 
 
 # --------------------------------------------------------------------------- chat templates
@@ -804,16 +819,23 @@ def build_processor(family: str, d: Path, tokenizer):
 
 
 # --------------------------------------------------------------------------- reference run
-def run_cases(family: str, d: Path, images: list[Path], seed: int) -> dict:
+def load_model(family: str, d: Path):
+    """The checkpoint in ``d`` loaded back with ``from_pretrained`` in float32, eval mode;
+    fails unless the loading info is clean (no missing / unexpected / mismatched keys)."""
     import torch
-    from PIL import Image
-    from transformers import AutoTokenizer
 
     cls = model_class(family)
     model, info = cls.from_pretrained(str(d), dtype=torch.float32, output_loading_info=True)
     bad = {k: v for k, v in info.items() if v}
     assert not bad, f"{family}: loading info not clean: {bad}"
     model.eval()
+    return model
+
+
+def case_tools(family: str, d: Path) -> dict:
+    """Tokenizer, processor and generation settings shared by every case of one fixture."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(str(d))
     processor = build_processor(family, d, tokenizer)
     gen_cfg = json.loads((d / "generation_config.json").read_text())
@@ -822,7 +844,97 @@ def run_cases(family: str, d: Path, images: list[Path], seed: int) -> dict:
     special_ids = set(tokenizer.all_special_ids) | {
         int(k) for k, v in json.loads((d / "tokenizer_config.json").read_text())["added_tokens_decoder"].items()
     }
-    n_tok = len(tokenizer)
+    return {"tokenizer": tokenizer, "processor": processor, "gen_cfg": gen_cfg, "eos": eos,
+            "special_ids": special_ids, "n_tok": len(tokenizer)}
+
+
+def load_image(p: Path):
+    from PIL import Image
+
+    im = Image.open(p)
+    im.load()
+    return im.convert("RGB")
+
+
+def prepare_inputs(family: str, tools: dict, messages: list, pil_images: list) -> tuple[str, dict]:
+    """Chat template (add_generation_prompt) + tokenizer (text only) or processor (images, in
+    message order; one sample)."""
+    tokenizer, processor = tools["tokenizer"], tools["processor"]
+    prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not pil_images:
+        inputs = tokenizer([prompt_text], return_tensors="pt", add_special_tokens=False)
+    else:
+        kwargs = {"add_special_tokens": False} if family == "idefics3" else {}
+        inputs = processor(text=[prompt_text], images=[list(pil_images)] if family == "idefics3" else list(pil_images),
+                           return_tensors="pt", **kwargs)
+    return prompt_text, inputs
+
+
+def run_case(family: str, model, tools: dict, messages: list, pil_images: list) -> dict:
+    """Greedy generation for one conversation; the recorded fields from ``prompt_text`` on."""
+    import torch
+
+    tokenizer, gen_cfg, eos = tools["tokenizer"], tools["gen_cfg"], tools["eos"]
+    prompt_text, inputs = prepare_inputs(family, tools, messages, pil_images)
+    input_ids = inputs["input_ids"][0].tolist()
+    with torch.inference_mode():
+        out = model.generate(
+            **inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, repetition_penalty=1.0,
+            temperature=None, top_k=None, top_p=None, num_beams=1, eos_token_id=eos,
+            pad_token_id=gen_cfg.get("pad_token_id"), output_logits=True, return_dict_in_generate=True,
+        )
+    gen_ids = out.sequences[0, len(input_ids):].tolist()
+    steps = []
+    for s, logits in enumerate(out.logits):
+        lp = torch.log_softmax(logits[0].float(), dim=-1)
+        top = torch.topk(lp, TOP_K)
+        chosen = gen_ids[s]
+        assert chosen == int(top.indices[0]), "greedy token is not the argmax"
+        steps.append({
+            "token_id": chosen,
+            "logprob": float(lp[chosen]),
+            "top_ids": [int(i) for i in top.indices],
+            "top_logprobs": [float(v) for v in top.values],
+            "gap_top1_top2": float(top.values[0] - top.values[1]),
+        })
+    case = {
+        "prompt_text": prompt_text,
+        "input_ids": input_ids,
+        "num_input_tokens": len(input_ids),
+        "generated_ids": gen_ids,
+        "text": tokenizer.decode(gen_ids, skip_special_tokens=True),
+        "text_with_special": tokenizer.decode(gen_ids, skip_special_tokens=False),
+        "stopped_on_eos": bool(gen_ids and gen_ids[-1] in eos),
+        "steps": steps,
+    }
+    if pil_images:
+        image_token_id = model.config.image_token_id
+        pv = inputs["pixel_values"].double()
+        case["num_image_tokens"] = int(sum(1 for t in input_ids if t == image_token_id))
+        case["pixel_values"] = {
+            "shape": list(inputs["pixel_values"].shape),
+            "sum": float(pv.sum()),
+            "mean": float(pv.mean()),
+            "abs_sum": float(pv.abs().sum()),
+            "first8": [float(v) for v in inputs["pixel_values"].flatten()[:8]],
+        }
+        for key in ("image_grid_thw",):
+            if key in inputs:
+                case[key] = inputs[key].tolist()
+        if "pixel_attention_mask" in inputs:
+            case["pixel_attention_mask_sum"] = int(inputs["pixel_attention_mask"].sum())
+        if "rows" in inputs:
+            case["rows"], case["cols"] = inputs["rows"], inputs["cols"]
+    return case
+
+
+def run_cases(family: str, d: Path, images: list[Path], seed: int, model=None) -> dict:
+    """The reference cases for the fixture in ``d``. ``model``: run these instead of the
+    checkpoint loaded from ``d`` (e.g. a PEFT-wrapped one); tokenizer/processor still come from ``d``."""
+    if model is None:
+        model = load_model(family, d)
+    tools = case_tools(family, d)
+    special_ids, n_tok = tools["special_ids"], tools["n_tok"]
 
     cases = []
     for img_idx in [None, 0, 1, 2]:
@@ -831,69 +943,14 @@ def run_cases(family: str, d: Path, images: list[Path], seed: int) -> dict:
                 continue  # one text-only case is enough
             content = ([{"type": "image"}] if img_idx is not None else []) + [{"type": "text", "text": prompt}]
             messages = [{"role": "user", "content": content}]
-            prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            if img_idx is None:
-                inputs = tokenizer([prompt_text], return_tensors="pt", add_special_tokens=False)
-            else:
-                im = Image.open(images[img_idx])
-                im.load()
-                im = im.convert("RGB")
-                kwargs = {"add_special_tokens": False} if family == "idefics3" else {}
-                inputs = processor(text=[prompt_text], images=[[im]] if family == "idefics3" else [im],
-                                   return_tensors="pt", **kwargs)
-            input_ids = inputs["input_ids"][0].tolist()
-            with torch.inference_mode():
-                out = model.generate(
-                    **inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, repetition_penalty=1.0,
-                    temperature=None, top_k=None, top_p=None, num_beams=1, eos_token_id=eos,
-                    pad_token_id=gen_cfg.get("pad_token_id"), output_logits=True, return_dict_in_generate=True,
-                )
-            gen_ids = out.sequences[0, len(input_ids):].tolist()
-            steps = []
-            for s, logits in enumerate(out.logits):
-                lp = torch.log_softmax(logits[0].float(), dim=-1)
-                top = torch.topk(lp, TOP_K)
-                chosen = gen_ids[s]
-                assert chosen == int(top.indices[0]), "greedy token is not the argmax"
-                steps.append({
-                    "token_id": chosen,
-                    "logprob": float(lp[chosen]),
-                    "top_ids": [int(i) for i in top.indices],
-                    "top_logprobs": [float(v) for v in top.values],
-                    "gap_top1_top2": float(top.values[0] - top.values[1]),
-                })
+            pil_images = [] if img_idx is None else [load_image(images[img_idx])]
             case = {
                 "name": f"{'text' if img_idx is None else f'img{img_idx}'}_p{p_idx}",
                 "image": None if img_idx is None else f"../images/{images[img_idx].name}",
                 "prompt": prompt,
                 "messages": messages,
-                "prompt_text": prompt_text,
-                "input_ids": input_ids,
-                "num_input_tokens": len(input_ids),
-                "generated_ids": gen_ids,
-                "text": tokenizer.decode(gen_ids, skip_special_tokens=True),
-                "text_with_special": tokenizer.decode(gen_ids, skip_special_tokens=False),
-                "stopped_on_eos": bool(gen_ids and gen_ids[-1] in eos),
-                "steps": steps,
+                **run_case(family, model, tools, messages, pil_images),
             }
-            if img_idx is not None:
-                image_token_id = model.config.image_token_id
-                pv = inputs["pixel_values"].double()
-                case["num_image_tokens"] = int(sum(1 for t in input_ids if t == image_token_id))
-                case["pixel_values"] = {
-                    "shape": list(inputs["pixel_values"].shape),
-                    "sum": float(pv.sum()),
-                    "mean": float(pv.mean()),
-                    "abs_sum": float(pv.abs().sum()),
-                    "first8": [float(v) for v in inputs["pixel_values"].flatten()[:8]],
-                }
-                for key in ("image_grid_thw",):
-                    if key in inputs:
-                        case[key] = inputs[key].tolist()
-                if "pixel_attention_mask" in inputs:
-                    case["pixel_attention_mask_sum"] = int(inputs["pixel_attention_mask"].sum())
-                if "rows" in inputs:
-                    case["rows"], case["cols"] = inputs["rows"], inputs["cols"]
             cases.append(case)
 
     # quality checks used by the seed search
