@@ -32,9 +32,8 @@ called it, so the companion scripts below reuse it). ``PACKAGES`` pins the versi
 references were made with. Output is deterministic for a given torch/transformers version (both
 are recorded in every reference.json). Rerunning overwrites.
 
-Companion scripts (committed weights untouched; they reuse ``run_cases`` / ``run_case``):
-``tools/make_vlm_variant_references.py`` (reference_no_tiling.json, reference_decode_offset.json)
-and ``tools/make_vlm_extra_references.py`` (reference_multi.json, adapters/{lora,dora}/,
+Companion script (committed weights untouched; it reuses ``run_cases`` / ``run_case``):
+``tools/make_vlm_extra_references.py`` (reference_multi.json, adapters/{lora,dora}/,
 reference_lora.json, reference_dora.json).
 
 How the references are made (what a Rust parity test must reproduce)
@@ -71,7 +70,7 @@ the real order and with the real ``special`` flags. Every id in config.json /
 generation_config.json / tokenizer_config.json is derived from this tokenizer, so the files
 are mutually consistent, just shifted. ``vocab_size`` keeps padding rows past the tokenizer,
 as the published Qwen configs do (151936 > 151665), with headroom for ids an engine may append
-(mistral.rs adds ``<|placeholder|>`` at id = len(tokenizer)). Consequence for tests: read
+(some engines append ``<|placeholder|>`` at id = len(tokenizer)). Consequence for tests: read
 token ids from the fixture files; never hard-code 151655 / 49190. (That also catches code that
 hard-codes them.)
 
@@ -112,8 +111,8 @@ SOURCES (chat templates and layouts; the HF repos themselves are not reachable f
   shared/bench/transformers_vlm.py and the SmolVLM2 "verbatim from the model card" copy
   (search result id 68306089702): vision_config lists only hidden_size, image_size,
   max_image_size, model_type, num_attention_heads, patch_size, size, tie_word_embeddings,
-  use_base_siglip; text_config has no hidden_act. mistral.rs 0.8.1 cannot parse that as
-  is (see docs/dev/mistralrs-0.8.1.md); the fixture keeps the published omissions on purpose.
+  use_base_siglip; text_config has no hidden_act. The fixture keeps the published omissions on
+  purpose: a loader must apply transformers' defaults.
 """
 
 from __future__ import annotations

@@ -332,7 +332,7 @@ pub struct InferArgs {
     /// The server's API key.
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true, alias = "api_key")]
     pub api_key: Option<String>,
-    /// ms-swift's engine choice: transformers/pt/mistralrs run the embedded engine;
+    /// ms-swift's engine choice: transformers/pt/mmloop run the embedded engine;
     /// vllm/sglang/lmdeploy/openai need --api.
     #[arg(long, alias = "infer_backend", value_name = "ENGINE")]
     pub infer_backend: Option<String>,
@@ -414,12 +414,19 @@ pub struct InferArgs {
     /// auto (f32 on CPU, the GPU's best otherwise), f32, bf16 or f16 (embedded engine).
     #[arg(long, alias = "torch_dtype", default_value = "auto")]
     pub dtype: String,
-    /// In-situ quantization of the text layers at load: q4k, q5k, q8_0, 4, 8, ...
+    /// Quantize the language model's linear layers at load (embedded engine): q8_0 or q4k.
     #[arg(long, alias = "isq", alias = "quant_method", value_name = "TYPE")]
     pub quant: Option<String>,
-    /// Requests the embedded engine runs together (same-size images only; not Qwen2/2.5-VL).
-    /// 1 by default: mistral.rs 0.8.1's batches can decode other answers than single requests.
-    #[arg(long, alias = "max_batch_size", default_value_t = 1)]
+    /// PEFT adapter folders (LoRA/DoRA: adapter_config.json + adapter_model.safetensors) the
+    /// embedded engine loads; the first answers. `name=DIR` names one.
+    #[arg(long, num_args = 1.., value_name = "DIR")]
+    pub adapters: Vec<String>,
+    /// Fold the adapters into the weights at load instead of applying them per layer.
+    #[arg(long, alias = "merge_lora", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub merge_lora: bool,
+    /// Requests the embedded engine decodes together (continuous batching; answers do not
+    /// depend on it).
+    #[arg(long, alias = "max_batch_size", default_value_t = 8)]
     pub max_batch_size: usize,
     /// Requests in flight to the --api server.
     #[arg(long, default_value_t = 16)]
@@ -430,9 +437,6 @@ pub struct InferArgs {
     /// Retries of a request after 429, 5xx, timeouts or connection failures.
     #[arg(long, default_value_t = 5)]
     pub retries: u32,
-    /// Show the embedded engine's own log.
-    #[arg(long)]
-    pub verbose: bool,
 
     /// Project mode: only this split.
     #[arg(long)]

@@ -68,10 +68,10 @@ async fn backend(a: &InferArgs) -> anyhow::Result<Arc<dyn Backend>> {
         .filter(|b| matches!(b.as_str(), "vllm" | "sglang" | "lmdeploy" | "openai" | "api" | "server"));
     if let Some(b) = &a.infer_backend {
         let known =
-            ["vllm", "sglang", "lmdeploy", "openai", "api", "server", "transformers", "pt", "mistralrs", "embedded"];
+            ["vllm", "sglang", "lmdeploy", "openai", "api", "server", "transformers", "pt", "mmloop", "embedded"];
         if !known.contains(&b.to_ascii_lowercase().as_str()) {
             bail!(
-                "unknown --infer_backend {b:?}\n  hint: transformers/pt/mistralrs (embedded engine) or vllm/sglang/lmdeploy/openai (with --api URL)"
+                "unknown --infer_backend {b:?}\n  hint: transformers/pt/mmloop (embedded engine) or vllm/sglang/lmdeploy/openai (with --api URL)"
             );
         }
     }
@@ -93,7 +93,6 @@ async fn backend(a: &InferArgs) -> anyhow::Result<Arc<dyn Backend>> {
     embedded(a).await
 }
 
-#[cfg(feature = "embedded")]
 async fn embedded(a: &InferArgs) -> anyhow::Result<Arc<dyn Backend>> {
     use mmloop_engine::embedded::{EmbeddedBackend, EmbeddedOptions};
     let Some(model) = a.model.clone() else {
@@ -105,9 +104,17 @@ async fn embedded(a: &InferArgs) -> anyhow::Result<Arc<dyn Backend>> {
     o.revision = a.revision.clone();
     o.device = a.device.parse()?;
     o.dtype = a.dtype.parse()?;
-    o.isq = a.quant.clone();
+    o.quant = a.quant.clone();
     o.max_batch = a.max_batch_size;
-    o.logging = a.verbose;
+    o.merge_adapters = a.merge_lora;
+    for (i, dir) in a.adapters.iter().enumerate() {
+        // `name=DIR` names an adapter; a bare folder is named after itself.
+        let (name, path) = match dir.split_once('=') {
+            Some((n, p)) if !n.is_empty() && !std::path::Path::new(dir).exists() => (n.to_string(), p.into()),
+            _ => (format!("adapter{i}"), std::path::PathBuf::from(dir)),
+        };
+        o.adapters.push((name, path));
+    }
     let spinner = ProgressBar::new_spinner();
     spinner.set_message(format!("loading {model}"));
     spinner.enable_steady_tick(Duration::from_millis(120));
@@ -116,13 +123,6 @@ async fn embedded(a: &InferArgs) -> anyhow::Result<Arc<dyn Backend>> {
     let b = b?;
     ui::ok(format!("loaded {} ({}, {})", b.info().resolved, b.info().family.as_deref().unwrap_or("?"), a.device));
     Ok(Arc::new(b))
-}
-
-#[cfg(not(feature = "embedded"))]
-async fn embedded(_: &InferArgs) -> anyhow::Result<Arc<dyn Backend>> {
-    bail!(
-        "this mmloop was built without the embedded engine\n  hint: pass --api URL for a server, or rebuild with the default features"
-    )
 }
 
 fn overrides(a: &InferArgs) -> GenOverrides {
@@ -224,6 +224,8 @@ pub async fn infer(a: InferArgs, actor: &str) -> anyhow::Result<()> {
                 "device": a.device,
                 "dtype": a.dtype,
                 "quant": a.quant,
+                "adapters": a.adapters,
+                "merge_lora": a.merge_lora,
                 "max_batch_size": a.max_batch_size,
                 "concurrency": a.concurrency,
             });

@@ -146,6 +146,7 @@ impl Annotator {
             prompt: job.prompt.clone(),
             params: self.opts.params.clone(),
             stream: job.stream,
+            adapter: None,
         });
         let sp = self.sample_params();
         let extra = (0..self.opts.samples).map(|i| {
@@ -153,6 +154,7 @@ impl Annotator {
                 prompt: job.prompt.clone(),
                 params: sp.clone(),
                 stream: job.stream ^ ((i as u64 + 1) << 56),
+                adapter: None,
             })
         });
         let (main, extra) = futures::join!(main, futures::future::join_all(extra));

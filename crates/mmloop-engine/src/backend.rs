@@ -106,6 +106,8 @@ pub struct GenRequest {
     /// Mixed into the sampling seed, so each item (and each extra sample) draws its own
     /// numbers whatever order the engine runs them in.
     pub stream: u64,
+    /// A loaded adapter to answer with (embedded engine); `None`: the backend's default.
+    pub adapter: Option<String>,
 }
 
 /// A token's natural-log probability under the model, as OpenAI's `logprobs` shape has it.
@@ -173,7 +175,7 @@ impl Generation {
 /// the run's params hash).
 #[derive(Clone, Debug, Serialize)]
 pub struct BackendInfo {
-    /// `mistralrs`, `openai`, ...
+    /// `mmloop`, `openai`, ...
     pub engine: String,
     /// The model as the user named it.
     pub model: String,

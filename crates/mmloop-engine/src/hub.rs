@@ -1,10 +1,9 @@
 //! Finding a checkpoint on disk: a local folder, or a Hugging Face repo id resolved in the
 //! hub cache ourselves (`models--{org}--{name}/refs/{revision}` → `snapshots/<sha>/`).
 //!
-//! mistralrs 0.8.1 always lists a repo through the hub API, even when every file is cached,
-//! and does not read `HF_HUB_OFFLINE`; resolving here lets cached models load offline and
-//! makes `HF_HUB_OFFLINE=1` mean what it means in transformers. Downloading, when needed and
-//! allowed, is the embedded backend's business; this module only reads the disk.
+//! Resolving here lets cached models load offline and makes `HF_HUB_OFFLINE=1` mean what it
+//! means in transformers. Downloading, when needed and allowed, is the embedded backend's
+//! business; this module only reads the disk.
 
 use std::path::{Path, PathBuf};
 

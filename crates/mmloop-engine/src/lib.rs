@@ -2,10 +2,9 @@
 //! one or more images, and says how sure it is.
 //!
 //! Callers hold an `Arc<dyn Backend>` and never know which engine answers:
-//! - [`embedded`] (cargo feature `embedded`, on by default): the `mistralrs` crate loads a
-//!   Hugging Face checkpoint (hub cache or local folder) and runs it in-process, on CPU by
-//!   default (features `cuda`, `metal`). Natural-log probabilities are computed here from the
-//!   raw f32 logits at every step, never taken from mistralrs (its 0.8.1 logprobs are wrong).
+//! - [`embedded`]: mmloop's own model layer ([`mmloop_models`]) loads a Hugging Face
+//!   checkpoint (hub cache or local folder) and runs it in-process with continuous batching,
+//!   on CPU by default (features `cuda`, `metal`), with exact natural-log probabilities.
 //! - [`openai`]: any OpenAI-compatible `/v1/chat/completions` server (vLLM, SGLang, LMDeploy,
 //!   Ollama), images sent as base64 data URLs, with bounded concurrency, timeouts and retries.
 //!
@@ -19,10 +18,8 @@
 pub mod annotate;
 pub mod backend;
 pub mod confidence;
-#[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod hub;
-pub mod logprobs;
 pub mod openai;
 pub mod params;
 pub mod rules;

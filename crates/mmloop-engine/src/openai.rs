@@ -170,7 +170,7 @@ impl OpenAiBackend {
             o.insert("top_p".into(), json!(p.top_p));
         }
         if p.explicit.seed.is_some() || p.temperature > 0.0 {
-            o.insert("seed".into(), json!(crate::logprobs::request_seed(p.seed, req.stream) >> 1));
+            o.insert("seed".into(), json!(mmloop_models::sampling::request_seed(p.seed, req.stream) >> 1));
         }
         // Not in OpenAI's API but understood by vLLM, SGLang and LMDeploy: sent only when
         // asked for, so strict servers are not refused over defaults.

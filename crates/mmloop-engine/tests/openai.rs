@@ -37,6 +37,7 @@ fn request(text: &str) -> GenRequest {
         prompt: Prompt::new(text, vec![InputImage::new("red.png", png())]),
         params: GenParams::greedy(16),
         stream: 0,
+        adapter: None,
     }
 }
 

@@ -1,45 +1,29 @@
-//! The embedded backend: a Hugging Face VLM checkpoint run in-process by the `mistralrs`
-//! crate (0.8.1), on CPU by default, CUDA or Metal with the matching cargo feature.
+//! The embedded backend: a checkpoint run in-process by mmloop's own model layer
+//! ([`mmloop_models`]), on CPU by default, CUDA or Metal with the matching cargo feature.
 //!
-//! mistralrs loads the weights, preprocesses images, renders the chat template and
-//! schedules concurrent requests into batches. We keep what it gets wrong in 0.8.1 out of
-//! the answers:
-//! - token choice and log-probabilities are ours ([`step::StepRecorder`]): its own logprobs
-//!   are log base 10, and of the raw logits when greedy;
-//! - repo ids are resolved in the hub cache ourselves (it ignores `HF_HUB_OFFLINE` and always
-//!   lists the repo online), and configs it cannot parse are normalised
-//!   ([`checkpoint`]);
-//! - Qwen2-VL image requests fail in its decode step (a rope-index offset bug), so they are
-//!   refused with the reason instead of failing item by item;
-//! - messages are sent with list content, so templates that only read lists (SmolVLM's)
-//!   also render text-only turns.
-//!
-//! The answer text is decoded from the generated ids with the checkpoint's tokenizer.
+//! Concurrent requests share forward passes (continuous batching, [`mmloop_models::Engine`]);
+//! a request's answer does not depend on what else is in the batch. Token choice and
+//! natural-log probabilities are computed from the model's own float32 logits. Repo ids are
+//! resolved in the hub cache (offline with `HF_HUB_OFFLINE`), downloaded when needed.
 
-pub mod admit;
 pub mod checkpoint;
-pub mod pixels;
-pub mod resize;
-pub mod step;
-pub mod tokens;
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use either::Either;
-use indexmap::IndexMap;
-use mistralrs::{
-    Constraint, ModelCategory, ModelDType, MultimodalModelBuilder, NormalRequest, Request, RequestMessage, ResponseOk,
-    SamplingParams,
-};
-use serde_json::{Value, json};
+use mmloop_models::generate::{Engine, EngineOptions, Event};
+use mmloop_models::model::{LoadOptions, Quant, VlModel};
+use mmloop_models::processor::{ChatMessage, Part};
+use mmloop_models::sampling::{SamplingParams, StepPolicy, request_seed};
+use serde_json::json;
 
 use crate::backend::{Backend, BackendInfo, GenRequest, Generation, TokenLogprob, TopLogprob};
-use crate::params::GenerationDefaults;
+use crate::params::{GenParams, GenerationDefaults};
 use crate::{EngineError, Result};
 
-pub use checkpoint::{Checkpoint, Family};
+pub use checkpoint::Checkpoint;
+pub use mmloop_models::Family;
 
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +52,7 @@ impl std::str::FromStr for Device {
 /// Numeric type of the weights and activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
-    /// f32 on CPU; on a GPU bf16 where it computes it, else f16, else f32 (mistralrs' probe).
+    /// f32 on CPU, bf16 on a GPU.
     Auto,
     F32,
     Bf16,
@@ -95,18 +79,14 @@ pub struct EmbeddedOptions {
     pub revision: String,
     pub device: Device,
     pub dtype: Dtype,
-    /// In-situ quantization of the text layers at load: `q4k`, `q8_0`, `4`, `8`, ... (see
-    /// mistralrs' `IsqType`).
-    pub isq: Option<String>,
-    /// Requests inside mistralrs at once (same image sizes only, see [`admit`]). 1 by
-    /// default: mistralrs 0.8.1's batched decoding gave other answers than single requests
-    /// on the Idefics3 and Qwen3-VL fixtures.
+    /// Quantize the language model's linear layers at load: `q8_0` or `q4k`.
+    pub quant: Option<String>,
+    /// Requests decoded together.
     pub max_batch: usize,
-    /// Let Qwen2-VL image requests through (they fail in mistralrs 0.8.1; for tests that
-    /// show it).
-    pub allow_known_broken: bool,
-    /// mistralrs' own log lines on stderr.
-    pub logging: bool,
+    /// PEFT adapters: (name, folder). The first answers requests that name none.
+    pub adapters: Vec<(String, PathBuf)>,
+    /// Fold the adapters into the weights at load.
+    pub merge_adapters: bool,
 }
 
 impl EmbeddedOptions {
@@ -116,48 +96,43 @@ impl EmbeddedOptions {
             revision: "main".into(),
             device: Device::Cpu,
             dtype: Dtype::Auto,
-            isq: None,
-            max_batch: 1,
-            allow_known_broken: false,
-            logging: false,
+            quant: None,
+            max_batch: 16,
+            adapters: Vec::new(),
+            merge_adapters: false,
         }
     }
 }
 
 pub struct EmbeddedBackend {
-    model: mistralrs::Model,
-    checkpoint: Checkpoint,
-    tokens: tokens::TokenTable,
+    engine: Engine,
     defaults: GenerationDefaults,
-    eos: Vec<u32>,
-    prefixer: Option<Arc<dyn mistralrs::core::MultimodalPromptPrefixer>>,
-    sizing: Arc<pixels::Sizing>,
-    admission: admit::Admission,
+    default_adapter: Option<String>,
     max_batch: usize,
-    allow_known_broken: bool,
     info: BackendInfo,
 }
 
-/// Why Qwen2-VL image requests are refused (and what to do instead).
-pub const QWEN2_VL_IMAGES_UNSUPPORTED: &str = "Qwen2-VL cannot answer image questions through mistralrs 0.8.1: its Qwen2-VL forward pass builds the M-RoPE position ids as offset..offset+len and indexes past the prompt at the first decode step (`index-select invalid index N with dim size N`); fixed upstream in mistral.rs 0.9.1, which is not on crates.io\n  hint: use Qwen2.5-VL or Qwen3-VL, or serve Qwen2-VL with vLLM and pass --api URL";
-
-fn eos_ids(dir: &Path, defaults: &GenerationDefaults, tokens: &tokens::TokenTable) -> Vec<u32> {
-    let mut eos = defaults.eos_token_id.clone();
-    if let Ok(text) = std::fs::read_to_string(dir.join("tokenizer_config.json"))
-        && let Ok(v) = serde_json::from_str::<Value>(&text)
-    {
-        let name = match &v["eos_token"] {
-            Value::String(s) => Some(s.clone()),
-            Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
-            _ => None,
-        };
-        if let Some(id) = name.and_then(|n| tokens.id(&n)) {
-            eos.push(id);
-        }
+fn candle_device(d: Device) -> Result<mmloop_models::Device> {
+    match d {
+        Device::Cpu => Ok(mmloop_models::Device::Cpu),
+        Device::Cuda if cfg!(feature = "cuda") => mmloop_models::Device::new_cuda(0)
+            .map_err(|e| EngineError::Load(format!("cannot open the CUDA device: {e}"))),
+        Device::Cuda => Err(EngineError::Config(
+            "this mmloop was built without CUDA\n  hint: rebuild with `cargo install --path crates/mmloop-cli --features cuda` (needs the CUDA toolkit)".into(),
+        )),
+        Device::Metal if cfg!(feature = "metal") => mmloop_models::Device::new_metal(0)
+            .map_err(|e| EngineError::Load(format!("cannot open the Metal device: {e}"))),
+        Device::Metal => Err(EngineError::Config(
+            "this mmloop was built without Metal\n  hint: rebuild on macOS with `cargo install --path crates/mmloop-cli --features metal`".into(),
+        )),
     }
-    eos.sort_unstable();
-    eos.dedup();
-    eos
+}
+
+fn load_error(e: mmloop_models::Error) -> EngineError {
+    match e {
+        mmloop_models::Error::Unsupported(m) => EngineError::Unsupported(m),
+        other => EngineError::Load(other.to_string()),
+    }
 }
 
 impl EmbeddedBackend {
@@ -166,178 +141,98 @@ impl EmbeddedBackend {
         if opts.max_batch == 0 {
             return Err(EngineError::Config("--max-batch-size must be at least 1".into()));
         }
-        match opts.device {
-            Device::Cuda if !cfg!(feature = "cuda") => {
-                return Err(EngineError::Config(
-                    "this mmloop was built without CUDA\n  hint: rebuild with `cargo install --path crates/mmloop-cli --features cuda` (needs the CUDA toolkit)".into(),
-                ));
-            }
-            Device::Metal if !cfg!(feature = "metal") => {
-                return Err(EngineError::Config(
-                    "this mmloop was built without Metal\n  hint: rebuild on macOS with `cargo install --path crates/mmloop-cli --features metal`".into(),
-                ));
-            }
-            _ => {}
-        }
-        if opts.device == Device::Cpu && matches!(opts.dtype, Dtype::Bf16 | Dtype::F16) {
-            let name = if opts.dtype == Dtype::Bf16 { "bf16" } else { "f16" };
-            return Err(EngineError::Config(format!(
-                "--dtype {name} does not run on CPU: candle 0.10's CPU kernels lack half-precision matmul for these models (\"unsupported dtype BF16 for op matmul\")\n  hint: use --dtype f32 (the CPU default), or a GPU"
-            )));
-        }
-        let checkpoint = Checkpoint::prepare(&opts.model, &opts.revision).await?;
-        let defaults = GenerationDefaults::read(&checkpoint.source.join("generation_config.json"))?;
-        let pre_tokens = tokens::TokenTable::load(&checkpoint.source.join("tokenizer.json"), &[])?;
-        let eos = eos_ids(&checkpoint.source, &defaults, &pre_tokens);
-        let tokens = tokens::TokenTable::load(&checkpoint.source.join("tokenizer.json"), &eos)?;
-        drop(pre_tokens);
-        let pre_path = checkpoint.source.join("preprocessor_config.json");
-        let pre: Value = match std::fs::read_to_string(&pre_path) {
-            Ok(t) => serde_json::from_str(&t)
-                .map_err(|e| EngineError::Load(format!("{}: not JSON: {e}", pre_path.display())))?,
-            Err(_) => json!({}),
+        let device = candle_device(opts.device)?;
+        let dtype = match (opts.dtype, opts.device) {
+            (Dtype::Auto, Device::Cpu) | (Dtype::F32, _) => mmloop_models::DType::F32,
+            (Dtype::Auto, _) | (Dtype::Bf16, _) => mmloop_models::DType::BF16,
+            (Dtype::F16, _) => mmloop_models::DType::F16,
         };
-        let sizing = Arc::new(pixels::Sizing::new(checkpoint.family, &pre)?);
-
-        // Qwen2-VL / Qwen2.5-VL cannot batch image prompts at all in 0.8.1 (see `admit`).
-        let max_batch = match checkpoint.family {
-            Family::Qwen2Vl | Family::Qwen25Vl => 1,
-            _ => opts.max_batch,
-        };
-        let mut b = MultimodalModelBuilder::new(checkpoint.load_dir.display().to_string())
-            .with_max_num_seqs(max_batch)
-            .with_prefix_cache_n(None)
-            .with_dtype(match opts.dtype {
-                // mistralrs' probe picks bf16 on CPU, where candle 0.10 lacks bf16 for some
-                // matmuls ("unsupported dtype BF16 for op matmul" in Qwen2.5-VL).
-                Dtype::Auto if opts.device == Device::Cpu => ModelDType::F32,
-                Dtype::Auto => ModelDType::Auto,
-                Dtype::F32 => ModelDType::F32,
-                Dtype::Bf16 => ModelDType::BF16,
-                Dtype::F16 => ModelDType::F16,
-            });
-        if let Some(l) = checkpoint.family.loader() {
-            b = b.with_loader_type(l);
-        }
-        if opts.device == Device::Cpu {
-            b = b.with_force_cpu();
-        }
-        if let Some(q) = &opts.isq {
-            let dev = match opts.device {
-                Device::Cpu => mistralrs::Device::Cpu,
-                _ => mistralrs::best_device(false).map_err(|e| EngineError::Load(e.to_string()))?,
-            };
-            let ty = mistralrs::parse_isq_value(q, Some(&dev)).map_err(|e| {
-                EngineError::Config(format!("--quant {q}: {e}\n  hint: e.g. q4k, q5k, q8_0, or a bit width 4 / 8"))
-            })?;
-            b = b.with_isq(ty);
-        }
-        if opts.logging {
-            b = b.with_logging();
-        }
-        let model = b.build().await.map_err(|e| {
-            EngineError::Load(format!(
-                "cannot load {} ({}): {e:#}",
-                opts.model,
-                if checkpoint.architecture.is_empty() { "unknown architecture" } else { &checkpoint.architecture }
-            ))
-        })?;
-        let config = model.config().map_err(|e| EngineError::Load(e.to_string()))?;
-        let prefixer = match config.category {
-            ModelCategory::Multimodal { prefixer } => Some(prefixer),
-            _ => {
-                return Err(EngineError::Load(format!(
-                    "{} is not a vision-language model (mistralrs loaded it as {:?})",
-                    opts.model, config.category
-                )));
-            }
-        };
+        let quant = opts
+            .quant
+            .as_deref()
+            .map(str::parse::<Quant>)
+            .transpose()
+            .map_err(|e| EngineError::Config(e.to_string()))?;
+        let checkpoint = Checkpoint::locate(&opts.model, &opts.revision).await?;
+        let defaults = GenerationDefaults::read(&checkpoint.dir.join("generation_config.json"))?;
+        let load =
+            LoadOptions { device, dtype, quant, adapters: opts.adapters.clone(), merge_adapters: opts.merge_adapters };
+        let dir = checkpoint.dir.clone();
+        let model = tokio::task::spawn_blocking(move || VlModel::load(&dir, &load))
+            .await
+            .map_err(|e| EngineError::Load(format!("loading panicked: {e}")))?
+            .map_err(load_error)?;
+        let family = model.family;
+        let adapters: Vec<serde_json::Value> =
+            opts.adapters.iter().map(|(n, p)| json!({"name": n, "path": p.display().to_string()})).collect();
         let info = BackendInfo {
-            engine: "mistralrs".into(),
+            engine: "mmloop".into(),
             model: opts.model.clone(),
             resolved: checkpoint.resolved.clone(),
-            family: Some(checkpoint.family.name().into()),
+            family: Some(family.name().into()),
             exact_logprobs: true,
             settings: json!({
-                "engine_version": "mistralrs 0.8.1",
+                "engine_version": concat!("mmloop-models ", env!("CARGO_PKG_VERSION")),
                 "device": format!("{:?}", opts.device).to_lowercase(),
-                "dtype": format!("{:?}", opts.dtype).to_lowercase(),
-                "isq": opts.isq,
-                "max_batch": max_batch,
+                "dtype": format!("{dtype:?}").to_lowercase(),
+                "quant": quant.map(Quant::name),
+                "adapters": adapters,
+                "merged_adapters": opts.merge_adapters,
             }),
         };
-        Ok(EmbeddedBackend {
-            model,
-            tokens,
-            defaults,
-            eos,
-            prefixer,
-            sizing,
-            admission: admit::Admission::new(max_batch),
-            max_batch,
-            allow_known_broken: opts.allow_known_broken,
-            info,
-            checkpoint,
-        })
+        let default_adapter = (!opts.merge_adapters).then(|| opts.adapters.first().map(|(n, _)| n.clone())).flatten();
+        let engine =
+            Engine::new(Arc::new(model), EngineOptions { max_batch: opts.max_batch, ..EngineOptions::default() });
+        Ok(EmbeddedBackend { engine, defaults, default_adapter, max_batch: opts.max_batch, info })
     }
 
     pub fn family(&self) -> Family {
-        self.checkpoint.family
+        self.engine.model().family
     }
 
-    pub fn tokens(&self) -> &tokens::TokenTable {
-        &self.tokens
+    pub fn model(&self) -> &Arc<VlModel> {
+        self.engine.model()
     }
 
-    /// End-of-sequence ids (generation_config.json and the tokenizer's eos token).
-    pub fn eos(&self) -> &[u32] {
-        &self.eos
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
+}
 
-    fn messages(&self, req: &GenRequest) -> Vec<IndexMap<String, mistralrs::MessageContent>> {
-        let (turns, image_turn) = req.prompt.turns();
-        let n_images = req.prompt.images.len();
-        let part = |kind: &str, text: Option<&str>| {
-            let mut m = IndexMap::new();
-            m.insert("type".to_string(), Value::String(kind.into()));
-            if let Some(t) = text {
-                m.insert("text".to_string(), Value::String(t.into()));
-            }
-            m
-        };
-        let message = |role: &str, content: Vec<IndexMap<String, Value>>| {
-            let mut m = IndexMap::new();
-            m.insert("role".to_string(), Either::Left(role.to_string()));
-            m.insert("content".to_string(), Either::Right(content));
-            m
-        };
-        // The stand-in characters of the round-trip tokenizer must not come from a prompt.
-        let clean = |s: &str| -> String {
-            if self.checkpoint.family.uses_stand_in_tokenizer() {
-                s.chars().filter(|c| !checkpoint::is_stand_in_char(*c)).collect()
-            } else {
-                s.to_string()
-            }
-        };
-        let mut out = Vec::new();
-        if let Some(s) = &req.prompt.system {
-            out.push(message("system", vec![part("text", Some(&clean(s)))]));
+/// The conversation as chat messages: the system prompt, earlier turns, the question; the
+/// images at the start of the turn that carries them (as the families' templates expect).
+pub fn chat_messages(req: &GenRequest) -> Vec<ChatMessage> {
+    let (turns, image_turn) = req.prompt.turns();
+    let mut out = Vec::with_capacity(turns.len() + 1);
+    if let Some(s) = &req.prompt.system {
+        out.push(ChatMessage::text("system", s.clone()));
+    }
+    for (i, t) in turns.iter().enumerate() {
+        let mut parts = Vec::new();
+        if i == image_turn {
+            parts.extend(req.prompt.images.iter().map(|_| Part::Image));
         }
-        for (i, t) in turns.iter().enumerate() {
-            let mut content = Vec::new();
-            let mut text = clean(&t.content);
-            if i == image_turn && n_images > 0 {
-                content.extend((0..n_images).map(|_| part("image", None)));
-                // Families whose template flattens content to its text (Qwen2/2.5-VL) get
-                // the image placeholders from mistralrs' prefixer, as its own SDK does.
-                if let Some(p) = &self.prefixer {
-                    text = p.prefix_image((0..n_images).collect(), &text);
-                }
-            }
-            content.push(part("text", Some(&text)));
-            out.push(message(&t.role, content));
-        }
-        out
+        parts.push(Part::Text(t.content.clone()));
+        out.push(ChatMessage { role: t.role.clone(), parts });
+    }
+    out
+}
+
+/// Our sampler's settings for a request.
+pub fn sampling(params: &GenParams, stream: u64) -> SamplingParams {
+    SamplingParams {
+        policy: StepPolicy {
+            temperature: params.temperature,
+            top_k: params.top_k,
+            top_p: params.top_p,
+            repetition_penalty: params.repetition_penalty,
+            // Two at least: the first-token margin needs the runner-up.
+            top_n: params.top_logprobs.max(2),
+        },
+        max_new_tokens: params.max_new_tokens,
+        min_new_tokens: params.min_new_tokens,
+        seed: request_seed(params.seed, stream),
+        stop: Vec::new(),
     }
 }
 
@@ -357,132 +252,90 @@ impl Backend for EmbeddedBackend {
     }
 
     async fn generate(&self, req: GenRequest) -> Result<Generation> {
-        if self.checkpoint.family == Family::Qwen2Vl && !req.prompt.images.is_empty() && !self.allow_known_broken {
-            return Err(EngineError::Unsupported(QWEN2_VL_IMAGES_UNSUPPORTED.into()));
-        }
         let t0 = std::time::Instant::now();
-        let images = {
-            let imgs = req.prompt.images.clone();
-            let sizing = self.sizing.clone();
-            tokio::task::spawn_blocking(move || {
-                imgs.iter().map(|i| sizing.apply(i.decode()?, &i.name)).collect::<Result<Vec<_>>>()
-            })
-            .await
-            .map_err(|e| EngineError::Generate(format!("image decoding panicked: {e}")))??
-        };
-        let shape: Vec<(u32, u32)> = images.iter().map(|i| (i.width(), i.height())).collect();
+        let model = self.engine.model().clone();
+        let messages = chat_messages(&req);
+        let images = req.prompt.images.clone();
+        let adapter_name = req.adapter.clone().or_else(|| self.default_adapter.clone());
+        let prepared = tokio::task::spawn_blocking(move || -> Result<_> {
+            let decoded =
+                images.iter().map(|i| Ok((i.name.clone(), i.decode()?.into_rgb8()))).collect::<Result<Vec<_>>>()?;
+            let prepared = model.processor.prepare(&messages, &decoded).map_err(|e| match e {
+                mmloop_models::Error::Image { name, message } => EngineError::Image { name, message },
+                other => EngineError::Generate(other.to_string()),
+            })?;
+            let adapter = match &adapter_name {
+                None => None,
+                Some(n) => Some(
+                    model
+                        .adapter_slot(n)
+                        .ok_or_else(|| EngineError::Config(format!("no adapter named {n:?} is loaded")))?,
+                ),
+            };
+            Ok((prepared, adapter))
+        })
+        .await
+        .map_err(|e| EngineError::Generate(format!("preparing the request panicked: {e}")))??;
         let t1 = std::time::Instant::now();
-        let _place = self.admission.enter(shape).await;
-        let t2 = std::time::Instant::now();
-        let recorder = Arc::new(step::StepRecorder::new(&req.params, req.stream, self.eos.clone()));
-        let messages = self.messages(&req);
-        let messages = if images.is_empty() {
-            RequestMessage::Chat { messages, enable_thinking: None, reasoning_effort: None }
-        } else {
-            RequestMessage::MultimodalChat {
-                images,
-                audios: Vec::new(),
-                videos: Vec::new(),
-                messages,
-                enable_thinking: None,
-                reasoning_effort: None,
-            }
-        };
-        let mut sampling = SamplingParams::deterministic();
-        sampling.max_len = Some(req.params.max_new_tokens);
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let request = Request::Normal(Box::new(NormalRequest {
-            messages,
-            sampling_params: sampling,
-            response: tx,
-            return_logprobs: false,
-            is_streaming: false,
-            id: 0,
-            constraint: Constraint::None,
-            suffix: None,
-            tools: None,
-            tool_choice: None,
-            logits_processors: Some(vec![recorder.clone()]),
-            return_raw_logits: false,
-            web_search_options: None,
-            model_id: None,
-            truncate_sequence: false,
-        }));
-        let sender = self.model.inner().get_sender(None).map_err(|e| EngineError::Generate(e.to_string()))?;
-        sender.send(request).await.map_err(|_| EngineError::Generate("the mistralrs engine has stopped".into()))?;
-        let response =
-            rx.recv().await.ok_or_else(|| EngineError::Generate("the mistralrs engine dropped the request".into()))?;
-        let done = match response.as_result() {
-            Ok(ResponseOk::Done(r)) => r,
-            Ok(_) => return Err(EngineError::Generate("mistralrs sent an unexpected response kind".into())),
-            Err(e) => return Err(EngineError::Generate(format!("mistralrs: {e}"))),
-        };
+        let (prepared, adapter) = prepared;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        self.engine.submit(
+            prepared,
+            sampling(&req.params, req.stream),
+            adapter,
+            Box::new(move |e| {
+                if let Event::Done(out) = e
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(out);
+                }
+            }),
+        );
+        let out = rx
+            .await
+            .map_err(|_| EngineError::Generate("the engine stopped".into()))?
+            .map_err(|e| EngineError::Generate(e.to_string()))?;
         // MMLOOP_TIMING=1: per-request phase times on stderr (see docs/benchmarks.md).
         if std::env::var_os("MMLOOP_TIMING").is_some() {
-            let u = &done.usage;
             eprintln!(
-                "images {:.2}s, wait {:.2}s, engine {:.2}s; mistralrs: prompt {} tok in {:.2}s, completion {} tok in {:.2}s, total {:.2}s",
+                "prepare {:.2}s, queued {:.2}s, first token {:.2}s, total {:.2}s; prompt {} tok, {} generated",
                 (t1 - t0).as_secs_f64(),
-                (t2 - t1).as_secs_f64(),
-                t2.elapsed().as_secs_f64(),
-                u.prompt_tokens,
-                u.total_prompt_time_sec,
-                u.completion_tokens,
-                u.total_completion_time_sec,
-                u.total_time_sec
+                out.queued.as_secs_f64(),
+                out.first_token.as_secs_f64(),
+                t0.elapsed().as_secs_f64(),
+                out.prompt_tokens,
+                out.tokens.len()
             );
         }
-        let mut steps = recorder.take_steps();
-        let choice =
-            done.choices.first().ok_or_else(|| EngineError::Generate("mistralrs returned no choice".into()))?;
-        let n = done.usage.completion_tokens;
-        if steps.len() < n {
-            return Err(EngineError::Generate(format!(
-                "mistralrs generated {n} tokens but the step hook saw {}",
-                steps.len()
-            )));
-        }
-        // A finished sequence can go through one more sampling step in a batch; its tokens
-        // are the first `n` the hook chose.
-        steps.truncate(n);
-        let ids: Vec<u32> = steps.iter().map(|s| s.id).collect();
-        if self.checkpoint.family.uses_stand_in_tokenizer()
-            && let Some(engine_ids) = choice.message.content.as_deref().and_then(checkpoint::stand_in_ids)
-        {
-            let ours: Vec<u32> = ids.iter().copied().filter(|&i| !self.tokens.is_special(i)).collect();
-            if engine_ids != ours {
-                return Err(EngineError::Generate(format!(
-                    "mistralrs emitted tokens {engine_ids:?} but the step hook chose {ours:?}"
-                )));
-            }
-        }
-        let text = self.tokens.decode(&ids)?;
-        let tokens = steps
-            .into_iter()
+        let table = &self.engine.model().processor.tokens;
+        let tokens = out
+            .tokens
+            .iter()
             .map(|s| TokenLogprob {
                 id: Some(s.id),
-                token: self.tokens.text(s.id),
+                token: table.text(s.id),
                 logprob: s.logprob,
-                bytes: self.tokens.bytes(s.id).to_vec(),
+                bytes: table.bytes(s.id).to_vec(),
                 top_logprobs: s
                     .top
                     .iter()
                     .take(req.params.top_logprobs.max(2))
                     .map(|&(id, lp)| TopLogprob {
                         id: Some(id),
-                        token: self.tokens.text(id),
+                        token: table.text(id),
                         logprob: lp,
-                        bytes: self.tokens.bytes(id).to_vec(),
+                        bytes: table.bytes(id).to_vec(),
                     })
                     .collect(),
-                special: self.tokens.is_special(s.id),
+                special: table.is_special(s.id),
             })
             .collect();
         Ok(Generation {
-            text,
+            text: out.text,
             tokens,
-            finish_reason: choice.finish_reason.clone(),
-            prompt_tokens: Some(done.usage.prompt_tokens),
+            finish_reason: out.finish.as_str().into(),
+            prompt_tokens: Some(out.prompt_tokens),
         })
     }
 }

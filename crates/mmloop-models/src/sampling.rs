@@ -3,10 +3,10 @@
 //! (greedy, or temperature / top-k / top-p sampling with transformers' order and
 //! repetition-penalty rule).
 //!
-//! Why here and not in the engine: mistralrs 0.8.1 reports log base 10 and, when greedy,
-//! of the raw logits rather than of the softmax. Doing the step ourselves gives the same
-//! numbers transformers computes (`log_softmax` of the f32 logits over the whole
-//! `vocab_size` row) and per-request seeds. Nothing here knows about any engine.
+//! The numbers are the ones transformers computes (`log_softmax` of the f32 logits over the
+//! whole `vocab_size` row), reported before the penalty, temperature and filters that only
+//! steer the choice; each request draws from its own seed, so answers do not depend on what
+//! else is in the batch. Nothing here knows about models.
 
 use rand::Rng;
 
@@ -23,6 +23,32 @@ pub struct StepPolicy {
     pub repetition_penalty: f64,
     /// How many of the most likely tokens to report per step.
     pub top_n: usize,
+}
+
+/// How a request samples (the settings of [`StepPolicy`] plus what surrounds the steps).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    pub policy: StepPolicy,
+    pub max_new_tokens: usize,
+    /// End-of-sequence ids are suppressed until this many tokens exist.
+    pub min_new_tokens: usize,
+    /// The request's own seed (already mixed with its stream, see [`request_seed`]).
+    pub seed: u64,
+    /// Strings that end the answer when they appear (not included in it).
+    pub stop: Vec<String>,
+}
+
+impl SamplingParams {
+    /// Pure greedy decoding, no penalty: what the parity references use.
+    pub fn greedy(max_new_tokens: usize) -> SamplingParams {
+        SamplingParams {
+            policy: StepPolicy { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, top_n: 5 },
+            max_new_tokens,
+            min_new_tokens: 0,
+            seed: 0,
+            stop: Vec::new(),
+        }
+    }
 }
 
 /// One step: the chosen token, its log-probability under the model, and the most likely

@@ -4,12 +4,10 @@
 //! transformers' image processors (PIL backend) resize 8-bit RGB with Pillow: a separable
 //! convolution (`libImaging/Resample.c`) whose kernel widens with the downscale factor
 //! (antialiasing), with 22-bit fixed-point weights, rounding and clamping after each pass,
-//! horizontal pass first. mistralrs resizes with the `image` crate (other kernels, float
-//! weights), and a few levels of difference in a pixel move the answers' log-probabilities
-//! by 1e-3 to 1e-1. So the embedded backend resizes each image itself to the exact size the
-//! reference processor picks (Qwen's `smart_resize`, Idefics3's longest-edge rules), with this
-//! port of Pillow's algorithm; mistralrs then finds nothing left to resize (its own resize
-//! of an image to its own size is the identity). Nothing here is specific to a model.
+//! horizontal pass first. A few levels of difference in a pixel move the answers'
+//! log-probabilities by 1e-3 to 1e-1, so the processors resize with this port of Pillow's
+//! algorithm to the exact size the reference processor picks (Qwen's `smart_resize`,
+//! Idefics3's longest-edge rules). Nothing here is specific to a model.
 
 use image::RgbImage;
 

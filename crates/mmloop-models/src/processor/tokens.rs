@@ -9,7 +9,7 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 use tokenizers::decoders::DecoderWrapper;
 
-use crate::EngineError;
+use crate::Error;
 
 /// GPT-2's byte ↔ printable-character table, inverted: char → byte.
 fn byte_level_inverse() -> std::collections::HashMap<char, u8> {
@@ -48,9 +48,9 @@ fn uses_byte_level(d: Option<&DecoderWrapper>) -> bool {
 }
 
 impl TokenTable {
-    pub fn load(path: &Path, eos: &[u32]) -> Result<TokenTable, EngineError> {
+    pub fn load(path: &Path, eos: &[u32]) -> Result<TokenTable, Error> {
         let tokenizer = Tokenizer::from_file(path)
-            .map_err(|e| EngineError::Load(format!("{}: cannot read the tokenizer: {e}", path.display())))?;
+            .map_err(|e| Error::Load(format!("{}: cannot read the tokenizer: {e}", path.display())))?;
         let byte_level = uses_byte_level(tokenizer.get_decoder());
         let inverse = byte_level_inverse();
         let added = tokenizer.get_added_tokens_decoder();
@@ -90,8 +90,27 @@ impl TokenTable {
     }
 
     /// The answer text: all ids decoded at once, special tokens skipped.
-    pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
-        self.tokenizer.decode(ids, true).map_err(|e| EngineError::Generate(format!("cannot decode the answer: {e}")))
+    pub fn decode(&self, ids: &[u32]) -> Result<String, Error> {
+        self.tokenizer.decode(ids, true).map_err(|e| Error::Input(format!("cannot decode the answer: {e}")))
+    }
+
+    /// `text` as token ids, without the tokenizer's own special tokens (the chat template
+    /// writes every marker it wants), as `apply_chat_template` tokenizes.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, Error> {
+        let enc = self
+            .tokenizer
+            .encode_fast(text, false)
+            .map_err(|e| Error::Input(format!("cannot tokenize the prompt: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The tokenizer's size (added tokens included).
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
     }
 
     pub fn id(&self, token: &str) -> Option<u32> {

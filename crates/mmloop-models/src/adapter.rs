@@ -1,0 +1,235 @@
+//! PEFT adapters (`adapter_config.json` + `adapter_model.safetensors`), as PEFT, vLLM and
+//! ms-swift write and read them.
+//!
+//! Keys name transformers-5 module paths:
+//! `base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight` (Qwen),
+//! `base_model.model.model.text_model.layers.0...` (Idefics3), with `lora_B.weight` and, for
+//! DoRA, `lora_magnitude_vector`. Adapters saved by older transformers name the Qwen
+//! language model `model.layers.*`; those are mapped to the same layers. The scale is
+//! `lora_alpha / r` (`/ √r` with `use_rslora`), per module when `rank_pattern` /
+//! `alpha_pattern` say so.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::nn::{Linear, LoraWeights};
+use crate::{Error, Result};
+
+/// The fields of `adapter_config.json` that change what an adapter computes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdapterConfig {
+    #[serde(default = "default_type")]
+    pub peft_type: String,
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub target_modules: Value,
+    #[serde(default)]
+    pub rank_pattern: BTreeMap<String, usize>,
+    #[serde(default)]
+    pub alpha_pattern: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub modules_to_save: Option<Value>,
+    #[serde(default)]
+    pub bias: Option<String>,
+}
+
+fn default_type() -> String {
+    "LORA".into()
+}
+
+/// One module's adapter tensors.
+pub struct ModuleAdapter {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub magnitude: Option<Tensor>,
+    pub scale: f64,
+}
+
+/// An adapter read from disk.
+pub struct PeftAdapter {
+    pub dir: PathBuf,
+    pub config: AdapterConfig,
+    /// By module path (`model.language_model.layers.0.self_attn.q_proj`).
+    pub modules: BTreeMap<String, ModuleAdapter>,
+}
+
+/// The module path a PEFT key names, in transformers-5 spelling, and the tensor kind.
+fn split_key(key: &str) -> Option<(String, &'static str)> {
+    let rest = key.strip_prefix("base_model.model.").unwrap_or(key);
+    let (module, kind) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
+        (m, "A")
+    } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
+        (m, "B")
+    } else if let Some(m) = rest.strip_suffix(".lora_magnitude_vector") {
+        (m, "M")
+    } else if let Some(m) = rest.strip_suffix(".lora_magnitude_vector.weight") {
+        (m, "M")
+    } else {
+        return None;
+    };
+    let module = if let Some(l) = module.strip_prefix("model.layers.") {
+        format!("model.language_model.layers.{l}")
+    } else if let Some(v) = module.strip_prefix("visual.") {
+        format!("model.visual.{v}")
+    } else {
+        module.to_string()
+    };
+    Some((module, kind))
+}
+
+/// PEFT's pattern lookup: a key matches a module whose path ends with it (dot-separated).
+fn pattern_value<T: Copy>(patterns: &BTreeMap<String, T>, module: &str) -> Option<T> {
+    patterns.iter().find(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}"))).map(|(_, v)| *v)
+}
+
+impl PeftAdapter {
+    pub fn read(dir: &Path) -> Result<PeftAdapter> {
+        let cfg_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+            Error::Load(format!(
+                "{}: {e}\n  hint: an adapter folder holds adapter_config.json and adapter_model.safetensors",
+                cfg_path.display()
+            ))
+        })?;
+        let config: AdapterConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::Load(format!("{}: not a PEFT adapter config: {e}", cfg_path.display())))?;
+        if !config.peft_type.eq_ignore_ascii_case("LORA") {
+            return Err(Error::Unsupported(format!(
+                "{}: peft_type {} (only LoRA and DoRA adapters are supported)",
+                cfg_path.display(),
+                config.peft_type
+            )));
+        }
+        if config.modules_to_save.as_ref().is_some_and(|m| m.as_array().is_some_and(|a| !a.is_empty())) {
+            return Err(Error::Unsupported(format!(
+                "{}: modules_to_save (fully trained extra modules) is not supported",
+                cfg_path.display()
+            )));
+        }
+        if config.bias.as_deref().is_some_and(|b| b != "none") {
+            return Err(Error::Unsupported(format!("{}: bias {:?} is not supported", cfg_path.display(), config.bias)));
+        }
+        let weights = dir.join("adapter_model.safetensors");
+        if !weights.is_file() {
+            return Err(Error::Load(format!(
+                "{}: adapter_model.safetensors is missing{}",
+                dir.display(),
+                if dir.join("adapter_model.bin").is_file() {
+                    " (only adapter_model.bin, a pickle, which mmloop does not read)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
+            .map_err(|e| Error::Load(format!("{}: {e}", weights.display())))?;
+        let mut parts: BTreeMap<String, HashMap<&'static str, Tensor>> = BTreeMap::new();
+        for (key, t) in tensors {
+            let (module, kind) = split_key(&key).ok_or_else(|| {
+                Error::Unsupported(format!("{}: tensor {key} is not a LoRA/DoRA weight", weights.display()))
+            })?;
+            parts.entry(module).or_default().insert(kind, t.to_dtype(DType::F32)?);
+        }
+        let mut modules = BTreeMap::new();
+        for (module, mut p) in parts {
+            let (Some(a), Some(b)) = (p.remove("A"), p.remove("B")) else {
+                return Err(Error::Load(format!("{}: {module} lacks lora_A or lora_B", weights.display())));
+            };
+            let r = pattern_value(&config.rank_pattern, &module).unwrap_or(config.r);
+            let alpha = pattern_value(&config.alpha_pattern, &module).unwrap_or(config.lora_alpha);
+            if a.dim(0)? != r || b.dim(1)? != r {
+                return Err(Error::Load(format!(
+                    "{}: {module}: lora_A {:?} and lora_B {:?} do not have rank {r}",
+                    weights.display(),
+                    a.dims(),
+                    b.dims()
+                )));
+            }
+            let scale = if config.use_rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 };
+            let magnitude = p.remove("M");
+            if config.use_dora && magnitude.is_none() {
+                return Err(Error::Load(format!(
+                    "{}: {module}: a DoRA adapter without lora_magnitude_vector",
+                    weights.display()
+                )));
+            }
+            modules.insert(module, ModuleAdapter { a, b, magnitude, scale });
+        }
+        if modules.is_empty() {
+            return Err(Error::Load(format!("{}: the adapter holds no LoRA weights", weights.display())));
+        }
+        Ok(PeftAdapter { dir: dir.to_path_buf(), config, modules })
+    }
+
+    /// Puts the adapter in slot `slot` of the layers it names (which must all exist, with
+    /// matching shapes).
+    pub fn attach(&self, layers: Vec<&Linear>, slot: usize) -> Result<()> {
+        let by_path: HashMap<&str, &Linear> = layers.iter().map(|l| (l.path.as_str(), *l)).collect();
+        let mut staged = Vec::with_capacity(self.modules.len());
+        for (module, m) in &self.modules {
+            let layer = by_path.get(module.as_str()).ok_or_else(|| {
+                Error::Load(format!(
+                    "{}: the adapter targets {module}, which this model does not have (a different architecture or size?)",
+                    self.dir.display()
+                ))
+            })?;
+            let (out, inp) = (layer.out_dim(), layer.in_dim());
+            if m.a.dim(1)? != inp || m.b.dim(0)? != out || m.magnitude.as_ref().is_some_and(|g| g.dims() != [out]) {
+                return Err(Error::Load(format!(
+                    "{}: {module}: adapter shapes A {:?} B {:?} do not fit the layer ({out}×{inp})",
+                    self.dir.display(),
+                    m.a.dims(),
+                    m.b.dims()
+                )));
+            }
+            let (dev, dt) = (layer.weight.device(), layer.weight.dtype());
+            let lora = LoraWeights::new(
+                m.a.to_device(dev)?.to_dtype(dt)?,
+                m.b.to_device(dev)?.to_dtype(dt)?,
+                m.scale,
+                m.magnitude.as_ref().map(|g| g.to_device(dev)?.to_dtype(dt)).transpose()?,
+            );
+            staged.push((*layer, Arc::new(lora)));
+        }
+        for (layer, lora) in staged {
+            layer.set_adapter(slot, Some(lora));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peft_keys_map_to_module_paths() {
+        assert_eq!(
+            split_key("base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight"),
+            Some(("model.language_model.layers.0.self_attn.q_proj".into(), "A"))
+        );
+        assert_eq!(
+            split_key("base_model.model.model.layers.3.mlp.down_proj.lora_B.weight"),
+            Some(("model.language_model.layers.3.mlp.down_proj".into(), "B")),
+            "legacy Qwen names"
+        );
+        assert_eq!(
+            split_key("base_model.model.model.text_model.layers.1.self_attn.v_proj.lora_magnitude_vector"),
+            Some(("model.text_model.layers.1.self_attn.v_proj".into(), "M"))
+        );
+        assert_eq!(split_key("base_model.model.lm_head.weight"), None);
+        let p = BTreeMap::from([("q_proj".to_string(), 16usize)]);
+        assert_eq!(pattern_value(&p, "model.language_model.layers.0.self_attn.q_proj"), Some(16));
+        assert_eq!(pattern_value(&p, "model.language_model.layers.0.self_attn.k_proj"), None);
+    }
+}

@@ -1,0 +1,488 @@
+//! The layers every family is made of, each with an inference path and a training path.
+//!
+//! candle's fused `rms_norm`, `layer_norm`, `softmax_last_dim` and `rope` are fast but have
+//! no backward pass: gradients stop silently behind them. In [`Mode::Train`] the same
+//! functions are written as plain tensor ops that autograd follows; [`Mode::Infer`] takes the
+//! fused kernels. A test holds the two paths to the same numbers.
+//!
+//! [`Linear`] is the one linear layer of every model: it knows its PEFT module path
+//! (`model.language_model.layers.0.self_attn.q_proj`), can be quantized for inference, and
+//! carries LoRA / DoRA adapters applied per row span, so one batch can mix requests for
+//! different adapters.
+
+use std::sync::{Arc, OnceLock, RwLock};
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{D, DType, Module, Tensor};
+
+use crate::weights::Weights;
+use crate::{Error, Result};
+
+/// Which kernels to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Fused kernels, no gradients.
+    #[default]
+    Infer,
+    /// Plain, differentiable tensor ops.
+    Train,
+}
+
+/// Rows of a packed batch that share one adapter (`None`: the base model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub rows: usize,
+    pub adapter: Option<usize>,
+}
+
+/// What a forward pass needs besides its inputs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ctx<'a> {
+    pub mode: Mode,
+    /// The adapter of each row span, in row order; empty: no adapter anywhere.
+    pub spans: &'a [Span],
+}
+
+impl<'a> Ctx<'a> {
+    pub fn infer() -> Ctx<'static> {
+        Ctx { mode: Mode::Infer, spans: &[] }
+    }
+
+    /// The same context without adapters (vision towers, which adapters never touch here).
+    pub fn base(&self) -> Ctx<'a> {
+        Ctx { mode: self.mode, spans: &[] }
+    }
+}
+
+/// One LoRA (or DoRA) adapter on one linear layer, PEFT's formula:
+/// LoRA `y = xWᵀ + b + s·(xAᵀ)Bᵀ`; DoRA `y = g ⊙ (xWᵀ + s·(xAᵀ)Bᵀ) + b` with
+/// `g = m / ‖W + s·BA‖` per output feature, the norm treated as a constant.
+pub struct LoraWeights {
+    /// `[r, in]`
+    pub a: Tensor,
+    /// `[out, r]`
+    pub b: Tensor,
+    pub scale: f64,
+    /// DoRA's magnitude `m`, `[out]`.
+    pub magnitude: Option<Tensor>,
+    /// `‖W + s·BA‖` per output row, computed once for inference.
+    norm: OnceLock<Tensor>,
+}
+
+impl LoraWeights {
+    pub fn new(a: Tensor, b: Tensor, scale: f64, magnitude: Option<Tensor>) -> LoraWeights {
+        LoraWeights { a, b, scale, magnitude, norm: OnceLock::new() }
+    }
+
+    /// `s·BA`, `[out, in]`.
+    pub fn delta(&self) -> Result<Tensor> {
+        Ok((self.b.matmul(&self.a)? * self.scale)?)
+    }
+
+    fn weight_norm(&self, w: &Tensor, mode: Mode) -> Result<Tensor> {
+        let compute = || -> Result<Tensor> {
+            let full = (w + self.delta()?.detach())?;
+            Ok(full.sqr()?.sum(D::Minus1)?.sqrt()?.detach())
+        };
+        match mode {
+            Mode::Train => compute(),
+            Mode::Infer => {
+                if let Some(n) = self.norm.get() {
+                    return Ok(n.clone());
+                }
+                let n = compute()?;
+                Ok(self.norm.get_or_init(|| n).clone())
+            }
+        }
+    }
+}
+
+/// A linear layer `y = xWᵀ + b`, addressable by its module path.
+pub struct Linear {
+    pub path: String,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    quantized: Option<QMatMul>,
+    /// Adapter slots (index = adapter id of the model); `None` where the adapter does not
+    /// touch this layer.
+    adapters: RwLock<Vec<Option<Arc<LoraWeights>>>>,
+}
+
+impl Linear {
+    pub fn new(path: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> Linear {
+        Linear { path: path.into(), weight, bias, quantized: None, adapters: RwLock::new(Vec::new()) }
+    }
+
+    /// `path.weight` `[out, in]` and, when `bias`, `path.bias` `[out]`.
+    pub fn load(w: &Weights, path: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
+        let weight = w.get(&format!("{path}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias { Some(w.get(&format!("{path}.bias"), &[out_dim])?) } else { None };
+        Ok(Linear::new(path, weight, bias))
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Quantizes the weight for inference (`q8_0`, `q4k`); a layer whose input width is not a
+    /// multiple of the format's block stays in full precision (returns false).
+    pub fn quantize(&mut self, dtype: GgmlDType) -> Result<bool> {
+        if !self.in_dim().is_multiple_of(dtype.block_size()) {
+            return Ok(false);
+        }
+        let q = QTensor::quantize(&self.weight.to_dtype(DType::F32)?, dtype)?;
+        self.quantized = Some(QMatMul::from_qtensor(q)?);
+        Ok(true)
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        self.quantized.is_some()
+    }
+
+    /// Puts `lora` in adapter slot `slot` (replacing what was there).
+    pub fn set_adapter(&self, slot: usize, lora: Option<Arc<LoraWeights>>) {
+        let mut a = self.adapters.write().expect("adapter lock");
+        if a.len() <= slot {
+            a.resize(slot + 1, None);
+        }
+        a[slot] = lora;
+    }
+
+    pub fn adapter(&self, slot: usize) -> Option<Arc<LoraWeights>> {
+        self.adapters.read().expect("adapter lock").get(slot).cloned().flatten()
+    }
+
+    /// Folds adapter `slot` into the weight (PEFT's merge) and removes it.
+    pub fn merge_adapter(&mut self, slot: usize) -> Result<()> {
+        let Some(l) = self.adapter(slot) else { return Ok(()) };
+        let merged = (&self.weight + l.delta()?)?;
+        self.weight = match &l.magnitude {
+            None => merged,
+            Some(m) => {
+                let g = (m / l.weight_norm(&self.weight, Mode::Train)?)?;
+                merged.broadcast_mul(&g.unsqueeze(1)?)?
+            }
+        };
+        self.quantized = None;
+        self.set_adapter(slot, None);
+        Ok(())
+    }
+
+    fn base(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.quantized {
+            Some(q) => Ok(q.forward(x)?),
+            None => Ok(x.matmul(&self.weight.t()?)?),
+        }
+    }
+
+    /// `x`: `[rows, in]` → `[rows, out]`.
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let base = self.base(x)?;
+        let adapters = self.adapters.read().expect("adapter lock");
+        let active = |slot: Option<usize>| slot.and_then(|s| adapters.get(s).cloned().flatten());
+        let out = if ctx.spans.iter().all(|s| active(s.adapter).is_none()) {
+            base
+        } else if let [only] = ctx.spans {
+            self.adapted(x, &base, &active(only.adapter).expect("checked above"), ctx.mode)?
+        } else {
+            let mut parts = Vec::with_capacity(ctx.spans.len());
+            let mut row = 0;
+            for span in ctx.spans {
+                let b = base.narrow(0, row, span.rows)?;
+                parts.push(match active(span.adapter) {
+                    None => b,
+                    Some(l) => self.adapted(&x.narrow(0, row, span.rows)?, &b, &l, ctx.mode)?,
+                });
+                row += span.rows;
+            }
+            Tensor::cat(&parts, 0)?
+        };
+        match &self.bias {
+            Some(b) => Ok(out.broadcast_add(b)?),
+            None => Ok(out),
+        }
+    }
+
+    /// The adapted output, without bias, from the base output `xWᵀ`.
+    fn adapted(&self, x: &Tensor, base: &Tensor, l: &LoraWeights, mode: Mode) -> Result<Tensor> {
+        let lora = (x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?;
+        match &l.magnitude {
+            None => Ok((base + lora)?),
+            Some(m) => {
+                let g = (m / l.weight_norm(&self.weight, mode)?)?;
+                Ok((base + lora)?.broadcast_mul(&g)?)
+            }
+        }
+    }
+}
+
+/// `[vocab, hidden]` lookup table.
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.weight.index_select(ids, 0)?)
+    }
+}
+
+/// RMSNorm as transformers computes it: `w · x / sqrt(mean(x²) + eps)`.
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(w: &Weights, path: &str, dim: usize, eps: f64) -> Result<RmsNorm> {
+        Ok(RmsNorm { weight: w.get(&format!("{path}.weight"), &[dim])?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match mode {
+            Mode::Infer => Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)?),
+            Mode::Train => {
+                let dim = x.dim(D::Minus1)? as f64;
+                let var = (x.sqr()?.sum_keepdim(D::Minus1)? / dim)?;
+                let normed = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+                Ok(normed.broadcast_mul(&self.weight)?)
+            }
+        }
+    }
+}
+
+/// LayerNorm with weight and bias.
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(w: &Weights, path: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: w.get(&format!("{path}.weight"), &[dim])?,
+            bias: w.get(&format!("{path}.bias"), &[dim])?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match mode {
+            Mode::Infer => Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)?),
+            Mode::Train => {
+                let dim = x.dim(D::Minus1)? as f64;
+                let mean = (x.sum_keepdim(D::Minus1)? / dim)?;
+                let centered = x.broadcast_sub(&mean)?;
+                let var = (centered.sqr()?.sum_keepdim(D::Minus1)? / dim)?;
+                let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+                Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+            }
+        }
+    }
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last(x: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Infer => Ok(candle_nn::ops::softmax_last_dim(x)?),
+        Mode::Train => {
+            let max = x.max_keepdim(D::Minus1)?.detach();
+            let e = x.broadcast_sub(&max)?.exp()?;
+            Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+        }
+    }
+}
+
+/// The activation functions the configs name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    Silu,
+    /// Exact GELU (`gelu`, PyTorch's `nn.GELU()`).
+    Gelu,
+    /// `gelu_pytorch_tanh`.
+    GeluTanh,
+    /// `quick_gelu`: `x · σ(1.702x)`.
+    QuickGelu,
+}
+
+impl Act {
+    pub fn from_name(name: &str) -> Result<Act> {
+        Ok(match name {
+            "silu" | "swish" => Act::Silu,
+            "gelu" => Act::Gelu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Act::GeluTanh,
+            "quick_gelu" => Act::QuickGelu,
+            other => return Err(Error::Unsupported(format!("activation function {other:?}"))),
+        })
+    }
+
+    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Act::Silu => x.silu()?,
+            Act::Gelu => x.gelu_erf()?,
+            Act::GeluTanh => x.gelu()?,
+            Act::QuickGelu => (x * ((x * -1.702)?.exp()? + 1.0)?.recip()?)?,
+        })
+    }
+}
+
+/// Rotary embedding with the half-split rotation (`rotate_half`): `x` `[b, heads, t, d]`,
+/// `cos`/`sin` `[t, d/2]` (one row of angles per position).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Infer => Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos.contiguous()?, &sin.contiguous()?)?),
+        Mode::Train => {
+            let half = x.dim(D::Minus1)? / 2;
+            let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+            let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+            let x1 = x.narrow(D::Minus1, 0, half)?;
+            let x2 = x.narrow(D::Minus1, half, half)?;
+            let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+            Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+        }
+    }
+}
+
+/// Scaled dot-product attention over `[heads, q, d]` × `[heads, k, d]`, with an additive
+/// mask broadcast to `[heads, q, k]` when given.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    Ok(softmax_last(&scores, mode)?.matmul(v)?)
+}
+
+/// Non-causal attention within each segment of `lens` rows (one image, one window): `q`,
+/// `k`, `v` are `[heads, rows, d]`; returns `[rows, heads·d]`.
+pub fn segment_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], scale: f64, mode: Mode) -> Result<Tensor> {
+    let (heads, _, d) = q.dims3()?;
+    let mut outs = Vec::with_capacity(lens.len());
+    let mut start = 0;
+    for &n in lens {
+        if n == 0 {
+            continue;
+        }
+        let o = attention(
+            &q.narrow(1, start, n)?,
+            &k.narrow(1, start, n)?,
+            &v.narrow(1, start, n)?.contiguous()?,
+            scale,
+            None,
+            mode,
+        )?;
+        outs.push(o.transpose(0, 1)?.reshape((n, heads * d))?);
+        start += n;
+    }
+    Ok(Tensor::cat(&outs, 0)?)
+}
+
+/// The additive causal mask of `q` new positions at the end of `k` keys: `[q, k]`.
+pub fn causal_mask(q: usize, k: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let offset = k - q;
+    let data: Vec<f32> =
+        (0..q).flat_map(|i| (0..k).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Ok(Tensor::from_vec(data, (q, k), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| r.random_range(-2.0..2.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The fused inference kernels and the differentiable training ops agree.
+    #[test]
+    fn fused_and_differentiable_paths_agree() {
+        let x = rand(&[5, 16], 1);
+        let w = rand(&[16], 2);
+        let b = rand(&[16], 3);
+        let rms = RmsNorm { weight: w.clone(), eps: 1e-6 };
+        assert!(max_diff(&rms.forward(&x, Mode::Infer).unwrap(), &rms.forward(&x, Mode::Train).unwrap()) < 1e-5);
+        let ln = LayerNorm { weight: w, bias: b, eps: 1e-6 };
+        assert!(max_diff(&ln.forward(&x, Mode::Infer).unwrap(), &ln.forward(&x, Mode::Train).unwrap()) < 1e-5);
+        assert!(max_diff(&softmax_last(&x, Mode::Infer).unwrap(), &softmax_last(&x, Mode::Train).unwrap()) < 1e-6);
+        let q = rand(&[1, 2, 5, 8], 4);
+        let cos = rand(&[5, 4], 5).cos().unwrap();
+        let sin = rand(&[5, 4], 5).sin().unwrap();
+        assert!(
+            max_diff(&rope(&q, &cos, &sin, Mode::Infer).unwrap(), &rope(&q, &cos, &sin, Mode::Train).unwrap()) < 1e-5
+        );
+    }
+
+    /// Gradients flow through the training path of every op (no silent stop).
+    #[test]
+    fn the_training_path_has_gradients() {
+        let x = candle_core::Var::from_tensor(&rand(&[3, 8], 7)).unwrap();
+        let rms = RmsNorm { weight: rand(&[8], 8), eps: 1e-6 };
+        let ln = LayerNorm { weight: rand(&[8], 9), bias: rand(&[8], 10), eps: 1e-6 };
+        let cos = rand(&[3, 4], 11);
+        let sin = rand(&[3, 4], 12);
+        let y = rms.forward(x.as_tensor(), Mode::Train).unwrap();
+        let y = ln.forward(&y, Mode::Train).unwrap();
+        let y = softmax_last(&y, Mode::Train).unwrap();
+        let y = rope(&y.reshape((1, 1, 3, 8)).unwrap(), &cos, &sin, Mode::Train).unwrap();
+        let loss = y.sqr().unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads.get(x.as_tensor()).expect("x has a gradient");
+        assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    }
+
+    #[test]
+    fn lora_and_dora_follow_peft_and_merge_to_the_same_output() {
+        let x = rand(&[4, 6], 20);
+        let w = rand(&[5, 6], 21);
+        let bias = rand(&[5], 22);
+        let a = rand(&[2, 6], 23);
+        let b = rand(&[5, 2], 24);
+        for magnitude in [None, Some(rand(&[5], 25).abs().unwrap())] {
+            let mut lin = Linear::new("m.q_proj", w.clone(), Some(bias.clone()));
+            lin.set_adapter(0, Some(Arc::new(LoraWeights::new(a.clone(), b.clone(), 4.0, magnitude.clone()))));
+            let spans = [Span { rows: 4, adapter: Some(0) }];
+            let ctx = Ctx { mode: Mode::Infer, spans: &spans };
+            let y = lin.forward(&x, &ctx).unwrap();
+            // By hand: W' = W + s·BA; LoRA: xW'ᵀ + b; DoRA: (m/‖W'‖) ⊙ xW'ᵀ + b.
+            let wp = (&w + (b.matmul(&a).unwrap() * 4.0).unwrap()).unwrap();
+            let mut want = x.matmul(&wp.t().unwrap()).unwrap();
+            if let Some(m) = &magnitude {
+                let norm = wp.sqr().unwrap().sum(1).unwrap().sqrt().unwrap();
+                want = want.broadcast_mul(&(m / norm).unwrap()).unwrap();
+            }
+            let want = want.broadcast_add(&bias).unwrap();
+            assert!(max_diff(&y, &want) < 1e-4, "{magnitude:?}");
+            // Mixed spans: the base rows are untouched.
+            let spans = [Span { rows: 2, adapter: None }, Span { rows: 2, adapter: Some(0) }];
+            let mixed = lin.forward(&x, &Ctx { mode: Mode::Infer, spans: &spans }).unwrap();
+            let base = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
+            assert!(max_diff(&mixed.narrow(0, 0, 2).unwrap(), &base.narrow(0, 0, 2).unwrap()) < 1e-5);
+            assert!(max_diff(&mixed.narrow(0, 2, 2).unwrap(), &want.narrow(0, 2, 2).unwrap()) < 1e-4);
+            lin.merge_adapter(0).unwrap();
+            let merged = lin.forward(&x, &Ctx::infer()).unwrap();
+            assert!(max_diff(&merged, &want) < 1e-4);
+        }
+    }
+
+    #[test]
+    fn causal_masks_let_each_query_see_its_past() {
+        let m = causal_mask(2, 4, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(m[0], [0.0, 0.0, 0.0, f32::NEG_INFINITY]);
+        assert_eq!(m[1], [0.0; 4]);
+    }
+}
