@@ -14,10 +14,13 @@ What it does
    conversation with a system prompt (on a 40x30 picture) and one item with two pictures
    (24x16 and 16x24), then `mmloop split` and `mmloop commit`: 51 items, 50 conversations.
 2. `mmloop export --json` to swift (.jsonl), sharegpt (.json and .jsonl), llava (.json),
-   parquet and parquet --embed-images. The expected content of every export is computed here
-   from the source files (texts, image paths, and image sizes read from the PNG headers), not
-   from mmloop: every export must hold the 50 conversations (row formats) or the 51 items
-   (Parquet, and the `records` that `export --json` reports, which counts items).
+   parquet and parquet --embed-images, and llava once more without --json (its stderr is kept).
+   The expected content of every export is computed here from the source files (texts, image
+   paths, and image sizes read from the PNG headers), not from mmloop: every export must hold
+   the 50 conversations (row formats) or the 51 items (Parquet, and the `records` that
+   `export --json` reports, which counts items). The counts the llava notes must give are
+   computed from the source too: 1 conversation with several images (pair-1), 1 with a system
+   prompt (chat-1).
 3. The loaders run in a venv, tools/.venv-exports ($MMLOOP_EXPORTS_VENV moves it), created on
    first use with the exact PINS below and recreated when they change: this script re-executes
    itself there with `--run-check NAME`, as tools/metrics_reference/_venv.py does. Two small
@@ -33,6 +36,14 @@ What it does
 
 The checks, and what each proves
 ---------------------------------
+export-notes (mmloop's own reports; no consumer code)
+    The `notes` array of `mmloop export --json`. llava must report exactly two notes, one naming
+    the rows with several images and one the system prompts it left out (LLaVA JSON has no
+    place for them), each starting with its count, and the counts must be those of the source
+    (1 and 1); without --json the same notes must come as `warning: NOTE` lines on stderr, and
+    the file written must be byte-identical. swift, sharegpt (both), parquet and parquet
+    --embed-images must report no notes (no `notes`, or an empty list).
+
 parquet (real upstream: Hugging Face `datasets` 4.8.4, 4.0.0 and 5.2.0, all of it)
     `datasets.load_dataset("parquet", data_files=F, split="train")` on the plain and the
     --embed-images file, under ms-swift's newest allowed datasets (the venv), LLaMA-Factory's
@@ -77,22 +88,52 @@ sharegpt-json, sharegpt-jsonl (real upstream: LLaMA-Factory 0.9.5
     _load_single_dataset reads (cache_dir, hf_hub_token, local_process_index,
     dataloader_num_workers).
 
-llava (real upstream, partly: haotian-liu/LLaVA 1.2.2.post1 as published on PyPI as
-    `llava-torch` (the PyPI name `llava` is an empty 0.0.1.dev0 placeholder);
+llava (real upstream for single-image rows: haotian-liu/LLaVA 1.2.2.post1 as published on PyPI
+    as `llava-torch` (the PyPI name `llava` is an empty 0.0.1.dev0 placeholder);
     llava/train/train.py LazySupervisedDataset (__init__, __len__, lengths, modality_lengths,
     __getitem__), preprocess_multimodal, preprocess, preprocess_v1; llava/mm_utils.py
-    tokenizer_image_token; llava/conversation.py and llava/constants.py whole)
-    What LLaVA-1.5's scripts/v1_5/finetune.sh (--version v1 --image_folder D --lazy_preprocess
-    True --image_aspect_ratio pad --mm_use_im_start_end False --group_by_modality_length True)
-    does with each row: json.load of the list, Image.open of
-    os.path.join(image_folder, row["image"]).convert("RGB") padded to a square, the <image> tag moved to the front
-    of the first human turn, the vicuna_v1 template with its human/gpt alternation assert, and
-    tokenizer_image_token. Proves: every row opens its one image (at the right size), the
-    roles alternate from human, and exactly one image token reaches the token ids.
-    Replicated, not LLaVA's: torch (a small numpy stand-in for tensor/stack/clone/ne), the
-    tokenizer (a reversible whitespace tokenizer: the real one is a model download; the
-    "tokenization mismatch" masking that depends on it is not checked) and the CLIP image
-    processor (returns the PIL image unchanged, so its size can be checked).
+    tokenizer_image_token; llava/conversation.py and llava/constants.py whole. Multi-image
+    rows: checked against the LLaVA-NeXT / OneVision layout, not run through any LLaVA code.)
+    mmloop's llava export writes a one-image item as `"image": "PATH"` (LLaVA-1.5's layout) and
+    an item with several images as `"image": [PATH, ...]` with one <image> tag per image in the
+    first human turn (the layout LLaVA-NeXT / OneVision's loader reads), and drops system
+    prompts; it says so in its notes (see export-notes). So the rows of llava.json are checked
+    in two groups, and together they must be all 50:
+    - `image` a string, or no `image` (49 rows here; the example project has no image-less item,
+      so that branch is written but not exercised by this project): what LLaVA-1.5's
+      scripts/v1_5/finetune.sh (--version v1 --image_folder D --lazy_preprocess True
+      --image_aspect_ratio pad --mm_use_im_start_end False --group_by_modality_length True)
+      does with each row: json.load of the list, Image.open of
+      os.path.join(image_folder, row["image"]).convert("RGB") padded to a square, the <image>
+      tag moved to the front of the first human turn, the vicuna_v1 template with its human/gpt
+      alternation assert, and tokenizer_image_token. Proves: every row opens its one image (at
+      the right size after expand2square), the roles alternate from human, exactly one image
+      token reaches the token ids (none, and the 3x336x336 zero placeholder, for an image-less
+      row), and every question and answer reaches the prompt word for word.
+      LazySupervisedDataset.__init__, lengths and modality_lengths do run on the whole file,
+      multi-image rows included (they only read the conversation texts and whether `image` is
+      there).
+    - `image` a list (exactly as many rows as the source has items with several images: 1,
+      pair-1): not given to LLaVA-1.5's __getitem__, which takes one image per row and raises
+      TypeError on a list (os.path.join(image_folder, [...])): a LLaVA-1.5 run on this file
+      fails at that row, which is why mmloop's note tells users to export such items with
+      --format swift or sharegpt. Its consumer, LLaVA-NeXT / OneVision (LLaVA-VL/LLaVA-NeXT
+      llava/train/train.py, LazySupervisedDataset._get_item: `if type(image_file) is list:`
+      process_image(f, "pad") for each path, each opened as
+      os.path.join(image_folder, f).convert("RGB")), is not published on PyPI (it installs from
+      its git repository, and its train.py imports torch, transformers and its model code at
+      module level), so its code is not run here; the row is checked against that layout instead:
+      `image` is a list of at least 2, in the source's order, of paths that exist (joined to the
+      image folder, as its loader does) and decode to the source's sizes; `conversations`
+      alternates human/gpt from human and ends with gpt; the first human turn holds exactly as
+      many <image> tags as there are images and later turns none; the turns' texts, <image>
+      tags left out, equal the source's. A one-image row written as a list fails (LLaVA-1.5
+      could not read it).
+    Replicated, not LLaVA's: torch (a small numpy stand-in for tensor/stack/clone/ne/zeros),
+    the tokenizer (a reversible whitespace tokenizer that pads to the longest for
+    return_tensors="pt": the real one is a model download; the "tokenization mismatch" masking
+    that depends on it is not checked) and the CLIP image processor (returns the PIL image
+    unchanged, so its size can be checked).
 
 Pinned versions: see PINS and OVERLAYS (ms-swift 4.6.0, llamafactory 0.9.5, llava-torch
 1.2.2.post1, datasets 4.8.4 / 4.0.0 / 5.2.0, pyarrow 26.0.1, pillow 13.0.0, ...). ms-swift,
@@ -144,7 +185,7 @@ OVERLAYS = {
 }
 # Which checks run where: None is the venv itself.
 CHECKS = [
-    (None, ["parquet", "swift", "swift-sharegpt", "llava"]),
+    (None, ["export-notes", "parquet", "swift", "swift-sharegpt", "llava"]),
     ("llamafactory", ["parquet", "sharegpt-json", "sharegpt-jsonl"]),
     ("datasets-5", ["parquet"]),
 ]
@@ -267,9 +308,15 @@ def build(binary, work):
     if stats["items"] != items:
         die(f"the project has {stats['items']} items, the source files {items} answered turns")
 
+    multi_image = sum(1 for c in convs if len(c["images"]) > 1)
+    with_system = sum(1 for c in convs if c["system"] is not None)
+    if multi_image < 1 or with_system < 1:
+        die(f"the test project has {multi_image} multi-image conversations and {with_system} with a system "
+            "prompt; the llava checks need at least one of each")
+
     out = os.path.join(work, "out")
     os.makedirs(out)
-    files = {}
+    files, notes = {}, {}
     for key, fmt, name, extra_args in [
         ("swift", "swift", "train.jsonl", []),
         ("sharegpt-json", "sharegpt", "sharegpt.json", []),
@@ -286,7 +333,16 @@ def build(binary, work):
         if not os.path.isfile(path):
             die(f"`export --format {fmt}` wrote no {path}")
         files[key] = path
-    return {"work": work, "out": out, "files": files, "items": items, "conversations": convs}
+        notes[key] = rep["notes"] if "notes" in rep else None  # None: the report has no `notes`
+    # The same llava export without --json: the notes must come as warnings on stderr.
+    plain = os.path.join(out, "llava-plain.json")
+    cmd = [binary, "export", proj, "--format", "llava", "-o", plain]
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MMLOOP_ACTOR": "check_exports"})
+    if p.returncode != 0:
+        die(f"`{' '.join(cmd)}` failed ({p.returncode}):\n{p.stdout}{p.stderr}")
+    files["llava-plain"] = plain
+    return {"work": work, "out": out, "files": files, "items": items, "conversations": convs, "notes": notes,
+            "llava_plain_stderr": p.stderr, "multi_image": multi_image, "with_system": with_system}
 
 
 def ensure_venv():
@@ -463,6 +519,47 @@ def conv_by_id(man):
 
 def count_image_tags(texts):
     return sum(t.count("<image>") for t in texts)
+
+
+# ---- `export --json` notes
+
+
+def check_notes(man):
+    """The notes `mmloop export --json` reports: llava names its multi-image rows and the system
+    prompts it left out, with their counts; every other format reports none."""
+    import re
+
+    ck = Check("export-notes")
+    want = {"several images": man["multi_image"], "system prompt": man["with_system"]}
+    for key, notes in sorted(man["notes"].items()):
+        where = f"`export --format {key.split('-')[0]}` ({os.path.basename(man['files'][key])}) --json: notes"
+        if notes is not None and (not isinstance(notes, list) or not all(isinstance(n, str) for n in notes)):
+            ck.fail(f"{where}: {notes!r} is not a list of strings")
+            continue
+        if key != "llava":
+            ck.eq(where, notes or [], [])
+            continue
+        if notes is None:
+            ck.fail(f"{where}: the report has no `notes`")
+            continue
+        for topic, count in want.items():
+            hits = [n for n in notes if topic in n]
+            if len(hits) != 1:
+                ck.fail(f"{where}: {len(hits)} notes mention {topic!r}, expected 1: {notes!r}")
+                continue
+            m = re.match(r"(\d+) rows? ", hits[0])
+            ck.eq(f"{where}: the count in {hits[0]!r}", int(m.group(1)) if m else None, count)
+        ck.eq(f"{where}: number of notes", len(notes), len(want))
+        # Without --json the same notes are warnings on stderr, and the file is the same.
+        lines = man["llava_plain_stderr"].splitlines()
+        for n in notes:
+            if f"warning: {n}" not in lines:
+                ck.fail(f"`export --format llava` without --json: no `warning: {n}` line on stderr: {lines!r}")
+        with open(man["files"]["llava"], "rb") as a, open(man["files"]["llava-plain"], "rb") as b:
+            if a.read() != b.read():
+                ck.fail("`export --format llava` wrote a different file with --json and without")
+    ck.done(f"llava reports {man['multi_image']} multi-image row(s) and {man['with_system']} dropped system "
+            f"prompt(s) (--json notes and stderr warnings); {len(man['notes']) - 1} other exports report no notes")
 
 
 # ---- Parquet / HF datasets
@@ -787,7 +884,10 @@ def llava_namespace():
     class Dataset:  # torch.utils.data.Dataset has no behaviour LazySupervisedDataset uses
         pass
 
-    torch = types.SimpleNamespace(tensor=tensor, stack=stack, long=np.int64, Tensor=T, zeros=np.zeros)
+    def zeros(*size, **kw):  # torch.zeros(3, h, w): the placeholder image of an image-less row
+        return np.zeros(size).view(T)
+
+    torch = types.SimpleNamespace(tensor=tensor, stack=stack, long=np.int64, Tensor=T, zeros=zeros)
     base = os.path.dirname(pkg_file("llava-torch", "llava/__init__.py"))
     module("llava", base)
     constants = importlib.import_module("llava.constants")
@@ -812,8 +912,9 @@ class WordTokenizer:
 
     bos_token_id, pad_token_id, model_max_length, legacy = 1, 0, 4096, False
 
-    def __init__(self):
+    def __init__(self, tensor):
         self.vocab, self.words = {}, ["<pad>", "<s>"]
+        self.tensor = tensor  # the torch.tensor stand-in, for return_tensors="pt"
 
     def ids(self, text):
         out = [self.bos_token_id]
@@ -828,11 +929,49 @@ class WordTokenizer:
         import types
 
         if isinstance(text, list):
-            return types.SimpleNamespace(input_ids=[self.ids(t) for t in text])
+            ids = [self.ids(t) for t in text]
+            if kw.get("return_tensors") == "pt":  # padding="longest", as preprocess_v1 asks for image-less rows
+                n = max(map(len, ids))
+                ids = self.tensor([r + [self.pad_token_id] * (n - len(r)) for r in ids])
+            return types.SimpleNamespace(input_ids=ids)
         return types.SimpleNamespace(input_ids=self.ids(text))
 
     def decode(self, ids):
         return [self.words[i] if i >= 0 else f"<{i}>" for i in ids]
+
+
+def check_onevision_row(ck, where, row, c, image_folder):
+    """A row whose `image` is a list, against the layout LLaVA-NeXT / OneVision's
+    LazySupervisedDataset._get_item reads (see the docstring): each path opened as
+    os.path.join(image_folder, path), the <image> tags of the first human turn, human/gpt turns."""
+    from PIL import Image
+
+    imgs = row["image"]
+    if len(imgs) < 2:
+        ck.fail(f"{where}: `image` is a list of {len(imgs)}; a one-image row must be a string (LLaVA-1.5)")
+    if ck.eq(f"{where}: number of images", len(imgs), len(c["images"])):
+        for k, p in enumerate(imgs):
+            full = os.path.join(image_folder, p) if isinstance(p, str) else None
+            if not full or not os.path.isfile(full):
+                ck.fail(f"{where}: image[{k}] {p!r} is not a file")
+                continue
+            ck.eq(f"{where}: image[{k}]", os.path.realpath(full), os.path.realpath(c["images"][k]))
+            with Image.open(full) as im:
+                ck.eq(f"{where}: image[{k}] size", list(im.convert("RGB").size), c["sizes"][k])
+    conv = row.get("conversations")
+    if not isinstance(conv, list) or not conv or not all(
+            isinstance(m, dict) and isinstance(m.get("value"), str) for m in conv):
+        ck.fail(f"{where}: `conversations` is not a non-empty list of {{from, value}}: {conv!r}")
+        return
+    roles = [m.get("from") for m in conv]
+    if not ck.eq(f"{where}: roles (human/gpt alternating)", roles, ["human", "gpt"] * max(1, (len(conv) + 1) // 2)):
+        return
+    ck.eq(f"{where}: <image> tags in the first human turn", conv[0]["value"].count("<image>"), len(imgs))
+    ck.eq(f"{where}: <image> tags in later turns", count_image_tags(m["value"] for m in conv[1:]), 0)
+    got = [[conv[j]["value"].replace("<image>", "").strip(), conv[j + 1]["value"].strip()]
+           for j in range(0, len(conv), 2)]
+    ck.eq(f"{where}: turns (<image> tags left out)", got,
+          [[q.replace("<image>", "").strip(), a.strip()] for q, a in c["turns"]])
 
 
 def check_llava(man):
@@ -860,16 +999,17 @@ def check_llava(man):
                                     image_folder=image_folder, image_aspect_ratio="pad")
     data_args.image_processor = Processor()
     data_args.mm_use_im_start_end = False
-    tok = WordTokenizer()
+    tok = WordTokenizer(ns["torch"].tensor)
     ds = ns["LazySupervisedDataset"](data_path=path, tokenizer=tok, data_args=data_args)
     exp_by_id = conv_by_id(man)
     ck.eq(f"{where0}: rows", len(ds), len(man["conversations"]))
     try:
-        ds.lengths, ds.modality_lengths  # --group_by_modality_length True reads these first
+        ds.lengths, ds.modality_lengths  # --group_by_modality_length True reads these first, for every row
     except Exception as e:
         ck.fail(f"{where0}: LazySupervisedDataset.lengths raised {type(e).__name__}: {e}")
     ids = [r.get("id") for r in ds.list_data_dict]
     ck.eq(f"{where0}: ids", sorted(map(str, ids)), sorted(exp_by_id))
+    n15 = n_multi = 0
     for i in range(len(ds)):
         rid = ids[i]
         where = f"{where0} row {i} id={rid!r}"
@@ -877,33 +1017,47 @@ def check_llava(man):
         if c is None:
             continue
         row = ds.list_data_dict[i]
-        if "image" not in row:
-            ck.fail(f"{where}: no `image` field")
+        if isinstance(row.get("image"), list):
+            # LLaVA-1.5's __getitem__ would raise on it (os.path.join of a list): not given to it.
+            n_multi += 1
+            check_onevision_row(ck, f"{os.path.basename(path)} (LLaVA-NeXT / OneVision layout) row {i} id={rid!r}",
+                                row, c, image_folder)
             continue
+        if "image" not in row and c["images"]:
+            ck.fail(f"{where}: no `image` field; the source has {len(c['images'])} image(s)")
+            continue
+        n15 += 1
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # "tokenization mismatch" warnings: toy tokenizer
                 item = ds[i]
         except Exception as e:
             ck.fail(f"{where}: LazySupervisedDataset.__getitem__ raised {type(e).__name__}: {e} "
-                    f"(image={row['image']!r})")
+                    f"(image={row.get('image')!r})")
             continue
         im = item["image"]
-        if not isinstance(im, Image.Image):
-            ck.fail(f"{where}: image is {type(im).__name__}")
-            continue
-        w, h = c["sizes"][0]
-        side = max(w, h)  # image_aspect_ratio pad: expand2square
-        ck.eq(f"{where}: image size after expand2square", list(im.size), [side, side])
-        ck.eq(f"{where}: number of images (LLaVA-1.5 takes one per row)", len(c["images"]), 1)
         input_ids = list(item["input_ids"])
-        ck.eq(f"{where}: image tokens in input_ids", input_ids.count(constants.IMAGE_TOKEN_INDEX), 1)
-        words = tok.decode(input_ids)
-        text = " ".join(words)
+        if "image" not in row:  # image-less: LLaVA gives a zero placeholder and no image token
+            ck.eq(f"{where}: placeholder image shape", list(getattr(im, "shape", [])), [3, 336, 336])
+            ck.eq(f"{where}: image tokens in input_ids", input_ids.count(constants.IMAGE_TOKEN_INDEX), 0)
+        else:
+            if not isinstance(im, Image.Image):
+                ck.fail(f"{where}: image is {type(im).__name__}")
+                continue
+            if not ck.eq(f"{where}: images in the source (LLaVA-1.5 takes one per row)", len(c["images"]), 1):
+                continue
+            w, h = c["sizes"][0]
+            side = max(w, h)  # image_aspect_ratio pad: expand2square
+            ck.eq(f"{where}: image size after expand2square", list(im.size), [side, side])
+            ck.eq(f"{where}: image tokens in input_ids", input_ids.count(constants.IMAGE_TOKEN_INDEX), 1)
+        text = " ".join(tok.decode(input_ids))
+        words = text.replace("</s>", " </s> ").split()  # vicuna_v1 closes each answer with "</s>"
         for q, a in c["turns"]:
             for part in (q.replace("<image>", "").split(), a.split()):
-                if " ".join(part) not in text:
+                if not any(words[k:k + len(part)] == part for k in range(len(words) - len(part) + 1)):
                     ck.fail(f"{where}: {' '.join(part)!r} not in the prompt LLaVA built: {text!r}")
-    ck.done(f"{where0}: {len(ds)} rows through LazySupervisedDataset.__getitem__ with the vicuna_v1 template")
+    ck.eq(f"{where0}: rows with an `image` list (LLaVA-NeXT / OneVision layout)", n_multi, man["multi_image"])
+    ck.done(f"{where0}: {n15} rows through LazySupervisedDataset.__getitem__ with the vicuna_v1 template; "
+            f"{n_multi} multi-image row(s) match the LLaVA-NeXT / OneVision layout (not run through LLaVA code)")
 
 
 def venv_main(args):
@@ -917,6 +1071,7 @@ def venv_main(args):
         "sharegpt-json": lambda: check_sharegpt(man, "sharegpt-json"),
         "sharegpt-jsonl": lambda: check_sharegpt(man, "sharegpt-jsonl"),
         "llava": lambda: check_llava(man),
+        "export-notes": lambda: check_notes(man),
     }
     try:
         runs[name]()

@@ -46,10 +46,14 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<()> {
             "version": info.version,
             "records": summary.records,
             "files": summary.files,
+            "notes": summary.notes,
         }));
     }
     let files: Vec<String> = summary.files.iter().map(|f| f.display().to_string()).collect();
     ui::ok(format!("exported {} records of {from} to {}", ui::count(summary.records), files.join(", ")));
+    for n in &summary.notes {
+        ui::warn(n);
+    }
     if summary.records == 0 {
         ui::warn("nothing matched");
         ui::hint(

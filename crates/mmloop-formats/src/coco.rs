@@ -320,5 +320,5 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
     let mut file = AtomicFile::create(out)?;
     file.json(&doc)?;
     let path = file.commit()?;
-    Ok(WriteSummary { records: n, files: vec![path] })
+    Ok(WriteSummary { records: n, files: vec![path], notes: Vec::new() })
 }

@@ -236,7 +236,7 @@ pub(crate) fn write(
     let mut config = AtomicFile::create(&config_path)?;
     config.write_all(label_config(has_vqa || !has_caption, has_caption).as_bytes())?;
     files.push(config.commit()?);
-    Ok(WriteSummary { records: n, files })
+    Ok(WriteSummary { records: n, files, notes: Vec::new() })
 }
 
 /// A labeling config that shows the image, the question and the answer text areas.

@@ -198,6 +198,8 @@ pub struct WriteOptions {
 pub struct WriteSummary {
     pub records: u64,
     pub files: Vec<PathBuf>,
+    /// What the format could not hold as the project has it, for the user to read.
+    pub notes: Vec<String>,
 }
 
 /// Writes `records` to `out` as `format`. Records of one conversation must be

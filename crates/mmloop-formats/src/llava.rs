@@ -50,10 +50,12 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
     let mut file = JsonArray::create(out)?;
     let mut n = 0u64;
     let mut auto_id = 0u64;
+    let (mut multi, mut systems) = (0u64, 0u64);
     for group in conversation::Groups::new(records) {
         n += group.len() as u64;
         let j = conversation::join(&group);
         // LLaVA has no system turn; its loader expects human/gpt alternation.
+        systems += u64::from(j.messages.iter().any(|m| m.role == "system"));
         let mut messages: Vec<Message> = j.messages.iter().filter(|m| m.role != "system").cloned().collect();
         conversation::ensure_tags(&mut messages, j.images().len(), "\n");
         let mut row = Map::new();
@@ -68,6 +70,7 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
                 row.insert("image".into(), image_ref::to_json(one));
             }
             many => {
+                multi += 1;
                 row.insert("image".into(), many.iter().map(image_ref::to_json).collect());
             }
         }
@@ -79,5 +82,14 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
         file.push(&row)?;
     }
     let path = file.commit()?;
-    Ok(WriteSummary { records: n, files: vec![path] })
+    let mut notes = Vec::new();
+    if multi > 0 {
+        notes.push(format!(
+            "{multi} rows have several images: `image` is a list, as LLaVA-NeXT / OneVision read it; LLaVA-1.5's loader takes one image per row (export those with --format swift or sharegpt)"
+        ));
+    }
+    if systems > 0 {
+        notes.push(format!("{systems} rows had a system prompt, which LLaVA JSON has no place for: left out"));
+    }
+    Ok(WriteSummary { records: n, files: vec![path], notes })
 }

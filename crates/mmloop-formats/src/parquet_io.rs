@@ -459,7 +459,7 @@ pub(crate) fn write(
     }
     let file = writer.into_inner().map_err(|e| perr(out, e))?;
     let path = file.commit()?;
-    Ok(WriteSummary { records: n, files: vec![path] })
+    Ok(WriteSummary { records: n, files: vec![path], notes: Vec::new() })
 }
 
 #[cfg(test)]

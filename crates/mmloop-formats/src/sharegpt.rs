@@ -72,5 +72,5 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
         Out::Lines(f) => f.0.commit()?,
         Out::Array(f) => f.commit()?,
     };
-    Ok(WriteSummary { records: n, files: vec![path] })
+    Ok(WriteSummary { records: n, files: vec![path], notes: Vec::new() })
 }

@@ -233,7 +233,7 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
         file.push(&row(&j))?;
     }
     let path = file.0.commit()?;
-    Ok(WriteSummary { records: n, files: vec![path] })
+    Ok(WriteSummary { records: n, files: vec![path], notes: Vec::new() })
 }
 
 fn row(j: &conversation::Joined) -> Map<String, Value> {

@@ -207,7 +207,7 @@ pub(crate) fn write_jsonl(out: &Path, records: &mut dyn Iterator<Item = Record>)
         file.push(&m)?;
     }
     let path = file.0.commit()?;
-    Ok(WriteSummary { records: n, files: vec![path] })
+    Ok(WriteSummary { records: n, files: vec![path], notes: Vec::new() })
 }
 
 pub(crate) fn write_csv(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Result<WriteSummary, FormatError> {
@@ -245,5 +245,5 @@ pub(crate) fn write_csv(out: &Path, records: &mut dyn Iterator<Item = Record>) -
         w.flush().map_err(|e| FormatError::io(out, e))?;
     }
     let path = file.commit()?;
-    Ok(WriteSummary { records: n, files: vec![path] })
+    Ok(WriteSummary { records: n, files: vec![path], notes: Vec::new() })
 }

@@ -292,7 +292,7 @@ pub(crate) fn write(
     let mut af = AtomicFile::create(&apath)?;
     af.json(&adoc)?;
     let files = vec![qf.commit()?, af.commit()?];
-    Ok(WriteSummary { records: n, files })
+    Ok(WriteSummary { records: n, files, notes: Vec::new() })
 }
 
 /// Tagless formats show the question without `<image>` placeholders.
