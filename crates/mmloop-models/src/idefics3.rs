@@ -216,7 +216,7 @@ impl Vision {
                     ctx,
                 )?)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
-            x = (&x + b.fc2.forward(&self.act.forward(&b.fc1.forward(&h, ctx)?)?, ctx)?)?;
+            x = (&x + b.fc2.forward(&self.act.forward(&b.fc1.forward(&h, ctx)?, ctx.mode)?, ctx)?)?;
         }
         let x = self.post_norm.forward(&x, ctx.mode)?;
         // transformers' pixel_shuffle on [n, g·g, d] with factor r.

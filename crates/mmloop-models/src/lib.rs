@@ -19,6 +19,7 @@
 pub mod adapter;
 pub mod generate;
 pub mod idefics3;
+pub mod kernels;
 pub mod model;
 pub mod nn;
 pub mod processor;

@@ -301,23 +301,57 @@ impl VlModel {
         Ok(())
     }
 
-    /// Runs the vision tower over one request's images.
+    /// Runs the vision tower over one request's images, an image (Qwen) or a tile
+    /// (Idefics3) at a time: attention never crosses them, and small activations stay in cache
+    /// and out of the page allocator.
     pub fn encode_images(&self, pixels: &Pixels, ctx: &Ctx) -> Result<ImageFeatures> {
         let dev = self.device();
         let ctx = ctx.base();
-        match (&self.vision, pixels) {
-            (Vision::Qwen2(v), Pixels::Patches { patches, grids }) => {
-                v.forward(&qwen2_vl::patch_tensor(patches, dev, self.dtype)?, grids, &ctx)
+        let parts: Vec<ImageFeatures> = match (&self.vision, pixels) {
+            (Vision::Idefics3(v), Pixels::Tiles { tiles }) => {
+                let per = tiles.shape[1..].iter().product::<usize>();
+                (0..tiles.shape[0])
+                    .map(|i| {
+                        let one = crate::processor::Array {
+                            data: tiles.data[i * per..(i + 1) * per].to_vec(),
+                            shape: [&[1usize][..], &tiles.shape[1..]].concat(),
+                        };
+                        v.forward(&one, &ctx, dev, self.dtype)
+                    })
+                    .collect::<Result<_>>()?
             }
-            (Vision::Qwen25(v), Pixels::Patches { patches, grids }) => {
-                v.forward(&qwen2_vl::patch_tensor(patches, dev, self.dtype)?, grids, &ctx)
+            (vision, Pixels::Patches { patches, grids }) => {
+                let width = patches.shape[1];
+                let mut start = 0;
+                let mut out = Vec::with_capacity(grids.len());
+                for g in grids {
+                    let n = g[0] * g[1] * g[2];
+                    let one = crate::processor::Array {
+                        data: patches.data[start * width..(start + n) * width].to_vec(),
+                        shape: vec![n, width],
+                    };
+                    start += n;
+                    let t = qwen2_vl::patch_tensor(&one, dev, self.dtype)?;
+                    out.push(match vision {
+                        Vision::Qwen2(v) => v.forward(&t, std::slice::from_ref(g), &ctx)?,
+                        Vision::Qwen25(v) => v.forward(&t, std::slice::from_ref(g), &ctx)?,
+                        Vision::Qwen3(v) => v.forward(&t, std::slice::from_ref(g), &ctx)?,
+                        Vision::Idefics3(_) => return Err(Error::Input("patches for a tiled model".into())),
+                    });
+                }
+                out
             }
-            (Vision::Qwen3(v), Pixels::Patches { patches, grids }) => {
-                v.forward(&qwen2_vl::patch_tensor(patches, dev, self.dtype)?, grids, &ctx)
-            }
-            (Vision::Idefics3(v), Pixels::Tiles { tiles }) => v.forward(tiles, &ctx, dev, self.dtype),
-            _ => Err(Error::Input("pixels prepared for another family".into())),
+            _ => return Err(Error::Input("pixels prepared for another family".into())),
+        };
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().expect("one"));
         }
+        let embeds = Tensor::cat(&parts.iter().map(|p| &p.embeds).collect::<Vec<_>>(), 0)?;
+        let layers = parts[0].deepstack.len();
+        let deepstack = (0..layers)
+            .map(|l| Tensor::cat(&parts.iter().map(|p| &p.deepstack[l]).collect::<Vec<_>>(), 0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(ImageFeatures { embeds, deepstack })
     }
 
     /// The prompt's input embeddings with the image features in place of the image tokens,

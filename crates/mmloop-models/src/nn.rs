@@ -289,7 +289,7 @@ impl LayerNorm {
 /// Softmax over the last dimension.
 pub fn softmax_last(x: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
-        Mode::Infer => Ok(candle_nn::ops::softmax_last_dim(x)?),
+        Mode::Infer => Ok(crate::kernels::softmax_last_dim(x)?),
         Mode::Train => {
             let max = x.max_keepdim(D::Minus1)?.detach();
             let e = x.broadcast_sub(&max)?.exp()?;
@@ -321,10 +321,11 @@ impl Act {
         })
     }
 
-    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         Ok(match self {
             Act::Silu => x.silu()?,
             Act::Gelu => x.gelu_erf()?,
+            Act::GeluTanh if mode == Mode::Infer => crate::kernels::gelu_tanh(x)?,
             Act::GeluTanh => x.gelu()?,
             Act::QuickGelu => (x * ((x * -1.702)?.exp()? + 1.0)?.recip()?)?,
         })

@@ -161,12 +161,12 @@ impl Vision {
             let (q, k, v) = rotary_qkv(&b.qkv.forward(&h, ctx)?, self.heads, &cos, &sin, ctx.mode)?;
             x = (&x + b.proj.forward(&segment_attention(&q, &k, &v, lens, scale, ctx.mode)?, ctx)?)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
-            let mlp = (self.act.forward(&b.gate.forward(&h, ctx)?)? * b.up.forward(&h, ctx)?)?;
+            let mlp = (self.act.forward(&b.gate.forward(&h, ctx)?, ctx.mode)? * b.up.forward(&h, ctx)?)?;
             x = (&x + b.down.forward(&mlp, ctx)?)?;
         }
         let rows = x.dim(0)?;
         let x = self.ln_q.forward(&x, ctx.mode)?.reshape((rows / m2, ()))?;
-        let merged = self.merger2.forward(&Act::Gelu.forward(&self.merger0.forward(&x, ctx)?)?, ctx)?;
+        let merged = self.merger2.forward(&Act::Gelu.forward(&self.merger0.forward(&x, ctx)?, ctx.mode)?, ctx)?;
         // Back to image order: out[order[i]] = merged[i].
         let mut inverse = vec![0u32; order.len()];
         for (i, &o) in order.iter().enumerate() {

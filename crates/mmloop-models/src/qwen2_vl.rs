@@ -252,12 +252,12 @@ impl Vision {
             let a = segment_attention(&q, &k, &v, &lens, scale, ctx.mode)?;
             x = (x + b.proj.forward(&a, ctx)?)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
-            x = (&x + b.fc2.forward(&self.act.forward(&b.fc1.forward(&h, ctx)?)?, ctx)?)?;
+            x = (&x + b.fc2.forward(&self.act.forward(&b.fc1.forward(&h, ctx)?, ctx.mode)?, ctx)?)?;
         }
         let rows = x.dim(0)?;
         let m2 = self.merge * self.merge;
         let x = self.ln_q.forward(&x, ctx.mode)?.reshape((rows / m2, ()))?;
-        let x = self.merger2.forward(&Act::Gelu.forward(&self.merger0.forward(&x, ctx)?)?, ctx)?;
+        let x = self.merger2.forward(&Act::Gelu.forward(&self.merger0.forward(&x, ctx)?, ctx.mode)?, ctx)?;
         Ok(ImageFeatures { embeds: x, deepstack: Vec::new() })
     }
 }

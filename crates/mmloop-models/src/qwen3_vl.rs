@@ -52,7 +52,7 @@ impl Merger {
         } else {
             self.norm.forward(x, ctx.mode)?.reshape((rows, ()))?
         };
-        self.fc2.forward(&Act::Gelu.forward(&self.fc1.forward(&x, ctx)?)?, ctx)
+        self.fc2.forward(&Act::Gelu.forward(&self.fc1.forward(&x, ctx)?, ctx.mode)?, ctx)
     }
 }
 
@@ -202,7 +202,7 @@ impl Vision {
             let (q, k, v) = rotary_qkv(&b.qkv.forward(&h, ctx)?, self.heads, &cos, &sin, ctx.mode)?;
             x = (&x + b.proj.forward(&segment_attention(&q, &k, &v, &lens, scale, ctx.mode)?, ctx)?)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
-            x = (&x + b.fc2.forward(&self.act.forward(&b.fc1.forward(&h, ctx)?)?, ctx)?)?;
+            x = (&x + b.fc2.forward(&self.act.forward(&b.fc1.forward(&h, ctx)?, ctx.mode)?, ctx)?)?;
             if let Some(j) = self.deepstack_layers.iter().position(|&l| l == i) {
                 deepstack.push(self.deepstack[j].forward(&x, m2, ctx)?);
             }

@@ -391,7 +391,8 @@ impl TextModel {
             x = (residual + layer.o.forward(&attn, &ctx)?)?;
             let residual = x.clone();
             let h = layer.post_norm.forward(&x, ctx.mode)?;
-            let mlp = (cfg.hidden_act.forward(&layer.gate.forward(&h, &ctx)?)? * layer.up.forward(&h, &ctx)?)?;
+            let mlp =
+                (cfg.hidden_act.forward(&layer.gate.forward(&h, &ctx)?, ctx.mode)? * layer.up.forward(&h, &ctx)?)?;
             x = (residual + layer.down.forward(&mlp, &ctx)?)?;
             for (rows_t, feats) in &deepstack {
                 if let Some(f) = feats.get(li) {

@@ -1,0 +1,30 @@
+//! The f32 (and bf16) matmul throughput of candle's CPU kernels on this machine: the peak the
+//! model benchmark compares its vision-encoder and prefill GFLOP/s with.
+//!
+//!     cargo run --release -p mmloop-models --example matmul_peak [m k n] [reps]
+use candle_core::{DType, Device, Tensor};
+
+fn main() -> candle_core::Result<()> {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let (m, k, n) = match args[..] {
+        [m, k, n, ..] => (m, k, n),
+        _ => (4096, 768, 3072),
+    };
+    let reps = args.get(3).copied().unwrap_or(5);
+    for dtype in [DType::F32, DType::BF16] {
+        let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?.to_dtype(dtype)?;
+        let b = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?.to_dtype(dtype)?;
+        let bt = b.t()?;
+        let Ok(_) = a.matmul(&bt) else {
+            println!("{dtype:?}: no CPU matmul");
+            continue;
+        };
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            let _ = a.matmul(&bt)?;
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        println!("{dtype:?} {m}x{k} @ {k}x{n}: {:.1} ms, {:.1} GFLOP/s", s * 1e3, 2.0 * (m * k * n) as f64 / s / 1e9);
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! CPU kernels where profiling showed candle's generic element-wise loops to cost more than
+//! they should (docs/benchmarks.md): the tanh-form GELU (glibc's scalar `tanhf`/`expm1f`
+//! took 10% of a SmolVLM image) and softmax over the last dimension (scalar `expf`, 8%).
+//!
+//! Both run on contiguous float32 CPU tensors, row-parallel, with an exp that the compiler
+//! vectorises (AVX2 + FMA when the CPU has them, checked at run time); any other device,
+//! dtype or layout goes to candle's own op. The exp is Cephes' single-precision polynomial
+//! (≈ 1 ulp), so results agree with the libm path to ~1e-7 relative. Inference only: the
+//! training path ([`crate::nn::Mode::Train`]) uses plain differentiable ops.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `e^x`, branch-free (Cephes `expf`); `x` below −87 gives exactly 0 (masked scores).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    let xc = x.clamp(-87.0, 88.376_26);
+    let fx = (xc * LOG2E + 0.5).floor();
+    let r = xc - fx * 0.693_359_4 - fx * -2.121_944_4e-4;
+    let z = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r
+        + 0.5;
+    let y = p * z + r + 1.0;
+    let scale = f32::from_bits(((fx as i32 + 127) as u32) << 23);
+    if x < -87.0 { 0.0 } else { y * scale }
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+#[inline(always)]
+fn gelu_slice(src: &[f32], dst: &mut [f32]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        // 0.5·x·(1 + tanh(u)) = x / (1 + e^(−2u))
+        let u = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
+        *d = x / (1.0 + exp(-2.0 * u));
+    }
+}
+
+/// Eight running lanes, so float reductions vectorise (their order differs from a serial
+/// loop's by rounding only).
+#[inline(always)]
+fn lanes(src: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    let chunks = src.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = f(acc[i], c[i]);
+        }
+    }
+    let mut r = acc.iter().copied().fold(init, &f);
+    for &x in rest {
+        r = f(r, x);
+    }
+    r
+}
+
+#[inline(always)]
+fn softmax_row(src: &[f32], dst: &mut [f32]) {
+    let max = lanes(src, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+    let max = if max.is_finite() { max } else { 0.0 };
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = exp(x - max);
+    }
+    let inv = 1.0 / lanes(dst, 0.0, |a, b| a + b);
+    for d in dst.iter_mut() {
+        *d *= inv;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(src: &[f32], dst: &mut [f32]) {
+    gelu_slice(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2(src: &[f32], dst: &mut [f32]) {
+    softmax_row(src, dst)
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn gelu_chunk(src: &[f32], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { gelu_avx2(src, dst) };
+    }
+    gelu_slice(src, dst)
+}
+
+fn softmax_chunk(src: &[f32], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { softmax_avx2(src, dst) };
+    }
+    softmax_row(src, dst)
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Option<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Some(&v[a..b]),
+        _ => None,
+    }
+}
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "mmloop-gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let src =
+            contiguous_f32(s, l).ok_or_else(|| candle_core::Error::Msg("gelu kernel: contiguous f32 only".into()))?;
+        let mut out = vec![0f32; src.len()];
+        out.par_chunks_mut(16_384).zip(src.par_chunks(16_384)).for_each(|(d, s)| gelu_chunk(s, d));
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "mmloop-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(s, l)
+            .ok_or_else(|| candle_core::Error::Msg("softmax kernel: contiguous f32 only".into()))?;
+        let n = *l.shape().dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; src.len()];
+        // Rows in blocks so each task has work enough.
+        let rows_per = (8_192 / n.max(1)).max(1);
+        out.par_chunks_mut(n * rows_per).zip(src.par_chunks(n * rows_per)).for_each(|(d, s)| {
+            for (dr, sr) in d.chunks_mut(n).zip(s.chunks(n)) {
+                softmax_chunk(sr, dr)
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+fn fast_path(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.is_contiguous()
+}
+
+/// GELU, tanh form (`gelu_pytorch_tanh`).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if fast_path(x) { x.apply_op1_no_bwd(&Gelu) } else { x.gelu() }
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fast_path(x) { x.apply_op1_no_bwd(&Softmax) } else { candle_nn::ops::softmax_last_dim(x) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn exp_is_within_a_few_ulp() {
+        for i in -8700..8800 {
+            let x = i as f32 / 100.0;
+            let want = x.exp();
+            let got = exp(x);
+            let rel = ((got - want) / want).abs();
+            assert!(rel < 4e-7, "exp({x}) = {got}, libm {want}");
+        }
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+    }
+
+    #[test]
+    fn kernels_match_candle() {
+        let x = (Tensor::randn(0f32, 3.0, (37, 129), &Device::Cpu).unwrap() * 1.0).unwrap();
+        let d = |a: &Tensor, b: &Tensor| {
+            (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        };
+        assert!(d(&gelu_tanh(&x).unwrap(), &x.gelu().unwrap()) < 2e-6);
+        assert!(d(&softmax_last_dim(&x).unwrap(), &candle_nn::ops::softmax_last_dim(&x).unwrap()) < 1e-6);
+        // Masked scores (−inf) get exactly zero weight.
+        let m = Tensor::new(&[[0f32, f32::NEG_INFINITY, 1.0]], &Device::Cpu).unwrap();
+        let s = softmax_last_dim(&m).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(s[0][1], 0.0);
+    }
+}
