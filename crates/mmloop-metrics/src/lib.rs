@@ -18,5 +18,8 @@ pub mod ptb;
 pub mod pyfloat;
 pub mod pystr;
 pub mod rouge;
+pub mod selective;
+#[doc(hidden)]
+pub mod selective_sim;
 pub mod text;
 pub mod vqa;
