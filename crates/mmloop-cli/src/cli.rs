@@ -54,6 +54,160 @@ pub enum Command {
     /// Score predictions against references with the official metrics; write metrics.json
     /// and report.html (like `swift eval`).
     Eval(Box<EvalArgs>),
+    /// Draw a random audit sample of pending model answers for reviewers to decide first
+    /// (the data `mmloop route` certifies from); without --size, list the samples.
+    AuditSample(AuditSampleArgs),
+    /// Serve a model behind an OpenAI-compatible API (like `vllm serve` / `swift deploy`).
+    Serve(Box<ServeArgs>),
+    /// Auto-accept model answers above a threshold certified from the audit sample: error
+    /// rate ≤ ε with probability ≥ 1 − δ.
+    Route(Box<RouteCommand>),
+}
+
+#[derive(Args, Debug)]
+pub struct AuditSampleArgs {
+    pub project: PathBuf,
+    /// How many items to draw (uniformly at random from the pending items with a model answer).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Draw only items of this task (vqa or caption).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// The generator's seed (default: from the clock; recorded with the sample).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop serving this sample first (its decisions still count).
+    #[arg(long, conflicts_with = "size")]
+    pub close: Option<i64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct RouteCommand {
+    #[command(subcommand)]
+    pub action: Option<RouteAction>,
+    #[command(flatten)]
+    pub run: RouteArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RouteAction {
+    /// Revert a route run: its auto-accepted answers go back to review (decisions people
+    /// made since stay).
+    Undo {
+        project: PathBuf,
+        /// The run id `mmloop route` printed.
+        run: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Certify a threshold from a file of scored, judged answers (experiments, other tools):
+    /// JSONL rows {"score": s, "correct": true|false}.
+    Threshold(RouteThresholdArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RouteArgs {
+    #[arg(required = true)]
+    pub project: Option<PathBuf>,
+    /// The largest error rate allowed among auto-accepted answers.
+    #[arg(long, default_value_t = 0.05)]
+    pub epsilon: f64,
+    /// The allowed probability that the guarantee fails.
+    #[arg(long, default_value_t = 0.1)]
+    pub delta: f64,
+    /// The score thresholded: the model's confidence, or a score calibrated on part of the
+    /// audit sample (confidence, flags, answer length) and certified on the rest.
+    #[arg(long, default_value = "confidence")]
+    pub score: String,
+    /// One threshold per question type (VQAv2's question_type) within each task.
+    #[arg(long)]
+    pub per_type: bool,
+    /// Certify and print, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Share of the auto-accepted answers sent back to review as a drift audit.
+    #[arg(long, default_value_t = 0.02)]
+    pub audit_rate: f64,
+    /// Use only these audit samples (comma-separated ids; default: every calibration sample).
+    #[arg(long, value_delimiter = ',')]
+    pub sample: Vec<i64>,
+    /// No threshold with fewer audited answers above it is certified.
+    #[arg(long, default_value_t = 30)]
+    pub min_n: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RouteThresholdArgs {
+    /// JSONL: one {"score": number, "correct": bool} per line.
+    #[arg(long)]
+    pub calibration: PathBuf,
+    #[arg(long, default_value_t = 0.05)]
+    pub epsilon: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub delta: f64,
+    /// p-values: binomial (exact) or hb (Hoeffding–Bentkus).
+    #[arg(long, default_value = "binomial")]
+    pub p_value: String,
+    /// Start the walk where this many errors could pass (default: from the sample size;
+    /// 0 is the textbook start).
+    #[arg(long)]
+    pub start_errors: Option<usize>,
+    #[arg(long, default_value_t = 30)]
+    pub min_n: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A Hugging Face repo id or a checkpoint folder.
+    #[arg(long, alias = "model_id")]
+    pub model: String,
+    #[arg(long, alias = "model_revision", default_value = "main")]
+    pub revision: String,
+    /// PEFT adapters served beside the base model, `name=DIR` (vLLM's --lora-modules).
+    #[arg(long, alias = "lora-modules", alias = "lora_modules", num_args = 1.., value_name = "NAME=DIR")]
+    pub adapters: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Bearer token required on /v1/* (/health and /metrics stay open).
+    #[arg(long, alias = "api_key", env = "MMLOOP_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The base model's name in /v1/models and requests (default: --model as given).
+    #[arg(long, alias = "served_model_name")]
+    pub served_model_name: Option<String>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, alias = "torch_dtype", default_value = "auto")]
+    pub dtype: String,
+    #[arg(long, alias = "isq", alias = "quant_method", value_name = "TYPE")]
+    pub quant: Option<String>,
+    /// Sequences decoded together (continuous batching).
+    #[arg(long, alias = "max_batch_size", alias = "max-num-seqs", default_value_t = 16)]
+    pub max_batch_size: usize,
+    /// Images per request: a number, or vLLM's JSON form `{"image": N}`.
+    #[arg(long, alias = "limit_mm_per_prompt", default_value = "8")]
+    pub limit_mm_per_prompt: String,
+    /// `file://` image URLs are read only under this folder (refused without it).
+    #[arg(long, alias = "allowed_local_media_path", value_name = "DIR")]
+    pub allowed_local_media_path: Option<PathBuf>,
+    /// Largest request body, MiB.
+    #[arg(long, default_value_t = 64)]
+    pub max_body_mb: usize,
+    /// Serve /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's switch, also read
+    /// from VLLM_ALLOW_RUNTIME_LORA_UPDATING).
+    #[arg(long, env = "VLLM_ALLOW_RUNTIME_LORA_UPDATING", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_runtime_lora_updating: bool,
+    /// Risk rules for the `mmloop` fields: a TOML file with a [rules] table.
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -94,7 +94,7 @@ async fn backend(a: &InferArgs) -> anyhow::Result<Arc<dyn Backend>> {
 }
 
 async fn embedded(a: &InferArgs) -> anyhow::Result<Arc<dyn Backend>> {
-    use mmloop_engine::embedded::{EmbeddedBackend, EmbeddedOptions};
+    use mmloop_engine::embedded::EmbeddedOptions;
     let Some(model) = a.model.clone() else {
         bail!(
             "which model?\n  hint: pass --model with a Hugging Face repo id (e.g. HuggingFaceTB/SmolVLM-256M-Instruct) or a checkpoint folder, or --api URL for a server"
@@ -107,22 +107,42 @@ async fn embedded(a: &InferArgs) -> anyhow::Result<Arc<dyn Backend>> {
     o.quant = a.quant.clone();
     o.max_batch = a.max_batch_size;
     o.merge_adapters = a.merge_lora;
-    for (i, dir) in a.adapters.iter().enumerate() {
-        // `name=DIR` names an adapter; a bare folder is named after itself.
-        let (name, path) = match dir.split_once('=') {
+    o.adapters = adapter_list(&a.adapters);
+    Ok(Arc::new(load_embedded(o).await?))
+}
+
+/// `--adapters`: `name=DIR` names an adapter; a bare folder is named `adapter<i>`.
+pub(crate) fn adapter_list(given: &[String]) -> Vec<(String, std::path::PathBuf)> {
+    given
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| match dir.split_once('=') {
             Some((n, p)) if !n.is_empty() && !std::path::Path::new(dir).exists() => (n.to_string(), p.into()),
             _ => (format!("adapter{i}"), std::path::PathBuf::from(dir)),
-        };
-        o.adapters.push((name, path));
-    }
+        })
+        .collect()
+}
+
+/// Loads the embedded engine with a spinner.
+pub(crate) async fn load_embedded(
+    o: mmloop_engine::embedded::EmbeddedOptions,
+) -> anyhow::Result<mmloop_engine::embedded::EmbeddedBackend> {
     let spinner = ProgressBar::new_spinner();
-    spinner.set_message(format!("loading {model}"));
+    spinner.set_message(format!("loading {}", o.model));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let b = EmbeddedBackend::load(o).await;
+    let device = format!("{:?}", o.device).to_lowercase();
+    let b = mmloop_engine::embedded::EmbeddedBackend::load(o).await;
     spinner.finish_and_clear();
     let b = b?;
-    ui::ok(format!("loaded {} ({}, {})", b.info().resolved, b.info().family.as_deref().unwrap_or("?"), a.device));
-    Ok(Arc::new(b))
+    ui::ok(format!("loaded {} ({}, {device})", b.info().resolved, b.info().family.as_deref().unwrap_or("?")));
+    Ok(b)
+}
+
+/// The `[rules]` of a TOML file (`--rules`).
+pub(crate) fn rules_file(f: &std::path::Path) -> anyhow::Result<RulesConfig> {
+    let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+    let t: toml::Table = toml::from_str(&text).with_context(|| format!("{}: not TOML", f.display()))?;
+    rules_from(t.get("rules"), &f.display().to_string())
 }
 
 fn overrides(a: &InferArgs) -> GenOverrides {
@@ -162,11 +182,7 @@ pub async fn infer(a: InferArgs, actor: &str) -> anyhow::Result<()> {
     let rules = match (&store, &a.rules) {
         (Some(_), Some(_)) => bail!("--rules is for file mode; a project's rules are in its mmloop.toml"),
         (Some(s), None) => rules_from(s.config().raw.get("rules"), &s.paths().config.display().to_string())?,
-        (None, Some(f)) => {
-            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            let t: toml::Table = toml::from_str(&text).with_context(|| format!("{}: not TOML", f.display()))?;
-            rules_from(t.get("rules"), &f.display().to_string())?
-        }
+        (None, Some(f)) => rules_file(f)?,
         (None, None) => RulesConfig::default(),
     };
     let rules = RuleSet::new(rules)?;

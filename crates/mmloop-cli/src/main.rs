@@ -9,6 +9,8 @@ mod import_cmd;
 mod infer_cmd;
 mod info;
 mod review_cmd;
+mod route_cmd;
+mod serve_cmd;
 mod ui;
 mod versions_cmd;
 
@@ -43,6 +45,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Review(a) => review_cmd::review(a, &actor).await,
         Command::User(a) => review_cmd::user(a, &actor).await,
         Command::Eval(a) => eval_cmd::eval(*a).await,
+        Command::AuditSample(a) => route_cmd::audit_sample(a, &actor).await,
+        Command::Route(a) => route_cmd::route(*a, &actor).await,
+        Command::Serve(a) => serve_cmd::serve(*a).await,
     }
 }
 

@@ -54,6 +54,8 @@ impl FromStr for Task {
 ///
 /// `Imported` labels came with the dataset (human answers of VQAv2, COCO captions, ...):
 /// they count as truth like reviewed ones, but no reviewer of this project saw them.
+/// `AutoAccepted` labels are model answers accepted without review by `mmloop route`, under
+/// a certificate bounding their error rate: trusted, but not reviewed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LabelStatus {
@@ -63,16 +65,19 @@ pub enum LabelStatus {
     Edited,
     Rejected,
     Skipped,
+    #[serde(rename = "auto_accepted")]
+    AutoAccepted,
 }
 
 impl LabelStatus {
-    pub const ALL: [LabelStatus; 6] = [
+    pub const ALL: [LabelStatus; 7] = [
         LabelStatus::Pending,
         LabelStatus::Imported,
         LabelStatus::Accepted,
         LabelStatus::Edited,
         LabelStatus::Rejected,
         LabelStatus::Skipped,
+        LabelStatus::AutoAccepted,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -83,12 +88,13 @@ impl LabelStatus {
             LabelStatus::Edited => "edited",
             LabelStatus::Rejected => "rejected",
             LabelStatus::Skipped => "skipped",
+            LabelStatus::AutoAccepted => "auto_accepted",
         }
     }
 
     /// Labels whose answer is trusted: exported and trained on by default.
     pub const fn is_truth(self) -> bool {
-        matches!(self, LabelStatus::Imported | LabelStatus::Accepted | LabelStatus::Edited)
+        matches!(self, LabelStatus::Imported | LabelStatus::Accepted | LabelStatus::Edited | LabelStatus::AutoAccepted)
     }
 
     /// Labels a reviewer of this project decided on.
@@ -109,7 +115,7 @@ impl FromStr for LabelStatus {
         LabelStatus::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| ParseEnumError {
             kind: "label status",
             value: s.into(),
-            expected: "pending, imported, accepted, edited, rejected, skipped",
+            expected: "pending, imported, accepted, edited, rejected, skipped, auto_accepted",
         })
     }
 }
@@ -189,6 +195,7 @@ mod tests {
     fn enums_round_trip_through_strings() {
         for s in LabelStatus::ALL {
             assert_eq!(s.as_str().parse::<LabelStatus>().unwrap(), s);
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
         assert_eq!("caption".parse::<Task>().unwrap(), Task::Caption);
         let err = "vq".parse::<Task>().unwrap_err().to_string();

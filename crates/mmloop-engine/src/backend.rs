@@ -144,6 +144,19 @@ pub struct Generation {
     /// `stop` (end of sequence), `length` (hit max_new_tokens), or what the server said.
     pub finish_reason: String,
     pub prompt_tokens: Option<usize>,
+    /// Where the time went, when the engine runs in this process.
+    pub timing: Option<Timing>,
+}
+
+/// A request's time in the embedded engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Timing {
+    /// Waiting for a place in the batch.
+    pub queued: std::time::Duration,
+    /// From admission to the first token (vision encoder and prefill).
+    pub first_token: std::time::Duration,
+    /// From submission to the last token.
+    pub total: std::time::Duration,
 }
 
 impl Generation {

@@ -284,6 +284,7 @@ impl OpenAiBackend {
             tokens,
             finish_reason,
             prompt_tokens: v["usage"]["prompt_tokens"].as_u64().map(|n| n as usize),
+            timing: None,
         })
     }
 

@@ -91,6 +91,12 @@ pub struct GenParams {
     /// How many alternatives to keep per token in the stored logprobs.
     pub top_logprobs: usize,
     pub seed: u64,
+    /// Strings that end the answer when they appear (not included in it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// 0 = off (vLLM's `min_p`).
+    #[serde(default)]
+    pub min_p: f64,
     /// Whether the caller asked for each generation setting explicitly (a server then
     /// receives only those, keeping its own defaults for the rest).
     #[serde(skip)]
@@ -129,6 +135,8 @@ impl GenParams {
             repetition_penalty: o.repetition_penalty.or(defaults.repetition_penalty).unwrap_or(1.0),
             top_logprobs: o.top_logprobs.unwrap_or(DEFAULT_TOP_LOGPROBS),
             seed: o.seed.unwrap_or(0),
+            stop: Vec::new(),
+            min_p: 0.0,
             explicit: o.clone(),
         };
         p.validate()?;
@@ -146,8 +154,15 @@ impl GenParams {
             repetition_penalty: 1.0,
             top_logprobs: DEFAULT_TOP_LOGPROBS,
             seed: 0,
+            stop: Vec::new(),
+            min_p: 0.0,
             explicit: GenOverrides::default(),
         }
+    }
+
+    /// Checks settings set after [`GenParams::resolve`] (a server request's own).
+    pub fn check(&self) -> Result<()> {
+        self.validate()
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -169,6 +184,9 @@ impl GenParams {
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
             return bad(format!("--repetition-penalty must be positive, not {}", self.repetition_penalty));
         }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(format!("min_p must be in [0, 1], not {}", self.min_p));
+        }
         if self.top_logprobs > 20 {
             return bad("--top-logprobs is at most 20 (the OpenAI API's limit)".into());
         }
@@ -177,7 +195,7 @@ impl GenParams {
 
     /// The settings that change answers, as canonical JSON (for the run's params hash).
     pub fn identity(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "max_new_tokens": self.max_new_tokens,
             "min_new_tokens": self.min_new_tokens,
             "temperature": self.temperature,
@@ -185,7 +203,15 @@ impl GenParams {
             "top_k": self.top_k,
             "repetition_penalty": self.repetition_penalty,
             "seed": self.seed,
-        })
+        });
+        // Only when set, so the identity of earlier runs stays the same.
+        if !self.stop.is_empty() {
+            v["stop"] = serde_json::json!(self.stop);
+        }
+        if self.min_p > 0.0 {
+            v["min_p"] = self.min_p.into();
+        }
+        v
     }
 }
 

@@ -213,6 +213,70 @@ pub fn empirical_threshold(samples: &[(f64, bool)], eps: f64) -> Option<f64> {
     best
 }
 
+/// A small seeded generator (SplitMix64) for audit draws and simulations: reproducible from
+/// the seed recorded with a sample, and no dependency for so little.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [0, n) (n > 0), without modulo bias.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let x = self.next_u64();
+            if x < zone {
+                return x % n;
+            }
+        }
+    }
+
+    /// `k` distinct positions of `0..n` in random order (a partial Fisher–Yates shuffle).
+    pub fn sample(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let k = k.min(n);
+        let mut idx: Vec<usize> = (0..n).collect();
+        for i in 0..k {
+            let j = i + self.below((n - i) as u64) as usize;
+            idx.swap(i, j);
+        }
+        idx.truncate(k);
+        idx
+    }
+}
+
+/// The Clopper–Pearson interval of a binomial proportion, `k` successes in `n`, at level
+/// 1 − `alpha` (two-sided): exact, by bisection on the binomial tails.
+pub fn clopper_pearson(k: usize, n: usize, alpha: f64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let bisect = |f: &dyn Fn(f64) -> bool| {
+        // f is true on [0, x*) and false on [x*, 1]: find x*.
+        let (mut lo, mut hi) = (0.0f64, 1.0f64);
+        for _ in 0..60 {
+            let mid = (lo + hi) / 2.0;
+            if f(mid) { lo = mid } else { hi = mid }
+        }
+        (lo + hi) / 2.0
+    };
+    // Lower: the p with P(X ≥ k | p) = α/2; upper: the p with P(X ≤ k | p) = α/2.
+    let lower = if k == 0 { 0.0 } else { bisect(&|p| 1.0 - binom_cdf(k - 1, n, p) < alpha / 2.0) };
+    let upper = if k == n { 1.0 } else { bisect(&|p| binom_cdf(k, n, p) > alpha / 2.0) };
+    (lower, upper)
+}
+
 /// Isotonic regression (pool adjacent violators) of `y` on `x`: a nondecreasing step
 /// function, returned as (x breakpoints ascending, fitted values).
 pub fn isotonic(points: &[(f64, f64)]) -> (Vec<f64>, Vec<f64>) {
@@ -352,6 +416,19 @@ mod tests {
         let bad: Vec<(f64, bool)> = (0..500).map(|i| (i as f64 / 500.0, false)).collect();
         assert_eq!(certify(&bad, &CertifyOptions::new(0.05, 0.1)).threshold, None);
         assert_eq!(empirical_threshold(&s, 0.05).map(|t| t < 0.9), Some(true));
+    }
+
+    #[test]
+    fn clopper_pearson_matches_the_beta_quantiles() {
+        // 3 of 100: the bounds where the exact tails (Python math.comb sums) equal 2.5%, the
+        // Beta(3, 98) and Beta(4, 97) quantiles.
+        let (lo, hi) = clopper_pearson(3, 100, 0.05);
+        assert!((lo - 0.006_229_97).abs() < 1e-7 && (hi - 0.085_176_05).abs() < 1e-7, "{lo} {hi}");
+        assert_eq!(clopper_pearson(0, 10, 0.05).0, 0.0);
+        let mut r = SplitMix64(7);
+        let s = r.sample(10, 4);
+        assert_eq!(s.len(), 4);
+        assert!(s.iter().all(|&i| i < 10) && s.iter().collect::<std::collections::HashSet<_>>().len() == 4);
     }
 
     #[test]

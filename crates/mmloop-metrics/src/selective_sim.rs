@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use crate::selective::{CertifyOptions, certify, empirical_threshold, logistic, logistic_at};
+use crate::selective::{CertifyOptions, SplitMix64, certify, empirical_threshold, logistic, logistic_at};
 
 /// The population the audit samples are drawn from.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -52,25 +52,13 @@ impl Population {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// One audited answer: score, flag, correct.
-fn draw(pop: &Population, rng: &mut Rng, n: usize) -> Vec<(f64, bool, bool)> {
+fn draw(pop: &Population, rng: &mut SplitMix64, n: usize) -> Vec<(f64, bool, bool)> {
     (0..n)
         .map(|_| {
-            let s = rng.next().sqrt();
-            let flag = rng.next() < pop.flagged;
-            let correct = rng.next() >= pop.error(s, flag);
+            let s = rng.next_f64().sqrt();
+            let flag = rng.next_f64() < pop.flagged;
+            let correct = rng.next_f64() >= pop.error(s, flag);
             (s, flag, correct)
         })
         .collect()
@@ -135,7 +123,7 @@ pub fn run(pop: &Population, n: usize, trials: usize, eps: f64, delta: f64, trai
     let mut coverage: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut violations = vec![0usize; names.len()];
     let mut nones = vec![0usize; names.len()];
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     for _ in 0..trials {
         let sample = draw(pop, &mut rng, n);
         let pairs: Vec<(f64, bool)> = sample.iter().map(|&(s, _, c)| (s, c)).collect();

@@ -19,6 +19,8 @@ pub struct StepPolicy {
     pub top_k: usize,
     /// 1 = off.
     pub top_p: f64,
+    /// 0 = off: drop tokens less likely than `min_p` times the most likely one.
+    pub min_p: f64,
     /// 1 = off.
     pub repetition_penalty: f64,
     /// How many of the most likely tokens to report per step.
@@ -42,7 +44,14 @@ impl SamplingParams {
     /// Pure greedy decoding, no penalty: what the parity references use.
     pub fn greedy(max_new_tokens: usize) -> SamplingParams {
         SamplingParams {
-            policy: StepPolicy { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, top_n: 5 },
+            policy: StepPolicy {
+                temperature: 0.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                repetition_penalty: 1.0,
+                top_n: 5,
+            },
             max_new_tokens,
             min_new_tokens: 0,
             seed: 0,
@@ -167,7 +176,7 @@ pub fn step(
     Ok(Step { id, logprob: lp(id), top })
 }
 
-/// Temperature, then top-k, then top-p (transformers' warper order), then a draw.
+/// Temperature, then top-k, then top-p, then min-p (transformers' warper order), then a draw.
 fn sample(scores: &[f32], policy: &StepPolicy, rng: &mut impl Rng) -> Option<u32> {
     let t = policy.temperature;
     // Candidates, most likely first; top-k cuts the list before any sort of the whole row.
@@ -190,6 +199,10 @@ fn sample(scores: &[f32], policy: &StepPolicy, rng: &mut impl Rng) -> Option<u32
                 break;
             }
         }
+    }
+    // Min-p: the weights are relative to the most likely token's (the first, weight 1).
+    if policy.min_p > 0.0 {
+        keep = keep.min(weights.iter().take_while(|&&w| w >= policy.min_p).count().max(1));
     }
     let kept_total: f64 = weights[..keep].iter().sum();
     let mut u = rng.random::<f64>() * kept_total;
@@ -219,7 +232,7 @@ mod tests {
     use super::*;
 
     fn greedy(top_n: usize) -> StepPolicy {
-        StepPolicy { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, top_n }
+        StepPolicy { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, top_n }
     }
 
     #[test]
@@ -265,6 +278,16 @@ mod tests {
         let s = step(&[5.0, 1.0], &[], &greedy(1), &[0], &mut StdRng::seed_from_u64(0)).unwrap();
         assert_eq!(s.id, 1);
         assert_eq!(s.top[0].0, 0, "top logprobs still show the model's favourite");
+    }
+
+    #[test]
+    fn min_p_keeps_tokens_near_the_most_likely() {
+        // Probabilities 0.5, 0.3, 0.2: min_p 0.5 keeps the first two (0.2 < 0.25).
+        let scores = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
+        let p = StepPolicy { temperature: 1.0, min_p: 0.5, ..greedy(0) };
+        let mut rng = StdRng::seed_from_u64(3);
+        let drawn: std::collections::BTreeSet<u32> = (0..400).map(|_| sample(&scores, &p, &mut rng).unwrap()).collect();
+        assert_eq!(drawn.into_iter().collect::<Vec<_>>(), vec![0, 1]);
     }
 
     #[test]

@@ -133,12 +133,16 @@ function show(r) {
   st.view = viewer(item.images);
   $('#image-pane').replaceChildren(st.view.el);
   fill($('#info-pane'),
+    r.audit ? h('p', { class: 'audit-banner', id: 'audit-banner' },
+      h('b', {}, r.audit.kind === 'drift' ? 'Drift audit' : 'Audit sample'),
+      ` #${r.audit.sample}: an item drawn at random to measure how often the model is right. The model's confidence is `
+      + 'hidden; decide as usual (a skip counts as a wrong answer).') : null,
     metaLine(r),
     item.context.length ? h('details', { class: 'context' }, h('summary', {}, `Earlier turns (${item.context.length})`),
       item.context.map((m) => h('p', { class: 'turn' }, h('b', {}, `${m.role}: `), withoutImageTags(m.content)))) : null,
     h('div', { class: 'label-caption' }, item.task === 'caption' ? 'Prompt' : 'Question'),
     h('h2', { class: 'question', id: 'question' }, withoutImageTags(item.question)),
-    candidateBlock(primary, r.candidates),
+    candidateBlock(primary, r.candidates, !!r.audit),
     h('div', { id: 'label-block', class: 'label-block' }, labelView(item)),
     actionBar(r),
     h('details', { class: 'history', id: 'history', open: true }, h('summary', {}, 'History'),
@@ -249,7 +253,7 @@ function confidence(c) {
     h('span', { class: 'conf-track' }, fill), h('span', { class: 'conf-num', id: 'confidence' }, c.toFixed(2)));
 }
 
-function candidateBlock(primary, all) {
+function candidateBlock(primary, all, audit) {
   if (!primary) {
     const failed = all.find((c) => c.error);
     return h('div', { class: 'candidate none', id: 'candidate' },
@@ -258,7 +262,8 @@ function candidateBlock(primary, all) {
   }
   const others = all.filter((c) => c !== primary);
   return h('div', { class: `candidate${primary.flags.length ? ' risky' : ''}`, id: 'candidate' },
-    h('div', { class: 'candidate-head' }, h('span', { class: 'model' }, primary.model), confidence(primary.confidence)),
+    h('div', { class: 'candidate-head' }, h('span', { class: 'model' }, primary.model),
+      audit ? h('span', { class: 'conf unknown' }, 'confidence hidden (audit)') : confidence(primary.confidence)),
     h('p', { class: 'candidate-answer', id: 'candidate-answer' }, highlight(primary.answer, primary.flags)),
     primary.flags.length ? h('ul', { class: 'flags', id: 'flags' },
       primary.flags.map((f) => h('li', {}, h('span', { class: 'flag-name' }, f.flag), f.why ? ` ${f.why}` : ''))) : null,

@@ -222,7 +222,8 @@ pub async fn image(
 pub async fn stats(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
     c.require(Permission::Read)?;
     let s = st.store.review_stats().await?;
-    Ok(axum::Json(json!({"project": st.store.config().project.name, "stats": s})).into_response())
+    let routing = st.store.routing_stats().await?;
+    Ok(axum::Json(json!({"project": st.store.config().project.name, "stats": s, "routing": routing})).into_response())
 }
 
 /// `GET /api/facets`: the values the filters can take (cached for half a minute: the

@@ -11,8 +11,11 @@ use tokio::sync::oneshot;
 
 use crate::StoreError;
 
-const MIGRATIONS: &[&str] =
-    &[include_str!("../migrations/0001_init.sql"), include_str!("../migrations/0002_review.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_review.sql"),
+    include_str!("../migrations/0003_routing.sql"),
+];
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 

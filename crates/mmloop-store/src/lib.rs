@@ -18,6 +18,8 @@ mod import;
 mod labels;
 mod project;
 pub mod review;
+pub mod route_plan;
+mod routing;
 mod splits;
 mod stats;
 mod versions;
@@ -33,6 +35,10 @@ pub use import::{CheckedImages, ImportOptions, ImportProgress, ImportReport, Inc
 pub use labels::{ItemView, LabelSave, LabelView, SaveOutcome};
 pub use project::{Config, ProjectPaths};
 pub use review::{ReviewError, ReviewResult};
+pub use routing::{
+    AuditSampleInfo, Audited, PoolItem, RouteApplied, RouteApply, RouteUndone, SampleKind, SampleOptions, Verdict,
+    same_answer,
+};
 pub use splits::{SplitPlan, SplitReport};
 pub use stats::Stats;
 pub use versions::{CommitOutcome, Diff, DiffEntry, DiffKind, VersionInfo};

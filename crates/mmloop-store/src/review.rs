@@ -13,7 +13,7 @@ mod stats;
 
 pub use accounts::{NewSecret, Permission, Role, Session, TokenInfo, User, UserUpdate};
 pub use queue::{
-    CandidateView, Decision, DecisionAction, Facets, ItemSummary, Lease, QueueFilter, ReviewItem, RiskFlag,
+    AuditMark, CandidateView, Decision, DecisionAction, Facets, ItemSummary, Lease, QueueFilter, ReviewItem, RiskFlag,
 };
 pub use stats::{BucketStats, ReviewStats, ReviewerStats};
 

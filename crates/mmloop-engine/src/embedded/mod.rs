@@ -12,13 +12,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mmloop_models::generate::{Engine, EngineOptions, Event};
+use mmloop_models::generate::{Engine, EngineOptions, Event, GenerationOutput, StepToken};
 use mmloop_models::model::{LoadOptions, Quant, VlModel};
 use mmloop_models::processor::{ChatMessage, Part};
 use mmloop_models::sampling::{SamplingParams, StepPolicy, request_seed};
 use serde_json::json;
 
-use crate::backend::{Backend, BackendInfo, GenRequest, Generation, TokenLogprob, TopLogprob};
+use crate::backend::{Backend, BackendInfo, GenRequest, Generation, InputImage, Timing, TokenLogprob, TopLogprob};
 use crate::params::{GenParams, GenerationDefaults};
 use crate::{EngineError, Result};
 
@@ -225,6 +225,7 @@ pub fn sampling(params: &GenParams, stream: u64) -> SamplingParams {
             temperature: params.temperature,
             top_k: params.top_k,
             top_p: params.top_p,
+            min_p: params.min_p,
             repetition_penalty: params.repetition_penalty,
             // Two at least: the first-token margin needs the runner-up.
             top_n: params.top_logprobs.max(2),
@@ -232,8 +233,26 @@ pub fn sampling(params: &GenParams, stream: u64) -> SamplingParams {
         max_new_tokens: params.max_new_tokens,
         min_new_tokens: params.min_new_tokens,
         seed: request_seed(params.seed, stream),
-        stop: Vec::new(),
+        stop: params.stop.clone(),
     }
+}
+
+/// A chat for the embedded engine: messages with their image parts in place, the images in
+/// the order the parts name them, and exactly which adapter answers (`None`: the base model).
+#[derive(Clone, Debug)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub images: Vec<InputImage>,
+    pub params: GenParams,
+    pub stream: u64,
+    pub adapter: Option<String>,
+}
+
+/// A request the engine has accepted: its prompt length, and its events as they happen
+/// (tokens, then the end).
+pub struct Started {
+    pub prompt_tokens: usize,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<Event>,
 }
 
 #[async_trait]
@@ -253,49 +272,23 @@ impl Backend for EmbeddedBackend {
 
     async fn generate(&self, req: GenRequest) -> Result<Generation> {
         let t0 = std::time::Instant::now();
-        let model = self.engine.model().clone();
-        let messages = chat_messages(&req);
-        let images = req.prompt.images.clone();
-        let adapter_name = req.adapter.clone().or_else(|| self.default_adapter.clone());
-        let prepared = tokio::task::spawn_blocking(move || -> Result<_> {
-            let decoded =
-                images.iter().map(|i| Ok((i.name.clone(), i.decode()?.into_rgb8()))).collect::<Result<Vec<_>>>()?;
-            let prepared = model.processor.prepare(&messages, &decoded).map_err(|e| match e {
-                mmloop_models::Error::Image { name, message } => EngineError::Image { name, message },
-                other => EngineError::Generate(other.to_string()),
-            })?;
-            let adapter = match &adapter_name {
-                None => None,
-                Some(n) => Some(
-                    model
-                        .adapter_slot(n)
-                        .ok_or_else(|| EngineError::Config(format!("no adapter named {n:?} is loaded")))?,
-                ),
-            };
-            Ok((prepared, adapter))
-        })
-        .await
-        .map_err(|e| EngineError::Generate(format!("preparing the request panicked: {e}")))??;
+        let top_n = req.params.top_logprobs;
+        let chat = ChatRequest {
+            messages: chat_messages(&req),
+            images: req.prompt.images.clone(),
+            adapter: req.adapter.clone().or_else(|| self.default_adapter.clone()),
+            params: req.params,
+            stream: req.stream,
+        };
+        let mut started = self.start(chat).await?;
         let t1 = std::time::Instant::now();
-        let (prepared, adapter) = prepared;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut tx = Some(tx);
-        self.engine.submit(
-            prepared,
-            sampling(&req.params, req.stream),
-            adapter,
-            Box::new(move |e| {
-                if let Event::Done(out) = e
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(out);
-                }
-            }),
-        );
-        let out = rx
-            .await
-            .map_err(|_| EngineError::Generate("the engine stopped".into()))?
-            .map_err(|e| EngineError::Generate(e.to_string()))?;
+        let out = loop {
+            match started.events.recv().await {
+                Some(Event::Token(_)) => {}
+                Some(Event::Done(out)) => break out.map_err(|e| EngineError::Generate(e.to_string()))?,
+                None => return Err(EngineError::Generate("the engine stopped".into())),
+            }
+        };
         // MMLOOP_TIMING=1: per-request phase times on stderr (see docs/benchmarks.md).
         if std::env::var_os("MMLOOP_TIMING").is_some() {
             eprintln!(
@@ -308,34 +301,110 @@ impl Backend for EmbeddedBackend {
                 out.tokens.len()
             );
         }
+        Ok(self.generation(out, top_n))
+    }
+}
+
+impl EmbeddedBackend {
+    /// Prepares a chat (images decoded and resized, template rendered, tokens counted) and
+    /// queues it; errors in the request itself (an undecodable image, an unknown adapter)
+    /// come back here, before anything runs.
+    pub async fn start(&self, req: ChatRequest) -> Result<Started> {
+        let model = self.engine.model().clone();
+        let ChatRequest { messages, images, params, stream, adapter } = req;
+        let (prepared, slot) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let decoded =
+                images.iter().map(|i| Ok((i.name.clone(), i.decode()?.into_rgb8()))).collect::<Result<Vec<_>>>()?;
+            let prepared = model.processor.prepare(&messages, &decoded).map_err(|e| match e {
+                mmloop_models::Error::Image { name, message } => EngineError::Image { name, message },
+                other => EngineError::Generate(other.to_string()),
+            })?;
+            let slot = match &adapter {
+                None => None,
+                Some(n) => Some(
+                    model
+                        .adapter_slot(n)
+                        .ok_or_else(|| EngineError::Config(format!("no adapter named {n:?} is loaded")))?,
+                ),
+            };
+            Ok((prepared, slot))
+        })
+        .await
+        .map_err(|e| EngineError::Generate(format!("preparing the request panicked: {e}")))??;
+        let prompt_tokens = prepared.input_ids.len();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        self.engine.submit(
+            prepared,
+            sampling(&params, stream),
+            slot,
+            Box::new(move |e| {
+                let _ = tx.send(e);
+            }),
+        );
+        Ok(Started { prompt_tokens, events })
+    }
+
+    /// A generated token as the OpenAI `logprobs` shape has it, with `top_n` alternatives
+    /// (two at least: the confidence's first-token margin needs the runner-up).
+    pub fn token(&self, s: &StepToken, top_n: usize) -> TokenLogprob {
         let table = &self.engine.model().processor.tokens;
-        let tokens = out
-            .tokens
-            .iter()
-            .map(|s| TokenLogprob {
-                id: Some(s.id),
-                token: table.text(s.id),
-                logprob: s.logprob,
-                bytes: table.bytes(s.id).to_vec(),
-                top_logprobs: s
-                    .top
-                    .iter()
-                    .take(req.params.top_logprobs.max(2))
-                    .map(|&(id, lp)| TopLogprob {
-                        id: Some(id),
-                        token: table.text(id),
-                        logprob: lp,
-                        bytes: table.bytes(id).to_vec(),
-                    })
-                    .collect(),
-                special: table.is_special(s.id),
-            })
-            .collect();
-        Ok(Generation {
+        TokenLogprob {
+            id: Some(s.id),
+            token: table.text(s.id),
+            logprob: s.logprob,
+            bytes: table.bytes(s.id).to_vec(),
+            top_logprobs: s
+                .top
+                .iter()
+                .take(top_n.max(2))
+                .map(|&(id, lp)| TopLogprob {
+                    id: Some(id),
+                    token: table.text(id),
+                    logprob: lp,
+                    bytes: table.bytes(id).to_vec(),
+                })
+                .collect(),
+            special: table.is_special(s.id),
+        }
+    }
+
+    /// The engine's output as a [`Generation`].
+    pub fn generation(&self, out: GenerationOutput, top_n: usize) -> Generation {
+        Generation {
+            tokens: out.tokens.iter().map(|s| self.token(s, top_n)).collect(),
             text: out.text,
-            tokens,
             finish_reason: out.finish.as_str().into(),
             prompt_tokens: Some(out.prompt_tokens),
-        })
+            timing: Some(Timing { queued: out.queued, first_token: out.first_token, total: out.total }),
+        }
+    }
+
+    /// The text of generated ids, special tokens skipped (what the answer's text is made of).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.engine.model().processor.tokens.decode(ids).map_err(|e| EngineError::Generate(e.to_string()))
+    }
+
+    /// Loads a PEFT adapter under a name while serving.
+    pub async fn load_adapter(&self, name: &str, dir: PathBuf) -> Result<()> {
+        let model = self.engine.model().clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || model.load_adapter(&name, &dir).map(|_| ()))
+            .await
+            .map_err(|e| EngineError::Load(format!("loading the adapter panicked: {e}")))?
+            .map_err(|e| EngineError::Load(e.to_string()))
+    }
+
+    pub fn unload_adapter(&self, name: &str) -> Result<()> {
+        self.engine.model().unload_adapter(name).map_err(|e| EngineError::Config(e.to_string()))
+    }
+
+    /// The adapters loaded, by name, with their folders.
+    pub fn adapters(&self) -> Vec<(String, PathBuf)> {
+        self.engine.model().adapters()
+    }
+
+    /// The adapter answering requests that name none (`--adapters`' first unless merged).
+    pub fn default_adapter(&self) -> Option<&str> {
+        self.default_adapter.as_deref()
     }
 }

@@ -50,6 +50,13 @@ fn given(s: &Option<String>) -> Option<&str> {
 }
 
 impl QueueFilter {
+    /// The default queue: no status and no filter set. Open audit samples come first there.
+    pub fn is_default(&self) -> bool {
+        [&self.status, &self.flag, &self.split, &self.tag, &self.model, &self.task].iter().all(|f| given(f).is_none())
+            && self.min_conf.is_none()
+            && self.max_conf.is_none()
+    }
+
     fn status(&self) -> ReviewResult<Option<LabelStatus>> {
         given(&self.status)
             .map(|s| s.parse::<LabelStatus>().map_err(|e| ReviewError::BadRequest(e.to_string())))
@@ -151,7 +158,7 @@ pub struct RiskFlag {
     pub span: Option<[u64; 2]>,
 }
 
-fn parse_flags(text: Option<String>) -> Vec<RiskFlag> {
+pub(crate) fn parse_flags(text: Option<String>) -> Vec<RiskFlag> {
     let Some(Value::Array(items)) = text.and_then(|t| serde_json::from_str::<Value>(&t).ok()) else {
         return Vec::new();
     };
@@ -197,6 +204,16 @@ pub struct ReviewItem {
     pub lease: Option<Lease>,
     /// Whether the current label replaced an earlier one (so undo has something to restore).
     pub can_undo: bool,
+    /// Set while the item waits, undecided, in an open audit sample: the model's confidence
+    /// and risk flags are left out so they cannot sway the decision.
+    pub audit: Option<AuditMark>,
+}
+
+/// The audit sample an item is part of.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditMark {
+    pub sample: i64,
+    pub kind: crate::routing::SampleKind,
 }
 
 /// One line of the item browser.
@@ -405,10 +422,18 @@ impl Store {
         need_label(user)?;
         let mut params = Vec::new();
         let (cond, order) = filter.queue_sql(&mut params)?;
+        let audit_first = filter.is_default();
         let user2 = user.clone();
         let picked = write_tx(self, move |tx| {
             sync_queue(tx)?;
             let now = now_ms();
+            // An open audit sample is served first, in its random order: its point is an
+            // unbiased estimate, which a risk-ordered pick would not give.
+            if audit_first && let Some(id) = crate::routing::next_audit_item(tx, user2.id, now)? {
+                tx.prepare_cached("DELETE FROM leases WHERE user_id = ?1 AND item_id != ?2")?
+                    .execute([user2.id, id])?;
+                return Ok((Some(grant(tx, id, &user2, now, lease_ms)?), true));
+            }
             let mine_sql = format!(
                 "SELECT q.item_id FROM review_queue q JOIN leases l ON l.item_id = q.item_id
                  WHERE l.user_id = ? AND l.until_ms > ? AND {cond} {order} LIMIT 1"
@@ -459,10 +484,20 @@ impl Store {
                             .query_row([l.id], |r| r.get(0))?,
                         None => false,
                     };
+                    let audit = crate::routing::open_audit_of(c, id)?.map(|(sample, kind)| AuditMark { sample, kind });
+                    let mut candidates = candidates_of(c, id)?;
+                    if audit.is_some() {
+                        for cand in &mut candidates {
+                            cand.confidence = None;
+                            cand.confidence_detail = None;
+                            cand.flags.clear();
+                        }
+                    }
                     Ok(ReviewItem {
-                        candidates: candidates_of(c, id)?,
+                        candidates,
                         lease: live_lease(c, id, now_ms())?.map(|(_, l)| l),
                         can_undo,
+                        audit,
                         item,
                     })
                 })();

@@ -1,0 +1,228 @@
+//! `mmloop serve`: an OpenAI-compatible server for the embedded engine, a drop-in for the
+//! clients of vLLM, SGLang and `swift deploy`.
+//!
+//! - `POST /v1/chat/completions`: text and image parts, sampling fields (vLLM's extras
+//!   included), `n`, `stop`, `logprobs` + `top_logprobs`, streaming (SSE), `usage`; each
+//!   choice also carries `mmloop: {confidence, confidence_detail, flags}` — the numbers and
+//!   risk rules of `mmloop infer`.
+//! - `GET /v1/models`, `POST /v1/load_lora_adapter`, `POST /v1/unload_lora_adapter`.
+//! - `GET /health`, `GET /metrics` (Prometheus text, vLLM's metric names).
+//!
+//! Concurrent requests share the engine's forward passes (continuous batching). The crate
+//! knows nothing of projects or the review server.
+
+mod chat;
+mod error;
+mod media;
+mod metrics;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use mmloop_engine::embedded::EmbeddedBackend;
+use mmloop_engine::{Annotator, AnnotatorOptions, Backend, GenParams, RuleSet};
+use serde::Deserialize;
+use serde_json::json;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// How the server behaves; [`ServeConfig::new`] gives vLLM's defaults where it has one.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The base model's name in `/v1/models` and the requests' `model` field.
+    pub served_model_name: String,
+    /// Bearer token required on `/v1/*` (`/health` and `/metrics` stay open).
+    pub api_key: Option<String>,
+    /// Images one request may carry.
+    pub limit_mm_per_prompt: usize,
+    /// `file://` image URLs are read only under this folder; without it they are refused.
+    pub allowed_local_media_path: Option<PathBuf>,
+    /// Request bodies larger than this are refused (413).
+    pub max_body_bytes: usize,
+    /// One image's bytes, however it arrives.
+    pub max_image_bytes: usize,
+    /// Time allowed to fetch an `http(s)` image.
+    pub fetch_timeout: Duration,
+    /// Largest `n` (choices per request).
+    pub max_n: usize,
+    /// Whether `/v1/load_lora_adapter` and `/v1/unload_lora_adapter` are served (vLLM's
+    /// `VLLM_ALLOW_RUNTIME_LORA_UPDATING`).
+    pub runtime_lora_updating: bool,
+}
+
+impl ServeConfig {
+    pub fn new(served_model_name: impl Into<String>) -> ServeConfig {
+        ServeConfig {
+            served_model_name: served_model_name.into(),
+            api_key: None,
+            limit_mm_per_prompt: 8,
+            allowed_local_media_path: None,
+            max_body_bytes: 64 << 20,
+            max_image_bytes: 20 << 20,
+            fetch_timeout: Duration::from_secs(10),
+            max_n: 16,
+            runtime_lora_updating: false,
+        }
+    }
+}
+
+/// What the handlers share.
+pub struct Server {
+    pub(crate) backend: Arc<EmbeddedBackend>,
+    pub(crate) annotator: Annotator,
+    pub(crate) config: ServeConfig,
+    pub(crate) metrics: Metrics,
+    pub(crate) http: reqwest::Client,
+    pub(crate) created: u64,
+}
+
+impl Server {
+    /// A server for a loaded model; `rules` are the risk rules of the `mmloop` fields.
+    pub fn new(backend: Arc<EmbeddedBackend>, rules: RuleSet, config: ServeConfig) -> Arc<Server> {
+        let dyn_backend: Arc<dyn Backend> = backend.clone();
+        let annotator = Annotator::new(dyn_backend, rules, AnnotatorOptions::new(GenParams::greedy(1)));
+        let http = reqwest::Client::builder()
+            .timeout(config.fetch_timeout)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .expect("an HTTP client");
+        Arc::new(Server {
+            metrics: Metrics::new(&config.served_model_name),
+            backend,
+            annotator,
+            config,
+            http,
+            created: unix_now(),
+        })
+    }
+
+    /// `None`: the base model; `Some(adapter)`; an error for a name that is neither.
+    pub(crate) fn resolve_model(&self, model: Option<&str>) -> Result<Option<String>, ApiError> {
+        match model {
+            None => Ok(None),
+            Some(m) if m == self.config.served_model_name => Ok(None),
+            Some(m) if self.backend.adapters().iter().any(|(n, _)| n == m) => Ok(Some(m.to_string())),
+            Some(m) => Err(ApiError::not_found(format!("The model `{m}` does not exist."), Some("model"))),
+        }
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The routes, with the API key check on `/v1/*`.
+pub fn router(server: Arc<Server>) -> Router {
+    let mut v1 = Router::new().route("/v1/chat/completions", post(chat::completions)).route("/v1/models", get(models));
+    if server.config.runtime_lora_updating {
+        v1 = v1
+            .route("/v1/load_lora_adapter", post(load_adapter))
+            .route("/v1/unload_lora_adapter", post(unload_adapter));
+    }
+    let v1 = v1.layer(middleware::from_fn_with_state(server.clone(), require_key));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(|| async { axum::http::StatusCode::OK }))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError::not_found("no such route".into(), None) })
+        .layer(axum::extract::DefaultBodyLimit::max(server.config.max_body_bytes))
+        .with_state(server)
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve(
+    server: Arc<Server>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(server)).with_graceful_shutdown(shutdown).await
+}
+
+async fn require_key(State(s): State<Arc<Server>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &s.config.api_key {
+        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let ok = given
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), key.as_bytes()));
+        if !ok {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn models(State(s): State<Arc<Server>>) -> Response {
+    let base = &s.config.served_model_name;
+    let mut data = vec![json!({
+        "id": base, "object": "model", "created": s.created, "owned_by": "mmloop",
+        "root": s.backend.info().resolved, "parent": null,
+    })];
+    for (name, dir) in s.backend.adapters() {
+        data.push(json!({
+            "id": name, "object": "model", "created": s.created, "owned_by": "mmloop",
+            "root": dir.display().to_string(), "parent": base,
+        }));
+    }
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+#[derive(Deserialize)]
+struct LoadAdapter {
+    lora_name: String,
+    lora_path: Option<PathBuf>,
+}
+
+async fn load_adapter(State(s): State<Arc<Server>>, body: error::Body) -> Result<Response, ApiError> {
+    let b: LoadAdapter = error::parse_json(body)?;
+    let path = b.lora_path.ok_or_else(|| ApiError::bad_request("lora_path is required".into(), Some("lora_path")))?;
+    if b.lora_name.is_empty() || b.lora_name == s.config.served_model_name {
+        return Err(ApiError::bad_request(
+            format!("{:?} cannot name an adapter: it is empty or the base model's name", b.lora_name),
+            Some("lora_name"),
+        ));
+    }
+    if s.backend.adapters().iter().any(|(n, _)| *n == b.lora_name) {
+        return Err(ApiError::bad_request(
+            format!("The lora adapter '{}' has already been loaded.", b.lora_name),
+            Some("lora_name"),
+        ));
+    }
+    s.backend
+        .load_adapter(&b.lora_name, path)
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("lora_path")))?;
+    Ok(format!("Success: LoRA adapter '{}' added successfully.", b.lora_name).into_response())
+}
+
+#[derive(Deserialize)]
+struct UnloadAdapter {
+    lora_name: String,
+}
+
+async fn unload_adapter(State(s): State<Arc<Server>>, body: error::Body) -> Result<Response, ApiError> {
+    let b: UnloadAdapter = error::parse_json(body)?;
+    s.backend.unload_adapter(&b.lora_name).map_err(|_| {
+        ApiError::not_found(format!("The lora adapter '{}' cannot be found.", b.lora_name), Some("lora_name"))
+    })?;
+    Ok(format!("Success: LoRA adapter '{}' removed successfully.", b.lora_name).into_response())
+}
+
+async fn metrics_text(State(s): State<Arc<Server>>) -> Response {
+    let stats = s.backend.engine().stats();
+    let running = stats.running.load(std::sync::atomic::Ordering::SeqCst);
+    let waiting = stats.waiting.load(std::sync::atomic::Ordering::SeqCst) + s.metrics.preparing();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render(running, waiting))
+        .into_response()
+}

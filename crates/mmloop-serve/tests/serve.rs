@@ -1,0 +1,325 @@
+//! `mmloop serve` over HTTP with the tiny Qwen2-VL checkpoint of the fixtures: served greedy
+//! answers and log-probabilities equal the engine's (what `mmloop infer` stores), streaming
+//! sends the same text, adapters are models, bad requests are OpenAI errors, and the
+//! metrics count what was served.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use mmloop_engine::embedded::{EmbeddedBackend, EmbeddedOptions};
+use mmloop_engine::{Backend, GenOverrides, GenParams, GenRequest, InputImage, Prompt, RuleSet, RulesConfig};
+use mmloop_serve::{ServeConfig, Server};
+use serde_json::{Value, json};
+
+const QUESTION: &str = "What color is the main object? Answer briefly.";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vlm")
+}
+
+struct Running {
+    url: String,
+    backend: Arc<EmbeddedBackend>,
+    http: reqwest::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(config: impl FnOnce(&mut ServeConfig)) -> Running {
+    let mut o = EmbeddedOptions::new(fixtures().join("qwen2_vl").display().to_string());
+    o.adapters = vec![("lora".into(), fixtures().join("qwen2_vl/adapters/lora"))];
+    o.max_batch = 4;
+    let backend = Arc::new(EmbeddedBackend::load(o).await.expect("the fixture loads"));
+    let mut c = ServeConfig::new("tiny-qwen2-vl");
+    config(&mut c);
+    let server = Server::new(backend.clone(), RuleSet::new(RulesConfig::default()).unwrap(), c);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(mmloop_serve::serve(server, listener, async move {
+        let _ = rx.await;
+    }));
+    Running { url, backend, http: reqwest::Client::new(), _stop: tx }
+}
+
+fn image_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("images").join(name)).unwrap()
+}
+
+fn data_url(name: &str) -> String {
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(image_bytes(name)))
+}
+
+fn question(image: &str) -> Value {
+    json!([{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url(image)}},
+        {"type": "text", "text": QUESTION},
+    ]}])
+}
+
+impl Running {
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.http.post(format!("{}{path}", self.url)).json(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = self.http.get(format!("{}{path}", self.url)).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// The data lines of a streamed answer.
+    async fn stream(&self, body: &Value) -> Vec<String> {
+        let r = self.http.post(format!("{}/v1/chat/completions", self.url)).json(body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        let text = r.text().await.unwrap();
+        text.lines().filter_map(|l| l.strip_prefix("data: ")).map(String::from).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_answers_are_the_engines_whole_and_streamed() {
+    let s = start(|_| {}).await;
+    // The base model, greedy, against transformers' reference for the same image and question.
+    let body = json!({"model": "tiny-qwen2-vl", "messages": question("img0.png"), "max_tokens": 8,
+                      "temperature": 0, "repetition_penalty": 1.0, "logprobs": true, "top_logprobs": 3});
+    let (status, r) = s.post("/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{r}");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("qwen2_vl/reference.json")).unwrap()).unwrap();
+    let case = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["prompt"] == QUESTION && c["image"].as_str().is_some_and(|i| i.ends_with("img0.png")))
+        .unwrap();
+    let choice = &r["choices"][0];
+    assert_eq!(choice["message"]["content"], case["text"]);
+    let engine: Vec<f64> =
+        choice["logprobs"]["content"].as_array().unwrap().iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+    let steps = case["steps"].as_array().unwrap();
+    assert_eq!(engine.len(), steps.len());
+    for (got, want) in engine.iter().zip(steps) {
+        assert!((got - want["logprob"].as_f64().unwrap()).abs() < 1e-4, "|Δ ln p| {got} vs {want}");
+    }
+    assert!(
+        choice["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["top_logprobs"].as_array().unwrap().len() == 3)
+    );
+    let conf = choice["mmloop"]["confidence"].as_f64().expect("a confidence");
+    assert!((0.0..=1.0).contains(&conf));
+    assert!(choice["mmloop"]["flags"].is_array());
+    assert_eq!(choice["finish_reason"], "length");
+    assert_eq!(r["usage"]["prompt_tokens"].as_u64(), case["num_input_tokens"].as_u64());
+    assert_eq!(r["usage"]["completion_tokens"].as_u64(), Some(8));
+    assert_eq!(r["object"], "chat.completion");
+    assert_eq!(r["model"], "tiny-qwen2-vl");
+    let want_text = case["text"].as_str().unwrap().to_string();
+    let want_finish = "length";
+
+    // Streamed: the same text in pieces, the end, the usage, [DONE].
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    sb["stream_options"] = json!({"include_usage": true});
+    let lines = s.stream(&sb).await;
+    assert_eq!(lines.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = lines[..lines.len() - 1].iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0).and_then(|c| c["delta"]["content"].as_str()).map(String::from))
+        .collect();
+    assert_eq!(text, want_text);
+    let streamed_lp: Vec<f64> = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0).and_then(|c| c["logprobs"]["content"].as_array().cloned()))
+        .flatten()
+        .map(|t| t["logprob"].as_f64().unwrap())
+        .collect();
+    assert_eq!(streamed_lp, engine);
+    let end = chunks.iter().find(|c| c["choices"].get(0).is_some_and(|c| !c["finish_reason"].is_null())).unwrap();
+    assert_eq!(end["choices"][0]["finish_reason"], want_finish);
+    assert_eq!(end["choices"][0]["mmloop"]["confidence"].as_f64(), Some(conf));
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(usage["usage"], r["usage"]);
+
+    // Several choices, sampled with a seed: reproducible.
+    let sampled = json!({"messages": question("img1.png"), "max_tokens": 6, "temperature": 1.0, "n": 3, "seed": 11});
+    let (_, a) = s.post("/v1/chat/completions", &sampled).await;
+    let (_, b) = s.post("/v1/chat/completions", &sampled).await;
+    assert_eq!(a["choices"].as_array().unwrap().len(), 3);
+    let texts = |v: &Value| {
+        v["choices"].as_array().unwrap().iter().map(|c| c["message"]["content"].clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&a), texts(&b));
+
+    // Concurrent requests share the engine and get their own answers.
+    let bodies: Vec<Value> = ["img0.png", "img1.png", "img2.png", "img0.png"]
+        .iter()
+        .map(|i| json!({"messages": question(i), "max_tokens": 8, "temperature": 0}))
+        .collect();
+    let together = futures::future::join_all(bodies.iter().map(|b| s.post("/v1/chat/completions", b))).await;
+    for (b, (status, r)) in bodies.iter().zip(&together) {
+        assert_eq!(*status, 200);
+        let (_, alone) = s.post("/v1/chat/completions", b).await;
+        assert_eq!(r["choices"][0]["message"]["content"], alone["choices"][0]["message"]["content"]);
+    }
+
+    // The adapter is a model of its own, with the base as parent.
+    let (_, models) = s.get("/v1/models").await;
+    let models: Value = serde_json::from_str(&models).unwrap();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["tiny-qwen2-vl", "lora"]);
+    assert_eq!(models["data"][1]["parent"], "tiny-qwen2-vl");
+    // An adapter's answer is what the engine (and so `mmloop infer --adapters`) gives.
+    let (status, la) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "lora", "messages": question("img0.png"), "max_tokens": 12, "temperature": 0, "logprobs": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{la}");
+    let params = GenParams::resolve(
+        &s.backend.defaults(),
+        &GenOverrides { max_new_tokens: Some(12), temperature: Some(0.0), ..Default::default() },
+    )
+    .unwrap();
+    let want = s
+        .backend
+        .generate(GenRequest {
+            prompt: Prompt::new(QUESTION, vec![InputImage::new("img0.png", image_bytes("img0.png"))]),
+            params,
+            stream: 0,
+            adapter: Some("lora".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(la["choices"][0]["message"]["content"], want.text.as_str());
+    let served: Vec<f64> = la["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["logprob"].as_f64().unwrap())
+        .collect();
+    assert_eq!(served, want.tokens.iter().filter(|t| !t.special).map(|t| t.logprob).collect::<Vec<_>>());
+    assert_ne!(
+        la["choices"][0]["message"]["content"], r["choices"][0]["message"]["content"],
+        "the adapter changes the answer"
+    );
+
+    // The metrics counted it all, under vLLM's names.
+    let (status, m) = s.get("/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "vllm:num_requests_running{model_name=\"tiny-qwen2-vl\"} 0",
+        "vllm:num_requests_waiting{model_name=\"tiny-qwen2-vl\"} 0",
+        "vllm:prompt_tokens_total{",
+        "vllm:generation_tokens_total{",
+        "vllm:request_success_total{model_name=\"tiny-qwen2-vl\",finished_reason=\"length\"}",
+        "vllm:time_to_first_token_seconds_bucket{",
+        "vllm:e2e_request_latency_seconds_count{model_name=\"tiny-qwen2-vl\"} 17",
+        "vllm:request_queue_time_seconds_sum{",
+    ] {
+        assert!(m.contains(name), "{name} missing from\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_openai_errors_and_the_server_keeps_serving() {
+    let media = tempfile::tempdir().unwrap();
+    std::fs::write(media.path().join("a.png"), image_bytes("img0.png")).unwrap();
+    let root = media.path().to_path_buf();
+    let s = start(|c| {
+        c.api_key = Some("sk-test".into());
+        c.limit_mm_per_prompt = 2;
+        c.max_body_bytes = 256 << 10;
+        c.allowed_local_media_path = Some(root.clone());
+        c.runtime_lora_updating = true;
+    })
+    .await;
+    // The key guards /v1 only.
+    let (status, e) = s.post("/v1/chat/completions", &json!({"messages": question("img0.png")})).await;
+    assert_eq!(status, 401);
+    assert_eq!(e["error"]["type"], "AuthenticationError");
+    assert_eq!(s.get("/health").await.0, 200);
+    assert_eq!(s.get("/metrics").await.0, 200);
+    let authed = Running {
+        url: s.url.clone(),
+        backend: s.backend.clone(),
+        http: reqwest::Client::builder()
+            .default_headers(
+                [(reqwest::header::AUTHORIZATION, "Bearer sk-test".parse().unwrap())].into_iter().collect(),
+            )
+            .build()
+            .unwrap(),
+        _stop: tokio::sync::oneshot::channel().0,
+    };
+    let image = |url: &str| json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "?"}]}]);
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (json!({"model": "gpt-9", "messages": question("img0.png")}), 404, "does not exist"),
+        (json!({"messages": image("data:image/png;base64,@@@")}), 400, "invalid base64"),
+        (json!({"messages": image("data:image/png;base64,aGVsbG8=")}), 400, "not an image"),
+        (json!({"messages": image(&format!("file://{}/a.png", "/etc"))}), 400, "allowed local media path"),
+        (json!({"messages": image("file:///etc/passwd")}), 400, "allowed local media path"),
+        (json!({"messages": image("ftp://x/y.png")}), 400, "unsupported image URL"),
+        (
+            json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url("img0.png")}},
+            {"type": "image_url", "image_url": {"url": data_url("img1.png")}},
+            {"type": "image_url", "image_url": {"url": data_url("img2.png")}}]}]}),
+            400,
+            "at most 2",
+        ),
+        (json!({"messages": question("img0.png"), "n": 0}), 400, "n must be"),
+        (json!({"messages": question("img0.png"), "logprobs": true, "top_logprobs": 21}), 400, "top_logprobs"),
+        (json!({"messages": question("img0.png"), "temperature": -1}), 400, "temperature"),
+        (json!({"messages": []}), 400, "messages"),
+        (json!({"messages": question("img0.png"), "frequency_penalty": 0.5}), 400, "not supported"),
+        (json!({"messages": "hi"}), 400, "invalid request body"),
+    ];
+    for (body, want, says) in cases {
+        let (status, e) = authed.post("/v1/chat/completions", &body).await;
+        assert_eq!(status, want, "{body:.200} -> {e}");
+        let msg = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(says), "{msg:?} should say {says:?}");
+        assert_eq!(e["error"]["code"].as_u64(), Some(want as u64));
+    }
+    // Too large a body: 413, as an OpenAI error too.
+    let big = json!({"messages": [{"role": "user", "content": "x".repeat(300 << 10)}]});
+    let (status, e) = authed.post("/v1/chat/completions", &big).await;
+    assert_eq!((status, e["error"]["code"].as_u64()), (413, Some(413)), "{e}");
+    // A file under the allowed path is read; the server is still serving.
+    let (status, ok) = authed
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": image(&format!("file://{}/a.png", root.display())), "max_tokens": 3}),
+        )
+        .await;
+    assert_eq!(status, 200, "{ok}");
+
+    // Adapters load and unload at runtime (vLLM's endpoints and answers).
+    let dora = fixtures().join("qwen2_vl/adapters/dora");
+    let (status, t) = authed.post("/v1/load_lora_adapter", &json!({"lora_name": "dora", "lora_path": dora})).await;
+    assert_eq!(status, 200, "{t}");
+    let (status, _) = authed.post("/v1/load_lora_adapter", &json!({"lora_name": "dora", "lora_path": dora})).await;
+    assert_eq!(status, 400, "twice");
+    let (status, _) =
+        authed.post("/v1/load_lora_adapter", &json!({"lora_name": "x", "lora_path": "/nonexistent"})).await;
+    assert_eq!(status, 400);
+    let (status, r) = authed
+        .post("/v1/chat/completions", &json!({"model": "dora", "messages": question("img0.png"), "max_tokens": 3}))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(authed.post("/v1/unload_lora_adapter", &json!({"lora_name": "dora"})).await.0, 200);
+    assert_eq!(authed.post("/v1/unload_lora_adapter", &json!({"lora_name": "dora"})).await.0, 404);
+    let (status, _) =
+        authed.post("/v1/chat/completions", &json!({"model": "dora", "messages": question("img0.png")})).await;
+    assert_eq!(status, 404);
+}
