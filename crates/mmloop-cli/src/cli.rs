@@ -135,6 +135,9 @@ pub struct RouteArgs {
     #[arg(long, value_delimiter = ',')]
     pub sample: Vec<i64>,
     /// No threshold with fewer audited answers above it is certified.
+    /// How each threshold's p-value is computed: binomial tail or hb (Hoeffding–Bentkus).
+    #[arg(long, default_value = "binomial")]
+    pub p_value: String,
     #[arg(long, default_value_t = 30)]
     pub min_n: usize,
     #[arg(long)]

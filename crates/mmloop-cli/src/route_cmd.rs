@@ -169,6 +169,7 @@ async fn route_project(a: RouteArgs, actor: &str) -> anyhow::Result<()> {
         score: a.score.parse().map_err(anyhow::Error::msg)?,
         per_type: a.per_type,
         min_n: a.min_n,
+        p_value: a.p_value.parse().map_err(anyhow::Error::msg)?,
         ..RouteOptions::new(a.epsilon, a.delta)
     };
     opts.validate().map_err(anyhow::Error::msg)?;
@@ -219,6 +220,7 @@ async fn route_in(store: &Store, a: &RouteArgs, opts: &RouteOptions, actor: &str
     }
     let certificate = json!({
         "epsilon": opts.epsilon, "delta": opts.delta, "score": opts.score, "per_type": opts.per_type,
+        "p_value": opts.p_value,
         "samples": ids, "max_candidate": max_candidate,
         "groups": p.groups.iter().map(|g| json!({
             "group": g.group, "delta": g.delta, "threshold": g.threshold, "score": g.score,
@@ -242,6 +244,7 @@ async fn route_in(store: &Store, a: &RouteArgs, opts: &RouteOptions, actor: &str
     }
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64)?;
     let config = json!({"epsilon": opts.epsilon, "delta": opts.delta, "score": opts.score, "per_type": opts.per_type,
+                        "p_value": opts.p_value,
                         "audit_rate": a.audit_rate, "samples": ids, "min_n": opts.min_n, "seed": seed});
     let run_id = store.start_run("route", actor, config).await?;
     let applied = store
@@ -290,11 +293,7 @@ async fn route_in(store: &Store, a: &RouteArgs, opts: &RouteOptions, actor: &str
 fn threshold(a: RouteThresholdArgs) -> anyhow::Result<()> {
     let opts = RouteOptions::new(a.epsilon, a.delta);
     opts.validate().map_err(anyhow::Error::msg)?;
-    let p_value = match a.p_value.as_str() {
-        "binomial" => PValue::Binomial,
-        "hb" | "hoeffding-bentkus" => PValue::HoeffdingBentkus,
-        other => bail!("unknown --p-value {other:?}; expected binomial or hb"),
-    };
+    let p_value: PValue = a.p_value.parse().map_err(anyhow::Error::msg)?;
     let file = std::fs::File::open(&a.calibration).with_context(|| format!("{}", a.calibration.display()))?;
     let mut rows = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {

@@ -100,6 +100,11 @@ async fn audit_then_route_auto_accepts_exports_and_undoes() {
     assert_eq!(dry["plan"]["pool"].as_u64(), Some(150));
     let cal = json(&["route", projs, "--dry-run", "--score", "calibrated"]);
     assert!(cal["plan"]["groups"][0]["calibrator"]["trained_on"].as_u64() == Some(50), "{cal}");
+    // Hoeffding–Bentkus is valid for any bounded loss and never less conservative than the binomial tail.
+    let hb = json(&["route", projs, "--dry-run", "--p-value", "hb"]);
+    assert_eq!(hb["plan"]["options"]["p_value"], "hoeffding_bentkus");
+    assert!(hb["plan"]["accepted"].as_u64().unwrap() <= accepted, "{hb}");
+    assert!(fails(&["route", projs, "--dry-run", "--p-value", "z"]).contains("binomial or hb"));
 
     let run = json(&["route", projs, "--audit-rate", "0.1"]);
     let applied = &run["applied"];

@@ -29,6 +29,17 @@ pub enum PValue {
     HoeffdingBentkus,
 }
 
+impl std::str::FromStr for PValue {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "binomial" => Ok(PValue::Binomial),
+            "hb" | "hoeffding-bentkus" | "hoeffding_bentkus" => Ok(PValue::HoeffdingBentkus),
+            other => Err(format!("unknown --p-value {other:?}; expected binomial or hb")),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct CertifyOptions {
     /// Largest error rate allowed among auto-accepted answers.

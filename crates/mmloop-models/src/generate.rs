@@ -11,6 +11,7 @@
 //! [`generate_batch`] runs one to completion on the caller's thread (tests, benchmarks).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ pub enum FinishReason {
     Stop,
     /// `max_new_tokens` reached.
     Length,
+    /// The caller gave up on the request (a client went away).
+    Abort,
 }
 
 impl FinishReason {
@@ -52,6 +55,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
         }
     }
 }
@@ -102,6 +106,21 @@ pub struct Job {
     pub adapter: Option<usize>,
     pub sink: Sink,
     pub submitted: Instant,
+    /// Set by the caller to stop the request: it leaves the batch at the next step.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// The output of a request stopped by its caller: what it generated so far.
+fn aborted(job: &Job, generated: &[StepToken], first_token: Option<Duration>, admitted: Instant) -> GenerationOutput {
+    GenerationOutput {
+        prompt_tokens: job.prepared.input_ids.len(),
+        tokens: generated.to_vec(),
+        text: String::new(),
+        finish: FinishReason::Abort,
+        queued: admitted.saturating_duration_since(job.submitted),
+        first_token: first_token.unwrap_or_default(),
+        total: job.submitted.elapsed(),
+    }
 }
 
 struct Seq {
@@ -146,6 +165,26 @@ impl Scheduler {
     /// emits a token per sequence, and finishes what is done.
     pub fn step(&mut self, new: Vec<Job>) {
         let model = self.model.clone();
+        // Requests their callers stopped leave before the step.
+        let new: Vec<Job> = new
+            .into_iter()
+            .filter_map(|mut job| {
+                if job.cancel.load(Ordering::SeqCst) {
+                    let out = aborted(&job, &[], None, Instant::now());
+                    (job.sink)(Event::Done(Ok(out)));
+                    return None;
+                }
+                Some(job)
+            })
+            .collect();
+        self.active.retain_mut(|s| {
+            if !s.job.cancel.load(Ordering::SeqCst) {
+                return true;
+            }
+            let out = aborted(&s.job, &s.generated, s.first_token, s.admitted);
+            (s.job.sink)(Event::Done(Ok(out)));
+            false
+        });
         // Encode the new requests' images together (attention stays within each image).
         let mut admitted = Vec::with_capacity(new.len());
         // One bad request must not fail the others: on an error, encode one by one.
@@ -408,7 +447,14 @@ pub fn generate_batch(
                         res.lock().expect("results")[i] = Some(out);
                     }
                 });
-                pending.push_back(Job { prepared, sampling: r.sampling, adapter, sink, submitted: Instant::now() });
+                pending.push_back(Job {
+                    prepared,
+                    sampling: r.sampling,
+                    adapter,
+                    sink,
+                    submitted: Instant::now(),
+                    cancel: Arc::default(),
+                });
             }
             Err(e) => results.lock().expect("results")[i] = Some(Err(e)),
         }
@@ -472,8 +518,21 @@ impl Engine {
 
     /// Queues a prepared request; `sink` receives its tokens and its end.
     pub fn submit(&self, prepared: Prepared, sampling: SamplingParams, adapter: Option<usize>, sink: Sink) {
+        self.submit_cancellable(prepared, sampling, adapter, sink, Arc::default());
+    }
+
+    /// [`Engine::submit`], and setting `cancel` stops the request at the next step (it ends
+    /// with [`FinishReason::Abort`]).
+    pub fn submit_cancellable(
+        &self,
+        prepared: Prepared,
+        sampling: SamplingParams,
+        adapter: Option<usize>,
+        sink: Sink,
+        cancel: Arc<AtomicBool>,
+    ) {
         self.stats.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let job = Job { prepared, sampling, adapter, sink, submitted: Instant::now() };
+        let job = Job { prepared, sampling, adapter, sink, submitted: Instant::now(), cancel };
         if let Some(tx) = &self.tx
             && let Err(std::sync::mpsc::SendError(mut job)) = tx.send(job)
         {

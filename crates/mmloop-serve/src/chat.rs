@@ -88,6 +88,9 @@ struct ChatCompletionRequest {
     top_k: Option<i64>,
     #[serde(default)]
     min_p: Option<f64>,
+    /// vLLM's: end-of-sequence is suppressed until this many tokens exist.
+    #[serde(default)]
+    min_tokens: Option<usize>,
     #[serde(default)]
     repetition_penalty: Option<f64>,
     #[serde(default)]
@@ -220,6 +223,7 @@ fn plan(s: &Server, r: ChatCompletionRequest) -> Result<Planned, ApiError> {
     }
     let overrides = GenOverrides {
         max_new_tokens: max_new,
+        min_new_tokens: r.min_tokens,
         temperature: r.temperature,
         top_p: r.top_p,
         // vLLM: -1 (or 0) turns top-k off.
@@ -414,7 +418,9 @@ fn sendable(text: &str, hold: usize) -> usize {
 fn stream(ctx: Arc<Ctx>, started: Vec<Started>, include_usage: bool, hold: usize) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
     let n = started.len();
+    let mut cancels = Vec::with_capacity(n);
     let merged = futures::stream::select_all(started.into_iter().enumerate().map(|(i, st)| {
+        cancels.push(st.cancel);
         futures::stream::unfold(st.events, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
             .map(move |e| (i, e))
             .boxed()
@@ -425,11 +431,12 @@ fn stream(ctx: Arc<Ctx>, started: Vec<Started>, include_usage: bool, hold: usize
         let mut state: Vec<Streaming> = (0..n)
             .map(|_| Streaming { ids: Vec::new(), sent: String::new(), pending: Vec::new(), tokens: 0 })
             .collect();
-        // A closed connection only stops the sending; the engine finishes the sequences.
         let mut open = true;
+        // A client that went away stops its sequences: the engine ends them at its next step.
         let send = async |e: SseEvent, open: &mut bool| {
             if *open && tx.send(e).await.is_err() {
                 *open = false;
+                cancels.iter().for_each(|c| c.cancel());
             }
         };
         for i in 0..n {

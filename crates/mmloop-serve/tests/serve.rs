@@ -232,6 +232,40 @@ async fn served_answers_are_the_engines_whole_and_streamed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_stops_its_request() {
+    let s = start(|_| {}).await;
+    let body = json!({"messages": question("img0.png"), "max_tokens": 20000, "min_tokens": 20000, "stream": true,
+                      "temperature": 1.0, "seed": 3});
+    let mut r = s.http.post(format!("{}/v1/chat/completions", s.url)).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // Read the first piece, then hang up.
+    let first = r.chunk().await.unwrap().expect("a first chunk");
+    assert!(String::from_utf8_lossy(&first).contains("assistant"));
+    drop(r);
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, m) = s.get("/metrics").await;
+        if m.contains("finished_reason=\"abort\"} 1")
+            && m.contains("vllm:num_requests_running{model_name=\"tiny-qwen2-vl\"} 0")
+        {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 30, "the request was not stopped:\n{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let generated: u64 = {
+        let (_, m) = s.get("/metrics").await;
+        m.lines()
+            .find(|l| l.starts_with("vllm:generation_tokens_total{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(generated < 20000, "stopped early: {generated} tokens");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_openai_errors_and_the_server_keeps_serving() {
     let media = tempfile::tempdir().unwrap();
     std::fs::write(media.path().join("a.png"), image_bytes("img0.png")).unwrap();

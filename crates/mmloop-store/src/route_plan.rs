@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use mmloop_core::Task;
-use mmloop_metrics::selective::{Certificate, CertifyOptions, certify, logistic, logistic_at};
+use mmloop_metrics::selective::{Certificate, CertifyOptions, PValue, certify, logistic, logistic_at};
 use serde::Serialize;
 
 use crate::routing::{Audited, PoolItem, Verdict};
@@ -49,11 +49,21 @@ pub struct RouteOptions {
     pub min_n: usize,
     /// Share of a group's audited answers that trains the calibrated score.
     pub train_share: f64,
+    /// Binomial tail (exact for a wrong/right loss) or Hoeffding–Bentkus.
+    pub p_value: PValue,
 }
 
 impl RouteOptions {
     pub fn new(epsilon: f64, delta: f64) -> RouteOptions {
-        RouteOptions { epsilon, delta, score: ScoreKind::Confidence, per_type: false, min_n: 30, train_share: 0.2 }
+        RouteOptions {
+            epsilon,
+            delta,
+            score: ScoreKind::Confidence,
+            per_type: false,
+            min_n: 30,
+            train_share: 0.2,
+            p_value: PValue::Binomial,
+        }
     }
 
     /// Checks the numbers a person typed.
@@ -172,7 +182,8 @@ pub fn plan(audited: &[Audited], pool: &[PoolItem], opts: &RouteOptions) -> Rout
     }
     let tested = by_group.values().filter(|g| !g.0.is_empty()).count().max(1);
     let delta = opts.delta / tested as f64;
-    let certify_opts = CertifyOptions { min_n: opts.min_n, ..CertifyOptions::new(opts.epsilon, delta) };
+    let certify_opts =
+        CertifyOptions { min_n: opts.min_n, p_value: opts.p_value, ..CertifyOptions::new(opts.epsilon, delta) };
     let mut groups = Vec::new();
     let mut accept = Vec::new();
     for ((task, question_type), (decided, open, items)) in by_group {

@@ -249,10 +249,27 @@ pub struct ChatRequest {
 }
 
 /// A request the engine has accepted: its prompt length, and its events as they happen
-/// (tokens, then the end).
+/// (tokens, then the end). Dropping it stops the request (a client that went away costs no
+/// more steps).
 pub struct Started {
     pub prompt_tokens: usize,
     pub events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    pub cancel: CancelOnDrop,
+}
+
+/// Stops its request when dropped (or [`CancelOnDrop::cancel`]led).
+pub struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl CancelOnDrop {
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.cancel();
+    }
 }
 
 #[async_trait]
@@ -333,15 +350,17 @@ impl EmbeddedBackend {
         .map_err(|e| EngineError::Generate(format!("preparing the request panicked: {e}")))??;
         let prompt_tokens = prepared.input_ids.len();
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-        self.engine.submit(
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.engine.submit_cancellable(
             prepared,
             sampling(&params, stream),
             slot,
             Box::new(move |e| {
                 let _ = tx.send(e);
             }),
+            cancel.clone(),
         );
-        Ok(Started { prompt_tokens, events })
+        Ok(Started { prompt_tokens, events, cancel: CancelOnDrop(cancel) })
     }
 
     /// A generated token as the OpenAI `logprobs` shape has it, with `top_n` alternatives
