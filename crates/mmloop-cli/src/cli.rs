@@ -201,6 +201,13 @@ pub struct ServeArgs {
     /// `file://` image URLs are read only under this folder (refused without it).
     #[arg(long, alias = "allowed_local_media_path", value_name = "DIR")]
     pub allowed_local_media_path: Option<PathBuf>,
+    /// Fetch http(s) images only from these hosts (redirects included); default: any host.
+    #[arg(long, alias = "allowed_media_domains", num_args = 1.., value_name = "HOST")]
+    pub allowed_media_domains: Vec<String>,
+    /// Prompt plus completion tokens allowed per request (default: the checkpoint's
+    /// max_position_embeddings).
+    #[arg(long, alias = "max_model_len")]
+    pub max_model_len: Option<usize>,
     /// Largest request body, MiB.
     #[arg(long, default_value_t = 64)]
     pub max_body_mb: usize,

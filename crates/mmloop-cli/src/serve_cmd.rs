@@ -25,6 +25,8 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.limit_mm_per_prompt = images_limit(&a.limit_mm_per_prompt)?;
     config.max_body_bytes = a.max_body_mb.max(1) << 20;
     config.runtime_lora_updating = a.allow_runtime_lora_updating;
+    config.allowed_media_domains = a.allowed_media_domains.clone();
+    config.max_model_len = a.max_model_len;
     if let Some(dir) = &a.allowed_local_media_path {
         if !dir.is_dir() {
             bail!("--allowed-local-media-path {} is not a folder", dir.display());

@@ -321,9 +321,14 @@ impl Scheduler {
 fn stop_hit(model: &VlModel, s: &mut Seq) -> bool {
     let ids: Vec<u32> = s.generated.iter().map(|t| t.id).collect();
     let Ok(text) = model.processor.tokens.decode(&ids) else { return false };
-    let from = s.text_len_checked.saturating_sub(s.job.sampling.stop.iter().map(String::len).max().unwrap_or(0));
+    // Search from where a stop string could have started, on a character boundary.
+    let mut from = s.text_len_checked.saturating_sub(s.job.sampling.stop.iter().map(String::len).max().unwrap_or(0));
+    from = from.min(text.len());
+    while !text.is_char_boundary(from) {
+        from -= 1;
+    }
     s.text_len_checked = text.len();
-    s.job.sampling.stop.iter().any(|stop| text.get(from.min(text.len())..).is_some_and(|t| t.contains(stop.as_str())))
+    s.job.sampling.stop.iter().any(|stop| text[from..].contains(stop.as_str()))
 }
 
 fn finish_output(model: &VlModel, s: &Seq, finish: FinishReason) -> Result<GenerationOutput> {

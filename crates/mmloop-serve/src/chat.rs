@@ -117,6 +117,8 @@ struct ChatCompletionRequest {
 struct Planned {
     model_name: String,
     adapter: Option<String>,
+    /// Keeps the adapter loaded while the request runs.
+    adapter_use: Option<crate::AdapterUse>,
     messages: Vec<ChatMessage>,
     image_urls: Vec<String>,
     params: GenParams,
@@ -134,7 +136,7 @@ fn bad(message: impl Into<String>, param: &'static str) -> ApiError {
 }
 
 fn plan(s: &Server, r: ChatCompletionRequest) -> Result<Planned, ApiError> {
-    let adapter = s.resolve_model(r.model.as_deref())?;
+    let (adapter, adapter_use) = s.resolve_model(r.model.as_deref())?;
     let model_name = r.model.clone().unwrap_or_else(|| s.config.served_model_name.clone());
     if r.messages.is_empty() {
         return Err(bad("messages must not be empty", "messages"));
@@ -221,19 +223,26 @@ fn plan(s: &Server, r: ChatCompletionRequest) -> Result<Planned, ApiError> {
     if max_new == Some(0) {
         return Err(bad("max_tokens must be at least 1", "max_tokens"));
     }
+    if let (Some(min), Some(max)) = (r.min_tokens, max_new)
+        && min > max
+    {
+        return Err(bad(format!("min_tokens ({min}) must not exceed max_tokens ({max})"), "min_tokens"));
+    }
+    // vLLM's defaults: a field the request leaves out takes the checkpoint's
+    // generation_config.json value, else OpenAI's (temperature 1, top-p 1, top-k off).
+    let d = s.backend.defaults();
     let overrides = GenOverrides {
         max_new_tokens: max_new,
         min_new_tokens: r.min_tokens,
-        temperature: r.temperature,
-        top_p: r.top_p,
-        // vLLM: -1 (or 0) turns top-k off.
-        top_k: r.top_k.map(|k| k.max(0) as usize),
+        temperature: Some(r.temperature.or(d.temperature).unwrap_or(1.0)),
+        top_p: Some(r.top_p.or(d.top_p).unwrap_or(1.0)),
+        // -1 (or 0) turns top-k off.
+        top_k: Some(r.top_k.map_or(d.top_k.unwrap_or(0), |k| k.max(0) as usize)),
         repetition_penalty: r.repetition_penalty,
         seed: Some(r.seed.unwrap_or_else(rand::random)),
         ..GenOverrides::default()
     };
-    let mut params =
-        GenParams::resolve(&s.backend.defaults(), &overrides).map_err(|e| bad(e.to_string(), "messages"))?;
+    let mut params = GenParams::resolve(&d, &overrides).map_err(|e| bad(e.to_string(), "messages"))?;
     params.top_logprobs = top;
     params.min_p = r.min_p.unwrap_or(0.0);
     params.stop = match r.stop {
@@ -250,6 +259,7 @@ fn plan(s: &Server, r: ChatCompletionRequest) -> Result<Planned, ApiError> {
     Ok(Planned {
         model_name,
         adapter,
+        adapter_use,
         messages,
         image_urls,
         params,
@@ -272,6 +282,7 @@ struct Ctx {
     prompt_tokens: usize,
     logprobs: Option<usize>,
     job: Job,
+    _adapter_use: Option<crate::AdapterUse>,
 }
 
 impl Ctx {
@@ -282,11 +293,12 @@ impl Ctx {
         json!({"confidence": a.confidence, "confidence_detail": a.detail, "flags": a.flags})
     }
 
-    fn record(&self, g: &Generation) {
+    /// Counts a finished choice; the prompt counts once per request (with its first choice).
+    fn record(&self, g: &Generation, index: usize) {
         let t = g.timing.unwrap_or_default();
         let prepare = self.prepared - self.arrived;
         self.server.metrics.finished(&Finished {
-            prompt_tokens: self.prompt_tokens,
+            prompt_tokens: if index == 0 { self.prompt_tokens } else { 0 },
             generation_tokens: g.tokens.len(),
             finish_reason: g.finish_reason.clone(),
             queued: t.queued,
@@ -325,6 +337,20 @@ pub async fn completions(State(s): State<Arc<Server>>, body: crate::error::Body)
         started.push(s.backend.start(chat).await.map_err(engine_error)?);
     }
     drop(guard);
+    // Dropping `started` on this error cancels the queued sequences.
+    if let (Some(limit), Some(st)) = (s.config.max_model_len.or(s.backend.max_model_len()), started.first()) {
+        let want = st.prompt_tokens + p.params.max_new_tokens;
+        if want > limit {
+            return Err(bad(
+                format!(
+                    "This model's maximum context length is {limit} tokens. However, you requested {want} tokens \
+                     ({} in the messages, {} in the completion).",
+                    st.prompt_tokens, p.params.max_new_tokens
+                ),
+                "max_tokens",
+            ));
+        }
+    }
     let ctx = Arc::new(Ctx {
         id: format!("chatcmpl-{:032x}", rand::random::<u128>()),
         created: crate::unix_now(),
@@ -339,6 +365,7 @@ pub async fn completions(State(s): State<Arc<Server>>, body: crate::error::Body)
             is_caption: false,
             answer_type: None,
         },
+        _adapter_use: p.adapter_use,
         server: s,
     });
     if p.stream {
@@ -371,7 +398,7 @@ async fn whole(ctx: Arc<Ctx>, started: Vec<Started>) -> Result<Response, ApiErro
     let mut choices = Vec::with_capacity(gens.len());
     let mut completion_tokens = 0;
     for (i, g) in gens.iter().enumerate() {
-        ctx.record(g);
+        ctx.record(g, i);
         completion_tokens += g.tokens.len();
         choices.push(json!({
             "index": i,
@@ -475,7 +502,7 @@ fn stream(ctx: Arc<Ctx>, started: Vec<Started>, include_usage: bool, hold: usize
                 }
                 Event::Done(Ok(out)) => {
                     let g = backend.generation(out, top_n);
-                    ctx.record(&g);
+                    ctx.record(&g, i);
                     completion_tokens += g.tokens.len();
                     // The engine's text is the answer: send what is left of it.
                     let common = g.text.bytes().zip(st.sent.bytes()).take_while(|(a, b)| a == b).count();

@@ -56,6 +56,11 @@ pub struct ServeConfig {
     /// Whether `/v1/load_lora_adapter` and `/v1/unload_lora_adapter` are served (vLLM's
     /// `VLLM_ALLOW_RUNTIME_LORA_UPDATING`).
     pub runtime_lora_updating: bool,
+    /// Prompt plus completion tokens allowed (`None`: the checkpoint's `max_position_embeddings`).
+    pub max_model_len: Option<usize>,
+    /// When not empty, `http(s)` images are fetched only from these hosts (redirects included),
+    /// as vLLM's `--allowed-media-domains`.
+    pub allowed_media_domains: Vec<String>,
 }
 
 impl ServeConfig {
@@ -70,6 +75,8 @@ impl ServeConfig {
             fetch_timeout: Duration::from_secs(10),
             max_n: 16,
             runtime_lora_updating: false,
+            max_model_len: None,
+            allowed_media_domains: Vec::new(),
         }
     }
 }
@@ -82,6 +89,26 @@ pub struct Server {
     pub(crate) metrics: Metrics,
     pub(crate) http: reqwest::Client,
     pub(crate) created: u64,
+    /// Requests in flight per adapter: an adapter in use cannot be unloaded.
+    pub(crate) adapter_uses: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// A request's hold on an adapter, released when the request ends.
+pub(crate) struct AdapterUse {
+    name: String,
+    uses: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Drop for AdapterUse {
+    fn drop(&mut self) {
+        let mut uses = self.uses.lock().expect("adapter uses");
+        if let Some(n) = uses.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                uses.remove(&self.name);
+            }
+        }
+    }
 }
 
 impl Server {
@@ -89,9 +116,15 @@ impl Server {
     pub fn new(backend: Arc<EmbeddedBackend>, rules: RuleSet, config: ServeConfig) -> Arc<Server> {
         let dyn_backend: Arc<dyn Backend> = backend.clone();
         let annotator = Annotator::new(dyn_backend, rules, AnnotatorOptions::new(GenParams::greedy(1)));
+        let domains = config.allowed_media_domains.clone();
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            let allowed =
+                domains.is_empty() || attempt.url().host_str().is_some_and(|h| domains.iter().any(|d| d == h));
+            if attempt.previous().len() >= 3 || !allowed { attempt.stop() } else { attempt.follow() }
+        });
         let http = reqwest::Client::builder()
             .timeout(config.fetch_timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(redirects)
             .build()
             .expect("an HTTP client");
         Arc::new(Server {
@@ -101,16 +134,24 @@ impl Server {
             config,
             http,
             created: unix_now(),
+            adapter_uses: Arc::default(),
         })
     }
 
-    /// `None`: the base model; `Some(adapter)`; an error for a name that is neither.
-    pub(crate) fn resolve_model(&self, model: Option<&str>) -> Result<Option<String>, ApiError> {
+    /// `None`: the base model; `Some(adapter)` with a hold on it for the request's life; an
+    /// error for a name that is neither.
+    pub(crate) fn resolve_model(&self, model: Option<&str>) -> Result<(Option<String>, Option<AdapterUse>), ApiError> {
         match model {
-            None => Ok(None),
-            Some(m) if m == self.config.served_model_name => Ok(None),
-            Some(m) if self.backend.adapters().iter().any(|(n, _)| n == m) => Ok(Some(m.to_string())),
-            Some(m) => Err(ApiError::not_found(format!("The model `{m}` does not exist."), Some("model"))),
+            None => Ok((None, None)),
+            Some(m) if m == self.config.served_model_name => Ok((None, None)),
+            Some(m) => {
+                let mut uses = self.adapter_uses.lock().expect("adapter uses");
+                if !self.backend.adapters().iter().any(|(n, _)| n == m) {
+                    return Err(ApiError::not_found(format!("The model `{m}` does not exist."), Some("model")));
+                }
+                *uses.entry(m.to_string()).or_default() += 1;
+                Ok((Some(m.to_string()), Some(AdapterUse { name: m.to_string(), uses: self.adapter_uses.clone() })))
+            }
         }
     }
 }
@@ -213,6 +254,14 @@ struct UnloadAdapter {
 
 async fn unload_adapter(State(s): State<Arc<Server>>, body: error::Body) -> Result<Response, ApiError> {
     let b: UnloadAdapter = error::parse_json(body)?;
+    // Under the lock new requests take their hold with: none can start on it meanwhile.
+    let uses = s.adapter_uses.lock().expect("adapter uses");
+    if let Some(n) = uses.get(&b.lora_name) {
+        return Err(ApiError::bad_request(
+            format!("The lora adapter '{}' is in use by {n} request(s); unload it when they are done.", b.lora_name),
+            Some("lora_name"),
+        ));
+    }
     s.backend.unload_adapter(&b.lora_name).map_err(|_| {
         ApiError::not_found(format!("The lora adapter '{}' cannot be found.", b.lora_name), Some("lora_name"))
     })?;

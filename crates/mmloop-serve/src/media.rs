@@ -48,7 +48,17 @@ fn too_large(name: &str, limit: usize) -> ApiError {
 }
 
 async fn fetch_http(s: &Server, url: &str, name: &str, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let domains = &s.config.allowed_media_domains;
+    if !domains.is_empty() {
+        let host = reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_string));
+        if !host.as_ref().is_some_and(|h| domains.iter().any(|d| d == h)) {
+            return Err(bad(format!("{name}: {url} is not on an allowed media domain (--allowed-media-domains)")));
+        }
+    }
     let resp = s.http.get(url).send().await.map_err(|e| bad(format!("{name}: cannot fetch {url}: {e}")))?;
+    if resp.status().is_redirection() {
+        return Err(bad(format!("{name}: {url} redirects off the allowed media domains")));
+    }
     if !resp.status().is_success() {
         return Err(bad(format!("{name}: fetching {url} answered {}", resp.status())));
     }

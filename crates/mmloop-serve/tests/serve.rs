@@ -276,6 +276,7 @@ async fn bad_requests_are_openai_errors_and_the_server_keeps_serving() {
         c.max_body_bytes = 256 << 10;
         c.allowed_local_media_path = Some(root.clone());
         c.runtime_lora_updating = true;
+        c.allowed_media_domains = vec!["images.example".into()];
     })
     .await;
     // The key guards /v1 only.
@@ -303,6 +304,9 @@ async fn bad_requests_are_openai_errors_and_the_server_keeps_serving() {
         (json!({"messages": image(&format!("file://{}/a.png", "/etc"))}), 400, "allowed local media path"),
         (json!({"messages": image("file:///etc/passwd")}), 400, "allowed local media path"),
         (json!({"messages": image("ftp://x/y.png")}), 400, "unsupported image URL"),
+        (json!({"messages": image("http://127.0.0.1:9/y.png")}), 400, "allowed media domain"),
+        (json!({"messages": question("img0.png"), "max_tokens": 40000}), 400, "maximum context length is 32768"),
+        (json!({"messages": question("img0.png"), "max_tokens": 4, "min_tokens": 5}), 400, "min_tokens"),
         (
             json!({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": data_url("img0.png")}},
@@ -351,7 +355,21 @@ async fn bad_requests_are_openai_errors_and_the_server_keeps_serving() {
         .post("/v1/chat/completions", &json!({"model": "dora", "messages": question("img0.png"), "max_tokens": 3}))
         .await;
     assert_eq!(status, 200, "{r}");
-    assert_eq!(authed.post("/v1/unload_lora_adapter", &json!({"lora_name": "dora"})).await.0, 200);
+    // Not while a request is answering with it.
+    let body = json!({"model": "dora", "messages": question("img0.png"), "max_tokens": 20000, "min_tokens": 20000,
+                      "stream": true});
+    let mut busy = authed.http.post(format!("{}/v1/chat/completions", s.url)).json(&body).send().await.unwrap();
+    assert_eq!(busy.status().as_u16(), 200);
+    busy.chunk().await.unwrap().expect("a first chunk");
+    let (status, e) = authed.post("/v1/unload_lora_adapter", &json!({"lora_name": "dora"})).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("in use"), "{e}");
+    drop(busy);
+    let t0 = std::time::Instant::now();
+    while authed.post("/v1/unload_lora_adapter", &json!({"lora_name": "dora"})).await.0 != 200 {
+        assert!(t0.elapsed().as_secs() < 30, "the adapter stayed in use after its client left");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(authed.post("/v1/unload_lora_adapter", &json!({"lora_name": "dora"})).await.0, 404);
     let (status, _) =
         authed.post("/v1/chat/completions", &json!({"model": "dora", "messages": question("img0.png")})).await;

@@ -167,3 +167,19 @@ async fn an_audit_certifies_a_threshold_that_auto_accepts_and_undo_reverts() {
     assert!(p.store.undo_route(9999, "test").await.is_err());
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_joins_one_calibration_sample_at_most() {
+    let p = project().await;
+    let first = p.store.create_audit_sample(SampleOptions { size: 100, task: None, seed: Some(1) }, "t").await.unwrap();
+    // Closed undecided, its items still never join another calibration sample: no decision
+    // may count twice in a certificate.
+    p.store.close_audit_sample(first.id, "t").await.unwrap();
+    let second =
+        p.store.create_audit_sample(SampleOptions { size: N as usize, task: None, seed: Some(2) }, "t").await.unwrap();
+    assert_eq!(second.pool, N as u64 - 100);
+    let audited = p.store.audited(None).await.unwrap();
+    let in_first: HashSet<i64> = audited.iter().filter(|a| a.sample_id == first.id).map(|a| a.item_id).collect();
+    assert_eq!(in_first.len(), 100);
+    assert!(audited.iter().filter(|a| a.sample_id == second.id).all(|a| !in_first.contains(&a.item_id)));
+}

@@ -190,11 +190,13 @@ pub fn plan(audited: &[Audited], pool: &[PoolItem], opts: &RouteOptions) -> Rout
         let pairs: Vec<(f64, bool)> =
             decided.iter().map(|a| (a.score.unwrap_or(0.0), a.verdict == Verdict::Correct)).collect();
         let confidence = certify(&pairs, &certify_opts);
-        // The audited answers come in the sample's random order: the first share trains.
-        let n_train = (decided.len() as f64 * opts.train_share).round() as usize;
-        let calibrator = Calibrator::fit(&decided[..n_train]);
+        // Which audited answers train is fixed by their place in the random sample (every
+        // k-th), not by what has been decided so far, so later decisions never move the split.
+        let every = (1.0 / opts.train_share).round().max(2.0) as i64;
+        let (train, held): (Vec<&Audited>, Vec<&Audited>) = decided.iter().partition(|a| a.pos % every == 0);
+        let calibrator = Calibrator::fit(&train);
         let calibrated = calibrator.as_ref().map(|c| {
-            let held: Vec<(f64, bool)> = decided[n_train..]
+            let held: Vec<(f64, bool)> = held
                 .iter()
                 .map(|a| {
                     (c.score(a.score.unwrap_or(0.0), &a.flags, a.answer.as_deref()), a.verdict == Verdict::Correct)
@@ -351,7 +353,7 @@ mod tests {
         // Flagged answers are wrong whatever their confidence; unflagged ones are right.
         let a: Vec<Audited> = (0..1000)
             .map(|i| {
-                let flagged = i % 5 == 0;
+                let flagged = i % 7 == 3;
                 audit(i, 0.5 + (i % 50) as f64 / 100.0, !flagged, if flagged { &["hedge"] } else { &[] })
             })
             .collect();

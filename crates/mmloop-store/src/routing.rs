@@ -350,7 +350,7 @@ impl Store {
                          WHERE q.status = 'pending' AND q.has_cand = 1 AND q.conf IS NOT NULL
                            AND (?1 IS NULL OR i.task = ?1)
                            AND NOT EXISTS (SELECT 1 FROM audit_items a JOIN audit_samples s ON s.id = a.sample_id
-                                           WHERE a.item_id = i.id AND s.closed_at IS NULL)
+                                           WHERE a.item_id = i.id AND (s.kind = 'calibration' OR s.closed_at IS NULL))
                          ORDER BY i.id"
                     ))?;
                     let rows = st.query_map([opts.task.map(Task::as_str)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
@@ -479,7 +479,14 @@ impl Store {
                         changed += 1;
                         continue;
                     };
-                    if current != base || primary != cand {
+                    // Changed since the plan, or drawn into an audit meanwhile: left to people.
+                    let audited: bool = tx
+                        .prepare_cached(
+                            "SELECT EXISTS (SELECT 1 FROM audit_items a JOIN audit_samples s ON s.id = a.sample_id
+                                            WHERE a.item_id = ?1 AND s.closed_at IS NULL)",
+                        )?
+                        .query_row([item], |r| r.get(0))?;
+                    if current != base || primary != cand || audited {
                         changed += 1;
                         continue;
                     }

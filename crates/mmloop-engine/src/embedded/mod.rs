@@ -110,6 +110,15 @@ pub struct EmbeddedBackend {
     default_adapter: Option<String>,
     max_batch: usize,
     info: BackendInfo,
+    max_model_len: Option<usize>,
+}
+
+/// The context length the checkpoint was trained for (`max_position_embeddings` of the
+/// language model), when its config says.
+fn max_model_len(config: &std::path::Path) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(config).ok()?).ok()?;
+    let n = v["text_config"]["max_position_embeddings"].as_u64().or_else(|| v["max_position_embeddings"].as_u64())?;
+    usize::try_from(n).ok()
 }
 
 fn candle_device(d: Device) -> Result<mmloop_models::Device> {
@@ -155,6 +164,7 @@ impl EmbeddedBackend {
             .map_err(|e| EngineError::Config(e.to_string()))?;
         let checkpoint = Checkpoint::locate(&opts.model, &opts.revision).await?;
         let defaults = GenerationDefaults::read(&checkpoint.dir.join("generation_config.json"))?;
+        let max_model_len = max_model_len(&checkpoint.dir.join("config.json"));
         let load =
             LoadOptions { device, dtype, quant, adapters: opts.adapters.clone(), merge_adapters: opts.merge_adapters };
         let dir = checkpoint.dir.clone();
@@ -183,7 +193,7 @@ impl EmbeddedBackend {
         let default_adapter = (!opts.merge_adapters).then(|| opts.adapters.first().map(|(n, _)| n.clone())).flatten();
         let engine =
             Engine::new(Arc::new(model), EngineOptions { max_batch: opts.max_batch, ..EngineOptions::default() });
-        Ok(EmbeddedBackend { engine, defaults, default_adapter, max_batch: opts.max_batch, info })
+        Ok(EmbeddedBackend { engine, defaults, default_adapter, max_batch: opts.max_batch, info, max_model_len })
     }
 
     pub fn family(&self) -> Family {
@@ -415,6 +425,11 @@ impl EmbeddedBackend {
 
     pub fn unload_adapter(&self, name: &str) -> Result<()> {
         self.engine.model().unload_adapter(name).map_err(|e| EngineError::Config(e.to_string()))
+    }
+
+    /// Prompt plus generated tokens the checkpoint was made for (`None`: its config does not say).
+    pub fn max_model_len(&self) -> Option<usize> {
+        self.max_model_len
     }
 
     /// The adapters loaded, by name, with their folders.
