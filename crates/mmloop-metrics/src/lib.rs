@@ -4,6 +4,7 @@
 //! module's doc comment for the reference and its version). This crate never does I/O:
 //! callers read predictions and references and hand them in as plain Rust values.
 
+pub mod ab;
 pub mod agreement;
 pub mod bleu;
 pub mod calibration;
