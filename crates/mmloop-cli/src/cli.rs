@@ -59,6 +59,8 @@ pub enum Command {
     AuditSample(AuditSampleArgs),
     /// Serve a model behind an OpenAI-compatible API (like `vllm serve` / `swift deploy`).
     Serve(Box<ServeArgs>),
+    /// Online A/B experiments of `mmloop serve`.
+    Ab(AbArgs),
     /// Auto-accept model answers above a threshold certified from the audit sample: error
     /// rate ≤ ε with probability ≥ 1 − δ.
     Route(Box<RouteCommand>),
@@ -218,6 +220,44 @@ pub struct ServeArgs {
     /// Risk rules for the `mmloop` fields: a TOML file with a [rules] table.
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
+    /// Online A/B: the experiment's name; requests naming it as their model are split
+    /// between the --arm's (needs --project, where exposures and outcomes are kept).
+    #[arg(long, requires = "project")]
+    pub experiment: Option<String>,
+    /// An arm, `NAME=MODEL` (the served model), `NAME=MODEL:ADAPTER` or `NAME=ADAPTER`
+    /// (an adapter loaded with --adapters).
+    #[arg(long = "arm", value_name = "NAME=MODEL[:ADAPTER]", requires = "experiment")]
+    pub arms: Vec<String>,
+    /// The arms' shares, e.g. 50,50 (default: equal).
+    #[arg(long, value_delimiter = ',', requires = "experiment")]
+    pub split: Vec<f64>,
+    /// The project that records the experiment (audited).
+    #[arg(long)]
+    pub project: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct AbArgs {
+    #[command(subcommand)]
+    pub action: AbAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AbAction {
+    /// Per-arm outcome rates and latency, each arm against the first with an always-valid
+    /// p-value and confidence sequence, the sample-ratio check, and what to do.
+    Status {
+        project: PathBuf,
+        experiment: String,
+        /// Level of the always-valid test.
+        #[arg(long, default_value_t = 0.05)]
+        alpha: f64,
+        /// The size of the difference worth detecting (the mixture's τ).
+        #[arg(long, default_value_t = 0.02)]
+        tau: f64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]

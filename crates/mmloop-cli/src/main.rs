@@ -47,7 +47,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval_cmd::eval(*a).await,
         Command::AuditSample(a) => route_cmd::audit_sample(a, &actor).await,
         Command::Route(a) => route_cmd::route(*a, &actor).await,
-        Command::Serve(a) => serve_cmd::serve(*a).await,
+        Command::Serve(a) => serve_cmd::serve(*a, &actor).await,
+        Command::Ab(a) => serve_cmd::ab(a).await,
     }
 }
 

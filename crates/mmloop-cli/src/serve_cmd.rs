@@ -1,11 +1,18 @@
 //! `mmloop serve`: the embedded engine behind an OpenAI-compatible API (mmloop-serve).
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
+use console::style;
 use mmloop_engine::embedded::EmbeddedOptions;
 use mmloop_engine::{RuleSet, RulesConfig};
-use mmloop_serve::{ServeConfig, Server};
+use mmloop_metrics::ab::{ArmStats, msprt, srm_pvalue};
+use mmloop_serve::{AbConfig, ExperimentLog, ExposureRecord, ServeConfig, Server};
+use mmloop_store::Store;
+use mmloop_store::ab::{Arm, Experiment, Exposure, OutcomeKind};
+use serde_json::json;
 
-use crate::cli::ServeArgs;
+use crate::cli::{AbAction, AbArgs, ServeArgs};
 use crate::infer_cmd::{adapter_list, load_embedded, rules_file};
 use crate::ui;
 
@@ -19,7 +26,81 @@ fn images_limit(s: &str) -> anyhow::Result<usize> {
     v["image"].as_u64().map(|n| n as usize).with_context(|| format!("--limit-mm-per-prompt {s:?}: no \"image\" count"))
 }
 
-pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+/// Exposures and outcomes kept in the project, audited.
+struct StoreLog(Store);
+
+#[async_trait::async_trait]
+impl ExperimentLog for StoreLog {
+    async fn exposure(&self, x: ExposureRecord) -> Result<(), String> {
+        let x = Exposure {
+            experiment: x.experiment,
+            request_id: x.request_id,
+            user_id: x.user_id,
+            arm: x.arm,
+            latency_ms: x.latency_ms,
+            prompt_tokens: x.prompt_tokens,
+            completion_tokens: x.completion_tokens,
+            confidence: x.confidence,
+        };
+        self.0.ab_expose(x).await.map_err(|e| e.to_string())
+    }
+
+    async fn outcome(&self, request_id: &str, outcome: &str, value: Option<f64>) -> Result<(), (u16, String)> {
+        let kind: OutcomeKind = serde_json::from_value(json!(outcome)).map_err(|_| {
+            (400, format!("unknown outcome {outcome:?}: accept, edit, reject, thumbs_up, thumbs_down or value"))
+        })?;
+        match self.0.ab_outcome(request_id, kind, value, "api").await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().starts_with("no experiment request") => Err((404, e.to_string())),
+            Err(e) => Err((400, e.to_string())),
+        }
+    }
+}
+
+/// The arms of `--arm NAME=MODEL[:ADAPTER]` against what is served: (arm, adapter or base).
+fn parse_arms(a: &ServeArgs, served: &str, adapters: &[String]) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let mut out = Vec::new();
+    for spec in &a.arms {
+        let Some((name, target)) = spec.split_once('=') else {
+            bail!("--arm {spec:?}: expected NAME=MODEL[:ADAPTER]");
+        };
+        if target.starts_with("http://") || target.starts_with("https://") {
+            bail!("--arm {spec:?}: arms on other servers (gateway mode) are not supported yet; serve both models here");
+        }
+        let (model, adapter) = match target.rsplit_once(':') {
+            Some((m, ad)) if adapters.iter().any(|x| x == ad) => (m, Some(ad.to_string())),
+            _ if adapters.iter().any(|x| x == target) => (served, Some(target.to_string())),
+            _ => (target, None),
+        };
+        if model != served && model != a.model {
+            bail!(
+                "--arm {spec:?}: {model:?} is not the served model ({served}) or one of its adapters ({})",
+                adapters.join(", ")
+            );
+        }
+        if name.is_empty() || out.iter().any(|(n, _): &(String, Option<String>)| n == name) {
+            bail!("--arm {spec:?}: arm names must be unique and not empty");
+        }
+        out.push((name.to_string(), adapter));
+    }
+    if out.len() < 2 {
+        bail!("an experiment needs two --arm's at least");
+    }
+    Ok(out)
+}
+
+fn weights(split: &[f64], arms: usize) -> anyhow::Result<Vec<f64>> {
+    if split.is_empty() {
+        return Ok(vec![1.0 / arms as f64; arms]);
+    }
+    let total: f64 = split.iter().sum();
+    if split.len() != arms || split.iter().any(|w| w.is_nan() || *w < 0.0) || total <= 0.0 {
+        bail!("--split needs one non-negative share per arm ({arms}), e.g. 50,50");
+    }
+    Ok(split.iter().map(|w| w / total).collect())
+}
+
+pub async fn serve(a: ServeArgs, actor: &str) -> anyhow::Result<()> {
     let mut config = ServeConfig::new(a.served_model_name.clone().unwrap_or_else(|| a.model.clone()));
     config.api_key = a.api_key.clone().filter(|k| !k.is_empty());
     config.limit_mm_per_prompt = images_limit(&a.limit_mm_per_prompt)?;
@@ -64,7 +145,123 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if config.api_key.is_none() && !listener.local_addr()?.ip().is_loopback() {
         ui::warn("no --api-key: anyone who reaches this address can use the model");
     }
+    let mut store = None;
+    if let Some(name) = &a.experiment {
+        let adapters: Vec<String> = backend.adapters().into_iter().map(|(n, _)| n).collect();
+        let arms = parse_arms(&a, &config.served_model_name, &adapters)?;
+        let weights = weights(&a.split, arms.len())?;
+        let project = a.project.as_ref().expect("clap: --experiment requires --project");
+        let s = Store::open(project).await?;
+        let e = s
+            .ab_start(
+                Experiment {
+                    name: name.clone(),
+                    seed: name.clone(),
+                    arms: arms
+                        .iter()
+                        .map(|(n, ad)| Arm {
+                            name: n.clone(),
+                            model: ad.clone().unwrap_or_else(|| config.served_model_name.clone()),
+                        })
+                        .collect(),
+                    weights: weights.clone(),
+                },
+                actor,
+            )
+            .await?;
+        ui::ok(format!(
+            "experiment {}: requests for model {:?} split {} by user",
+            style(name).bold(),
+            name,
+            arms.iter()
+                .zip(&weights)
+                .map(|((n, _), w)| format!("{n} {:.0}%", w * 100.0))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ));
+        config.ab = Some(AbConfig { name: e.name, seed: e.seed, arms, weights, log: Arc::new(StoreLog(s.clone())) });
+        store = Some(s);
+    }
     let server = Server::new(backend, rules, config);
     mmloop_serve::serve(server, listener, mmloop_server::shutdown_signal()).await?;
+    if let Some(s) = store {
+        s.close();
+    }
+    Ok(())
+}
+
+/// `mmloop ab status DIR NAME`.
+pub async fn ab(a: AbArgs) -> anyhow::Result<()> {
+    let AbAction::Status { project, experiment, alpha, tau, json } = a.action;
+    if !(alpha > 0.0 && alpha < 1.0 && tau > 0.0) {
+        bail!("--alpha must be in (0, 1) and --tau positive");
+    }
+    let store = Store::open(&project).await?;
+    let out = async {
+        let e = store.ab_experiment(&experiment).await?.with_context(|| {
+            format!("no experiment {experiment:?} in {}\n  hint: `mmloop serve --project DIR --experiment NAME --arm ...` starts one", project.display())
+        })?;
+        let arms = store.ab_summary(&experiment).await?;
+        anyhow::Ok((e, arms))
+    }
+    .await;
+    store.close();
+    let (e, arms) = out?;
+    let exposures: Vec<u64> = arms.iter().map(|a| a.exposures).collect();
+    let srm = srm_pvalue(&exposures, &e.weights);
+    let stats =
+        |s: &mmloop_store::ab::ArmSummary| ArmStats { n: s.outcomes, sum: s.outcome_sum, sum_sq: s.outcome_sum_sq };
+    let control = stats(&arms[0]);
+    let comparisons: Vec<serde_json::Value> = arms[1..]
+        .iter()
+        .map(|arm| {
+            let seq = msprt(&control, &stats(arm), tau * tau, alpha);
+            let verdict = match &seq {
+                _ if srm < 0.001 => "stop: the split is broken (sample ratio mismatch); fix assignment or logging before reading results",
+                Some(q) if q.p_value <= alpha && q.difference > 0.0 => "stop: better than the control",
+                Some(q) if q.p_value <= alpha => "stop: worse than the control",
+                _ => "continue: no difference shown yet",
+            };
+            json!({"arm": arm.arm, "against": arms[0].arm, "sequential": seq, "recommendation": verdict})
+        })
+        .collect();
+    let report = json!({"experiment": e, "arms": arms, "srm_p_value": srm, "alpha": alpha, "tau": tau, "comparisons": comparisons});
+    if json {
+        return ui::json(&report);
+    }
+    println!("experiment {} (α = {alpha}, τ = {tau})", style(&e.name).bold());
+    for (arm, w) in arms.iter().zip(&e.weights) {
+        let rate = if arm.outcomes > 0 { format!("{:.3}", arm.outcome_sum / arm.outcomes as f64) } else { "-".into() };
+        println!(
+            "  {:<12} {:<24} share {:>4.0}%  exposures {:>7}  outcomes {:>7}  success {rate:>6}  latency {}  confidence {}",
+            arm.arm,
+            arm.model,
+            w * 100.0,
+            arm.exposures,
+            arm.outcomes,
+            arm.mean_latency_ms.map_or("-".into(), |l| format!("{l:.0} ms")),
+            arm.mean_confidence.map_or("-".into(), |c| format!("{c:.3}")),
+        );
+    }
+    println!("  sample ratio check: p = {srm:.4}{}", if srm < 0.001 { " — MISMATCH" } else { "" });
+    for c in &comparisons {
+        match c["sequential"].as_object() {
+            Some(q) => println!(
+                "  {} − {}: {:+.4} [{:+.4}, {:+.4}] always-valid p = {:.4} → {}",
+                c["arm"].as_str().unwrap_or_default(),
+                c["against"].as_str().unwrap_or_default(),
+                q["difference"].as_f64().unwrap_or(f64::NAN),
+                q["low"].as_f64().unwrap_or(f64::NAN),
+                q["high"].as_f64().unwrap_or(f64::NAN),
+                q["p_value"].as_f64().unwrap_or(f64::NAN),
+                c["recommendation"].as_str().unwrap_or_default()
+            ),
+            None => println!(
+                "  {}: not enough outcomes yet (two per arm at least) → {}",
+                c["arm"].as_str().unwrap_or_default(),
+                c["recommendation"].as_str().unwrap_or_default()
+            ),
+        }
+    }
     Ok(())
 }

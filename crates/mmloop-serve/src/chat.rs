@@ -111,6 +111,9 @@ struct ChatCompletionRequest {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    /// The end user (OpenAI's field): an experiment assigns by it.
+    #[serde(default)]
+    user: Option<String>,
 }
 
 /// A request checked and turned into the engine's terms.
@@ -119,6 +122,8 @@ struct Planned {
     adapter: Option<String>,
     /// Keeps the adapter loaded while the request runs.
     adapter_use: Option<crate::AdapterUse>,
+    /// The experiment arm answering, and the user it was assigned by.
+    ab: Option<AbTag>,
     messages: Vec<ChatMessage>,
     image_urls: Vec<String>,
     params: GenParams,
@@ -135,8 +140,23 @@ fn bad(message: impl Into<String>, param: &'static str) -> ApiError {
     ApiError::bad_request(message.into(), Some(param))
 }
 
-fn plan(s: &Server, r: ChatCompletionRequest) -> Result<Planned, ApiError> {
-    let (adapter, adapter_use) = s.resolve_model(r.model.as_deref())?;
+/// A request of the experiment: the arm that answers it.
+struct AbTag {
+    arm: String,
+    user: Option<String>,
+}
+
+fn plan(s: &Server, r: ChatCompletionRequest, user_header: Option<String>) -> Result<Planned, ApiError> {
+    let (target, ab) = match &s.config.ab {
+        Some(ab) if r.model.as_deref() == Some(ab.name.as_str()) => {
+            let user = r.user.clone().or(user_header);
+            let (arm, adapter) = &ab.arms[ab.arm_for(user.as_deref())];
+            let target = adapter.clone().unwrap_or_else(|| s.config.served_model_name.clone());
+            (Some(target), Some(AbTag { arm: arm.clone(), user }))
+        }
+        _ => (r.model.clone(), None),
+    };
+    let (adapter, adapter_use) = s.resolve_model(target.as_deref())?;
     let model_name = r.model.clone().unwrap_or_else(|| s.config.served_model_name.clone());
     if r.messages.is_empty() {
         return Err(bad("messages must not be empty", "messages"));
@@ -260,6 +280,7 @@ fn plan(s: &Server, r: ChatCompletionRequest) -> Result<Planned, ApiError> {
         model_name,
         adapter,
         adapter_use,
+        ab,
         messages,
         image_urls,
         params,
@@ -283,6 +304,7 @@ struct Ctx {
     logprobs: Option<usize>,
     job: Job,
     _adapter_use: Option<crate::AdapterUse>,
+    ab: Option<AbTag>,
 }
 
 impl Ctx {
@@ -290,7 +312,29 @@ impl Ctx {
     /// would give the same answer.
     fn mmloop(&self, g: &Generation) -> Value {
         let a = self.server.annotator.finish(&self.job, g.clone(), Vec::new());
-        json!({"confidence": a.confidence, "confidence_detail": a.detail, "flags": a.flags})
+        let mut v = json!({"confidence": a.confidence, "confidence_detail": a.detail, "flags": a.flags});
+        if let (Some(tag), Some(ab)) = (&self.ab, &self.server.config.ab) {
+            v["experiment"] = json!({"name": ab.name, "arm": tag.arm});
+        }
+        v
+    }
+
+    /// Logs the request as an exposure of the experiment it belongs to (if any).
+    async fn expose(&self, completion_tokens: usize, confidence: Option<f64>) {
+        let (Some(tag), Some(ab)) = (&self.ab, &self.server.config.ab) else { return };
+        let x = crate::ExposureRecord {
+            experiment: ab.name.clone(),
+            request_id: self.id.clone(),
+            user_id: tag.user.clone(),
+            arm: tag.arm.clone(),
+            latency_ms: self.arrived.elapsed().as_secs_f64() * 1e3,
+            prompt_tokens: self.prompt_tokens as u64,
+            completion_tokens: completion_tokens as u64,
+            confidence,
+        };
+        if let Err(e) = ab.log.exposure(x).await {
+            eprintln!("experiment {}: the exposure of {} was not recorded: {e}", ab.name, self.id);
+        }
     }
 
     /// Counts a finished choice; the prompt counts once per request (with its first choice).
@@ -316,10 +360,15 @@ impl Ctx {
     }
 }
 
-pub async fn completions(State(s): State<Arc<Server>>, body: crate::error::Body) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(s): State<Arc<Server>>,
+    headers: axum::http::HeaderMap,
+    body: crate::error::Body,
+) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let req: ChatCompletionRequest = parse_json(body)?;
-    let p = plan(&s, req)?;
+    let user_header = headers.get("x-user-id").and_then(|v| v.to_str().ok()).map(String::from);
+    let p = plan(&s, req, user_header)?;
     let guard = s.metrics.preparing_guard();
     let images = futures::future::try_join_all(
         p.image_urls.iter().enumerate().map(|(i, url)| crate::media::fetch(&s, url, i + 1)),
@@ -366,6 +415,7 @@ pub async fn completions(State(s): State<Arc<Server>>, body: crate::error::Body)
             answer_type: None,
         },
         _adapter_use: p.adapter_use,
+        ab: p.ab,
         server: s,
     });
     if p.stream {
@@ -408,6 +458,8 @@ async fn whole(ctx: Arc<Ctx>, started: Vec<Started>) -> Result<Response, ApiErro
             "mmloop": ctx.mmloop(g),
         }));
     }
+    let confidence = choices.first().and_then(|c| c["mmloop"]["confidence"].as_f64());
+    ctx.expose(completion_tokens, confidence).await;
     Ok(axum::Json(json!({
         "id": ctx.id, "object": "chat.completion", "created": ctx.created, "model": ctx.model,
         "choices": choices,
@@ -471,6 +523,7 @@ fn stream(ctx: Arc<Ctx>, started: Vec<Started>, include_usage: bool, hold: usize
             send(ctx.chunk(first), &mut open).await;
         }
         let mut completion_tokens = 0;
+        let mut first_confidence = None;
         let mut merged = merged;
         while let Some((i, ev)) = merged.next().await {
             let st = &mut state[i];
@@ -518,12 +571,17 @@ fn stream(ctx: Arc<Ctx>, started: Vec<Started>, include_usage: bool, hold: usize
                         let c = json!([{"index": i, "delta": {"content": rest}, "logprobs": logprobs, "finish_reason": null}]);
                         send(ctx.chunk(c), &mut open).await;
                     }
+                    let extension = ctx.mmloop(&g);
+                    if i == 0 {
+                        first_confidence = extension["confidence"].as_f64();
+                    }
                     let last = json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": g.finish_reason,
-                                       "mmloop": ctx.mmloop(&g)}]);
+                                       "mmloop": extension}]);
                     send(ctx.chunk(last), &mut open).await;
                 }
             }
         }
+        ctx.expose(completion_tokens, first_confidence).await;
         if include_usage {
             let u = SseEvent::default().data(
                 json!({"id": ctx.id, "object": "chat.completion.chunk", "created": ctx.created, "model": ctx.model,

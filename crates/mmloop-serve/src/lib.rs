@@ -6,11 +6,14 @@
 //!   choice also carries `mmloop: {confidence, confidence_detail, flags}` — the numbers and
 //!   risk rules of `mmloop infer`.
 //! - `GET /v1/models`, `POST /v1/load_lora_adapter`, `POST /v1/unload_lora_adapter`.
+//! - An online A/B experiment: requests for its name are split between arms by a sticky
+//!   hash of the user; exposures and `POST /v1/feedback` outcomes go to an [`ExperimentLog`].
 //! - `GET /health`, `GET /metrics` (Prometheus text, vLLM's metric names).
 //!
 //! Concurrent requests share the engine's forward passes (continuous batching). The crate
 //! knows nothing of projects or the review server.
 
+mod ab;
 mod chat;
 mod error;
 mod media;
@@ -31,6 +34,7 @@ use mmloop_engine::{Annotator, AnnotatorOptions, Backend, GenParams, RuleSet};
 use serde::Deserialize;
 use serde_json::json;
 
+pub use ab::{AbConfig, ExperimentLog, ExposureRecord};
 pub use error::ApiError;
 pub use metrics::Metrics;
 
@@ -61,6 +65,8 @@ pub struct ServeConfig {
     /// When not empty, `http(s)` images are fetched only from these hosts (redirects included),
     /// as vLLM's `--allowed-media-domains`.
     pub allowed_media_domains: Vec<String>,
+    /// An online experiment: requests for its name are split between its arms.
+    pub ab: Option<AbConfig>,
 }
 
 impl ServeConfig {
@@ -77,6 +83,7 @@ impl ServeConfig {
             runtime_lora_updating: false,
             max_model_len: None,
             allowed_media_domains: Vec::new(),
+            ab: None,
         }
     }
 }
@@ -162,7 +169,10 @@ pub(crate) fn unix_now() -> u64 {
 
 /// The routes, with the API key check on `/v1/*`.
 pub fn router(server: Arc<Server>) -> Router {
-    let mut v1 = Router::new().route("/v1/chat/completions", post(chat::completions)).route("/v1/models", get(models));
+    let mut v1 = Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(models))
+        .route("/v1/feedback", post(ab::feedback));
     if server.config.runtime_lora_updating {
         v1 = v1
             .route("/v1/load_lora_adapter", post(load_adapter))
@@ -210,6 +220,13 @@ async fn models(State(s): State<Arc<Server>>) -> Response {
         "id": base, "object": "model", "created": s.created, "owned_by": "mmloop",
         "root": s.backend.info().resolved, "parent": null,
     })];
+    if let Some(ab) = &s.config.ab {
+        data.push(json!({
+            "id": ab.name, "object": "model", "created": s.created, "owned_by": "mmloop",
+            "root": format!("experiment: {}", ab.arms.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(", ")),
+            "parent": base,
+        }));
+    }
     for (name, dir) in s.backend.adapters() {
         data.push(json!({
             "id": name, "object": "model", "created": s.created, "owned_by": "mmloop",

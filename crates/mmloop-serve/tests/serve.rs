@@ -375,3 +375,81 @@ async fn bad_requests_are_openai_errors_and_the_server_keeps_serving() {
         authed.post("/v1/chat/completions", &json!({"model": "dora", "messages": question("img0.png")})).await;
     assert_eq!(status, 404);
 }
+
+/// Keeps what the server logs, for the test to read.
+#[derive(Default)]
+struct MemoryLog {
+    exposures: std::sync::Mutex<Vec<mmloop_serve::ExposureRecord>>,
+    outcomes: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+#[async_trait::async_trait]
+impl mmloop_serve::ExperimentLog for MemoryLog {
+    async fn exposure(&self, x: mmloop_serve::ExposureRecord) -> Result<(), String> {
+        self.exposures.lock().unwrap().push(x);
+        Ok(())
+    }
+    async fn outcome(&self, id: &str, outcome: &str, _: Option<f64>) -> Result<(), (u16, String)> {
+        if !self.exposures.lock().unwrap().iter().any(|x| x.request_id == id) {
+            return Err((404, format!("no experiment request {id:?}")));
+        }
+        self.outcomes.lock().unwrap().push((id.to_string(), outcome.to_string()));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiment_splits_users_stickily_and_records_exposures_and_outcomes() {
+    let log = Arc::new(MemoryLog::default());
+    let l = log.clone();
+    let s = start(move |c| {
+        c.ab = Some(mmloop_serve::AbConfig {
+            name: "exp1".into(),
+            seed: "exp1".into(),
+            arms: vec![("base".into(), None), ("tuned".into(), Some("lora".into()))],
+            weights: vec![0.5, 0.5],
+            log: l,
+        })
+    })
+    .await;
+    let (_, models) = s.get("/v1/models").await;
+    assert!(models.contains("\"exp1\""), "{models}");
+    let mut arms = std::collections::BTreeMap::new();
+    for u in 0..12 {
+        let user = format!("user-{u}");
+        let body = json!({"model": "exp1", "messages": question("img0.png"), "max_tokens": 3, "temperature": 0,
+                          "user": user});
+        let (status, r) = s.post("/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{r}");
+        let arm = r["choices"][0]["mmloop"]["experiment"]["arm"].as_str().unwrap().to_string();
+        let want = mmloop_metrics::ab::assign("exp1", &user, &[0.5, 0.5]).unwrap();
+        assert_eq!(arm, ["base", "tuned"][want], "the GrowthBook bucket of {user}");
+        // The same user again: the same arm, and (greedy) the same answer.
+        let (_, again) = s.post("/v1/chat/completions", &body).await;
+        assert_eq!(again["choices"][0]["mmloop"]["experiment"]["arm"], arm.as_str());
+        arms.entry(arm).or_insert_with(Vec::new).push(r["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(arms.len(), 2, "both arms answered: {arms:?}");
+    let xs = log.exposures.lock().unwrap().clone();
+    assert_eq!(xs.len(), 24);
+    assert!(
+        xs.iter().all(|x| x.experiment == "exp1" && x.user_id.is_some() && x.prompt_tokens > 0 && x.latency_ms > 0.0)
+    );
+    // Each exposure names the arm its response said.
+    for (arm, ids) in &arms {
+        assert!(ids.iter().all(|id| xs.iter().any(|x| &x.request_id == id && &x.arm == arm)));
+    }
+    // Outcomes go to the log; an unknown id is a 404.
+    let id = log.exposures.lock().unwrap()[0].request_id.clone();
+    let (status, r) = s.post("/v1/feedback", &json!({"id": id, "outcome": "accept"})).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(log.outcomes.lock().unwrap().len(), 1);
+    let (status, _) = s.post("/v1/feedback", &json!({"id": "chatcmpl-nope", "outcome": "accept"})).await;
+    assert_eq!(status, 404);
+    // The arms stay addressable on their own, outside the experiment.
+    let (status, _) = s
+        .post("/v1/chat/completions", &json!({"model": "lora", "messages": question("img0.png"), "max_tokens": 2}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(log.exposures.lock().unwrap().len(), 24);
+}

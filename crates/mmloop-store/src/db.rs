@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_review.sql"),
     include_str!("../migrations/0003_routing.sql"),
+    include_str!("../migrations/0004_ab.sql"),
 ];
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;

@@ -9,6 +9,7 @@
 //!
 //! This crate never parses dataset files (that is `mmloop-formats`) and never talks HTTP.
 
+pub mod ab;
 mod audit;
 mod candidates;
 mod db;
