@@ -16,7 +16,7 @@ use mmloop_metrics::choice::{
     ChoiceItem, MmeQuestion, choice_accuracy, circular_accuracy, mme_parse_answer, mme_scores,
 };
 use mmloop_metrics::coco::{CaptionImage, score_tokenized, tokenize};
-use mmloop_metrics::compare::{BootstrapOptions, paired_bootstrap};
+use mmloop_metrics::compare::{BootstrapOptions, McNemar, mcnemar_exact, paired_bootstrap};
 use mmloop_metrics::text::{ANLS_THRESHOLD, evaluate_anls, evaluate_squad};
 use mmloop_metrics::vqa::{LmmsEvalTask, VqaQuestion, VqaVariant, evaluate_vqa};
 use mmloop_metrics::{bleu, cider, rouge};
@@ -282,6 +282,9 @@ pub struct CompareRow {
     pub ci_low: f64,
     pub ci_high: f64,
     pub p_value: f64,
+    /// McNemar's exact test, for metrics scored right/wrong per item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcnemar: Option<McNemar>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1078,6 +1081,7 @@ fn compare_with(
             ci_low: r.ci_low,
             ci_high: r.ci_high,
             p_value: r.p_value,
+            mcnemar: mcnemar_exact(&xa, &xb),
         });
     }
     Ok(Comparison {

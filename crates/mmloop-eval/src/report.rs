@@ -137,9 +137,12 @@ pub fn terminal_table(ev: &Evaluation) -> String {
         let w0 = c.rows.iter().map(|r| r.metric.len()).max().unwrap_or(6).max(6);
         let _ = writeln!(out, "{:<w0$}  {:>8}  {:>8}  {:>8}  {:>21}  {:>6}", "metric", "A", "B", "A-B", level, "p");
         for r in &c.rows {
+            let mcnemar = r.mcnemar.map_or(String::new(), |m| {
+                format!("  McNemar exact p={:.3} ({} only A, {} only B)", m.p_value, m.a_only, m.b_only)
+            });
             let _ = writeln!(
                 out,
-                "{:<w0$}  {:>8.4}  {:>8.4}  {:>+8.4}  [{:>+8.4}, {:>+8.4}]  {:>6.3}",
+                "{:<w0$}  {:>8.4}  {:>8.4}  {:>+8.4}  [{:>+8.4}, {:>+8.4}]  {:>6.3}{mcnemar}",
                 r.metric, r.mean_a, r.mean_b, r.delta, r.ci_low, r.ci_high, r.p_value
             );
         }

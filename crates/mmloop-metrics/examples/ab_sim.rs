@@ -67,7 +67,7 @@ fn main() {
     let horizon = fixed_horizon_n(0.8, 0.82, ALPHA, 0.8);
     for tau in [0.01, 0.02, 0.05] {
         let tau2 = tau * tau;
-        let mut rng = SplitMix64(17);
+        let mut rng = SplitMix64::new(17);
         let (mut fp, mut naive) = (0, 0);
         for _ in 0..experiments {
             let (stop, z) = experiment(&mut rng, 0.8, 0.8, tau2);

@@ -18,6 +18,8 @@
 //!
 //! Pure and deterministic: the same inputs and seed give the same result on every platform.
 
+use serde::Serialize;
+
 use crate::pyfloat::np_percentile_sorted;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,7 +61,8 @@ pub enum CompareError {
     BadAlpha(f64),
 }
 
-/// SplitMix64 (Steele, Lea & Flood 2014), the generator behind the resampling.
+/// SplitMix64 (Steele, Lea & Flood 2014): the generator behind the resampling, audit draws and
+/// the simulations — reproducible from a recorded seed, and no dependency for so little.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
 
@@ -86,6 +89,46 @@ impl SplitMix64 {
             }
         }
     }
+    /// Uniform in [0, 1) (the top 53 bits).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `k` distinct positions of `0..n` in random order (a partial Fisher–Yates shuffle).
+    pub fn sample(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let k = k.min(n);
+        let mut idx: Vec<usize> = (0..n).collect();
+        for i in 0..k {
+            let j = i + self.below((n - i) as u64) as usize;
+            idx.swap(i, j);
+        }
+        idx.truncate(k);
+        idx
+    }
+}
+
+/// McNemar's exact test of two systems scored right/wrong on the same items.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct McNemar {
+    /// Items A gets right and B wrong, and the other way round.
+    pub a_only: usize,
+    pub b_only: usize,
+    /// Two-sided: 2·P(Bin(a_only + b_only, ½) ≤ min), at most 1.
+    pub p_value: f64,
+}
+
+/// McNemar's exact test on per-item scores, when every score is 0 or 1 (accuracy-type
+/// metrics); `None` otherwise.
+pub fn mcnemar_exact(a: &[f64], b: &[f64]) -> Option<McNemar> {
+    let binary = |x: &f64| *x == 0.0 || *x == 1.0;
+    if a.len() != b.len() || a.is_empty() || !a.iter().all(binary) || !b.iter().all(binary) {
+        return None;
+    }
+    let a_only = a.iter().zip(b).filter(|(x, y)| **x == 1.0 && **y == 0.0).count();
+    let b_only = a.iter().zip(b).filter(|(x, y)| **x == 0.0 && **y == 1.0).count();
+    let n = a_only + b_only;
+    let p_value = if n == 0 { 1.0 } else { (2.0 * crate::selective::binom_cdf(a_only.min(b_only), n, 0.5)).min(1.0) };
+    Some(McNemar { a_only, b_only, p_value })
 }
 
 fn mean(xs: impl Iterator<Item = f64>, n: usize) -> f64 {
@@ -137,6 +180,21 @@ pub fn paired_bootstrap(a: &[f64], b: &[f64], options: BootstrapOptions) -> Resu
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn mcnemar_exact_matches_the_binomial_tail() {
+        // 10 items only A gets right, 2 only B: 2·P(Bin(12, ½) ≤ 2) = 2·79/4096.
+        let mut a = vec![1.0; 10];
+        a.extend([0.0, 0.0, 1.0, 0.0]);
+        let mut b = vec![0.0; 10];
+        b.extend([1.0, 1.0, 1.0, 0.0]);
+        let m = mcnemar_exact(&a, &b).unwrap();
+        assert_eq!((m.a_only, m.b_only), (10, 2));
+        assert!((m.p_value - 2.0 * 79.0 / 4096.0).abs() < 1e-12, "{m:?}");
+        assert!(mcnemar_exact(&[0.5, 1.0], &[1.0, 1.0]).is_none(), "not binary");
+        assert_eq!(mcnemar_exact(&[1.0], &[1.0]).unwrap().p_value, 1.0);
+    }
+
     use super::*;
 
     #[test]

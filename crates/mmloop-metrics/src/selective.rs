@@ -224,48 +224,7 @@ pub fn empirical_threshold(samples: &[(f64, bool)], eps: f64) -> Option<f64> {
     best
 }
 
-/// A small seeded generator (SplitMix64) for audit draws and simulations: reproducible from
-/// the seed recorded with a sample, and no dependency for so little.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [0, n) (n > 0), without modulo bias.
-    pub fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let x = self.next_u64();
-            if x < zone {
-                return x % n;
-            }
-        }
-    }
-
-    /// `k` distinct positions of `0..n` in random order (a partial Fisher–Yates shuffle).
-    pub fn sample(&mut self, n: usize, k: usize) -> Vec<usize> {
-        let k = k.min(n);
-        let mut idx: Vec<usize> = (0..n).collect();
-        for i in 0..k {
-            let j = i + self.below((n - i) as u64) as usize;
-            idx.swap(i, j);
-        }
-        idx.truncate(k);
-        idx
-    }
-}
+pub use crate::compare::SplitMix64;
 
 /// The Clopper–Pearson interval of a binomial proportion, `k` successes in `n`, at level
 /// 1 − `alpha` (two-sided): exact, by bisection on the binomial tails.
@@ -436,7 +395,7 @@ mod tests {
         let (lo, hi) = clopper_pearson(3, 100, 0.05);
         assert!((lo - 0.006_229_97).abs() < 1e-7 && (hi - 0.085_176_05).abs() < 1e-7, "{lo} {hi}");
         assert_eq!(clopper_pearson(0, 10, 0.05).0, 0.0);
-        let mut r = SplitMix64(7);
+        let mut r = SplitMix64::new(7);
         let s = r.sample(10, 4);
         assert_eq!(s.len(), 4);
         assert!(s.iter().all(|&i| i < 10) && s.iter().collect::<std::collections::HashSet<_>>().len() == 4);

@@ -123,7 +123,7 @@ pub fn run(pop: &Population, n: usize, trials: usize, eps: f64, delta: f64, trai
     let mut coverage: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut violations = vec![0usize; names.len()];
     let mut nones = vec![0usize; names.len()];
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     for _ in 0..trials {
         let sample = draw(pop, &mut rng, n);
         let pairs: Vec<(f64, bool)> = sample.iter().map(|&(s, _, c)| (s, c)).collect();

@@ -363,7 +363,7 @@ impl Store {
                     ));
                 }
                 let picked: Vec<(i64, i64, Option<i64>)> =
-                    SplitMix64(seed).sample(pool.len(), opts.size).into_iter().map(|i| pool[i]).collect();
+                    SplitMix64::new(seed).sample(pool.len(), opts.size).into_iter().map(|i| pool[i]).collect();
                 let id = insert_sample(
                     &tx,
                     NewSample {
@@ -513,7 +513,7 @@ impl Store {
                     0
                 };
                 let drift_sample = if drift_size > 0 {
-                    let picked: Vec<(i64, i64, Option<i64>)> = SplitMix64(plan.seed)
+                    let picked: Vec<(i64, i64, Option<i64>)> = SplitMix64::new(plan.seed)
                         .sample(accepted.len(), drift_size)
                         .into_iter()
                         .map(|i| accepted[i])
