@@ -51,8 +51,9 @@ impl ExperimentLog for StoreLog {
         })?;
         match self.0.ab_outcome(request_id, kind, value, "api").await {
             Ok(_) => Ok(()),
-            Err(e) if e.to_string().starts_with("no experiment request") => Err((404, e.to_string())),
-            Err(e) => Err((400, e.to_string())),
+            Err(e @ mmloop_store::StoreError::NotFound(_)) => Err((404, e.to_string())),
+            Err(e @ mmloop_store::StoreError::Config(_)) => Err((400, e.to_string())),
+            Err(e) => Err((500, e.to_string())),
         }
     }
 }
@@ -94,7 +95,7 @@ fn weights(split: &[f64], arms: usize) -> anyhow::Result<Vec<f64>> {
         return Ok(vec![1.0 / arms as f64; arms]);
     }
     let total: f64 = split.iter().sum();
-    if split.len() != arms || split.iter().any(|w| w.is_nan() || *w < 0.0) || total <= 0.0 {
+    if split.len() != arms || split.iter().any(|w| !w.is_finite() || *w < 0.0) || total <= 0.0 {
         bail!("--split needs one non-negative share per arm ({arms}), e.g. 50,50");
     }
     Ok(split.iter().map(|w| w / total).collect())
@@ -148,6 +149,9 @@ pub async fn serve(a: ServeArgs, actor: &str) -> anyhow::Result<()> {
     let mut store = None;
     if let Some(name) = &a.experiment {
         let adapters: Vec<String> = backend.adapters().into_iter().map(|(n, _)| n).collect();
+        if *name == config.served_model_name || *name == a.model || adapters.contains(name) {
+            bail!("--experiment {name:?} is the name of a served model or adapter; pick another");
+        }
         let arms = parse_arms(&a, &config.served_model_name, &adapters)?;
         let weights = weights(&a.split, arms.len())?;
         let project = a.project.as_ref().expect("clap: --experiment requires --project");
@@ -207,36 +211,45 @@ pub async fn ab(a: AbArgs) -> anyhow::Result<()> {
     .await;
     store.close();
     let (e, arms) = out?;
-    let exposures: Vec<u64> = arms.iter().map(|a| a.exposures).collect();
-    let srm = srm_pvalue(&exposures, &e.weights);
+    // Users are assigned, so users are counted and compared (a request without a user is one).
+    let units: Vec<u64> = arms.iter().map(|a| a.units).collect();
+    let srm = srm_pvalue(&units, &e.weights);
     let stats =
-        |s: &mmloop_store::ab::ArmSummary| ArmStats { n: s.outcomes, sum: s.outcome_sum, sum_sq: s.outcome_sum_sq };
+        |s: &mmloop_store::ab::ArmSummary| ArmStats { n: s.units_with_outcome, sum: s.unit_sum, sum_sq: s.unit_sum_sq };
+    // Each arm against the control: the level is split over the comparisons (Bonferroni).
+    let level = alpha / (arms.len() - 1).max(1) as f64;
     let control = stats(&arms[0]);
     let comparisons: Vec<serde_json::Value> = arms[1..]
         .iter()
         .map(|arm| {
-            let seq = msprt(&control, &stats(arm), tau * tau, alpha);
+            let seq = msprt(&control, &stats(arm), tau * tau, level);
             let verdict = match &seq {
                 _ if srm < 0.001 => "stop: the split is broken (sample ratio mismatch); fix assignment or logging before reading results",
-                Some(q) if q.p_value <= alpha && q.difference > 0.0 => "stop: better than the control",
-                Some(q) if q.p_value <= alpha => "stop: worse than the control",
+                Some(q) if q.p_value <= level && q.difference > 0.0 => "stop: better than the control",
+                Some(q) if q.p_value <= level => "stop: worse than the control",
                 _ => "continue: no difference shown yet",
             };
             json!({"arm": arm.arm, "against": arms[0].arm, "sequential": seq, "recommendation": verdict})
         })
         .collect();
-    let report = json!({"experiment": e, "arms": arms, "srm_p_value": srm, "alpha": alpha, "tau": tau, "comparisons": comparisons});
+    let report = json!({"experiment": e, "arms": arms, "srm_p_value": srm, "alpha": alpha, "level_per_comparison": level,
+                        "tau": tau, "unit": "user (a request without a user counts as one)", "comparisons": comparisons});
     if json {
         return ui::json(&report);
     }
     println!("experiment {} (α = {alpha}, τ = {tau})", style(&e.name).bold());
     for (arm, w) in arms.iter().zip(&e.weights) {
-        let rate = if arm.outcomes > 0 { format!("{:.3}", arm.outcome_sum / arm.outcomes as f64) } else { "-".into() };
+        let rate = if arm.units_with_outcome > 0 {
+            format!("{:.3}", arm.unit_sum / arm.units_with_outcome as f64)
+        } else {
+            "-".into()
+        };
         println!(
-            "  {:<12} {:<24} share {:>4.0}%  exposures {:>7}  outcomes {:>7}  success {rate:>6}  latency {}  confidence {}",
+            "  {:<12} {:<24} share {:>4.0}%  users {:>7}  requests {:>7}  with outcome {:>7}  success {rate:>6}  latency {}  confidence {}",
             arm.arm,
             arm.model,
             w * 100.0,
+            arm.units,
             arm.exposures,
             arm.outcomes,
             arm.mean_latency_ms.map_or("-".into(), |l| format!("{l:.0} ms")),
@@ -257,7 +270,7 @@ pub async fn ab(a: AbArgs) -> anyhow::Result<()> {
                 c["recommendation"].as_str().unwrap_or_default()
             ),
             None => println!(
-                "  {}: not enough outcomes yet (two per arm at least) → {}",
+                "  {}: not enough to compare yet (two users with outcomes per arm, and some variation) → {}",
                 c["arm"].as_str().unwrap_or_default(),
                 c["recommendation"].as_str().unwrap_or_default()
             ),

@@ -14,7 +14,7 @@ async fn record(store: &Store, exp: &str, arm: &str, n: usize, success_every: us
             .ab_expose(Exposure {
                 experiment: exp.into(),
                 request_id: id.clone(),
-                user_id: Some(format!("u{i}")),
+                user_id: Some(format!("u{tag}{i}")),
                 arm: arm.into(),
                 latency_ms: 120.0,
                 prompt_tokens: 50,
@@ -54,8 +54,8 @@ async fn status_compares_arms_with_an_always_valid_test_and_checks_the_split() {
     store.close();
 
     let s = json(&["ab", "status", projs, "exp"]);
-    assert_eq!(s["arms"][0]["exposures"], 300);
-    assert!((s["arms"][1]["outcome_sum"].as_f64().unwrap() - 270.0).abs() < 1e-9, "{s}");
+    assert_eq!((s["arms"][0]["exposures"].as_u64(), s["arms"][0]["units"].as_u64()), (Some(300), Some(300)));
+    assert!((s["arms"][1]["unit_sum"].as_f64().unwrap() - 270.0).abs() < 1e-9, "{s}");
     assert!(s["srm_p_value"].as_f64().unwrap() > 0.99);
     let c = &s["comparisons"][0];
     assert!((c["sequential"]["difference"].as_f64().unwrap() - 0.4).abs() < 1e-9, "{c}");
@@ -66,6 +66,31 @@ async fn status_compares_arms_with_an_always_valid_test_and_checks_the_split() {
     let audit = json(&["audit", "verify", projs]);
     assert_eq!(audit["problems"], serde_json::json!([]), "{audit}");
     assert!(audit["events"].as_u64().unwrap() >= 1 + 1 + 600 + 600, "init, start, exposures, outcomes: {audit}");
+
+    // A user is one unit however many requests they send: 50 more requests of user ux0 in arm a
+    // change neither the user count nor (with outcomes like their first) the comparison much.
+    let store = Store::open(&proj).await.unwrap();
+    for i in 0..50 {
+        let id = format!("chatcmpl-repeat-{i}");
+        store
+            .ab_expose(Exposure {
+                experiment: "exp".into(),
+                request_id: id.clone(),
+                user_id: Some("ux0".into()),
+                arm: "a".into(),
+                latency_ms: 100.0,
+                prompt_tokens: 50,
+                completion_tokens: 8,
+                confidence: None,
+            })
+            .await
+            .unwrap();
+        store.ab_outcome(&id, OutcomeKind::Reject, None, "test").await.unwrap();
+    }
+    store.close();
+    let s = json(&["ab", "status", projs, "exp"]);
+    assert_eq!((s["arms"][0]["exposures"].as_u64(), s["arms"][0]["units"].as_u64()), (Some(350), Some(300)));
+    assert!(s["srm_p_value"].as_f64().unwrap() > 0.99, "the split is by user: {s}");
 
     // A broken split wins over any difference.
     let store = Store::open(&proj).await.unwrap();

@@ -30,7 +30,8 @@ pub struct ExposureRecord {
 #[async_trait::async_trait]
 pub trait ExperimentLog: Send + Sync {
     async fn exposure(&self, x: ExposureRecord) -> Result<(), String>;
-    /// `Err((status, message))`: 404 for an unknown request, 400 for a bad outcome.
+    /// `Err((status, message))`: 404 for an unknown request, 400 for a bad outcome, 500 when
+    /// it could not be kept.
     async fn outcome(&self, request_id: &str, outcome: &str, value: Option<f64>) -> Result<(), (u16, String)>;
 }
 
@@ -85,7 +86,8 @@ pub async fn feedback(State(s): State<Arc<Server>>, body: Body) -> Result<Respon
     };
     ab.log.outcome(&f.id, &f.outcome, f.value).await.map_err(|(status, message)| match status {
         404 => ApiError::not_found(message, Some("id")),
-        _ => ApiError::bad_request(message, Some("outcome")),
+        400 => ApiError::bad_request(message, Some("outcome")),
+        _ => ApiError::internal(message),
     })?;
     Ok(axum::Json(json!({"id": f.id, "recorded": true})).into_response())
 }

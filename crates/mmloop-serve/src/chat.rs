@@ -524,6 +524,7 @@ fn stream(ctx: Arc<Ctx>, started: Vec<Started>, include_usage: bool, hold: usize
         }
         let mut completion_tokens = 0;
         let mut first_confidence = None;
+        let mut remaining = n;
         let mut merged = merged;
         while let Some((i, ev)) = merged.next().await {
             let st = &mut state[i];
@@ -551,6 +552,10 @@ fn stream(ctx: Arc<Ctx>, started: Vec<Started>, include_usage: bool, hold: usize
                 }
                 Event::Done(Err(e)) => {
                     let err = ApiError::internal(e.to_string());
+                    remaining -= 1;
+                    if remaining == 0 {
+                        ctx.expose(completion_tokens, first_confidence).await;
+                    }
                     send(SseEvent::default().data(err.body().to_string()), &mut open).await;
                 }
                 Event::Done(Ok(out)) => {
@@ -575,13 +580,18 @@ fn stream(ctx: Arc<Ctx>, started: Vec<Started>, include_usage: bool, hold: usize
                     if i == 0 {
                         first_confidence = extension["confidence"].as_f64();
                     }
+                    // The exposure is kept before the last choice's end is sent, so feedback
+                    // sent on seeing it finds the request.
+                    remaining -= 1;
+                    if remaining == 0 {
+                        ctx.expose(completion_tokens, first_confidence).await;
+                    }
                     let last = json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": g.finish_reason,
                                        "mmloop": extension}]);
                     send(ctx.chunk(last), &mut open).await;
                 }
             }
         }
-        ctx.expose(completion_tokens, first_confidence).await;
         if include_usage {
             let u = SseEvent::default().data(
                 json!({"id": ctx.id, "object": "chat.completion.chunk", "created": ctx.created, "model": ctx.model,

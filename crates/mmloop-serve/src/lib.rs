@@ -271,6 +271,14 @@ struct UnloadAdapter {
 
 async fn unload_adapter(State(s): State<Arc<Server>>, body: error::Body) -> Result<Response, ApiError> {
     let b: UnloadAdapter = error::parse_json(body)?;
+    if let Some(ab) = &s.config.ab
+        && ab.arms.iter().any(|(_, a)| a.as_deref() == Some(b.lora_name.as_str()))
+    {
+        return Err(ApiError::bad_request(
+            format!("The lora adapter '{}' answers an arm of experiment {:?}; it stays loaded.", b.lora_name, ab.name),
+            Some("lora_name"),
+        ));
+    }
     // Under the lock new requests take their hold with: none can start on it meanwhile.
     let uses = s.adapter_uses.lock().expect("adapter uses");
     if let Some(n) = uses.get(&b.lora_name) {

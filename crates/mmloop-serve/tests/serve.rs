@@ -409,9 +409,14 @@ async fn an_experiment_splits_users_stickily_and_records_exposures_and_outcomes(
             arms: vec![("base".into(), None), ("tuned".into(), Some("lora".into()))],
             weights: vec![0.5, 0.5],
             log: l,
-        })
+        });
+        c.runtime_lora_updating = true;
     })
     .await;
+    // An arm's adapter stays loaded while the experiment runs.
+    let (status, e) = s.post("/v1/unload_lora_adapter", &json!({"lora_name": "lora"})).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("answers an arm"), "{e}");
     let (_, models) = s.get("/v1/models").await;
     assert!(models.contains("\"exp1\""), "{models}");
     let mut arms = std::collections::BTreeMap::new();

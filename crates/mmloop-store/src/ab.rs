@@ -61,16 +61,20 @@ impl OutcomeKind {
     }
 }
 
-/// An arm's numbers: exposures, outcomes and their sum of values (and squares), latency and
-/// confidence means.
+/// An arm's numbers. Assignment is per user, so the analysis unit is the user (a request
+/// without a user is its own unit): `units` exposed, and over the units with an outcome the
+/// sum (and sum of squares) of each unit's mean outcome — outcomes of one user are not
+/// independent, their mean is. Request-level counts are kept beside them.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ArmSummary {
     pub arm: String,
     pub model: String,
     pub exposures: u64,
     pub outcomes: u64,
-    pub outcome_sum: f64,
-    pub outcome_sum_sq: f64,
+    pub units: u64,
+    pub units_with_outcome: u64,
+    pub unit_sum: f64,
+    pub unit_sum_sq: f64,
     pub mean_latency_ms: Option<f64>,
     pub mean_confidence: Option<f64>,
 }
@@ -198,7 +202,7 @@ impl Store {
                     .query_row("SELECT experiment FROM ab_exposures WHERE request_id = ?1", [&request_id], |r| r.get(0))
                     .optional()?;
                 let Some(experiment) = experiment else {
-                    return Err(StoreError::Config(format!("no experiment request {request_id:?}")));
+                    return Err(StoreError::NotFound(format!("no experiment request {request_id:?}")));
                 };
                 tx.execute(
                     "INSERT INTO ab_outcomes (request_id, outcome, value, created_at, actor) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -217,7 +221,7 @@ impl Store {
     /// Each arm's numbers, in the experiment's arm order; a request's latest outcome counts.
     pub async fn ab_summary(&self, name: &str) -> Result<Vec<ArmSummary>, StoreError> {
         let Some(e) = self.ab_experiment(name).await? else {
-            return Err(StoreError::Config(format!("no experiment {name:?}")));
+            return Err(StoreError::NotFound(format!("no experiment {name:?}")));
         };
         let name = name.to_string();
         self.db()
@@ -229,11 +233,22 @@ impl Store {
                         params![name, arm.name],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )?;
-                    let (outcomes, sum, sum_sq): (i64, Option<f64>, Option<f64>) = c.query_row(
-                        "SELECT COUNT(*), SUM(o.value), SUM(o.value * o.value)
-                         FROM ab_exposures x JOIN ab_outcomes o ON o.id =
-                              (SELECT MAX(id) FROM ab_outcomes WHERE request_id = x.request_id)
-                         WHERE x.experiment = ?1 AND x.arm = ?2",
+                    let (units, outcomes): (i64, i64) = c.query_row(
+                        "SELECT COUNT(DISTINCT COALESCE(user_id, request_id)),
+                                (SELECT COUNT(*) FROM ab_exposures x WHERE x.experiment = ?1 AND x.arm = ?2
+                                   AND EXISTS (SELECT 1 FROM ab_outcomes o WHERE o.request_id = x.request_id))
+                         FROM ab_exposures WHERE experiment = ?1 AND arm = ?2",
+                        params![name, arm.name],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    // Each unit's mean over its requests' latest outcomes.
+                    let (with, sum, sum_sq): (i64, Option<f64>, Option<f64>) = c.query_row(
+                        "SELECT COUNT(*), SUM(m), SUM(m * m) FROM (
+                           SELECT AVG(o.value) AS m
+                           FROM ab_exposures x JOIN ab_outcomes o ON o.id =
+                                (SELECT MAX(id) FROM ab_outcomes WHERE request_id = x.request_id)
+                           WHERE x.experiment = ?1 AND x.arm = ?2
+                           GROUP BY COALESCE(x.user_id, x.request_id))",
                         params![name, arm.name],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )?;
@@ -242,8 +257,10 @@ impl Store {
                         model: arm.model.clone(),
                         exposures: exposures as u64,
                         outcomes: outcomes as u64,
-                        outcome_sum: sum.unwrap_or(0.0),
-                        outcome_sum_sq: sum_sq.unwrap_or(0.0),
+                        units: units as u64,
+                        units_with_outcome: with as u64,
+                        unit_sum: sum.unwrap_or(0.0),
+                        unit_sum_sq: sum_sq.unwrap_or(0.0),
                         mean_latency_ms: latency,
                         mean_confidence: confidence,
                     });

@@ -74,6 +74,9 @@ pub enum StoreError {
     NoVersions,
     #[error("item {0} not found")]
     ItemNotFound(i64),
+    /// Something named by the caller does not exist (an experiment, a request).
+    #[error("{0}")]
+    NotFound(String),
     /// A stored image whose file is gone or no longer the imported image.
     #[error("image {image}{}: {source}", items_of(items))]
     Image { image: i64, items: Vec<i64>, source: ImageError },
