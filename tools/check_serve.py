@@ -14,7 +14,11 @@ default tools/.venv-serve):
 - streaming with include_usage: the same text and log-probabilities, then a usage chunk;
 - n = 3 with a seed: three choices, the same on a second call;
 - the adapter by name; errors as the client's exception classes (NotFoundError,
-  BadRequestError, AuthenticationError); the server serves on after each.
+  BadRequestError, AuthenticationError); the server serves on after each;
+- gateway mode: a second `mmloop serve` without a model, whose experiment's two arms are the
+  first server's base model and adapter (`--arm NAME=URL#MODEL`): through it, each user gets
+  their arm's answer (equal to asking that server directly), with the `mmloop` extension, whole
+  and streamed; `/v1/feedback` takes its response ids, and `mmloop ab status` counts them.
 
 Exits non-zero on the first failed check. CI runs it (.ci/run).
 """
@@ -23,9 +27,11 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -125,7 +131,54 @@ def checks(url):
         pass
     again = client.chat.completions.create(model="tiny", messages=question("img2.png"), max_tokens=4)
     assert again.choices[0].message.content is not None
-    print("check_serve: openai", openai.__version__, "- all checks passed")
+    print("check_serve: openai", openai.__version__, "- direct checks passed")
+
+
+def gateway_checks(url, upstream_url):
+    import openai
+
+    gw = openai.OpenAI(base_url=url, api_key="sk-gate")
+    direct = openai.OpenAI(base_url=upstream_url, api_key="sk-check")
+    assert [m.id for m in gw.models.list().data] == ["exp"]
+    arms, ids = {}, []
+    for u in range(10):
+        user = f"user-{u}"
+        r = gw.chat.completions.create(model="exp", messages=question("img1.png"), max_tokens=6, temperature=0, user=user)
+        ext = r.choices[0].model_extra["mmloop"]
+        arm = ext["experiment"]["arm"]
+        arms.setdefault(arm, []).append(user)
+        d = direct.chat.completions.create(model={"a": "tiny", "b": "lora"}[arm], messages=question("img1.png"),
+                                           max_tokens=6, temperature=0)
+        assert r.choices[0].message.content == d.choices[0].message.content, (arm, r, d)
+        assert abs(ext["confidence"] - d.choices[0].model_extra["mmloop"]["confidence"]) < 1e-9
+        assert r.choices[0].logprobs is None and r.model == "exp"
+        ids.append(r.id)
+    assert set(arms) == {"a", "b"}, arms
+    text, usage, ext = "", None, None
+    for chunk in gw.chat.completions.create(model="exp", messages=question("img0.png"), max_tokens=5, temperature=0,
+                                            user="user-1", stream=True, stream_options={"include_usage": True}):
+        usage = chunk.usage or usage
+        for ch in chunk.choices:
+            text += ch.delta.content or ""
+            ext = (ch.model_extra or {}).get("mmloop") or ext
+    assert text and usage.completion_tokens == 5 and 0.0 <= ext["confidence"] <= 1.0, (text, usage, ext)
+    for i in ids[:4]:
+        req = urllib.request.Request(url + "/feedback", data=json.dumps({"id": i, "outcome": "accept"}).encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": "Bearer sk-gate"})
+        assert json.load(urllib.request.urlopen(req))["recorded"] is True
+    print("check_serve: gateway checks passed (arms a:", len(arms["a"]), "users, b:", len(arms["b"]), "users)")
+
+
+def wait_up(server, url):
+    for _ in range(600):
+        if server.poll() is not None:
+            sys.exit("mmloop serve exited: " + server.stderr.read())
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit("mmloop serve did not come up in 60 s")
 
 
 def main():
@@ -133,9 +186,13 @@ def main():
     ap.add_argument("--mmloop", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "debug", "mmloop"))
     ap.add_argument("--in-venv", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--upstream", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.in_venv:
-        checks(a.url)
+        if a.upstream:
+            gateway_checks(a.url, a.upstream)
+        else:
+            checks(a.url)
         return
     py = ensure_venv()
     port = free_port()
@@ -144,22 +201,37 @@ def main():
          "--adapters", "lora=" + os.path.join(FIXTURES, "qwen2_vl", "adapters", "lora"),
          "--port", str(port), "--api-key", "sk-check"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    gateway = None
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            if server.poll() is not None:
-                sys.exit("mmloop serve exited: " + server.stderr.read())
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            sys.exit("mmloop serve did not come up in 60 s")
+        wait_up(server, url)
         subprocess.run([py, __file__, "--in-venv", "--url", url + "/v1"], check=True)
+
+        project = tempfile.mkdtemp(prefix="mmloop-check-serve-")
+        subprocess.run([a.mmloop, "init", project], check=True, stdout=subprocess.DEVNULL)
+        gport = free_port()
+        gateway = subprocess.Popen(
+            [a.mmloop, "serve", "--port", str(gport), "--api-key", "sk-gate", "--upstream-api-key", "sk-check",
+             "--experiment", "exp", "--project", project,
+             "--arm", f"a={url}/v1#tiny", "--arm", f"b={url}/v1#lora"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        gurl = f"http://127.0.0.1:{gport}"
+        wait_up(gateway, gurl)
+        subprocess.run([py, __file__, "--in-venv", "--url", gurl + "/v1", "--upstream", url + "/v1"], check=True)
+        gateway.terminate()
+        gateway.wait(timeout=30)
+        status = json.loads(subprocess.run([a.mmloop, "ab", "status", project, "exp", "--json"], check=True,
+                                           capture_output=True, text=True).stdout)
+        exposures = sum(arm["exposures"] for arm in status["arms"])
+        outcomes = sum(arm["outcomes"] for arm in status["arms"])
+        assert exposures == 11 and outcomes == 4, status
+        shutil.rmtree(project, ignore_errors=True)
+        print("check_serve: mmloop ab status counts", exposures, "exposures and", outcomes, "outcomes - all checks passed")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for p in (gateway, server):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -170,9 +170,10 @@ pub struct RouteThresholdArgs {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// A Hugging Face repo id or a checkpoint folder.
+    /// A Hugging Face repo id or a checkpoint folder (not needed by a gateway whose --arm's
+    /// are all other servers).
     #[arg(long, alias = "model_id")]
-    pub model: String,
+    pub model: Option<String>,
     #[arg(long, alias = "model_revision", default_value = "main")]
     pub revision: String,
     /// PEFT adapters served beside the base model, `name=DIR` (vLLM's --lora-modules).
@@ -225,9 +226,14 @@ pub struct ServeArgs {
     #[arg(long, requires = "project")]
     pub experiment: Option<String>,
     /// An arm, `NAME=MODEL` (the served model), `NAME=MODEL:ADAPTER` or `NAME=ADAPTER`
-    /// (an adapter loaded with --adapters).
-    #[arg(long = "arm", value_name = "NAME=MODEL[:ADAPTER]", requires = "experiment")]
+    /// (an adapter loaded with --adapters), or `NAME=http://host:8000/v1#MODEL`: another
+    /// OpenAI-compatible server the arm's requests are proxied to (gateway mode; without
+    /// `#MODEL`, the first model it lists).
+    #[arg(long = "arm", value_name = "NAME=MODEL[:ADAPTER]|URL#MODEL", requires = "experiment")]
     pub arms: Vec<String>,
+    /// Bearer token sent to upstream arms.
+    #[arg(long, env = "MMLOOP_UPSTREAM_API_KEY", hide_env_values = true)]
+    pub upstream_api_key: Option<String>,
     /// The arms' shares, e.g. 50,50 (default: equal).
     #[arg(long, value_delimiter = ',', requires = "experiment")]
     pub split: Vec<f64>,

@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use console::style;
+use mmloop_engine::Backend;
 use mmloop_engine::embedded::EmbeddedOptions;
+use mmloop_engine::openai::{OpenAiBackend, OpenAiOptions};
 use mmloop_engine::{RuleSet, RulesConfig};
 use mmloop_metrics::ab::{ArmStats, msprt, srm_pvalue};
-use mmloop_serve::{AbConfig, ExperimentLog, ExposureRecord, ServeConfig, Server};
+use mmloop_serve::{AbConfig, ArmTarget, ExperimentLog, ExposureRecord, ServeConfig, Server, Upstream};
 use mmloop_store::Store;
 use mmloop_store::ab::{Arm, Experiment, Exposure, OutcomeKind};
 use serde_json::json;
@@ -58,31 +60,56 @@ impl ExperimentLog for StoreLog {
     }
 }
 
-/// The arms of `--arm NAME=MODEL[:ADAPTER]` against what is served: (arm, adapter or base).
-fn parse_arms(a: &ServeArgs, served: &str, adapters: &[String]) -> anyhow::Result<Vec<(String, Option<String>)>> {
-    let mut out = Vec::new();
+fn is_upstream(arm_spec: &str) -> bool {
+    arm_spec.split_once('=').is_some_and(|(_, t)| t.starts_with("http://") || t.starts_with("https://"))
+}
+
+/// An upstream arm `URL[#MODEL]`: its chat URL and model (asked of the server when not given).
+async fn upstream(spec: &str, target: &str, key: Option<&str>) -> anyhow::Result<Upstream> {
+    let (url, model) = target.split_once('#').unwrap_or((target, ""));
+    let mut o = OpenAiOptions::new(url, model);
+    o.api_key = key.map(String::from);
+    o.timeout = std::time::Duration::from_secs(30);
+    let b = OpenAiBackend::connect(o).await.with_context(|| format!("--arm {spec:?}"))?;
+    Ok(Upstream { chat_url: b.info().resolved.clone(), model: b.info().model.clone(), api_key: key.map(String::from) })
+}
+
+/// The arms of `--arm NAME=MODEL[:ADAPTER]|URL#MODEL` against what is served here
+/// (`served`: the base model's name, `None` on a gateway without one).
+async fn parse_arms(
+    a: &ServeArgs,
+    served: Option<&str>,
+    adapters: &[String],
+) -> anyhow::Result<Vec<mmloop_serve::Arm>> {
+    let mut out: Vec<mmloop_serve::Arm> = Vec::new();
     for spec in &a.arms {
         let Some((name, target)) = spec.split_once('=') else {
-            bail!("--arm {spec:?}: expected NAME=MODEL[:ADAPTER]");
+            bail!("--arm {spec:?}: expected NAME=MODEL[:ADAPTER] or NAME=URL#MODEL");
         };
-        if target.starts_with("http://") || target.starts_with("https://") {
-            bail!("--arm {spec:?}: arms on other servers (gateway mode) are not supported yet; serve both models here");
-        }
-        let (model, adapter) = match target.rsplit_once(':') {
-            Some((m, ad)) if adapters.iter().any(|x| x == ad) => (m, Some(ad.to_string())),
-            _ if adapters.iter().any(|x| x == target) => (served, Some(target.to_string())),
-            _ => (target, None),
-        };
-        if model != served && model != a.model {
-            bail!(
-                "--arm {spec:?}: {model:?} is not the served model ({served}) or one of its adapters ({})",
-                adapters.join(", ")
-            );
-        }
-        if name.is_empty() || out.iter().any(|(n, _): &(String, Option<String>)| n == name) {
+        if name.is_empty() || out.iter().any(|arm| arm.name == name) {
             bail!("--arm {spec:?}: arm names must be unique and not empty");
         }
-        out.push((name.to_string(), adapter));
+        let target = if is_upstream(spec) {
+            ArmTarget::Upstream(upstream(spec, target, a.upstream_api_key.as_deref()).await?)
+        } else {
+            let Some(served) = served else {
+                bail!("--arm {spec:?}: this server has no --model to answer it");
+            };
+            let (model, adapter) = match target.rsplit_once(':') {
+                Some((m, ad)) if adapters.iter().any(|x| x == ad) => (m, Some(ad.to_string())),
+                _ if adapters.iter().any(|x| x == target) => (served, Some(target.to_string())),
+                _ => (target, None),
+            };
+            if model != served && Some(model) != a.model.as_deref() {
+                bail!(
+                    "--arm {spec:?}: {model:?} is not the served model ({served}), one of its adapters ({}), \
+                     or another server's URL",
+                    adapters.join(", ")
+                );
+            }
+            ArmTarget::Local(adapter)
+        };
+        out.push(mmloop_serve::Arm { name: name.to_string(), target });
     }
     if out.len() < 2 {
         bail!("an experiment needs two --arm's at least");
@@ -102,7 +129,12 @@ fn weights(split: &[f64], arms: usize) -> anyhow::Result<Vec<f64>> {
 }
 
 pub async fn serve(a: ServeArgs, actor: &str) -> anyhow::Result<()> {
-    let mut config = ServeConfig::new(a.served_model_name.clone().unwrap_or_else(|| a.model.clone()));
+    let gateway_only = !a.arms.is_empty() && a.arms.iter().all(|s| is_upstream(s));
+    if a.model.is_none() && !gateway_only {
+        bail!("--model is required (only a gateway whose --arm's are all other servers' URLs runs without one)");
+    }
+    let served = a.served_model_name.clone().or_else(|| a.model.clone()).or_else(|| a.experiment.clone());
+    let mut config = ServeConfig::new(served.unwrap_or_default());
     config.api_key = a.api_key.clone().filter(|k| !k.is_empty());
     config.limit_mm_per_prompt = images_limit(&a.limit_mm_per_prompt)?;
     config.max_body_bytes = a.max_body_mb.max(1) << 20;
@@ -127,32 +159,42 @@ pub async fn serve(a: ServeArgs, actor: &str) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
-    let mut o = EmbeddedOptions::new(a.model.clone());
-    o.revision = a.revision.clone();
-    o.device = a.device.parse()?;
-    o.dtype = a.dtype.parse()?;
-    o.quant = a.quant.clone();
-    o.max_batch = a.max_batch_size;
-    // Adapters are served by name beside the base model, never merged into it.
-    o.adapters = adapters;
-    let backend = std::sync::Arc::new(load_embedded(o).await?);
+    let backend = match &a.model {
+        Some(model) => {
+            let mut o = EmbeddedOptions::new(model.clone());
+            o.revision = a.revision.clone();
+            o.device = a.device.parse()?;
+            o.dtype = a.dtype.parse()?;
+            o.quant = a.quant.clone();
+            o.max_batch = a.max_batch_size;
+            // Adapters are served by name beside the base model, never merged into it.
+            o.adapters = adapters;
+            Some(Arc::new(load_embedded(o).await?))
+        }
+        None if !adapters.is_empty() => bail!("--adapters need a --model to adapt"),
+        None => None,
+    };
     let addr = listener.local_addr()?;
-    let names: Vec<String> = backend.adapters().into_iter().map(|(n, _)| n).collect();
-    ui::ok(format!(
-        "serving {}{} at http://{addr}/v1 (OpenAI-compatible; /health, /metrics)",
-        config.served_model_name,
-        if names.is_empty() { String::new() } else { format!(" and adapters {}", names.join(", ")) }
-    ));
+    let names: Vec<String> = backend.iter().flat_map(|b| b.adapters()).map(|(n, _)| n).collect();
+    match &backend {
+        Some(_) => ui::ok(format!(
+            "serving {}{} at http://{addr}/v1 (OpenAI-compatible; /health, /metrics)",
+            config.served_model_name,
+            if names.is_empty() { String::new() } else { format!(" and adapters {}", names.join(", ")) }
+        )),
+        None => ui::ok(format!("gateway at http://{addr}/v1 (OpenAI-compatible; /health, /metrics)")),
+    }
     if config.api_key.is_none() && !listener.local_addr()?.ip().is_loopback() {
         ui::warn("no --api-key: anyone who reaches this address can use the model");
     }
     let mut store = None;
     if let Some(name) = &a.experiment {
-        let adapters: Vec<String> = backend.adapters().into_iter().map(|(n, _)| n).collect();
-        if *name == config.served_model_name || *name == a.model || adapters.contains(name) {
+        if backend.is_some()
+            && (*name == config.served_model_name || Some(name) == a.model.as_ref() || names.contains(name))
+        {
             bail!("--experiment {name:?} is the name of a served model or adapter; pick another");
         }
-        let arms = parse_arms(&a, &config.served_model_name, &adapters)?;
+        let arms = parse_arms(&a, backend.as_ref().map(|_| config.served_model_name.as_str()), &names).await?;
         let weights = weights(&a.split, arms.len())?;
         let project = a.project.as_ref().expect("clap: --experiment requires --project");
         let s = Store::open(project).await?;
@@ -163,9 +205,12 @@ pub async fn serve(a: ServeArgs, actor: &str) -> anyhow::Result<()> {
                     seed: name.clone(),
                     arms: arms
                         .iter()
-                        .map(|(n, ad)| Arm {
-                            name: n.clone(),
-                            model: ad.clone().unwrap_or_else(|| config.served_model_name.clone()),
+                        .map(|arm| Arm {
+                            name: arm.name.clone(),
+                            model: match &arm.target {
+                                ArmTarget::Local(ad) => ad.clone().unwrap_or_else(|| config.served_model_name.clone()),
+                                ArmTarget::Upstream(u) => format!("{}#{}", u.chat_url, u.model),
+                            },
                         })
                         .collect(),
                     weights: weights.clone(),
@@ -179,7 +224,7 @@ pub async fn serve(a: ServeArgs, actor: &str) -> anyhow::Result<()> {
             name,
             arms.iter()
                 .zip(&weights)
-                .map(|((n, _), w)| format!("{n} {:.0}%", w * 100.0))
+                .map(|(arm, w)| format!("{} {:.0}%", arm.name, w * 100.0))
                 .collect::<Vec<_>>()
                 .join(" / ")
         ));

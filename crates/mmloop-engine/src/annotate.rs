@@ -102,13 +102,12 @@ pub struct Annotation {
 
 pub struct Annotator {
     backend: Arc<dyn Backend>,
-    rules: RuleSet,
-    opts: AnnotatorOptions,
+    scorer: Scorer,
 }
 
 impl Annotator {
     pub fn new(backend: Arc<dyn Backend>, rules: RuleSet, opts: AnnotatorOptions) -> Self {
-        Annotator { backend, rules, opts }
+        Annotator { backend, scorer: Scorer::new(rules, opts) }
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -116,22 +115,22 @@ impl Annotator {
     }
 
     pub fn options(&self) -> &AnnotatorOptions {
-        &self.opts
+        &self.scorer.opts
     }
 
     pub fn rules(&self) -> &RuleSet {
-        &self.rules
+        &self.scorer.rules
     }
 
     /// How many questions to keep in flight (each may carry extra samples).
     pub fn max_in_flight(&self) -> usize {
-        (self.backend.max_in_flight() / (1 + self.opts.samples)).max(1)
+        (self.backend.max_in_flight() / (1 + self.scorer.opts.samples)).max(1)
     }
 
     fn sample_params(&self) -> GenParams {
-        let mut p = self.opts.params.clone();
+        let mut p = self.scorer.opts.params.clone();
         if p.is_greedy() {
-            p.temperature = self.opts.sample_temperature;
+            p.temperature = self.scorer.opts.sample_temperature;
         }
         if p.top_k == 1 {
             p.top_k = 0;
@@ -144,12 +143,12 @@ impl Annotator {
     pub async fn annotate(&self, job: Job) -> Result<Annotation> {
         let main = self.backend.generate(GenRequest {
             prompt: job.prompt.clone(),
-            params: self.opts.params.clone(),
+            params: self.scorer.opts.params.clone(),
             stream: job.stream,
             adapter: None,
         });
         let sp = self.sample_params();
-        let extra = (0..self.opts.samples).map(|i| {
+        let extra = (0..self.scorer.opts.samples).map(|i| {
             self.backend.generate(GenRequest {
                 prompt: job.prompt.clone(),
                 params: sp.clone(),
@@ -164,6 +163,24 @@ impl Annotator {
     }
 
     /// Scores and flags a generation (public for backends' tests and for re-scoring).
+    pub fn finish(&self, job: &Job, g: Generation, samples: Vec<String>) -> Annotation {
+        self.scorer.finish(job, g, samples)
+    }
+}
+
+/// The confidence and risk flags of an answer: the part of an [`Annotator`] that needs no
+/// model, for answers generated elsewhere (a proxied server's).
+pub struct Scorer {
+    rules: RuleSet,
+    opts: AnnotatorOptions,
+}
+
+impl Scorer {
+    pub fn new(rules: RuleSet, opts: AnnotatorOptions) -> Self {
+        Scorer { rules, opts }
+    }
+
+    /// Scores and flags a generation; `samples` are extra answers to the same question.
     pub fn finish(&self, job: &Job, g: Generation, samples: Vec<String>) -> Annotation {
         let answer = g.text.trim().to_string();
         let mut detail = confidence::from_tokens(&g.tokens);

@@ -24,7 +24,7 @@ pub mod openai;
 pub mod params;
 pub mod rules;
 
-pub use annotate::{Annotation, Annotator, AnnotatorOptions, ConfidenceSource, Job};
+pub use annotate::{Annotation, Annotator, AnnotatorOptions, ConfidenceSource, Job, Scorer};
 pub use backend::{Backend, BackendInfo, GenRequest, Generation, InputImage, Prompt, TokenLogprob, TopLogprob, Turn};
 pub use confidence::{Confidence, ConfidenceDetail};
 pub use params::{GenOverrides, GenParams, GenerationDefaults};

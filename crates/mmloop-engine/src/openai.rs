@@ -57,8 +57,9 @@ impl OpenAiOptions {
     }
 }
 
-/// The chat-completions URL and the API base (for `/models`) from what a user typed.
-fn endpoints(url: &str) -> (String, String) {
+/// The chat-completions URL and the API base (for `/models`) from what a user typed: the
+/// server root, the `/v1` base, or the full `/chat/completions` URL.
+pub fn endpoints(url: &str) -> (String, String) {
     let u = url.trim().trim_end_matches('/');
     if let Some(base) = u.strip_suffix("/chat/completions") {
         (u.to_string(), base.to_string())
@@ -259,24 +260,12 @@ impl OpenAiBackend {
         let finish_reason = choice["finish_reason"].as_str().unwrap_or("stop").to_string();
         let mut tokens = Vec::new();
         if self.opts.logprobs {
-            let content = choice["logprobs"]["content"].as_array();
-            match content {
-                Some(items) => {
-                    for t in items {
-                        tokens.push(token_of(t).ok_or_else(|| bad("a logprobs entry has no token or logprob"))?);
-                    }
-                }
-                None => return Err(EngineError::NoLogprobs { url: self.opts.url.clone() }),
-            }
+            let Some(items) = choice["logprobs"]["content"].as_array() else {
+                return Err(EngineError::NoLogprobs { url: self.opts.url.clone() });
+            };
+            tokens = logprob_tokens(items, &text).ok_or_else(|| bad("a logprobs entry has no token or logprob"))?;
             if tokens.is_empty() && !text.is_empty() {
                 return Err(EngineError::NoLogprobs { url: self.opts.url.clone() });
-            }
-            // A stop token some servers list after the text: not part of the answer.
-            if let Some(last) = tokens.last_mut() {
-                let t = &last.token;
-                if t.starts_with('<') && t.ends_with('>') && t.len() > 2 && !text.ends_with(t.as_str()) {
-                    last.special = true;
-                }
             }
         }
         Ok(Generation {
@@ -327,6 +316,20 @@ fn error_message(body: &[u8]) -> String {
     }
     let t = text.trim();
     if t.is_empty() { "(empty body)".into() } else { t.chars().take(500).collect() }
+}
+
+/// The tokens of an answer's OpenAI `logprobs.content` list; `None` when an entry lacks its
+/// token or log-probability. A stop token some servers list after the text (`<|im_end|>`) is
+/// marked special: not part of the answer.
+pub fn logprob_tokens(content: &[Value], text: &str) -> Option<Vec<TokenLogprob>> {
+    let mut tokens: Vec<TokenLogprob> = content.iter().map(token_of).collect::<Option<_>>()?;
+    if let Some(last) = tokens.last_mut() {
+        let t = &last.token;
+        if t.starts_with('<') && t.ends_with('>') && t.len() > 2 && !text.ends_with(t.as_str()) {
+            last.special = true;
+        }
+    }
+    Some(tokens)
 }
 
 fn token_of(t: &Value) -> Option<TokenLogprob> {

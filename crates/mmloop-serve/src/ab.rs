@@ -35,14 +35,57 @@ pub trait ExperimentLog: Send + Sync {
     async fn outcome(&self, request_id: &str, outcome: &str, value: Option<f64>) -> Result<(), (u16, String)>;
 }
 
+/// Who answers an arm's requests.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ArmTarget {
+    /// This server's model: its base (`None`) or one of its adapters.
+    Local(Option<String>),
+    /// Another OpenAI-compatible server (vLLM, SGLang, another `mmloop serve`): requests are
+    /// proxied there (gateway mode).
+    Upstream(Upstream),
+}
+
+/// An OpenAI-compatible server an arm's requests are proxied to.
+#[derive(Clone, PartialEq)]
+pub struct Upstream {
+    /// Its `/chat/completions` URL.
+    pub chat_url: String,
+    /// The model name it serves the arm under.
+    pub model: String,
+    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs.
+        f.debug_struct("Upstream").field("chat_url", &self.chat_url).field("model", &self.model).finish()
+    }
+}
+
+impl ArmTarget {
+    /// The adapter of a local arm.
+    pub fn adapter(&self) -> Option<&str> {
+        match self {
+            ArmTarget::Local(a) => a.as_deref(),
+            ArmTarget::Upstream(_) => None,
+        }
+    }
+}
+
+/// One arm of an experiment.
+#[derive(Clone, Debug)]
+pub struct Arm {
+    pub name: String,
+    pub target: ArmTarget,
+}
+
 #[derive(Clone)]
 pub struct AbConfig {
     /// The experiment's name: requests naming it as their model are split.
     pub name: String,
     /// The assignment hash's salt.
     pub seed: String,
-    /// (arm name, adapter answering it; `None`: the base model).
-    pub arms: Vec<(String, Option<String>)>,
+    pub arms: Vec<Arm>,
     /// Summing to 1, one per arm.
     pub weights: Vec<f64>,
     pub log: Arc<dyn ExperimentLog>,
@@ -75,6 +118,14 @@ struct Feedback {
     outcome: String,
     #[serde(default)]
     value: Option<f64>,
+}
+
+/// Keeps an exposure; a failure is logged, never the client's error (the answer was given).
+pub(crate) async fn expose(ab: &AbConfig, x: ExposureRecord) {
+    let id = x.request_id.clone();
+    if let Err(e) = ab.log.exposure(x).await {
+        eprintln!("experiment {}: the exposure of {id} was not recorded: {e}", ab.name);
+    }
 }
 
 /// `POST /v1/feedback {id, outcome, value?}`: accept, edit, reject, thumbs_up, thumbs_down,

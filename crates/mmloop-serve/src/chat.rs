@@ -69,8 +69,8 @@ struct Message {
     content: Option<Content>,
 }
 
-/// The fields mmloop reads; others (`user`, `response_format: text`, ...) are accepted and
-/// have no effect, as in vLLM.
+/// The fields mmloop reads; others (`response_format: text`, ...) are accepted and have no
+/// effect, as in vLLM. `user` (OpenAI's end-user field) is read before, by the experiment.
 #[derive(Deserialize)]
 struct ChatCompletionRequest {
     #[serde(default)]
@@ -111,9 +111,6 @@ struct ChatCompletionRequest {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
-    /// The end user (OpenAI's field): an experiment assigns by it.
-    #[serde(default)]
-    user: Option<String>,
 }
 
 /// A request checked and turned into the engine's terms.
@@ -140,21 +137,32 @@ fn bad(message: impl Into<String>, param: &'static str) -> ApiError {
     ApiError::bad_request(message.into(), Some(param))
 }
 
-/// A request of the experiment: the arm that answers it.
-struct AbTag {
-    arm: String,
-    user: Option<String>,
+/// A request of the experiment: the arm that answers it, and the user it was assigned by.
+pub(crate) struct AbTag {
+    pub arm: String,
+    pub user: Option<String>,
 }
 
-fn plan(s: &Server, r: ChatCompletionRequest, user_header: Option<String>) -> Result<Planned, ApiError> {
-    let (target, ab) = match &s.config.ab {
-        Some(ab) if r.model.as_deref() == Some(ab.name.as_str()) => {
-            let user = r.user.clone().or(user_header);
-            let (arm, adapter) = &ab.arms[ab.arm_for(user.as_deref())];
-            let target = adapter.clone().unwrap_or_else(|| s.config.served_model_name.clone());
-            (Some(target), Some(AbTag { arm: arm.clone(), user }))
-        }
-        _ => (r.model.clone(), None),
+/// The `mmloop` extension of a choice: the confidence and risk flags `mmloop infer` would
+/// give the same answer, and the experiment arm that gave it.
+pub(crate) fn extension(s: &Server, job: &Job, g: Generation, tag: Option<&AbTag>) -> Value {
+    let a = s.scorer.finish(job, g, Vec::new());
+    let mut v = json!({"confidence": a.confidence, "confidence_detail": a.detail, "flags": a.flags});
+    if let (Some(tag), Some(ab)) = (tag, &s.config.ab) {
+        v["experiment"] = json!({"name": ab.name, "arm": tag.arm});
+    }
+    v
+}
+
+/// What the risk rules read as the question: the last user message's text.
+pub(crate) fn question_job(question: String) -> Job {
+    Job { prompt: Prompt::new(question, Vec::new()), stream: 0, is_caption: false, answer_type: None }
+}
+
+fn plan(s: &Server, r: ChatCompletionRequest, ab: Option<(Option<String>, AbTag)>) -> Result<Planned, ApiError> {
+    let (target, ab) = match ab {
+        Some((adapter, tag)) => (Some(adapter.unwrap_or_else(|| s.config.served_model_name.clone())), Some(tag)),
+        None => (r.model.clone(), None),
     };
     let (adapter, adapter_use) = s.resolve_model(target.as_deref())?;
     let model_name = r.model.clone().unwrap_or_else(|| s.config.served_model_name.clone());
@@ -250,7 +258,7 @@ fn plan(s: &Server, r: ChatCompletionRequest, user_header: Option<String>) -> Re
     }
     // vLLM's defaults: a field the request leaves out takes the checkpoint's
     // generation_config.json value, else OpenAI's (temperature 1, top-p 1, top-k off).
-    let d = s.backend.defaults();
+    let d = s.local()?.defaults();
     let overrides = GenOverrides {
         max_new_tokens: max_new,
         min_new_tokens: r.min_tokens,
@@ -308,15 +316,8 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// The `mmloop` extension of a choice: the confidence and risk flags `mmloop infer`
-    /// would give the same answer.
     fn mmloop(&self, g: &Generation) -> Value {
-        let a = self.server.annotator.finish(&self.job, g.clone(), Vec::new());
-        let mut v = json!({"confidence": a.confidence, "confidence_detail": a.detail, "flags": a.flags});
-        if let (Some(tag), Some(ab)) = (&self.ab, &self.server.config.ab) {
-            v["experiment"] = json!({"name": ab.name, "arm": tag.arm});
-        }
-        v
+        extension(&self.server, &self.job, g.clone(), self.ab.as_ref())
     }
 
     /// Logs the request as an exposure of the experiment it belongs to (if any).
@@ -332,9 +333,7 @@ impl Ctx {
             completion_tokens: completion_tokens as u64,
             confidence,
         };
-        if let Err(e) = ab.log.exposure(x).await {
-            eprintln!("experiment {}: the exposure of {} was not recorded: {e}", ab.name, self.id);
-        }
+        crate::ab::expose(ab, x).await;
     }
 
     /// Counts a finished choice; the prompt counts once per request (with its first choice).
@@ -366,9 +365,27 @@ pub async fn completions(
     body: crate::error::Body,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let req: ChatCompletionRequest = parse_json(body)?;
-    let user_header = headers.get("x-user-id").and_then(|v| v.to_str().ok()).map(String::from);
-    let p = plan(&s, req, user_header)?;
+    let raw: Value = parse_json(body)?;
+    // A request for the experiment's name goes to the arm its user is assigned to.
+    let mut assigned = None;
+    if let Some(ab) = &s.config.ab
+        && raw["model"].as_str() == Some(ab.name.as_str())
+    {
+        let user = raw["user"]
+            .as_str()
+            .map(String::from)
+            .or_else(|| headers.get("x-user-id").and_then(|v| v.to_str().ok()).map(String::from));
+        let arm = &ab.arms[ab.arm_for(user.as_deref())];
+        let tag = AbTag { arm: arm.name.clone(), user };
+        match &arm.target {
+            crate::ArmTarget::Upstream(up) => return crate::gateway::proxy(s.clone(), raw, up, tag, arrived).await,
+            crate::ArmTarget::Local(adapter) => assigned = Some((adapter.clone(), tag)),
+        }
+    }
+    let req: ChatCompletionRequest =
+        serde_json::from_value(raw).map_err(|e| bad(format!("invalid request body: {e}"), "messages"))?;
+    let p = plan(&s, req, assigned)?;
+    let backend = s.local()?.clone();
     let guard = s.metrics.preparing_guard();
     let images = futures::future::try_join_all(
         p.image_urls.iter().enumerate().map(|(i, url)| crate::media::fetch(&s, url, i + 1)),
@@ -383,11 +400,11 @@ pub async fn completions(
             stream: i as u64,
             adapter: p.adapter.clone(),
         };
-        started.push(s.backend.start(chat).await.map_err(engine_error)?);
+        started.push(backend.start(chat).await.map_err(engine_error)?);
     }
     drop(guard);
     // Dropping `started` on this error cancels the queued sequences.
-    if let (Some(limit), Some(st)) = (s.config.max_model_len.or(s.backend.max_model_len()), started.first()) {
+    if let (Some(limit), Some(st)) = (s.config.max_model_len.or(backend.max_model_len()), started.first()) {
         let want = st.prompt_tokens + p.params.max_new_tokens;
         if want > limit {
             return Err(bad(
@@ -408,12 +425,7 @@ pub async fn completions(
         prepared: Instant::now(),
         prompt_tokens: started.first().map_or(0, |s| s.prompt_tokens),
         logprobs: p.logprobs,
-        job: Job {
-            prompt: Prompt::new(p.question.clone(), Vec::new()),
-            stream: 0,
-            is_caption: false,
-            answer_type: None,
-        },
+        job: question_job(p.question.clone()),
         _adapter_use: p.adapter_use,
         ab: p.ab,
         server: s,
@@ -436,7 +448,7 @@ async fn finish(ctx: &Ctx, mut st: Started) -> Result<Generation, ApiError> {
             Some(Event::Token(_)) => {}
             Some(Event::Done(out)) => {
                 let out = out.map_err(|e| ApiError::internal(e.to_string()))?;
-                return Ok(ctx.server.backend.generation(out, ctx.logprobs.unwrap_or(0)));
+                return Ok(ctx.server.local()?.generation(out, ctx.logprobs.unwrap_or(0)));
             }
             None => return Err(ApiError::internal("the engine stopped".into())),
         }
@@ -505,7 +517,7 @@ fn stream(ctx: Arc<Ctx>, started: Vec<Started>, include_usage: bool, hold: usize
             .boxed()
     }));
     tokio::spawn(async move {
-        let backend = ctx.server.backend.clone();
+        let Some(backend) = ctx.server.backend.clone() else { return };
         let top_n = ctx.logprobs.unwrap_or(0);
         let mut state: Vec<Streaming> = (0..n)
             .map(|_| Streaming { ids: Vec::new(), sent: String::new(), pending: Vec::new(), tokens: 0 })

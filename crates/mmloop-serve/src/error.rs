@@ -35,6 +35,11 @@ impl ApiError {
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "InternalServerError", message, param: None }
     }
 
+    /// An upstream arm that could not be reached or answered nonsense.
+    pub fn bad_gateway(message: String) -> ApiError {
+        ApiError { status: StatusCode::BAD_GATEWAY, kind: "BadGatewayError", message, param: None }
+    }
+
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status.as_u16()}})
     }

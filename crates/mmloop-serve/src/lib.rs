@@ -8,6 +8,9 @@
 //! - `GET /v1/models`, `POST /v1/load_lora_adapter`, `POST /v1/unload_lora_adapter`.
 //! - An online A/B experiment: requests for its name are split between arms by a sticky
 //!   hash of the user; exposures and `POST /v1/feedback` outcomes go to an [`ExperimentLog`].
+//!   An arm may be another OpenAI-compatible server (gateway mode: the request is proxied
+//!   there, its answer scored from the returned logprobs); a server whose arms are all
+//!   upstream runs without a model of its own.
 //! - `GET /health`, `GET /metrics` (Prometheus text, vLLM's metric names).
 //!
 //! Concurrent requests share the engine's forward passes (continuous batching). The crate
@@ -16,6 +19,7 @@
 mod ab;
 mod chat;
 mod error;
+mod gateway;
 mod media;
 mod metrics;
 
@@ -30,11 +34,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mmloop_engine::embedded::EmbeddedBackend;
-use mmloop_engine::{Annotator, AnnotatorOptions, Backend, GenParams, RuleSet};
+use mmloop_engine::{AnnotatorOptions, Backend, GenParams, RuleSet, Scorer};
 use serde::Deserialize;
 use serde_json::json;
 
-pub use ab::{AbConfig, ExperimentLog, ExposureRecord};
+pub use ab::{AbConfig, Arm, ArmTarget, ExperimentLog, ExposureRecord, Upstream};
 pub use error::ApiError;
 pub use metrics::Metrics;
 
@@ -90,11 +94,17 @@ impl ServeConfig {
 
 /// What the handlers share.
 pub struct Server {
-    pub(crate) backend: Arc<EmbeddedBackend>,
-    pub(crate) annotator: Annotator,
+    /// The model served here; `None`: a gateway whose arms are all upstream.
+    pub(crate) backend: Option<Arc<EmbeddedBackend>>,
+    /// The confidence and risk flags of every answer, local or proxied.
+    pub(crate) scorer: Scorer,
     pub(crate) config: ServeConfig,
     pub(crate) metrics: Metrics,
+    /// Fetches images.
     pub(crate) http: reqwest::Client,
+    /// Talks to upstream arms: no overall timeout (answers take what they take), kept-alive
+    /// connections.
+    pub(crate) upstream: reqwest::Client,
     pub(crate) created: u64,
     /// Requests in flight per adapter: an adapter in use cannot be unloaded.
     pub(crate) adapter_uses: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
@@ -119,10 +129,10 @@ impl Drop for AdapterUse {
 }
 
 impl Server {
-    /// A server for a loaded model; `rules` are the risk rules of the `mmloop` fields.
-    pub fn new(backend: Arc<EmbeddedBackend>, rules: RuleSet, config: ServeConfig) -> Arc<Server> {
-        let dyn_backend: Arc<dyn Backend> = backend.clone();
-        let annotator = Annotator::new(dyn_backend, rules, AnnotatorOptions::new(GenParams::greedy(1)));
+    /// A server for a loaded model (`None`: a gateway to upstream arms only); `rules` are
+    /// the risk rules of the `mmloop` fields.
+    pub fn new(backend: Option<Arc<EmbeddedBackend>>, rules: RuleSet, config: ServeConfig) -> Arc<Server> {
+        let scorer = Scorer::new(rules, AnnotatorOptions::new(GenParams::greedy(1)));
         let domains = config.allowed_media_domains.clone();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             let allowed =
@@ -134,26 +144,42 @@ impl Server {
             .redirect(redirects)
             .build()
             .expect("an HTTP client");
+        let upstream = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("an HTTP client");
         Arc::new(Server {
             metrics: Metrics::new(&config.served_model_name),
             backend,
-            annotator,
+            scorer,
             config,
             http,
+            upstream,
             created: unix_now(),
             adapter_uses: Arc::default(),
+        })
+    }
+
+    /// The model served here, or a 404 on a gateway that has none.
+    pub(crate) fn local(&self) -> Result<&Arc<EmbeddedBackend>, ApiError> {
+        self.backend.as_ref().ok_or_else(|| {
+            let only = self.config.ab.as_ref().map_or(String::new(), |ab| format!("; ask for model {:?}", ab.name));
+            ApiError::not_found(format!("this server is a gateway and serves no model of its own{only}"), Some("model"))
         })
     }
 
     /// `None`: the base model; `Some(adapter)` with a hold on it for the request's life; an
     /// error for a name that is neither.
     pub(crate) fn resolve_model(&self, model: Option<&str>) -> Result<(Option<String>, Option<AdapterUse>), ApiError> {
+        let backend = self.local()?;
         match model {
             None => Ok((None, None)),
             Some(m) if m == self.config.served_model_name => Ok((None, None)),
             Some(m) => {
                 let mut uses = self.adapter_uses.lock().expect("adapter uses");
-                if !self.backend.adapters().iter().any(|(n, _)| n == m) {
+                if !backend.adapters().iter().any(|(n, _)| n == m) {
                     return Err(ApiError::not_found(format!("The model `{m}` does not exist."), Some("model")));
                 }
                 *uses.entry(m.to_string()).or_default() += 1;
@@ -215,19 +241,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn models(State(s): State<Arc<Server>>) -> Response {
-    let base = &s.config.served_model_name;
-    let mut data = vec![json!({
-        "id": base, "object": "model", "created": s.created, "owned_by": "mmloop",
-        "root": s.backend.info().resolved, "parent": null,
-    })];
+    let base = s.backend.as_ref().map(|_| &s.config.served_model_name);
+    let mut data = Vec::new();
+    if let Some(b) = &s.backend {
+        data.push(json!({
+            "id": base, "object": "model", "created": s.created, "owned_by": "mmloop",
+            "root": b.info().resolved, "parent": null,
+        }));
+    }
     if let Some(ab) = &s.config.ab {
         data.push(json!({
             "id": ab.name, "object": "model", "created": s.created, "owned_by": "mmloop",
-            "root": format!("experiment: {}", ab.arms.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(", ")),
+            "root": format!("experiment: {}", ab.arms.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")),
             "parent": base,
         }));
     }
-    for (name, dir) in s.backend.adapters() {
+    for (name, dir) in s.backend.as_ref().map(|b| b.adapters()).unwrap_or_default() {
         data.push(json!({
             "id": name, "object": "model", "created": s.created, "owned_by": "mmloop",
             "root": dir.display().to_string(), "parent": base,
@@ -251,13 +280,14 @@ async fn load_adapter(State(s): State<Arc<Server>>, body: error::Body) -> Result
             Some("lora_name"),
         ));
     }
-    if s.backend.adapters().iter().any(|(n, _)| *n == b.lora_name) {
+    let backend = s.local()?;
+    if backend.adapters().iter().any(|(n, _)| *n == b.lora_name) {
         return Err(ApiError::bad_request(
             format!("The lora adapter '{}' has already been loaded.", b.lora_name),
             Some("lora_name"),
         ));
     }
-    s.backend
+    backend
         .load_adapter(&b.lora_name, path)
         .await
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("lora_path")))?;
@@ -272,13 +302,14 @@ struct UnloadAdapter {
 async fn unload_adapter(State(s): State<Arc<Server>>, body: error::Body) -> Result<Response, ApiError> {
     let b: UnloadAdapter = error::parse_json(body)?;
     if let Some(ab) = &s.config.ab
-        && ab.arms.iter().any(|(_, a)| a.as_deref() == Some(b.lora_name.as_str()))
+        && ab.arms.iter().any(|a| a.target.adapter() == Some(b.lora_name.as_str()))
     {
         return Err(ApiError::bad_request(
             format!("The lora adapter '{}' answers an arm of experiment {:?}; it stays loaded.", b.lora_name, ab.name),
             Some("lora_name"),
         ));
     }
+    let backend = s.local()?;
     // Under the lock new requests take their hold with: none can start on it meanwhile.
     let uses = s.adapter_uses.lock().expect("adapter uses");
     if let Some(n) = uses.get(&b.lora_name) {
@@ -287,16 +318,21 @@ async fn unload_adapter(State(s): State<Arc<Server>>, body: error::Body) -> Resu
             Some("lora_name"),
         ));
     }
-    s.backend.unload_adapter(&b.lora_name).map_err(|_| {
+    backend.unload_adapter(&b.lora_name).map_err(|_| {
         ApiError::not_found(format!("The lora adapter '{}' cannot be found.", b.lora_name), Some("lora_name"))
     })?;
     Ok(format!("Success: LoRA adapter '{}' removed successfully.", b.lora_name).into_response())
 }
 
 async fn metrics_text(State(s): State<Arc<Server>>) -> Response {
-    let stats = s.backend.engine().stats();
-    let running = stats.running.load(std::sync::atomic::Ordering::SeqCst);
-    let waiting = stats.waiting.load(std::sync::atomic::Ordering::SeqCst) + s.metrics.preparing();
+    let (running, waiting) = s.backend.as_ref().map_or((0, 0), |b| {
+        let stats = b.engine().stats();
+        (
+            stats.running.load(std::sync::atomic::Ordering::SeqCst),
+            stats.waiting.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    });
+    let waiting = waiting + s.metrics.preparing();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render(running, waiting))
         .into_response()
 }

@@ -20,7 +20,7 @@ fn fixtures() -> PathBuf {
 
 struct Running {
     url: String,
-    backend: Arc<EmbeddedBackend>,
+    backend: Option<Arc<EmbeddedBackend>>,
     http: reqwest::Client,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -30,6 +30,11 @@ async fn start(config: impl FnOnce(&mut ServeConfig)) -> Running {
     o.adapters = vec![("lora".into(), fixtures().join("qwen2_vl/adapters/lora"))];
     o.max_batch = 4;
     let backend = Arc::new(EmbeddedBackend::load(o).await.expect("the fixture loads"));
+    start_with(Some(backend), config).await
+}
+
+/// A server on a free port: with a model, or (`None`) a gateway to upstream arms only.
+async fn start_with(backend: Option<Arc<EmbeddedBackend>>, config: impl FnOnce(&mut ServeConfig)) -> Running {
     let mut c = ServeConfig::new("tiny-qwen2-vl");
     config(&mut c);
     let server = Server::new(backend.clone(), RuleSet::new(RulesConfig::default()).unwrap(), c);
@@ -187,12 +192,14 @@ async fn served_answers_are_the_engines_whole_and_streamed() {
         .await;
     assert_eq!(status, 200, "{la}");
     let params = GenParams::resolve(
-        &s.backend.defaults(),
+        &s.backend.as_ref().unwrap().defaults(),
         &GenOverrides { max_new_tokens: Some(12), temperature: Some(0.0), ..Default::default() },
     )
     .unwrap();
     let want = s
         .backend
+        .as_ref()
+        .unwrap()
         .generate(GenRequest {
             prompt: Prompt::new(QUESTION, vec![InputImage::new("img0.png", image_bytes("img0.png"))]),
             params,
@@ -406,7 +413,10 @@ async fn an_experiment_splits_users_stickily_and_records_exposures_and_outcomes(
         c.ab = Some(mmloop_serve::AbConfig {
             name: "exp1".into(),
             seed: "exp1".into(),
-            arms: vec![("base".into(), None), ("tuned".into(), Some("lora".into()))],
+            arms: vec![
+                mmloop_serve::Arm { name: "base".into(), target: mmloop_serve::ArmTarget::Local(None) },
+                mmloop_serve::Arm { name: "tuned".into(), target: mmloop_serve::ArmTarget::Local(Some("lora".into())) },
+            ],
             weights: vec![0.5, 0.5],
             log: l,
         });
@@ -457,4 +467,156 @@ async fn an_experiment_splits_users_stickily_and_records_exposures_and_outcomes(
         .await;
     assert_eq!(status, 200);
     assert_eq!(log.exposures.lock().unwrap().len(), 24);
+}
+
+/// A gateway (no model of its own) whose two arms are another server's base model and
+/// adapter: answers, logprobs and confidence are the upstream's, the client gets only the
+/// logprobs and usage it asked for, exposures carry the gateway's ids, and an unreachable
+/// arm is a 502 while the other keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_proxies_arms_to_upstream_servers_and_scores_their_answers() {
+    let upstream = start(|_| {}).await;
+    let chat_url = format!("{}/v1/chat/completions", upstream.url);
+    let up = |model: &str| mmloop_serve::Upstream { chat_url: chat_url.clone(), model: model.into(), api_key: None };
+    let log = Arc::new(MemoryLog::default());
+    let l = log.clone();
+    let arms = vec![
+        mmloop_serve::Arm { name: "base".into(), target: mmloop_serve::ArmTarget::Upstream(up("tiny-qwen2-vl")) },
+        mmloop_serve::Arm { name: "tuned".into(), target: mmloop_serve::ArmTarget::Upstream(up("lora")) },
+    ];
+    let g = start_with(None, move |c| {
+        c.ab = Some(mmloop_serve::AbConfig {
+            name: "exp".into(),
+            seed: "exp".into(),
+            arms,
+            weights: vec![0.5, 0.5],
+            log: l,
+        });
+    })
+    .await;
+    let (_, models) = g.get("/v1/models").await;
+    let models: Value = serde_json::from_str(&models).unwrap();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["exp"], "a gateway lists its experiment only");
+    let (status, e) =
+        g.post("/v1/chat/completions", &json!({"model": "tiny-qwen2-vl", "messages": question("img0.png")})).await;
+    assert_eq!(status, 404, "{e}");
+
+    let mut seen = std::collections::BTreeSet::new();
+    for u in 0..8 {
+        let user = format!("user-{u}");
+        let arm = mmloop_metrics::ab::assign("exp", &user, &[0.5, 0.5]).unwrap();
+        let body = json!({"model": "exp", "messages": question("img1.png"), "max_tokens": 6, "temperature": 0,
+                          "user": user});
+        let (status, r) = g.post("/v1/chat/completions", &body).await;
+        assert_eq!(status, 200, "{r}");
+        let choice = &r["choices"][0];
+        assert_eq!(choice["mmloop"]["experiment"]["arm"], ["base", "tuned"][arm]);
+        assert!(choice["logprobs"].is_null(), "not asked for: {choice}");
+        assert_eq!(r["model"], "exp");
+        // The same request straight to the arm's server: same answer, same confidence.
+        let mut direct = body.clone();
+        direct["model"] = json!(["tiny-qwen2-vl", "lora"][arm]);
+        let (_, d) = upstream.post("/v1/chat/completions", &direct).await;
+        assert_eq!(choice["message"]["content"], d["choices"][0]["message"]["content"]);
+        let (cg, cd) = (
+            choice["mmloop"]["confidence"].as_f64().unwrap(),
+            d["choices"][0]["mmloop"]["confidence"].as_f64().unwrap(),
+        );
+        assert!((cg - cd).abs() < 1e-9, "confidence from the returned logprobs {cg} vs the server's own {cd}");
+        assert_eq!(r["usage"], d["usage"]);
+        seen.insert(arm);
+        let x = log.exposures.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(x.request_id, r["id"].as_str().unwrap(), "the exposure carries the gateway's id");
+        assert_eq!((x.prompt_tokens, x.completion_tokens), (d["usage"]["prompt_tokens"].as_u64().unwrap(), 6));
+    }
+    assert_eq!(seen.len(), 2, "both arms answered");
+    let id = log.exposures.lock().unwrap()[0].request_id.clone();
+    let (status, r) = g.post("/v1/feedback", &json!({"id": id, "outcome": "thumbs_up"})).await;
+    assert_eq!(status, 200, "{r}");
+
+    // Logprobs cut to what was asked; streamed: same text, the extension on the last chunk,
+    // usage only when asked for, [DONE] last.
+    let body = json!({"model": "exp", "messages": question("img0.png"), "max_tokens": 5, "temperature": 0,
+                      "user": "user-0", "logprobs": true, "top_logprobs": 1});
+    let (_, whole) = g.post("/v1/chat/completions", &body).await;
+    let lp = whole["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(lp.len(), 5);
+    assert!(lp.iter().all(|t| t["top_logprobs"].as_array().unwrap().len() == 1));
+    let before = log.exposures.lock().unwrap().len();
+    for include_usage in [false, true] {
+        let mut b = body.clone();
+        b["stream"] = json!(true);
+        if include_usage {
+            b["stream_options"] = json!({"include_usage": true});
+        }
+        let lines = g.stream(&b).await;
+        assert_eq!(lines.last().map(String::as_str), Some("[DONE]"));
+        let chunks: Vec<Value> = lines[..lines.len() - 1].iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let text: String =
+            chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect::<Vec<_>>().concat();
+        assert_eq!(text, whole["choices"][0]["message"]["content"].as_str().unwrap());
+        let ext = chunks.iter().find_map(|c| c["choices"][0].get("mmloop")).expect("the mmloop field");
+        assert_eq!(ext["confidence"], whole["choices"][0]["mmloop"]["confidence"]);
+        assert!(chunks.iter().all(|c| c["id"] == chunks[0]["id"] && c["model"] == "exp"));
+        let usage: Vec<&Value> = chunks.iter().filter_map(|c| c.get("usage").filter(|u| !u.is_null())).collect();
+        assert_eq!(usage.len(), usize::from(include_usage), "usage only when asked for");
+        let streamed_lp: usize =
+            chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array()).map(Vec::len).sum();
+        assert_eq!(streamed_lp, 5);
+        let x = log.exposures.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(x.request_id, chunks[0]["id"].as_str().unwrap());
+        assert_eq!(x.completion_tokens, 5);
+    }
+    assert_eq!(log.exposures.lock().unwrap().len(), before + 2);
+
+    // The upstream's own errors pass through; an arm nobody answers is a 502.
+    let (status, e) = g
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "exp", "messages": question("img0.png"),
+                                                             "user": "user-0", "n": 99}),
+        )
+        .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("n must be"), "{e}");
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}/v1/chat/completions", closed.local_addr().unwrap());
+    drop(closed);
+    let l = Arc::new(MemoryLog::default());
+    let g2 = start_with(None, move |c| {
+        c.ab = Some(mmloop_serve::AbConfig {
+            name: "exp".into(),
+            seed: "exp".into(),
+            arms: vec![
+                mmloop_serve::Arm {
+                    name: "gone".into(),
+                    target: mmloop_serve::ArmTarget::Upstream(mmloop_serve::Upstream {
+                        chat_url: dead,
+                        model: "m".into(),
+                        api_key: None,
+                    }),
+                },
+                mmloop_serve::Arm { name: "here".into(), target: mmloop_serve::ArmTarget::Upstream(up("lora")) },
+            ],
+            weights: vec![0.5, 0.5],
+            log: l,
+        });
+    })
+    .await;
+    let mut statuses = std::collections::BTreeSet::new();
+    for u in 0..8 {
+        let (status, e) = g2
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "exp", "messages": question("img0.png"), "max_tokens": 2,
+                                                  "user": format!("user-{u}")}),
+            )
+            .await;
+        if status == 502 {
+            assert_eq!(e["error"]["type"], "BadGatewayError", "{e}");
+        }
+        statuses.insert(status);
+    }
+    assert_eq!(statuses.into_iter().collect::<Vec<_>>(), [200, 502]);
 }
