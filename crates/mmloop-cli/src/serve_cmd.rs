@@ -31,20 +31,27 @@ fn images_limit(s: &str) -> anyhow::Result<usize> {
 /// Exposures and outcomes kept in the project, audited.
 struct StoreLog(Store);
 
+fn exposure(x: ExposureRecord) -> Exposure {
+    Exposure {
+        experiment: x.experiment,
+        request_id: x.request_id,
+        user_id: x.user_id,
+        arm: x.arm,
+        latency_ms: x.latency_ms,
+        prompt_tokens: x.prompt_tokens,
+        completion_tokens: x.completion_tokens,
+        confidence: x.confidence,
+    }
+}
+
 #[async_trait::async_trait]
 impl ExperimentLog for StoreLog {
     async fn exposure(&self, x: ExposureRecord) -> Result<(), String> {
-        let x = Exposure {
-            experiment: x.experiment,
-            request_id: x.request_id,
-            user_id: x.user_id,
-            arm: x.arm,
-            latency_ms: x.latency_ms,
-            prompt_tokens: x.prompt_tokens,
-            completion_tokens: x.completion_tokens,
-            confidence: x.confidence,
-        };
-        self.0.ab_expose(x).await.map_err(|e| e.to_string())
+        self.0.ab_expose(exposure(x)).await.map_err(|e| e.to_string())
+    }
+
+    async fn exposures(&self, xs: Vec<ExposureRecord>) -> Result<(), String> {
+        self.0.ab_expose_many(xs.into_iter().map(exposure).collect()).await.map_err(|e| e.to_string())
     }
 
     async fn outcome(&self, request_id: &str, outcome: &str, value: Option<f64>) -> Result<(), (u16, String)> {

@@ -3,12 +3,14 @@
 //! answered request is logged as an exposure, and `POST /v1/feedback` records how its answer
 //! fared. Where the log goes is the caller's (`mmloop serve --project` writes to the project).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::{mpsc, watch};
 
 use crate::Server;
 use crate::error::{ApiError, Body, parse_json};
@@ -30,6 +32,14 @@ pub struct ExposureRecord {
 #[async_trait::async_trait]
 pub trait ExperimentLog: Send + Sync {
     async fn exposure(&self, x: ExposureRecord) -> Result<(), String>;
+    /// Several exposures at once (one transaction, where the log has them); by default one
+    /// after the other.
+    async fn exposures(&self, xs: Vec<ExposureRecord>) -> Result<(), String> {
+        for x in xs {
+            self.exposure(x).await?;
+        }
+        Ok(())
+    }
     /// `Err((status, message))`: 404 for an unknown request, 400 for a bad outcome, 500 when
     /// it could not be kept.
     async fn outcome(&self, request_id: &str, outcome: &str, value: Option<f64>) -> Result<(), (u16, String)>;
@@ -120,11 +130,85 @@ struct Feedback {
     value: Option<f64>,
 }
 
-/// Keeps an exposure; a failure is logged, never the client's error (the answer was given).
-pub(crate) async fn expose(ab: &AbConfig, x: ExposureRecord) {
-    let id = x.request_id.clone();
-    if let Err(e) = ab.log.exposure(x).await {
-        eprintln!("experiment {}: the exposure of {id} was not recorded: {e}", ab.name);
+/// Exposures on their way to the log. An answer goes out without waiting for its exposure
+/// to be written (a durable write costs a disk flush, more than a gateway may add); a
+/// background task writes whatever has gathered in one go, so a busy server pays one flush
+/// for many requests. Feedback on a request whose exposure is still on its way waits for it,
+/// so a client that answers at once finds its request. A crash loses at most the exposures
+/// of the last moment, never an outcome (outcomes are written before they are acknowledged).
+pub(crate) struct ExposureWriter {
+    tx: std::sync::Mutex<Option<mpsc::UnboundedSender<ExposureRecord>>>,
+    pending: Arc<std::sync::Mutex<HashSet<String>>>,
+    written: watch::Receiver<u64>,
+    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl ExposureWriter {
+    /// Starts the writer (inside a Tokio runtime).
+    pub(crate) fn start(ab: &AbConfig) -> ExposureWriter {
+        let (tx, mut rx) = mpsc::unbounded_channel::<ExposureRecord>();
+        let (done, written) = watch::channel(0u64);
+        let pending: Arc<std::sync::Mutex<HashSet<String>>> = Arc::default();
+        let (log, name, waiting) = (ab.log.clone(), ab.name.clone(), pending.clone());
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, 4096).await > 0 {
+                let ids: Vec<String> = batch.iter().map(|x| x.request_id.clone()).collect();
+                if let Err(e) = log.exposures(std::mem::take(&mut batch)).await {
+                    eprintln!("experiment {name}: {} exposure(s) were not recorded: {e}", ids.len());
+                }
+                let mut w = waiting.lock().expect("pending exposures");
+                ids.iter().for_each(|id| {
+                    w.remove(id);
+                });
+                drop(w);
+                done.send_modify(|n| *n += 1);
+            }
+        });
+        ExposureWriter {
+            tx: std::sync::Mutex::new(Some(tx)),
+            pending,
+            written,
+            task: tokio::sync::Mutex::new(Some(task)),
+        }
+    }
+
+    /// Queues an exposure; it is written shortly after.
+    pub(crate) fn push(&self, x: ExposureRecord) {
+        let tx = self.tx.lock().expect("exposure queue");
+        let Some(tx) = tx.as_ref() else {
+            eprintln!(
+                "experiment {}: the server is stopping; the exposure of {} was not recorded",
+                x.experiment, x.request_id
+            );
+            return;
+        };
+        self.pending.lock().expect("pending exposures").insert(x.request_id.clone());
+        if tx.send(x).is_err() {
+            eprintln!("experiment: the exposure writer has stopped");
+        }
+    }
+
+    /// Returns once the exposure of `request_id` (if it is on its way) has been written.
+    pub(crate) async fn settled(&self, request_id: &str) {
+        let mut written = self.written.clone();
+        loop {
+            written.borrow_and_update();
+            if !self.pending.lock().expect("pending exposures").contains(request_id) {
+                return;
+            }
+            if written.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes what is queued and stops taking more.
+    pub(crate) async fn close(&self) {
+        self.tx.lock().expect("exposure queue").take();
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
     }
 }
 
@@ -132,9 +216,10 @@ pub(crate) async fn expose(ab: &AbConfig, x: ExposureRecord) {
 /// or `value` with a number in [0, 1].
 pub async fn feedback(State(s): State<Arc<Server>>, body: Body) -> Result<Response, ApiError> {
     let f: Feedback = parse_json(body)?;
-    let Some(ab) = &s.config.ab else {
+    let (Some(ab), Some(writer)) = (&s.config.ab, &s.exposures) else {
         return Err(ApiError::not_found("this server runs no experiment".into(), None));
     };
+    writer.settled(&f.id).await;
     ab.log.outcome(&f.id, &f.outcome, f.value).await.map_err(|(status, message)| match status {
         404 => ApiError::not_found(message, Some("id")),
         400 => ApiError::bad_request(message, Some("outcome")),

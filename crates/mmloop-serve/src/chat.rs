@@ -321,7 +321,7 @@ impl Ctx {
     }
 
     /// Logs the request as an exposure of the experiment it belongs to (if any).
-    async fn expose(&self, completion_tokens: usize, confidence: Option<f64>) {
+    fn expose(&self, completion_tokens: usize, confidence: Option<f64>) {
         let (Some(tag), Some(ab)) = (&self.ab, &self.server.config.ab) else { return };
         let x = crate::ExposureRecord {
             experiment: ab.name.clone(),
@@ -333,7 +333,7 @@ impl Ctx {
             completion_tokens: completion_tokens as u64,
             confidence,
         };
-        crate::ab::expose(ab, x).await;
+        self.server.expose(x);
     }
 
     /// Counts a finished choice; the prompt counts once per request (with its first choice).
@@ -471,7 +471,7 @@ async fn whole(ctx: Arc<Ctx>, started: Vec<Started>) -> Result<Response, ApiErro
         }));
     }
     let confidence = choices.first().and_then(|c| c["mmloop"]["confidence"].as_f64());
-    ctx.expose(completion_tokens, confidence).await;
+    ctx.expose(completion_tokens, confidence);
     Ok(axum::Json(json!({
         "id": ctx.id, "object": "chat.completion", "created": ctx.created, "model": ctx.model,
         "choices": choices,
@@ -566,7 +566,7 @@ fn stream(ctx: Arc<Ctx>, started: Vec<Started>, include_usage: bool, hold: usize
                     let err = ApiError::internal(e.to_string());
                     remaining -= 1;
                     if remaining == 0 {
-                        ctx.expose(completion_tokens, first_confidence).await;
+                        ctx.expose(completion_tokens, first_confidence);
                     }
                     send(SseEvent::default().data(err.body().to_string()), &mut open).await;
                 }
@@ -592,11 +592,11 @@ fn stream(ctx: Arc<Ctx>, started: Vec<Started>, include_usage: bool, hold: usize
                     if i == 0 {
                         first_confidence = extension["confidence"].as_f64();
                     }
-                    // The exposure is kept before the last choice's end is sent, so feedback
-                    // sent on seeing it finds the request.
+                    // The exposure is queued before the last choice's end is sent: feedback
+                    // sent on seeing it waits for it and finds the request.
                     remaining -= 1;
                     if remaining == 0 {
-                        ctx.expose(completion_tokens, first_confidence).await;
+                        ctx.expose(completion_tokens, first_confidence);
                     }
                     let last = json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": g.finish_reason,
                                        "mmloop": extension}]);

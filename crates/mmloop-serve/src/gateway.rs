@@ -167,7 +167,7 @@ impl Exchange {
         extension(&self.server, &self.job, g, Some(&self.tag))
     }
 
-    async fn expose(&self, prompt_tokens: u64, completion_tokens: u64, confidence: Option<f64>) {
+    fn expose(&self, prompt_tokens: u64, completion_tokens: u64, confidence: Option<f64>) {
         let Some(ab) = &self.server.config.ab else { return };
         let x = ExposureRecord {
             experiment: ab.name.clone(),
@@ -179,7 +179,7 @@ impl Exchange {
             completion_tokens,
             confidence,
         };
-        crate::ab::expose(ab, x).await;
+        self.server.expose(x);
     }
 
     async fn whole(&self, mut answer: Value) -> Value {
@@ -199,7 +199,7 @@ impl Exchange {
         }
         let usage = &answer["usage"];
         let completion = usage["completion_tokens"].as_u64().unwrap_or(counted);
-        self.expose(usage["prompt_tokens"].as_u64().unwrap_or(0), completion, first_confidence).await;
+        self.expose(usage["prompt_tokens"].as_u64().unwrap_or(0), completion, first_confidence);
         answer["id"] = json!(self.id);
         answer["model"] = self.model.clone();
         answer
@@ -220,8 +220,8 @@ struct Relay {
     upstream: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
     buf: Vec<u8>,
     out: VecDeque<Bytes>,
-    /// The chunk that ends the last choice waits until the exposure is kept, so feedback
-    /// sent on seeing it finds the request.
+    /// The chunk that ends the last choice waits for the usage that follows it, so the
+    /// exposure is queued, with its token counts, before the client sees the end.
     held: Vec<Bytes>,
     choices: std::collections::BTreeMap<u64, Streamed>,
     first_confidence: Option<f64>,
@@ -289,14 +289,14 @@ impl Relay {
         false
     }
 
-    /// The answer is complete (or the upstream stopped): keep the exposure, then send what
+    /// The answer is complete (or the upstream stopped): queue the exposure, then send what
     /// waited, the usage if asked for, and `[DONE]`.
-    async fn end(&mut self) {
+    fn end(&mut self) {
         self.ended = true;
         let u = self.usage.clone().unwrap_or(Value::Null);
         let counted: u64 = self.choices.values().map(|s| s.logprobs.len() as u64).sum();
         let completion = u["completion_tokens"].as_u64().unwrap_or(counted);
-        self.x.expose(u["prompt_tokens"].as_u64().unwrap_or(0), completion, self.first_confidence).await;
+        self.x.expose(u["prompt_tokens"].as_u64().unwrap_or(0), completion, self.first_confidence);
         self.out.extend(self.held.drain(..));
         if self.x.wants.usage
             && let Some(usage) = &self.usage
@@ -346,7 +346,7 @@ impl Relay {
                     self.buf.extend_from_slice(&bytes);
                     for data in self.events() {
                         if self.take(&data) {
-                            self.end().await;
+                            self.end();
                             break;
                         }
                     }
@@ -357,7 +357,7 @@ impl Relay {
                     self.ended = true;
                     self.out.push_back(event("[DONE]"));
                 }
-                None => self.end().await,
+                None => self.end(),
             }
         }
     }

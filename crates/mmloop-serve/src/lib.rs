@@ -106,6 +106,8 @@ pub struct Server {
     /// connections.
     pub(crate) upstream: reqwest::Client,
     pub(crate) created: u64,
+    /// The experiment's exposures on their way to its log.
+    pub(crate) exposures: Option<ab::ExposureWriter>,
     /// Requests in flight per adapter: an adapter in use cannot be unloaded.
     pub(crate) adapter_uses: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 }
@@ -152,6 +154,7 @@ impl Server {
             .expect("an HTTP client");
         Arc::new(Server {
             metrics: Metrics::new(&config.served_model_name),
+            exposures: config.ab.as_ref().map(ab::ExposureWriter::start),
             backend,
             scorer,
             config,
@@ -160,6 +163,21 @@ impl Server {
             created: unix_now(),
             adapter_uses: Arc::default(),
         })
+    }
+
+    /// Queues an experiment's exposure for its log.
+    pub(crate) fn expose(&self, x: ExposureRecord) {
+        if let Some(w) = &self.exposures {
+            w.push(x);
+        }
+    }
+
+    /// Writes the exposures still queued; the server takes no more. `serve` calls it when
+    /// it stops.
+    pub async fn close(&self) {
+        if let Some(w) = &self.exposures {
+            w.close().await;
+        }
     }
 
     /// The model served here, or a 404 on a gateway that has none.
@@ -220,7 +238,17 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(server)).with_graceful_shutdown(shutdown).await
+    use axum::serve::ListenerExt;
+    // Streamed tokens are small writes: without TCP_NODELAY each waits for the client's
+    // delayed ACK (≈ 40 ms on Linux).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            eprintln!("TCP_NODELAY not set on a connection: {e}");
+        }
+    });
+    let served = axum::serve(listener, router(server.clone())).with_graceful_shutdown(shutdown).await;
+    server.close().await;
+    served
 }
 
 async fn require_key(State(s): State<Arc<Server>>, req: Request, next: Next) -> Response {

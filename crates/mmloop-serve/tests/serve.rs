@@ -388,11 +388,28 @@ async fn bad_requests_are_openai_errors_and_the_server_keeps_serving() {
 struct MemoryLog {
     exposures: std::sync::Mutex<Vec<mmloop_serve::ExposureRecord>>,
     outcomes: std::sync::Mutex<Vec<(String, String)>>,
+    /// How long a write takes (a slow disk).
+    delay: std::time::Duration,
+}
+
+impl MemoryLog {
+    /// The exposures once `n` have been written (they are written after the answer is sent).
+    async fn wait(&self, n: usize) -> Vec<mmloop_serve::ExposureRecord> {
+        for _ in 0..500 {
+            let xs = self.exposures.lock().unwrap().clone();
+            if xs.len() >= n {
+                return xs;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{n} exposures were not written in 5 s");
+    }
 }
 
 #[async_trait::async_trait]
 impl mmloop_serve::ExperimentLog for MemoryLog {
     async fn exposure(&self, x: mmloop_serve::ExposureRecord) -> Result<(), String> {
+        tokio::time::sleep(self.delay).await;
         self.exposures.lock().unwrap().push(x);
         Ok(())
     }
@@ -445,7 +462,7 @@ async fn an_experiment_splits_users_stickily_and_records_exposures_and_outcomes(
         arms.entry(arm).or_insert_with(Vec::new).push(r["id"].as_str().unwrap().to_string());
     }
     assert_eq!(arms.len(), 2, "both arms answered: {arms:?}");
-    let xs = log.exposures.lock().unwrap().clone();
+    let xs = log.wait(24).await;
     assert_eq!(xs.len(), 24);
     assert!(
         xs.iter().all(|x| x.experiment == "exp1" && x.user_id.is_some() && x.prompt_tokens > 0 && x.latency_ms > 0.0)
@@ -526,7 +543,7 @@ async fn a_gateway_proxies_arms_to_upstream_servers_and_scores_their_answers() {
         assert!((cg - cd).abs() < 1e-9, "confidence from the returned logprobs {cg} vs the server's own {cd}");
         assert_eq!(r["usage"], d["usage"]);
         seen.insert(arm);
-        let x = log.exposures.lock().unwrap().last().cloned().unwrap();
+        let x = log.wait(u + 1).await.last().cloned().unwrap();
         assert_eq!(x.request_id, r["id"].as_str().unwrap(), "the exposure carries the gateway's id");
         assert_eq!((x.prompt_tokens, x.completion_tokens), (d["usage"]["prompt_tokens"].as_u64().unwrap(), 6));
     }
@@ -543,8 +560,8 @@ async fn a_gateway_proxies_arms_to_upstream_servers_and_scores_their_answers() {
     let lp = whole["choices"][0]["logprobs"]["content"].as_array().unwrap();
     assert_eq!(lp.len(), 5);
     assert!(lp.iter().all(|t| t["top_logprobs"].as_array().unwrap().len() == 1));
-    let before = log.exposures.lock().unwrap().len();
-    for include_usage in [false, true] {
+    let before = log.wait(9).await.len();
+    for (k, include_usage) in [false, true].into_iter().enumerate() {
         let mut b = body.clone();
         b["stream"] = json!(true);
         if include_usage {
@@ -564,7 +581,7 @@ async fn a_gateway_proxies_arms_to_upstream_servers_and_scores_their_answers() {
         let streamed_lp: usize =
             chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array()).map(Vec::len).sum();
         assert_eq!(streamed_lp, 5);
-        let x = log.exposures.lock().unwrap().last().cloned().unwrap();
+        let x = log.wait(before + k + 1).await.last().cloned().unwrap();
         assert_eq!(x.request_id, chunks[0]["id"].as_str().unwrap());
         assert_eq!(x.completion_tokens, 5);
     }
@@ -619,4 +636,35 @@ async fn a_gateway_proxies_arms_to_upstream_servers_and_scores_their_answers() {
         statuses.insert(status);
     }
     assert_eq!(statuses.into_iter().collect::<Vec<_>>(), [200, 502]);
+}
+
+/// Exposures are written after the answer is sent; feedback on an answer whose exposure is
+/// still being written waits for it instead of failing with a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_right_after_an_answer_finds_it_on_a_slow_log() {
+    let log = Arc::new(MemoryLog { delay: std::time::Duration::from_millis(300), ..Default::default() });
+    let l = log.clone();
+    let s = start(move |c| {
+        c.ab = Some(mmloop_serve::AbConfig {
+            name: "exp2".into(),
+            seed: "exp2".into(),
+            arms: vec![
+                mmloop_serve::Arm { name: "a".into(), target: mmloop_serve::ArmTarget::Local(None) },
+                mmloop_serve::Arm { name: "b".into(), target: mmloop_serve::ArmTarget::Local(Some("lora".into())) },
+            ],
+            weights: vec![0.5, 0.5],
+            log: l,
+        });
+    })
+    .await;
+    let body = json!({"model": "exp2", "messages": question("img0.png"), "max_tokens": 2, "user": "u1"});
+    let (status, r) = s.post("/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{r}");
+    assert!(log.exposures.lock().unwrap().is_empty(), "the answer did not wait for the slow write");
+    let (status, f) = s.post("/v1/feedback", &json!({"id": r["id"], "outcome": "reject"})).await;
+    assert_eq!(status, 200, "{f}");
+    assert_eq!(
+        log.outcomes.lock().unwrap().as_slice(),
+        [(r["id"].as_str().unwrap().to_string(), "reject".to_string())]
+    );
 }

@@ -154,28 +154,39 @@ impl Store {
 
     /// Records an answered request of an experiment (audited).
     pub async fn ab_expose(&self, x: Exposure) -> Result<(), StoreError> {
+        self.ab_expose_many(vec![x]).await
+    }
+
+    /// Records answered requests in one transaction, each audited: one commit for however
+    /// many requests a busy server finished meanwhile.
+    pub async fn ab_expose_many(&self, xs: Vec<Exposure>) -> Result<(), StoreError> {
+        if xs.is_empty() {
+            return Ok(());
+        }
         self.db()
             .write(move |conn| {
                 let tx = conn.transaction()?;
-                tx.prepare_cached(
-                    "INSERT INTO ab_exposures (experiment, request_id, user_id, arm, latency_ms, prompt_tokens,
-                                               completion_tokens, confidence, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?
-                .execute(params![
-                    x.experiment,
-                    x.request_id,
-                    x.user_id,
-                    x.arm,
-                    x.latency_ms,
-                    x.prompt_tokens as i64,
-                    x.completion_tokens as i64,
-                    x.confidence,
-                    crate::now()
-                ])?;
-                let after = serde_json::to_value(&x).unwrap_or_default();
-                let entity = format!("experiment:{}", x.experiment);
-                crate::audit::append(&tx, "serve", "ab.exposure", &entity, None, Some(&after))?;
+                for x in &xs {
+                    tx.prepare_cached(
+                        "INSERT INTO ab_exposures (experiment, request_id, user_id, arm, latency_ms, prompt_tokens,
+                                                   completion_tokens, confidence, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )?
+                    .execute(params![
+                        x.experiment,
+                        x.request_id,
+                        x.user_id,
+                        x.arm,
+                        x.latency_ms,
+                        x.prompt_tokens as i64,
+                        x.completion_tokens as i64,
+                        x.confidence,
+                        crate::now()
+                    ])?;
+                    let after = serde_json::to_value(x).unwrap_or_default();
+                    let entity = format!("experiment:{}", x.experiment);
+                    crate::audit::append(&tx, "serve", "ab.exposure", &entity, None, Some(&after))?;
+                }
                 tx.commit()?;
                 Ok(())
             })
