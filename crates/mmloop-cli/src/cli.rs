@@ -263,6 +263,9 @@ pub enum AbAction {
         tau: f64,
         #[arg(long)]
         json: bool,
+        /// Also write the report as a standalone HTML page with its plots.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
 }
 

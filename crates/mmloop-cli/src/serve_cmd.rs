@@ -8,10 +8,9 @@ use mmloop_engine::Backend;
 use mmloop_engine::embedded::EmbeddedOptions;
 use mmloop_engine::openai::{OpenAiBackend, OpenAiOptions};
 use mmloop_engine::{RuleSet, RulesConfig};
-use mmloop_metrics::ab::{ArmStats, msprt, srm_pvalue};
 use mmloop_serve::{AbConfig, ArmTarget, ExperimentLog, ExposureRecord, ServeConfig, Server, Upstream};
 use mmloop_store::Store;
-use mmloop_store::ab::{Arm, Experiment, Exposure, OutcomeKind};
+use mmloop_store::ab::{Arm, Experiment, Exposure, OutcomeKind, SRM_THRESHOLD};
 use serde_json::json;
 
 use crate::cli::{AbAction, AbArgs, ServeArgs};
@@ -248,49 +247,26 @@ pub async fn serve(a: ServeArgs, actor: &str) -> anyhow::Result<()> {
 
 /// `mmloop ab status DIR NAME`.
 pub async fn ab(a: AbArgs) -> anyhow::Result<()> {
-    let AbAction::Status { project, experiment, alpha, tau, json } = a.action;
-    if !(alpha > 0.0 && alpha < 1.0 && tau > 0.0) {
-        bail!("--alpha must be in (0, 1) and --tau positive");
-    }
+    let AbAction::Status { project, experiment, alpha, tau, json, html } = a.action;
     let store = Store::open(&project).await?;
-    let out = async {
-        let e = store.ab_experiment(&experiment).await?.with_context(|| {
-            format!("no experiment {experiment:?} in {}\n  hint: `mmloop serve --project DIR --experiment NAME --arm ...` starts one", project.display())
-        })?;
-        let arms = store.ab_summary(&experiment).await?;
-        anyhow::Ok((e, arms))
-    }
-    .await;
+    let status = store.ab_status(&experiment, alpha, tau).await;
     store.close();
-    let (e, arms) = out?;
-    // Users are assigned, so users are counted and compared (a request without a user is one).
-    let units: Vec<u64> = arms.iter().map(|a| a.units).collect();
-    let srm = srm_pvalue(&units, &e.weights);
-    let stats =
-        |s: &mmloop_store::ab::ArmSummary| ArmStats { n: s.units_with_outcome, sum: s.unit_sum, sum_sq: s.unit_sum_sq };
-    // Each arm against the control: the level is split over the comparisons (Bonferroni).
-    let level = alpha / (arms.len() - 1).max(1) as f64;
-    let control = stats(&arms[0]);
-    let comparisons: Vec<serde_json::Value> = arms[1..]
-        .iter()
-        .map(|arm| {
-            let seq = msprt(&control, &stats(arm), tau * tau, level);
-            let verdict = match &seq {
-                _ if srm < 0.001 => "stop: the split is broken (sample ratio mismatch); fix assignment or logging before reading results",
-                Some(q) if q.p_value <= level && q.difference > 0.0 => "stop: better than the control",
-                Some(q) if q.p_value <= level => "stop: worse than the control",
-                _ => "continue: no difference shown yet",
-            };
-            json!({"arm": arm.arm, "against": arms[0].arm, "sequential": seq, "recommendation": verdict})
-        })
-        .collect();
-    let report = json!({"experiment": e, "arms": arms, "srm_p_value": srm, "alpha": alpha, "level_per_comparison": level,
-                        "tau": tau, "unit": "user (a request without a user counts as one)", "comparisons": comparisons});
-    if json {
-        return ui::json(&report);
+    let s = status.map_err(|e| match e {
+        mmloop_store::StoreError::NotFound(_) => anyhow::anyhow!(
+            "no experiment {experiment:?} in {}\n  hint: `mmloop serve --project DIR --experiment NAME --arm ...` starts one",
+            project.display()
+        ),
+        other => other.into(),
+    })?;
+    if let Some(path) = &html {
+        std::fs::write(path, mmloop_server::ab_report::html(&s))
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    println!("experiment {} (α = {alpha}, τ = {tau})", style(&e.name).bold());
-    for (arm, w) in arms.iter().zip(&e.weights) {
+    if json {
+        return ui::json(&s);
+    }
+    println!("experiment {} (α = {alpha}, τ = {tau})", style(&s.experiment.name).bold());
+    for (arm, w) in s.arms.iter().zip(&s.experiment.weights) {
         let rate = if arm.units_with_outcome > 0 {
             format!("{:.3}", arm.unit_sum / arm.units_with_outcome as f64)
         } else {
@@ -308,25 +284,22 @@ pub async fn ab(a: AbArgs) -> anyhow::Result<()> {
             arm.mean_confidence.map_or("-".into(), |c| format!("{c:.3}")),
         );
     }
-    println!("  sample ratio check: p = {srm:.4}{}", if srm < 0.001 { " — MISMATCH" } else { "" });
-    for c in &comparisons {
-        match c["sequential"].as_object() {
+    let srm = s.srm_p_value;
+    println!("  sample ratio check: p = {srm:.4}{}", if srm < SRM_THRESHOLD { " — MISMATCH" } else { "" });
+    for c in &s.comparisons {
+        match &c.sequential {
             Some(q) => println!(
                 "  {} − {}: {:+.4} [{:+.4}, {:+.4}] always-valid p = {:.4} → {}",
-                c["arm"].as_str().unwrap_or_default(),
-                c["against"].as_str().unwrap_or_default(),
-                q["difference"].as_f64().unwrap_or(f64::NAN),
-                q["low"].as_f64().unwrap_or(f64::NAN),
-                q["high"].as_f64().unwrap_or(f64::NAN),
-                q["p_value"].as_f64().unwrap_or(f64::NAN),
-                c["recommendation"].as_str().unwrap_or_default()
+                c.arm, c.against, q.difference, q.low, q.high, q.p_value, c.recommendation
             ),
             None => println!(
                 "  {}: not enough to compare yet (two users with outcomes per arm, and some variation) → {}",
-                c["arm"].as_str().unwrap_or_default(),
-                c["recommendation"].as_str().unwrap_or_default()
+                c.arm, c.recommendation
             ),
         }
+    }
+    if let Some(path) = &html {
+        ui::ok(format!("report with plots: {}", path.display()));
     }
     Ok(())
 }

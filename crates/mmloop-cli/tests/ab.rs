@@ -62,6 +62,21 @@ async fn status_compares_arms_with_an_always_valid_test_and_checks_the_split() {
     assert!(c["sequential"]["p_value"].as_f64().unwrap() < 1e-6);
     assert!(c["sequential"]["low"].as_f64().unwrap() < 0.4 && c["sequential"]["high"].as_f64().unwrap() > 0.4);
     assert!(c["recommendation"].as_str().unwrap().starts_with("stop: better"), "{c}");
+    // The looks the plots draw: users in order, the last with everyone and the status's numbers.
+    let looks = s["trajectory"].as_array().unwrap();
+    assert!(looks.len() > 40 && looks.len() <= 80, "{} looks", looks.len());
+    assert!(looks.windows(2).all(|w| w[0]["units"].as_u64() < w[1]["units"].as_u64()));
+    let last = looks.last().unwrap();
+    assert_eq!(last["units"].as_u64(), Some(600));
+    assert_eq!(last["comparisons"][0], c["sequential"]);
+    // The HTML report: both plots, every arm, the verdict, nothing unescaped.
+    let html_path = dir.path().join("exp.html");
+    ok(&["ab", "status", projs, "exp", "--html", html_path.to_str().unwrap()]);
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    assert_eq!(html.matches("<svg").count(), 2, "two plots");
+    assert!(html.contains("Success rate by arm") && html.contains("Difference from a"));
+    assert!(html.contains("stop: better than the control") && html.contains(">v3<"));
+    assert!(!html.contains("<script"));
     // The audit log holds the experiment, its exposures and outcomes.
     let audit = json(&["audit", "verify", projs]);
     assert_eq!(audit["problems"], serde_json::json!([]), "{audit}");

@@ -98,6 +98,38 @@ fn review_ten_items_with_the_keyboard_in_headless_chromium() {
         .unwrap();
     }
     drop(db);
+    // An online experiment with outcomes, for the experiments page; an arm named like markup.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use mmloop_store::ab::{Arm, Experiment, Exposure, OutcomeKind};
+        let store = Store::open(std::path::Path::new(&project)).await.unwrap();
+        let arms = vec![
+            Arm { name: "base".into(), model: "smol".into() },
+            Arm { name: "<img src=x onerror=alert(2)>".into(), model: "v3".into() },
+        ];
+        let e = Experiment { name: "v3-vs-base".into(), seed: "v3-vs-base".into(), arms, weights: vec![0.5, 0.5] };
+        store.ab_start(e.clone(), "test").await.unwrap();
+        for i in 0..400 {
+            let arm = &e.arms[i % 2].name;
+            let id = format!("chatcmpl-e2e-{i}");
+            let x = Exposure {
+                experiment: e.name.clone(),
+                request_id: id.clone(),
+                user_id: Some(format!("user-{i}")),
+                arm: arm.clone(),
+                latency_ms: 100.0 + i as f64,
+                prompt_tokens: 40,
+                completion_tokens: 6,
+                confidence: Some(0.8),
+            };
+            store.ab_expose(x).await.unwrap();
+            // The control accepts 1 in 2, the other arm 9 in 10.
+            let accept = if i % 2 == 0 { i % 4 == 0 } else { i % 20 != 1 };
+            let o = if accept { OutcomeKind::Accept } else { OutcomeKind::Reject };
+            store.ab_outcome(&id, o, None, "test").await.unwrap();
+        }
+        store.close();
+    });
     let mut c = Command::new(env!("CARGO_BIN_EXE_mmloop"))
         .args(["user", "add", &project, "rita", "--role", "reviewer", "--password-stdin"])
         .stdin(Stdio::piped())
@@ -156,8 +188,15 @@ fn review_ten_items_with_the_keyboard_in_headless_chromium() {
     let weight = result["page_weight"]["bytes"].as_u64().unwrap();
     assert!(weight <= 200 * 1024, "the review page weighs {weight} bytes");
 
+    // The experiments page: both plots drawn (as images, under the page's security policy),
+    // the verdict, and the markup-like arm name shown as text.
+    let ex = &result["experiment"];
+    assert_eq!(ex["plots"].as_array().unwrap().len(), 2, "{ex}");
+    assert!(ex["plots"].as_array().unwrap().iter().all(|w| w.as_u64().unwrap() > 100), "plots not rendered: {ex}");
+    assert!(ex["verdict"].as_str().unwrap().starts_with("stop: better"), "{ex}");
+    assert_eq!(ex["arm"], "<img src=x onerror=alert(2)>");
+
     // The database: ten decisions by rita, the edit, the undo, all audited.
-    let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = Store::open(std::path::Path::new(&project)).await.unwrap();
         let decisions = result["decisions"].as_array().unwrap();

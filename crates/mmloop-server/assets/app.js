@@ -5,6 +5,7 @@ import { $, toast } from './dom.js';
 const views = {
   '/': () => import('./review.js'),
   '/stats': () => import('./stats.js'),
+  '/experiments': () => import('./experiments.js'),
   '/users': () => import('./users.js'),
 };
 

@@ -161,6 +161,17 @@ try {
   await page.goto(`${base}/stats`);
   await page.waitForSelector('#reviewers');
   await page.screenshot({ path: join(out, 'stats.png'), fullPage: true });
+
+  // The experiments page: the tables, and both plots loaded as images.
+  await page.goto(`${base}/experiments`);
+  await page.waitForSelector('.experiment .ab-comparisons');
+  await page.waitForFunction(() => [...document.querySelectorAll('img.ab-plot')].every((i) => i.complete));
+  result.experiment = await page.evaluate(() => ({
+    plots: [...document.querySelectorAll('img.ab-plot')].map((i) => i.naturalWidth),
+    verdict: document.querySelector('.ab-comparisons .verdict').textContent,
+    arm: document.querySelectorAll('.ab-arms tbody tr')[1].cells[0].textContent,
+  }));
+  await page.screenshot({ path: join(out, 'experiments.png'), fullPage: true });
 } catch (e) {
   problems.push(`failed: ${e.stack || e}`);
 } finally {

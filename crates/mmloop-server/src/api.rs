@@ -381,3 +381,44 @@ pub async fn revoke_token(
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
+
+/// `GET /api/experiments`: the project's online experiments (`mmloop serve --experiment`).
+pub async fn experiments(State(st): State<AppState>, c: Caller) -> Result<Response, ApiError> {
+    c.require(Permission::Read)?;
+    Ok(axum::Json(json!({"experiments": st.store.ab_experiments().await?})).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ExperimentQuery {
+    #[serde(default = "default_alpha")]
+    alpha: f64,
+    #[serde(default = "default_tau")]
+    tau: f64,
+}
+
+fn default_alpha() -> f64 {
+    0.05
+}
+
+fn default_tau() -> f64 {
+    0.02
+}
+
+/// `GET /api/experiments/{name}`: what `mmloop ab status` says, with its two plots as SVG
+/// documents (the page shows them as images: no markup is parsed into the page).
+pub async fn experiment(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ExperimentQuery>,
+) -> Result<Response, ApiError> {
+    c.require(Permission::Read)?;
+    let status = st.store.ab_status(&name, q.alpha, q.tau).await.map_err(|e| match e {
+        mmloop_store::StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+        mmloop_store::StoreError::Config(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
+        other => other.into(),
+    })?;
+    let plots = json!({"rates": crate::ab_report::rates_plot(&status),
+                       "difference": crate::ab_report::difference_plot(&status)});
+    Ok(axum::Json(json!({"status": status, "plots": plots})).into_response())
+}

@@ -26,6 +26,7 @@ pub const ASSETS: &[(&str, &str, &str)] = &[
     ("review.js", "text/javascript; charset=utf-8", include_str!("../assets/review.js")),
     ("viewer.js", "text/javascript; charset=utf-8", include_str!("../assets/viewer.js")),
     ("stats.js", "text/javascript; charset=utf-8", include_str!("../assets/stats.js")),
+    ("experiments.js", "text/javascript; charset=utf-8", include_str!("../assets/experiments.js")),
     ("users.js", "text/javascript; charset=utf-8", include_str!("../assets/users.js")),
     ("login.js", "text/javascript; charset=utf-8", include_str!("../assets/login.js")),
     ("favicon.svg", "image/svg+xml", include_str!("../assets/favicon.svg")),

@@ -7,6 +7,7 @@
 //! a request (images come from the store's image table by id), and never answers a
 //! request other than the login page and static assets without a session or an API token.
 
+pub mod ab_report;
 mod api;
 mod assets;
 mod auth;
@@ -100,6 +101,8 @@ pub fn router(store: Store, cfg: ServerConfig) -> Router {
         .route("/items/{id}/undo", post(api::undo))
         .route("/images/{id}", get(api::image))
         .route("/stats", get(api::stats))
+        .route("/experiments", get(api::experiments))
+        .route("/experiments/{name}", get(api::experiment))
         .route("/facets", get(api::facets))
         .route("/audit", get(api::audit))
         .route("/users", get(api::list_users).post(api::add_user))
@@ -112,6 +115,7 @@ pub fn router(store: Store, cfg: ServerConfig) -> Router {
         .nest("/api", api)
         .route("/", get(assets::review_page))
         .route("/stats", get(assets::review_page))
+        .route("/experiments", get(assets::review_page))
         .route("/users", get(assets::review_page))
         .route("/login", get(assets::login_page))
         .route("/assets/{file}", get(assets::asset))

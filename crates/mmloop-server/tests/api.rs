@@ -189,7 +189,7 @@ enum Need {
 async fn the_permission_matrix_every_route_every_role() {
     // One fresh item per call, so that every permitted call finds its item in a state it
     // can act on and must succeed (2xx), not merely avoid 401/403.
-    let n_items = 300;
+    let n_items = 400;
     let p = Project::new(n_items).await;
     spread(&p, n_items as i64);
     for r in Role::ALL {
@@ -197,6 +197,9 @@ async fn the_permission_matrix_every_route_every_role() {
     }
     p.user("other", Role::Annotator).await;
     let admin_token_id = p.store.create_token("admin", "owned", None, "test").await.unwrap().0.id;
+    let arms = ["a", "b"].map(|a| mmloop_store::ab::Arm { name: a.into(), model: "m".into() }).to_vec();
+    let exp = mmloop_store::ab::Experiment { name: "exp".into(), seed: "exp".into(), arms, weights: vec![0.5, 0.5] };
+    p.store.ab_start(exp, "test").await.unwrap();
     let srv = Server::start(&p.store, cfg()).await;
     use Need::*;
     use Role::*;
@@ -216,6 +219,8 @@ async fn the_permission_matrix_every_route_every_role() {
         (Method::POST, "/api/items/{id}/undo", Some(json!({"base": "{base}"})), Min(Annotator)),
         (Method::GET, "/api/images/1", None, Min(Viewer)),
         (Method::GET, "/api/stats", None, Min(Viewer)),
+        (Method::GET, "/api/experiments", None, Min(Viewer)),
+        (Method::GET, "/api/experiments/exp", None, Min(Viewer)),
         (Method::GET, "/api/facets", None, Min(Viewer)),
         (Method::GET, "/api/audit", None, Min(Reviewer)),
         (Method::GET, "/api/users", None, Min(Admin)),
@@ -247,6 +252,7 @@ async fn the_permission_matrix_every_route_every_role() {
         .map(|(m, path, _, _)| {
             let path = path.split('?').next().unwrap().replace("/images/1", "/images/{id}");
             let path = path.replace("{admin_token}", "{id}").replace("/users/viewer", "/users/{name}");
+            let path = path.replace("/experiments/exp", "/experiments/{name}");
             format!("{m} {path}")
         })
         .collect();
@@ -254,6 +260,11 @@ async fn the_permission_matrix_every_route_every_role() {
     with_login.insert("POST /api/login".into());
     assert_eq!(documented, with_login, "the OpenAPI document and the permission matrix disagree");
 
+    let db = rusqlite::Connection::open(p.db()).unwrap();
+    db.busy_timeout(Duration::from_secs(30)).unwrap();
+    let leased = |id: i64| {
+        db.query_row("SELECT COUNT(*) FROM leases WHERE item_id = ?1", [id], |r| r.get::<_, i64>(0)).unwrap() > 0
+    };
     let mut item = 0i64;
     let mut uniq = 0;
     let mut failures = Vec::new();
@@ -261,7 +272,11 @@ async fn the_permission_matrix_every_route_every_role() {
     for mode in ["token", "cookie"] {
         for who in [None, Some(Viewer), Some(Annotator), Some(Reviewer), Some(Admin)] {
             for (method, path, body, need) in &routes {
+                // Fresh and not leased meanwhile by a `next` call.
                 item += 1;
+                while leased(item) {
+                    item += 1;
+                }
                 uniq += 1;
                 assert!(item <= n_items as i64, "more calls than fresh items");
                 let path =

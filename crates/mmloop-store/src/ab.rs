@@ -281,3 +281,154 @@ impl Store {
             .await
     }
 }
+
+/// One arm against the control (the first arm).
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    pub arm: String,
+    pub against: String,
+    /// The always-valid comparison with the data so far; `None` before both arms have two
+    /// users with outcomes and some variation.
+    pub sequential: Option<mmloop_metrics::ab::Sequential>,
+    pub recommendation: String,
+}
+
+/// The experiment as it stood after `units` users with outcomes (in the order of their
+/// first outcome, each with their mean outcome now): per-arm rates and each comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct Look {
+    pub units: u64,
+    /// Per arm: its users with outcomes so far and their mean outcome.
+    pub arms: Vec<(u64, Option<f64>)>,
+    /// Per comparison (arms after the first).
+    pub comparisons: Vec<Option<mmloop_metrics::ab::Sequential>>,
+}
+
+/// What `mmloop ab status`, the review server's experiments page and the HTML report show.
+#[derive(Clone, Debug, Serialize)]
+pub struct AbStatus {
+    pub experiment: Experiment,
+    pub arms: Vec<ArmSummary>,
+    /// The sample-ratio-mismatch χ² p-value of the users per arm against the weights.
+    pub srm_p_value: f64,
+    pub alpha: f64,
+    /// α split over the comparisons (Bonferroni).
+    pub level_per_comparison: f64,
+    pub tau: f64,
+    pub unit: &'static str,
+    pub comparisons: Vec<Comparison>,
+    /// Up to 80 evenly spaced looks, the last with every user (what the plots draw).
+    pub trajectory: Vec<Look>,
+}
+
+/// An SRM p-value below this stops the reading: the split is broken.
+pub const SRM_THRESHOLD: f64 = 0.001;
+
+fn stats_of(s: &ArmSummary) -> mmloop_metrics::ab::ArmStats {
+    mmloop_metrics::ab::ArmStats { n: s.units_with_outcome, sum: s.unit_sum, sum_sq: s.unit_sum_sq }
+}
+
+impl Store {
+    /// The experiments of the project, oldest first.
+    pub async fn ab_experiments(&self) -> Result<Vec<String>, StoreError> {
+        self.db()
+            .read(|c| {
+                let mut st = c.prepare("SELECT name FROM ab_experiments ORDER BY created_at, name")?;
+                let names = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+                Ok(names)
+            })
+            .await
+    }
+
+    /// Each user with an outcome (a request without a user is its own) per arm, as
+    /// [`Store::ab_summary`] counts them: the arm (index) and the user's mean outcome, in the
+    /// order of their first outcome.
+    async fn ab_units(&self, e: &Experiment) -> Result<Vec<(usize, f64)>, StoreError> {
+        let (name, arms) = (e.name.clone(), e.arms.iter().map(|a| a.name.clone()).collect::<Vec<_>>());
+        self.db()
+            .read(move |c| {
+                let mut st = c.prepare(
+                    "SELECT x.arm, AVG(o.value), MIN(o.id) AS first
+                     FROM ab_exposures x JOIN ab_outcomes o ON o.id =
+                          (SELECT MAX(id) FROM ab_outcomes WHERE request_id = x.request_id)
+                     WHERE x.experiment = ?1
+                     GROUP BY x.arm, COALESCE(x.user_id, x.request_id)
+                     ORDER BY first",
+                )?;
+                let rows = st.query_map([&name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (arm, mean) = row?;
+                    if let Some(i) = arms.iter().position(|a| *a == arm) {
+                        out.push((i, mean));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// The experiment's analysis at level `alpha` with mixing scale `tau` (the size of the
+    /// differences worth detecting): per-arm summaries, the SRM check, each arm against the
+    /// first with the always-valid mSPRT, a recommendation, and the looks the plots draw.
+    pub async fn ab_status(&self, name: &str, alpha: f64, tau: f64) -> Result<AbStatus, StoreError> {
+        use mmloop_metrics::ab::{ArmStats, msprt, srm_pvalue};
+        if !(alpha > 0.0 && alpha < 1.0 && tau > 0.0) {
+            return Err(StoreError::Config("alpha must be in (0, 1) and tau positive".into()));
+        }
+        let Some(e) = self.ab_experiment(name).await? else {
+            return Err(StoreError::NotFound(format!("no experiment {name:?}")));
+        };
+        let arms = self.ab_summary(name).await?;
+        let units = self.ab_units(&e).await?;
+        // Users are assigned, so users are counted and compared.
+        let counts: Vec<u64> = arms.iter().map(|a| a.units).collect();
+        let srm = srm_pvalue(&counts, &e.weights);
+        let level = alpha / (arms.len() - 1).max(1) as f64;
+        let tau2 = tau * tau;
+        let comparisons = arms[1..]
+            .iter()
+            .map(|arm| {
+                let seq = msprt(&stats_of(&arms[0]), &stats_of(arm), tau2, level);
+                let recommendation = match &seq {
+                    _ if srm < SRM_THRESHOLD => {
+                        "stop: the split is broken (sample ratio mismatch); fix assignment or logging before reading results"
+                    }
+                    Some(q) if q.p_value <= level && q.difference > 0.0 => "stop: better than the control",
+                    Some(q) if q.p_value <= level => "stop: worse than the control",
+                    _ => "continue: no difference shown yet",
+                };
+                Comparison {
+                    arm: arm.arm.clone(),
+                    against: arms[0].arm.clone(),
+                    sequential: seq,
+                    recommendation: recommendation.into(),
+                }
+            })
+            .collect();
+        let mut trajectory = Vec::new();
+        let mut running = vec![ArmStats::default(); arms.len()];
+        let step = units.len().div_ceil(80).max(1);
+        for (k, (arm, mean)) in units.iter().enumerate() {
+            running[*arm].add(*mean);
+            if (k + 1) % step == 0 || k + 1 == units.len() {
+                trajectory.push(Look {
+                    units: k as u64 + 1,
+                    arms: running.iter().map(|s| (s.n, (s.n > 0).then(|| s.mean()))).collect(),
+                    comparisons: running[1..].iter().map(|s| msprt(&running[0], s, tau2, level)).collect(),
+                });
+            }
+        }
+        Ok(AbStatus {
+            experiment: e,
+            arms,
+            srm_p_value: srm,
+            alpha,
+            level_per_comparison: level,
+            tau,
+            unit: "user (a request without a user counts as one)",
+            comparisons,
+            trajectory,
+        })
+    }
+}
