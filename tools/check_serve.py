@@ -169,10 +169,20 @@ def gateway_checks(url, upstream_url):
     print("check_serve: gateway checks passed (arms a:", len(arms["a"]), "users, b:", len(arms["b"]), "users)")
 
 
+def spawn(cmd):
+    """A server whose stderr goes to a file read on failure (a pipe nobody reads could fill
+    and stall it)."""
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log = log
+    return proc
+
+
 def wait_up(server, url):
     for _ in range(600):
         if server.poll() is not None:
-            sys.exit("mmloop serve exited: " + server.stderr.read())
+            server.log.seek(0)
+            sys.exit("mmloop serve exited: " + server.log.read())
         try:
             urllib.request.urlopen(url + "/health", timeout=1)
             return
@@ -196,11 +206,10 @@ def main():
         return
     py = ensure_venv()
     port = free_port()
-    server = subprocess.Popen(
+    server = spawn(
         [a.mmloop, "serve", "--model", os.path.join(FIXTURES, "qwen2_vl"), "--served-model-name", "tiny",
          "--adapters", "lora=" + os.path.join(FIXTURES, "qwen2_vl", "adapters", "lora"),
-         "--port", str(port), "--api-key", "sk-check"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+         "--port", str(port), "--api-key", "sk-check"])
     gateway = None
     try:
         url = f"http://127.0.0.1:{port}"
@@ -210,11 +219,10 @@ def main():
         project = tempfile.mkdtemp(prefix="mmloop-check-serve-")
         subprocess.run([a.mmloop, "init", project], check=True, stdout=subprocess.DEVNULL)
         gport = free_port()
-        gateway = subprocess.Popen(
+        gateway = spawn(
             [a.mmloop, "serve", "--port", str(gport), "--api-key", "sk-gate", "--upstream-api-key", "sk-check",
              "--experiment", "exp", "--project", project,
-             "--arm", f"a={url}/v1#tiny", "--arm", f"b={url}/v1#lora"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             "--arm", f"a={url}/v1#tiny", "--arm", f"b={url}/v1#lora"])
         gurl = f"http://127.0.0.1:{gport}"
         wait_up(gateway, gurl)
         subprocess.run([py, __file__, "--in-venv", "--url", gurl + "/v1", "--upstream", url + "/v1"], check=True)

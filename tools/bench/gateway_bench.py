@@ -39,13 +39,23 @@ def free_port():
 def wait_up(proc, port):
     for _ in range(600):
         if proc.poll() is not None:
-            sys.exit("mmloop serve exited: " + proc.stderr.read())
+            proc.log.seek(0)
+            sys.exit("mmloop serve exited: " + proc.log.read())
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
             return
         except OSError:
             time.sleep(0.1)
     sys.exit("mmloop serve did not come up in 60 s")
+
+
+def spawn(cmd):
+    """A server whose stderr goes to a file the script reads on failure (a pipe nobody reads
+    could fill and stall it)."""
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log = log
+    return proc
 
 
 def timed(conn, body):
@@ -75,20 +85,20 @@ def main():
     project = tempfile.mkdtemp(prefix="mmloop-gateway-bench-")
     procs = []
     try:
-        procs.append(subprocess.Popen([a.mmloop, "serve", "--model", FIXTURE, "--served-model-name", "tiny",
-                                       "--port", str(up_port)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        procs.append(spawn([a.mmloop, "serve", "--model", FIXTURE, "--served-model-name", "tiny",
+                            "--port", str(up_port)]))
         wait_up(procs[0], up_port)
         subprocess.run([a.mmloop, "init", project], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         up = f"http://127.0.0.1:{up_port}/v1#tiny"
-        procs.append(subprocess.Popen([a.mmloop, "serve", "--port", str(gw_port), "--project", project,
-                                       "--experiment", "bench", "--arm", f"a={up}", "--arm", f"b={up}"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        procs.append(spawn([a.mmloop, "serve", "--port", str(gw_port), "--project", project,
+                            "--experiment", "bench", "--arm", f"a={up}", "--arm", f"b={up}"]))
         wait_up(procs[1], gw_port)
         direct = http.client.HTTPConnection("127.0.0.1", up_port)
         gateway = http.client.HTTPConnection("127.0.0.1", gw_port)
+        # The gateway asks its upstream for logprobs (two alternatives) to score the answer:
+        # the direct requests ask for the same, so the upstream does the same work both ways.
         body = {"messages": [{"role": "user", "content": "Is the chair red? Answer yes or no."}],
-                "max_tokens": 1, "temperature": 0}
+                "max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": 2}
         if a.stream:
             body["stream"] = True
         d, g = [], []

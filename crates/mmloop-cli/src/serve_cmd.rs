@@ -248,6 +248,9 @@ pub async fn serve(a: ServeArgs, actor: &str) -> anyhow::Result<()> {
 /// `mmloop ab status DIR NAME`.
 pub async fn ab(a: AbArgs) -> anyhow::Result<()> {
     let AbAction::Status { project, experiment, alpha, tau, json, html } = a.action;
+    if !(alpha > 0.0 && alpha < 1.0 && tau > 0.0) {
+        bail!("--alpha must be in (0, 1) and --tau positive");
+    }
     let store = Store::open(&project).await?;
     let status = store.ab_status(&experiment, alpha, tau).await;
     store.close();

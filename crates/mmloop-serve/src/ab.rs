@@ -154,8 +154,16 @@ impl ExposureWriter {
             let mut batch = Vec::new();
             while rx.recv_many(&mut batch, 4096).await > 0 {
                 let ids: Vec<String> = batch.iter().map(|x| x.request_id.clone()).collect();
-                if let Err(e) = log.exposures(std::mem::take(&mut batch)).await {
-                    eprintln!("experiment {name}: {} exposure(s) were not recorded: {e}", ids.len());
+                let xs = std::mem::take(&mut batch);
+                if let Err(e) = log.exposures(xs.clone()).await {
+                    // One bad row must not cost the batch: each on its own, once more.
+                    eprintln!("experiment {name}: {} exposure(s) written one by one after: {e}", ids.len());
+                    for x in xs {
+                        let id = x.request_id.clone();
+                        if let Err(e) = log.exposure(x).await {
+                            eprintln!("experiment {name}: the exposure of {id} was not recorded: {e}");
+                        }
+                    }
                 }
                 let mut w = waiting.lock().expect("pending exposures");
                 ids.iter().for_each(|id| {
@@ -183,14 +191,21 @@ impl ExposureWriter {
             );
             return;
         };
-        self.pending.lock().expect("pending exposures").insert(x.request_id.clone());
+        let id = x.request_id.clone();
+        self.pending.lock().expect("pending exposures").insert(id.clone());
         if tx.send(x).is_err() {
-            eprintln!("experiment: the exposure writer has stopped");
+            self.pending.lock().expect("pending exposures").remove(&id);
+            eprintln!("experiment: the exposure writer has stopped; the exposure of {id} was not recorded");
         }
     }
 
-    /// Returns once the exposure of `request_id` (if it is on its way) has been written.
+    /// Returns once the exposure of `request_id` (if it is on its way) has been written, or
+    /// after 30 s (a stalled database: the outcome then finds what it finds).
     pub(crate) async fn settled(&self, request_id: &str) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.wait_written(request_id)).await;
+    }
+
+    async fn wait_written(&self, request_id: &str) {
         let mut written = self.written.clone();
         loop {
             written.borrow_and_update();

@@ -320,7 +320,7 @@ impl Ctx {
         extension(&self.server, &self.job, g.clone(), self.ab.as_ref())
     }
 
-    /// Logs the request as an exposure of the experiment it belongs to (if any).
+    /// Queues the request as an exposure of the experiment it belongs to (if any).
     fn expose(&self, completion_tokens: usize, confidence: Option<f64>) {
         let (Some(tag), Some(ab)) = (&self.ab, &self.server.config.ab) else { return };
         let x = crate::ExposureRecord {
@@ -366,6 +366,9 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let raw: Value = parse_json(body)?;
+    if !raw.is_object() {
+        return Err(ApiError::bad_request("the request body must be a JSON object".into(), None));
+    }
     // A request for the experiment's name goes to the arm its user is assigned to.
     let mut assigned = None;
     if let Some(ab) = &s.config.ab
@@ -382,8 +385,11 @@ pub async fn completions(
             crate::ArmTarget::Local(adapter) => assigned = Some((adapter.clone(), tag)),
         }
     }
+    if !(raw["user"].is_null() || raw["user"].is_string()) {
+        return Err(bad("user must be a string", "user"));
+    }
     let req: ChatCompletionRequest =
-        serde_json::from_value(raw).map_err(|e| bad(format!("invalid request body: {e}"), "messages"))?;
+        serde_json::from_value(raw).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}"), None))?;
     let p = plan(&s, req, assigned)?;
     let backend = s.local()?.clone();
     let guard = s.metrics.preparing_guard();

@@ -4,8 +4,10 @@
 //! `logprobs` turned on (and usage when streaming), so the answer is scored from the returned
 //! log-probabilities exactly as `mmloop infer --api` scores it; the client gets back what it
 //! asked for (logprobs and usage only if it asked), its choices carrying the `mmloop` field,
-//! under this server's response id, which `/v1/feedback` takes. The upstream's own errors
-//! pass through unchanged; an unreachable upstream is a 502.
+//! under this server's response id, which `/v1/feedback` takes. The upstream's errors about
+//! the request (4xx other than 401/403/404) pass through unchanged; its errors about the
+//! gateway's own setup (a bad upstream key, an unknown `#MODEL`), its 5xx, an answer that is
+//! not a chat completion, and an upstream that cannot be reached are 502s that say so.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -84,15 +86,34 @@ pub(crate) async fn proxy(
         .await
         .map_err(|e| ApiError::bad_gateway(format!("the arm {:?} at {} did not answer: {e}", tag.arm, up.chat_url)))?;
     let status = resp.status();
+    let ct = resp.headers().get(header::CONTENT_TYPE).cloned();
     if !status.is_success() {
-        // The upstream's own error (OpenAI's shape from any compatible server), unchanged.
-        let ct = resp.headers().get(header::CONTENT_TYPE).cloned();
         let bytes = resp.bytes().await.unwrap_or_default();
-        let mut r = (StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY), bytes).into_response();
-        if let Some(ct) = ct {
-            r.headers_mut().insert(header::CONTENT_TYPE, ct);
+        if status.is_client_error() && ![401, 403, 404].contains(&status.as_u16()) {
+            // The request's own fault, in the upstream's words (OpenAI's error shape).
+            let mut r =
+                (StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_REQUEST), bytes).into_response();
+            if let Some(ct) = ct {
+                r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            return Ok(r);
         }
-        return Ok(r);
+        // Not the client's fault: the gateway's key or model name for the arm, or the upstream.
+        let said = String::from_utf8_lossy(&bytes).chars().take(500).collect::<String>();
+        return Err(ApiError::bad_gateway(format!(
+            "the arm {:?} at {} (model {:?}) answered {status}: {said}",
+            tag.arm, up.chat_url, up.model
+        )));
+    }
+    let is_sse = ct.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+    if stream != is_sse {
+        return Err(ApiError::bad_gateway(format!(
+            "the arm {:?} at {} answered a {} request with {:?}",
+            tag.arm,
+            up.chat_url,
+            if stream { "streamed" } else { "whole" },
+            ct.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("no content type")
+        )));
     }
     let x = Exchange {
         id: format!("chatcmpl-{:032x}", rand::random::<u128>()),
@@ -106,10 +127,16 @@ pub(crate) async fn proxy(
     if stream {
         Ok(relay(x, resp.bytes_stream()))
     } else {
-        let bytes = resp.bytes().await.map_err(|e| ApiError::bad_gateway(format!("{}: {e}", up.chat_url)))?;
+        let arm = format!("the arm {:?} at {}", x.tag.arm, up.chat_url);
+        let bytes = resp.bytes().await.map_err(|e| ApiError::bad_gateway(format!("{arm}: {e}")))?;
         let answer: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_gateway(format!("{} answered with invalid JSON: {e}", up.chat_url)))?;
-        Ok(axum::Json(x.whole(answer).await).into_response())
+            .map_err(|e| ApiError::bad_gateway(format!("{arm} answered with invalid JSON: {e}")))?;
+        let is_completion = answer["choices"].as_array().is_some_and(|cs| cs.iter().all(Value::is_object));
+        if !answer.is_object() || !is_completion {
+            let said = answer.to_string().chars().take(500).collect::<String>();
+            return Err(ApiError::bad_gateway(format!("{arm} answered with no chat completion: {said}")));
+        }
+        Ok(axum::Json(x.whole(answer)).into_response())
     }
 }
 
@@ -167,6 +194,7 @@ impl Exchange {
         extension(&self.server, &self.job, g, Some(&self.tag))
     }
 
+    /// Queues the request's exposure (the answer was given, whole or in part).
     fn expose(&self, prompt_tokens: u64, completion_tokens: u64, confidence: Option<f64>) {
         let Some(ab) = &self.server.config.ab else { return };
         let x = ExposureRecord {
@@ -182,7 +210,7 @@ impl Exchange {
         self.server.expose(x);
     }
 
-    async fn whole(&self, mut answer: Value) -> Value {
+    fn whole(&self, mut answer: Value) -> Value {
         let mut first_confidence = None;
         let mut counted = 0u64;
         if let Some(choices) = answer["choices"].as_array_mut() {
@@ -227,10 +255,19 @@ struct Relay {
     first_confidence: Option<f64>,
     usage: Option<Value>,
     ended: bool,
+    exposed: bool,
 }
 
+/// One server-sent event carrying `data` (every line prefixed).
 fn event(data: &str) -> Bytes {
-    Bytes::from(format!("data: {data}\n\n"))
+    let mut out = String::with_capacity(data.len() + 8);
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
 }
 
 impl Relay {
@@ -243,18 +280,18 @@ impl Relay {
             self.out.push_back(event(data));
             return false;
         };
+        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+            self.usage = Some(u.clone());
+        }
         let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) else {
             // An error event, or anything else that is not a chunk: as it came.
             self.out.push_back(event(data));
             return false;
         };
         if choices.is_empty() {
-            if chunk.get("usage").is_some_and(|u| !u.is_null()) {
-                self.usage = chunk.get("usage").cloned();
-            }
             return false;
         }
-        for c in choices.iter_mut() {
+        for c in choices.iter_mut().filter(|c| c.is_object()) {
             let s = self.choices.entry(c["index"].as_u64().unwrap_or(0)).or_default();
             if let Some(t) = c["delta"]["content"].as_str() {
                 s.text.push_str(t);
@@ -289,15 +326,34 @@ impl Relay {
         false
     }
 
-    /// The answer is complete (or the upstream stopped): queue the exposure, then send what
-    /// waited, the usage if asked for, and `[DONE]`.
-    fn end(&mut self) {
-        self.ended = true;
+    /// Queues the exposure, once: when the answer ends, or with what was sent so far when the
+    /// client goes away or the upstream breaks off (an abandoned answer was still an
+    /// exposure; leaving it out would bias the arms).
+    fn record(&mut self) {
+        if self.exposed {
+            return;
+        }
+        self.exposed = true;
         let u = self.usage.clone().unwrap_or(Value::Null);
         let counted: u64 = self.choices.values().map(|s| s.logprobs.len() as u64).sum();
         let completion = u["completion_tokens"].as_u64().unwrap_or(counted);
         self.x.expose(u["prompt_tokens"].as_u64().unwrap_or(0), completion, self.first_confidence);
+    }
+
+    /// The upstream is done (`broken`: with an error): queue the exposure, then send what
+    /// waited, an error if the answer is incomplete, the usage if asked for, and `[DONE]`.
+    fn end(&mut self, broken: Option<String>) {
+        self.ended = true;
+        self.record();
         self.out.extend(self.held.drain(..));
+        let finished = self.choices.values().filter(|s| s.finished).count();
+        let broken = broken.or_else(|| {
+            (finished < self.x.wants.choices)
+                .then(|| format!("the arm {:?} ended its answer before every choice finished", self.x.tag.arm))
+        });
+        if let Some(why) = broken {
+            self.out.push_back(event(&ApiError::bad_gateway(why).body().to_string()));
+        }
         if self.x.wants.usage
             && let Some(usage) = &self.usage
         {
@@ -311,26 +367,48 @@ impl Relay {
         self.out.push_back(event("[DONE]"));
     }
 
-    /// The complete events in the buffer, in order.
-    fn events(&mut self) -> Vec<String> {
+    /// The complete events in the buffer, in order: `Some(data)`, or `None` for an event of
+    /// comments only (a keep-alive).
+    fn events(&mut self, at_end: bool) -> Vec<Option<String>> {
         let mut found = Vec::new();
         loop {
-            let text = &self.buf;
-            let cut = text.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-            let cut = cut.or_else(|| text.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4)));
-            let Some((at, len)) = cut else { break };
-            let raw: Vec<u8> = self.buf.drain(..at + len).collect();
-            let data: Vec<&str> = std::str::from_utf8(&raw)
-                .unwrap_or_default()
+            let cut = self.buf.windows(2).position(|w| w == b"\n\n");
+            let raw: Vec<u8> = match cut {
+                Some(at) => self.buf.drain(..at + 2).collect(),
+                // A last event without its blank line still counts when the stream ends.
+                None if at_end && !self.buf.iter().all(u8::is_ascii_whitespace) => std::mem::take(&mut self.buf),
+                None => break,
+            };
+            let text = String::from_utf8_lossy(&raw);
+            let data: Vec<&str> = text
                 .lines()
                 .filter_map(|l| l.strip_prefix("data:"))
                 .map(|d| d.strip_prefix(' ').unwrap_or(d))
                 .collect();
             if !data.is_empty() {
-                found.push(data.join("\n"));
+                found.push(Some(data.join("\n")));
+            } else if text.lines().any(|l| l.starts_with(':')) {
+                found.push(None);
             }
         }
         found
+    }
+
+    /// Takes buffered events until the answer is done.
+    fn drain(&mut self, at_end: bool) {
+        for e in self.events(at_end) {
+            match e {
+                Some(data) if self.take(&data) => {
+                    self.end(None);
+                    return;
+                }
+                Some(_) => {}
+                None => self.out.push_back(Bytes::from_static(b": keep-alive\n\n")),
+            }
+        }
+        if at_end {
+            self.end(None);
+        }
     }
 
     async fn next(&mut self) -> Option<Bytes> {
@@ -343,23 +421,21 @@ impl Relay {
             }
             match self.upstream.next().await {
                 Some(Ok(bytes)) => {
-                    self.buf.extend_from_slice(&bytes);
-                    for data in self.events() {
-                        if self.take(&data) {
-                            self.end();
-                            break;
-                        }
-                    }
+                    // Line ends as LF only (a raw CR cannot occur inside JSON data).
+                    self.buf.extend(bytes.iter().filter(|&&b| b != b'\r'));
+                    self.drain(false);
                 }
-                Some(Err(e)) => {
-                    let err = ApiError::bad_gateway(format!("the arm {:?} broke off its answer: {e}", self.x.tag.arm));
-                    self.out.push_back(event(&err.body().to_string()));
-                    self.ended = true;
-                    self.out.push_back(event("[DONE]"));
-                }
-                None => self.end(),
+                Some(Err(e)) => self.end(Some(format!("the arm {:?} broke off its answer: {e}", self.x.tag.arm))),
+                None => self.drain(true),
             }
         }
+    }
+}
+
+impl Drop for Relay {
+    /// A client that went away mid-answer: its exposure is still kept.
+    fn drop(&mut self) {
+        self.record();
     }
 }
 
@@ -376,6 +452,7 @@ fn relay(x: Exchange, upstream: impl Stream<Item = reqwest::Result<Bytes>> + Sen
         first_confidence: None,
         usage: None,
         ended: false,
+        exposed: false,
     };
     let body = futures::stream::unfold(r, |mut r| async move { r.next().await.map(|b| (Ok::<_, Infallible>(b), r)) });
     Response::builder()

@@ -148,6 +148,8 @@ impl Server {
             .expect("an HTTP client");
         let upstream = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // No byte from an upstream for this long: it hangs (streams send every token).
+            .read_timeout(Duration::from_secs(600))
             .tcp_nodelay(true)
             .pool_max_idle_per_host(256)
             .build()

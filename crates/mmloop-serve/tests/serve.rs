@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine as _;
+use futures::StreamExt;
 use mmloop_engine::embedded::{EmbeddedBackend, EmbeddedOptions};
 use mmloop_engine::{Backend, GenOverrides, GenParams, GenRequest, InputImage, Prompt, RuleSet, RulesConfig};
 use mmloop_serve::{ServeConfig, Server};
@@ -667,4 +668,133 @@ async fn feedback_right_after_an_answer_finds_it_on_a_slow_log() {
         log.outcomes.lock().unwrap().as_slice(),
         [(r["id"].as_str().unwrap().to_string(), "reject".to_string())]
     );
+}
+
+/// An upstream that misbehaves on purpose, one way per model name (the happy path is the real
+/// `mmloop serve` of the test above): what the gateway must not pass off as an answer.
+async fn odd_upstream() -> String {
+    use axum::response::IntoResponse;
+    async fn chat(axum::Json(b): axum::Json<Value>) -> axum::response::Response {
+        let sse = |body: &'static str| ([("content-type", "text/event-stream")], body).into_response();
+        match b["model"].as_str().unwrap_or_default() {
+            "not-a-completion" => axum::Json(json!([1, 2])).into_response(),
+            "error-with-200" => axum::Json(json!({"error": {"message": "overloaded"}})).into_response(),
+            "bad-key" => (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({"error": {"message": "bad key"}})))
+                .into_response(),
+            "bad-request" => (
+                axum::http::StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": {"message": "max_tokens is too large", "type": "BadRequestError"}})),
+            )
+                .into_response(),
+            // CRLF line ends, a keep-alive comment, usage on the last choice chunk, and no blank
+            // line after [DONE].
+            "crlf" => sse(concat!(
+                ": ping\r\n\r\n",
+                "data: {\"id\":\"u1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\r\n\r\n",
+                "data: {\"id\":\"u1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"red\"},\"logprobs\":{\"content\":[{\"token\":\"red\",\"logprob\":-0.1,\"top_logprobs\":[{\"token\":\"red\",\"logprob\":-0.1},{\"token\":\"blue\",\"logprob\":-2.5}]}]},\"finish_reason\":null}]}\r\n\r\n",
+                "data: {\"id\":\"u1\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":1,\"total_tokens\":8}}\r\n\r\n",
+                "data: [DONE]"
+            )),
+            // The answer stops mid-way.
+            "broken" => sse(
+                "data: {\"id\":\"u2\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"re\"},\"logprobs\":{\"content\":[{\"token\":\"re\",\"logprob\":-0.2}]},\"finish_reason\":null}]}\n\n",
+            ),
+            // One token, then a pause the client does not wait out.
+            "slow" => {
+                let first = "data: {\"id\":\"u3\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"re\"},\"logprobs\":{\"content\":[{\"token\":\"re\",\"logprob\":-0.2}]},\"finish_reason\":null}]}\n\n";
+                let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(first.to_string())]).chain(
+                    futures::stream::once(async {
+                        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+                        Ok(": still here\n\n".to_string())
+                    }),
+                );
+                ([("content-type", "text/event-stream")], axum::body::Body::from_stream(body)).into_response()
+            }
+            // A whole answer where a stream was asked for.
+            _ => axum::Json(json!({"choices": [{"index": 0, "message": {"content": "x"}, "finish_reason": "stop"}]}))
+                .into_response(),
+        }
+    }
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(chat));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/chat/completions", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+async fn gateway_to(chat_url: &str, model: &str, log: Arc<MemoryLog>) -> Running {
+    let up = mmloop_serve::Upstream { chat_url: chat_url.into(), model: model.into(), api_key: None };
+    start_with(None, move |c| {
+        c.ab = Some(mmloop_serve::AbConfig {
+            name: "exp".into(),
+            seed: "exp".into(),
+            arms: vec![mmloop_serve::Arm { name: "only".into(), target: mmloop_serve::ArmTarget::Upstream(up) }],
+            weights: vec![1.0],
+            log,
+        });
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_tells_upstream_faults_from_the_clients_and_relays_odd_streams() {
+    let url = odd_upstream().await;
+    let ask = json!({"model": "exp", "messages": [{"role": "user", "content": "What colour?"}], "user": "u"});
+    for (model, want) in [("not-a-completion", 502), ("error-with-200", 502), ("bad-key", 502), ("bad-request", 400)] {
+        let log = Arc::new(MemoryLog::default());
+        let g = gateway_to(&url, model, log.clone()).await;
+        let (status, e) = g.post("/v1/chat/completions", &ask).await;
+        assert_eq!(status, want, "{model}: {e}");
+        let message = e["error"]["message"].as_str().unwrap();
+        if want == 502 {
+            assert_eq!(e["error"]["type"], "BadGatewayError", "{e}");
+            assert!(message.contains("\"only\""), "names the arm: {message}");
+        } else {
+            assert_eq!(message, "max_tokens is too large", "the upstream's words");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(log.exposures.lock().unwrap().is_empty(), "{model}: no answer, no exposure");
+    }
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    // A whole answer to a streamed request is not relayed as a stream.
+    let log = Arc::new(MemoryLog::default());
+    let g = gateway_to(&url, "whole-for-stream", log.clone()).await;
+    assert_eq!(g.post("/v1/chat/completions", &streamed).await.0, 502);
+
+    // CRLF, a keep-alive, usage on the last choice chunk, no blank line at the end.
+    let log = Arc::new(MemoryLog::default());
+    let g = gateway_to(&url, "crlf", log.clone()).await;
+    let r = g.http.post(format!("{}/v1/chat/completions", g.url)).json(&streamed).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    assert!(text.contains(": keep-alive"), "{text}");
+    let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(content, "red");
+    let ext = chunks.iter().find_map(|c| c["choices"][0].get("mmloop")).expect("scored");
+    assert!((ext["confidence"].as_f64().unwrap() - (-0.1f64).exp()).abs() < 1e-9, "{ext}");
+    assert!(chunks.iter().all(|c| c["choices"][0]["logprobs"].is_null()), "not asked for");
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()), "not asked for");
+    let x = log.wait(1).await.remove(0);
+    assert_eq!((x.prompt_tokens, x.completion_tokens), (7, 1), "usage read from a choice chunk");
+
+    // Broken off: the client is told, and the exposure is kept with what was sent.
+    let log = Arc::new(MemoryLog::default());
+    let g = gateway_to(&url, "broken", log.clone()).await;
+    let lines = g.stream(&streamed).await;
+    assert_eq!(lines.last().map(String::as_str), Some("[DONE]"));
+    let err: Value = serde_json::from_str(&lines[lines.len() - 2]).unwrap();
+    assert_eq!(err["error"]["type"], "BadGatewayError", "{err}");
+    assert_eq!(log.wait(1).await[0].completion_tokens, 1);
+
+    // A client that goes away mid-answer: the exposure is kept all the same.
+    let log = Arc::new(MemoryLog::default());
+    let g = gateway_to(&url, "slow", log.clone()).await;
+    let mut r = g.http.post(format!("{}/v1/chat/completions", g.url)).json(&streamed).send().await.unwrap();
+    assert!(r.chunk().await.unwrap().is_some());
+    drop(r);
+    let x = log.wait(1).await.remove(0);
+    assert_eq!(x.completion_tokens, 1, "what was sent before the client left");
 }

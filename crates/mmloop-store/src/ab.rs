@@ -342,7 +342,7 @@ impl Store {
 
     /// Each user with an outcome (a request without a user is its own) per arm, as
     /// [`Store::ab_summary`] counts them: the arm (index) and the user's mean outcome, in the
-    /// order of their first outcome.
+    /// order their outcomes came (by the earliest of their requests' latest outcomes).
     async fn ab_units(&self, e: &Experiment) -> Result<Vec<(usize, f64)>, StoreError> {
         let (name, arms) = (e.name.clone(), e.arms.iter().map(|a| a.name.clone()).collect::<Vec<_>>());
         self.db()
@@ -379,6 +379,9 @@ impl Store {
         let Some(e) = self.ab_experiment(name).await? else {
             return Err(StoreError::NotFound(format!("no experiment {name:?}")));
         };
+        if e.arms.len() < 2 {
+            return Err(StoreError::Config(format!("experiment {name:?} has fewer than two arms")));
+        }
         let arms = self.ab_summary(name).await?;
         let units = self.ab_units(&e).await?;
         // Users are assigned, so users are counted and compared.
