@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::values::{CONFIDENCES, DEVICES, DTYPES, EVAL_TASKS, FORMATS, P_VALUES, SCORES, TASKS, VQA_VARIANTS, one_of};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "mmloop",
@@ -73,7 +75,7 @@ pub struct AuditSampleArgs {
     #[arg(long)]
     pub size: Option<usize>,
     /// Draw only items of this task (vqa or caption).
-    #[arg(long)]
+    #[arg(long, value_parser = one_of::<mmloop_core::Task>(TASKS))]
     pub task: Option<String>,
     /// The generator's seed (default: from the clock; recorded with the sample).
     #[arg(long)]
@@ -122,7 +124,7 @@ pub struct RouteArgs {
     pub delta: f64,
     /// The score thresholded: the model's confidence, or a score calibrated on part of the
     /// audit sample (confidence, flags, answer length) and certified on the rest.
-    #[arg(long, default_value = "confidence")]
+    #[arg(long, default_value = "confidence", value_parser = one_of::<mmloop_store::route_plan::ScoreKind>(SCORES))]
     pub score: String,
     /// One threshold per question type (VQAv2's question_type) within each task.
     #[arg(long)]
@@ -138,7 +140,7 @@ pub struct RouteArgs {
     pub sample: Vec<i64>,
     /// No threshold with fewer audited answers above it is certified.
     /// How each threshold's p-value is computed: binomial tail or hb (Hoeffding–Bentkus).
-    #[arg(long, default_value = "binomial")]
+    #[arg(long, default_value = "binomial", value_parser = one_of::<mmloop_metrics::selective::PValue>(P_VALUES))]
     pub p_value: String,
     #[arg(long, default_value_t = 30)]
     pub min_n: usize,
@@ -156,7 +158,7 @@ pub struct RouteThresholdArgs {
     #[arg(long, default_value_t = 0.1)]
     pub delta: f64,
     /// p-values: binomial (exact) or hb (Hoeffding–Bentkus).
-    #[arg(long, default_value = "binomial")]
+    #[arg(long, default_value = "binomial", value_parser = one_of::<mmloop_metrics::selective::PValue>(P_VALUES))]
     pub p_value: String,
     /// Start the walk where this many errors could pass (default: from the sample size;
     /// 0 is the textbook start).
@@ -189,9 +191,9 @@ pub struct ServeArgs {
     /// The base model's name in /v1/models and requests (default: --model as given).
     #[arg(long, alias = "served_model_name")]
     pub served_model_name: Option<String>,
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_parser = one_of::<mmloop_engine::embedded::Device>(DEVICES))]
     pub device: String,
-    #[arg(long, alias = "torch_dtype", default_value = "auto")]
+    #[arg(long, alias = "torch_dtype", default_value = "auto", value_parser = one_of::<mmloop_engine::embedded::Dtype>(DTYPES))]
     pub dtype: String,
     #[arg(long, alias = "isq", alias = "quant_method", value_name = "TYPE")]
     pub quant: Option<String>,
@@ -290,7 +292,7 @@ pub struct ImportArgs {
     pub file: PathBuf,
     /// The format, when detection guesses wrong: swift, llava, sharegpt, coco, vqav2,
     /// textvqa, labelstudio, parquet, jsonl, csv, folder.
-    #[arg(long, short)]
+    #[arg(long, short, value_parser = one_of::<mmloop_formats::Format>(FORMATS))]
     pub format: Option<String>,
     /// Where relative image paths resolve (default: the dataset file's folder).
     #[arg(long, alias = "image-folder", alias = "image_folder", alias = "images_dir")]
@@ -299,7 +301,7 @@ pub struct ImportArgs {
     #[arg(long)]
     pub annotations: Option<PathBuf>,
     /// The task of the items, for formats that do not say (default: vqa).
-    #[arg(long)]
+    #[arg(long, value_parser = one_of::<mmloop_core::Task>(TASKS))]
     pub task: Option<String>,
     /// Image folders: the question every image is asked (VQA).
     #[arg(long)]
@@ -376,7 +378,7 @@ pub struct DiffArgs {
 pub struct ExportArgs {
     pub project: PathBuf,
     /// swift, llava, sharegpt, coco, vqav2, textvqa, labelstudio, parquet, jsonl, csv.
-    #[arg(long, short)]
+    #[arg(long, short, value_parser = one_of::<mmloop_formats::Format>(FORMATS))]
     pub format: String,
     /// The output file (a folder for vqav2).
     #[arg(long, short, alias = "output_dir", alias = "output-dir")]
@@ -389,7 +391,7 @@ pub struct ExportArgs {
     #[arg(long)]
     pub split: Option<String>,
     /// Only this task (vqa or caption).
-    #[arg(long)]
+    #[arg(long, value_parser = one_of::<mmloop_core::Task>(TASKS))]
     pub task: Option<String>,
     /// Also items without a trusted label (pending, skipped).
     #[arg(long)]
@@ -561,13 +563,13 @@ pub struct InferArgs {
     #[arg(long, alias = "val_dataset", alias = "val-dataset", value_name = "FILE")]
     pub dataset: Option<PathBuf>,
     /// The dataset's format, when detection guesses wrong.
-    #[arg(long, short)]
+    #[arg(long, short, value_parser = one_of::<mmloop_formats::Format>(FORMATS))]
     pub format: Option<String>,
     /// Where the dataset's relative image paths resolve (default: its folder).
     #[arg(long, alias = "images_dir", alias = "image-folder", alias = "image_folder")]
     pub images_dir: Option<PathBuf>,
     /// vqa or caption (file mode; captions are not held to question-format rules).
-    #[arg(long)]
+    #[arg(long, value_parser = one_of::<mmloop_core::Task>(TASKS))]
     pub task: Option<String>,
     /// File mode: the JSONL file to write. An existing file is completed: questions it
     /// already answers are skipped.
@@ -618,14 +620,14 @@ pub struct InferArgs {
     pub sample_temperature: f64,
     /// Which number is the confidence: auto (agreement with --samples, else sequence),
     /// sequence, min-token, margin, agreement.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = one_of::<mmloop_engine::ConfidenceSource>(CONFIDENCES))]
     pub confidence: String,
 
     /// cpu, cuda or metal (embedded engine; cuda/metal need a build with that feature).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_parser = one_of::<mmloop_engine::embedded::Device>(DEVICES))]
     pub device: String,
     /// auto (f32 on CPU, the GPU's best otherwise), f32, bf16 or f16 (embedded engine).
-    #[arg(long, alias = "torch_dtype", default_value = "auto")]
+    #[arg(long, alias = "torch_dtype", default_value = "auto", value_parser = one_of::<mmloop_engine::embedded::Dtype>(DTYPES))]
     pub dtype: String,
     /// Quantize the language model's linear layers at load (embedded engine): q8_0 or q4k.
     #[arg(long, alias = "isq", alias = "quant_method", value_name = "TYPE")]
@@ -692,11 +694,11 @@ pub struct EvalArgs {
     #[arg(long, short)]
     pub metrics: Option<String>,
     /// Force the task instead of telling it from the references: vqa, caption, choice, mme.
-    #[arg(long)]
+    #[arg(long, value_parser = one_of::<mmloop_eval::EvalTask>(EVAL_TASKS))]
     pub task: Option<String>,
     /// VQA accuracy as: official (GT-Vision-Lab vqaEval.py), lmms-eval, lmms-eval-textvqa,
     /// vlmevalkit.
-    #[arg(long, default_value = "official")]
+    #[arg(long, default_value = "official", value_parser = one_of::<mmloop_metrics::vqa::VqaVariant>(VQA_VARIANTS))]
     pub vqa_variant: String,
     /// Score what matches and list the ids missing on either side instead of failing
     /// (empty answers are always scored as given, with a warning).

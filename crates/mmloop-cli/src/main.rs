@@ -12,6 +12,7 @@ mod review_cmd;
 mod route_cmd;
 mod serve_cmd;
 mod ui;
+mod values;
 mod versions_cmd;
 
 use clap::Parser;

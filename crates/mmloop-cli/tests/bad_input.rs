@@ -227,3 +227,29 @@ fn reimporting_the_same_file_changes_nothing() {
     assert_eq!(json(&["stats", &c.project])["items"], 2);
     ok(&["audit", "verify", &c.project]);
 }
+
+/// Flags with a fixed set of values list them in `--help`, refuse others when the command
+/// line is read (nothing runs), and still take the aliases their types know.
+#[test]
+fn fixed_value_flags_list_their_values_and_refuse_others_up_front() {
+    for (args, values) in [
+        (&["import", "--help"][..], "[possible values: swift, llava, sharegpt, coco, vqav2, textvqa,"),
+        (&["infer", "--help"][..], "[possible values: cpu, cuda, metal]"),
+        (&["serve", "--help"][..], "[possible values: auto, f32, bf16, f16]"),
+        (&["eval", "--help"][..], "[possible values: official, lmms-eval, lmms-eval-textvqa, vlmevalkit]"),
+        (&["route", "--help"][..], "[possible values: confidence, calibrated]"),
+    ] {
+        // Wrapped to the terminal: compared with the line breaks taken out.
+        let help = ok(args).split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(help.contains(values), "{args:?} lists {values}:\n{help}");
+    }
+    let c = setup();
+    let bad = fails(&["import", &c.project, "nowhere.jsonl", "--format", "yaml"]);
+    assert!(bad.contains("--format \"yaml\"") && bad.contains("swift, llava"), "{bad}");
+    let bad = fails(&["export", &c.project, "--format", "swift", "-o", "x.jsonl", "--task", "qa"]);
+    assert!(bad.contains("--task \"qa\"") && bad.contains("vqa, caption"), "{bad}");
+    // An alias the format knows passes the command line (and fails later, on the missing file).
+    let later = fails(&["import", &c.project, "nowhere.jsonl", "--format", "ms-swift"]);
+    assert!(!later.contains("--format"), "{later}");
+    assert!(later.contains("nowhere.jsonl"), "{later}");
+}
