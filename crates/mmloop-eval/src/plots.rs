@@ -265,7 +265,7 @@ pub(crate) fn comparison(rows: &[CompareRow], level: f64) -> Result<String, Stri
             .y_label_area_size(110)
             .build_cartesian_2d(-span..span, (0..n).into_segmented())
             .map_err(e)?;
-        let names: Vec<String> = rows.iter().map(|r| r.metric.clone()).collect();
+        let names: Vec<String> = rows.iter().map(|r| r.metric.to_string()).collect();
         chart
             .configure_mesh()
             .disable_y_mesh()
@@ -288,7 +288,7 @@ pub(crate) fn comparison(rows: &[CompareRow], level: f64) -> Result<String, Stri
             .map_err(e)?;
         for (i, r) in rows.iter().enumerate() {
             // Brier and ECE are better when lower.
-            let flip = matches!(r.metric.as_str(), "brier" | "ece");
+            let flip = r.metric.lower_is_better();
             let color = match (r.ci_low > 0.0, r.ci_high < 0.0) {
                 (true, _) if flip => RED,
                 (true, _) => GREEN,

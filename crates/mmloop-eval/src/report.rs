@@ -11,7 +11,7 @@ use base64::Engine;
 use mmloop_core::ImageSource;
 
 use crate::error::EvalError;
-use crate::evaluate::{Evaluation, MetricResult};
+use crate::evaluate::{Evaluation, Metric, MetricResult};
 use crate::plots;
 
 /// Options for `report.html`.
@@ -84,14 +84,14 @@ pub fn terminal_table(ev: &Evaluation) -> String {
     let mut rows: Vec<[String; 3]> = Vec::new();
     for m in &ev.metrics {
         let reference = m.short_reference().to_string();
-        if m.name == "bleu" {
+        if m.metric == Metric::Bleu {
             for p in &m.parts {
                 rows.push([p.name.clone(), format_number(p.value, m.unit), reference.clone()]);
             }
             continue;
         }
-        rows.push([m.name.to_string(), format!("{}{}", format_value(m), unit_suffix(m.unit)), reference]);
-        if m.name == "mme" {
+        rows.push([m.metric.to_string(), format!("{}{}", format_value(m), unit_suffix(m.unit)), reference]);
+        if m.metric == Metric::Mme {
             for p in &m.parts {
                 rows.push([format!("  {}", p.name), format_number(p.value, m.unit), String::new()]);
             }
@@ -134,7 +134,7 @@ pub fn terminal_table(ev: &Evaluation) -> String {
             ev.predictions.file, c.predictions_b.file, c.items, c.resamples, c.seed
         );
         let level = format!("{:.0}% CI", (1.0 - c.alpha) * 100.0);
-        let w0 = c.rows.iter().map(|r| r.metric.len()).max().unwrap_or(6).max(6);
+        let w0 = c.rows.iter().map(|r| r.metric.name().len()).max().unwrap_or(6).max(6);
         let _ = writeln!(out, "{:<w0$}  {:>8}  {:>8}  {:>8}  {:>21}  {:>6}", "metric", "A", "B", "A-B", level, "p");
         for r in &c.rows {
             let mcnemar = r.mcnemar.map_or(String::new(), |m| {
@@ -220,7 +220,7 @@ pub fn html(ev: &Evaluation, opts: &ReportOptions) -> String {
             h,
             "<div class=\"card\" title=\"{}\"><div class=\"name\">{}</div><div class=\"value\">{}<span class=\"unit\">{}</span></div><div class=\"parts\">{}</div></div>",
             escape(&m.reference),
-            escape(m.name),
+            escape(m.metric.name()),
             format_value(m),
             escape(unit_suffix(m.unit)),
             parts.join(" · ")
@@ -231,12 +231,17 @@ pub fn html(ev: &Evaluation, opts: &ReportOptions) -> String {
             h,
             "<div class=\"card na\" title=\"{}\"><div class=\"name\">{}</div><div class=\"value\">unavailable</div><div class=\"parts\">see the note below</div></div>",
             escape(&u.reason),
-            escape(u.metric)
+            escape(u.metric.name())
         );
     }
     h.push_str("</div>\n");
     for u in &ev.unavailable {
-        let _ = writeln!(h, "<p class=\"note\"><b>{}</b> is unavailable: {}</p>", escape(u.metric), escape(&u.reason));
+        let _ = writeln!(
+            h,
+            "<p class=\"note\"><b>{}</b> is unavailable: {}</p>",
+            escape(u.metric.name()),
+            escape(&u.reason)
+        );
     }
     for n in &ev.notes {
         let _ = writeln!(h, "<p class=\"note\">{}</p>", escape(n));
@@ -277,7 +282,7 @@ pub fn html(ev: &Evaluation, opts: &ReportOptions) -> String {
         );
         for r in &c.rows {
             // Brier and ECE are better when lower.
-            let lower_better = matches!(r.metric.as_str(), "brier" | "ece");
+            let lower_better = r.metric.lower_is_better();
             let class = match (r.ci_low > 0.0, r.ci_high < 0.0) {
                 (true, _) => {
                     if lower_better {
@@ -298,7 +303,7 @@ pub fn html(ev: &Evaluation, opts: &ReportOptions) -> String {
             let _ = writeln!(
                 h,
                 "<tr><td>{}</td><td class=\"num\">{:.4}</td><td class=\"num\">{:.4}</td><td class=\"num {class}\">{:+.4}</td><td class=\"num\">[{:+.4}, {:+.4}]</td><td class=\"num\">{:.3}</td></tr>",
-                escape(&r.metric),
+                escape(r.metric.name()),
                 r.mean_a,
                 r.mean_b,
                 r.delta,
@@ -325,11 +330,11 @@ pub fn html(ev: &Evaluation, opts: &ReportOptions) -> String {
             gs.sort_by(|a, b| a.1.total_cmp(&b.1));
             let max = match m.unit {
                 "percent" => 100.0,
-                _ if m.name == "mme" => 200.0,
+                _ if m.metric == Metric::Mme => 200.0,
                 _ => gs.iter().map(|g| g.1).fold(1.0, f64::max),
             };
-            let title = format!("{} per {}", m.name, kind.replace('_', " "));
-            breakdowns.push_str(&plot_html(plots::bars(&title, &gs, max, m.name)));
+            let title = format!("{} per {}", m.metric, kind.replace('_', " "));
+            breakdowns.push_str(&plot_html(plots::bars(&title, &gs, max, m.metric.name())));
         }
     }
     if !breakdowns.is_empty() {
@@ -357,14 +362,14 @@ pub fn html(ev: &Evaluation, opts: &ReportOptions) -> String {
     let primary = crate::evaluate::primary_metric(&ev.metrics);
     if let Some(p) = primary {
         h.push_str("<h2>Per-item scores</h2>\n<div class=\"plots\">");
-        h.push_str(&plot_html(plots::distribution(p.name, &p.per_item)));
+        h.push_str(&plot_html(plots::distribution(p.metric.name(), &p.per_item)));
         h.push_str("</div>\n");
         worst_items(&mut h, ev, p, opts);
     }
 
     h.push_str("<footer><p>Reference implementations reproduced:</p><ul>\n");
     for m in &ev.metrics {
-        let _ = writeln!(h, "<li><b>{}</b>: {}</li>", escape(m.name), escape(&m.reference));
+        let _ = writeln!(h, "<li><b>{}</b>: {}</li>", escape(m.metric.name()), escape(&m.reference));
     }
     h.push_str(
         "</ul><p>All scores, per-item scores and missing ids are in metrics.json beside this file.</p></footer>\n",
@@ -396,11 +401,11 @@ fn push_plot(h: &mut String, svg: Result<String, String>) {
 
 fn worst_items(h: &mut String, ev: &Evaluation, primary: &MetricResult, opts: &ReportOptions) {
     let order: Vec<&(usize, crate::Reference)> = ev.worst_refs.iter().take(opts.worst).collect();
-    let _ = writeln!(h, "<h2>Lowest {} ({} items)</h2>", escape(primary.name), order.len());
+    let _ = writeln!(h, "<h2>Lowest {} ({} items)</h2>", escape(primary.metric.name()), order.len());
     let other: Vec<&MetricResult> = ev.metrics.iter().filter(|m| !m.per_item.is_empty()).collect();
     h.push_str("<table><tr><th>image</th><th>question / prediction / references</th>");
     for m in &other {
-        let _ = write!(h, "<th>{}</th>", escape(m.name));
+        let _ = write!(h, "<th>{}</th>", escape(m.metric.name()));
     }
     h.push_str("</tr>\n");
     for &(i, ref r) in order {

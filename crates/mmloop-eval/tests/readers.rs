@@ -87,7 +87,7 @@ fn vqa_results_against_vqav2_questions_and_annotations() {
     let p = read_predictions(&preds).unwrap();
     assert_eq!(p.format, "vqa-results");
     let ev = evaluate(&p, &r, None, &EvalOptions::default()).unwrap();
-    let acc = ev.metrics.iter().find(|m| m.name == "vqa_acc").unwrap();
+    let acc = ev.metrics.iter().find(|m| m.metric.name() == "vqa_acc").unwrap();
     assert_eq!(acc.value, 50.0);
     assert!(acc.groups.iter().any(|g| g.kind == "answer_type" && g.name == "number" && g.value == 0.0));
 }
@@ -185,7 +185,7 @@ fn multiple_choice_tables_and_rows() {
     assert_eq!(refs.task, EvalTask::Choice);
     assert_eq!(refs.items[0].choices, [('A', "left".to_string()), ('B', "right".to_string())]);
     let ev = evaluate(&p, &refs, None, &EvalOptions::default()).unwrap();
-    let names: Vec<&str> = ev.metrics.iter().map(|m| m.name).collect();
+    let names: Vec<&str> = ev.metrics.iter().map(|m| m.metric.name()).collect();
     assert_eq!(names, ["mc_acc", "mmbench"]);
     assert_eq!(ev.metrics[1].value, 1.0);
 
@@ -208,7 +208,7 @@ fn mme_result_files() {
     let refs = p.inline_references().unwrap();
     let ev = evaluate(&p, &refs, None, &EvalOptions::default()).unwrap();
     let mme = &ev.metrics[0];
-    assert_eq!(mme.name, "mme");
+    assert_eq!(mme.metric.name(), "mme");
     // existence: acc 0.5, acc+ 0 -> 50; count: acc 0.5, acc+ 0 -> 50.
     assert_eq!(mme.parts[0].value, 100.0);
     let bad = write(d.path(), "color.txt", "c.jpg\tRed?\tYes\n");
@@ -231,7 +231,7 @@ fn plain_reference_rows() {
     let p = read_predictions(&p).unwrap();
     let ev = evaluate(&p, &r, None, &EvalOptions::default()).unwrap();
     // One answer per question: VQA accuracy would always be 0, so the default skips it.
-    let names: Vec<&str> = ev.metrics.iter().map(|m| m.name).collect();
+    let names: Vec<&str> = ev.metrics.iter().map(|m| m.metric.name()).collect();
     assert_eq!(names, ["exact_match", "f1", "anls"]);
     assert_eq!(ev.metrics[0].value, 50.0);
 }
@@ -373,8 +373,8 @@ fn meteor_without_the_jar_is_unavailable_not_replaced() {
         ..Default::default()
     };
     let ev = evaluate(&read_predictions(&p).unwrap(), &refs, None, &opts).unwrap();
-    assert!(ev.metrics.iter().all(|m| m.name != "meteor"));
+    assert!(ev.metrics.iter().all(|m| m.metric.name() != "meteor"));
     let u = &ev.unavailable[0];
-    assert_eq!(u.metric, "meteor");
+    assert_eq!(u.metric.name(), "meteor");
     assert!(u.reason.contains("pip install pycocoevalcap==1.2") && !u.reason.contains('\n'), "{}", u.reason);
 }
