@@ -8,7 +8,9 @@ pub mod hash;
 pub mod model;
 pub mod record;
 pub mod redact;
+pub mod risk;
 
 pub use hash::{Digest, ItemContent, LabelContent, canonical_json, row_digest, version_digest};
 pub use model::{Answer, HumanAnswer, LabelStatus, Message, ParseEnumError, Prediction, Task};
 pub use record::{ImageInfo, ImageSource, Location, Record, RecordError};
+pub use risk::RiskFlag;

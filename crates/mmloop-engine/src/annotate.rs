@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::backend::{Backend, GenRequest, Generation, Prompt};
 use crate::confidence::{self, ConfidenceDetail};
 use crate::params::{DEFAULT_SAMPLE_TEMPERATURE, GenParams};
-use crate::rules::{Flag, RuleInput, RuleSet};
+use crate::rules::{RiskFlag, RuleInput, RuleSet};
 use crate::{EngineError, Result};
 
 /// Which number becomes a candidate's `confidence`.
@@ -92,7 +92,7 @@ pub struct Annotation {
     pub answer: String,
     pub confidence: Option<f64>,
     pub detail: Option<ConfidenceDetail>,
-    pub flags: Vec<Flag>,
+    pub flags: Vec<RiskFlag>,
     /// OpenAI shape: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
     pub logprobs: Option<Value>,
     pub finish_reason: String,

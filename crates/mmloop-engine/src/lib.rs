@@ -28,7 +28,7 @@ pub use annotate::{Annotation, Annotator, AnnotatorOptions, ConfidenceSource, Jo
 pub use backend::{Backend, BackendInfo, GenRequest, Generation, InputImage, Prompt, TokenLogprob, TopLogprob, Turn};
 pub use confidence::{Confidence, ConfidenceDetail};
 pub use params::{GenOverrides, GenParams, GenerationDefaults};
-pub use rules::{Flag, RuleInput, RuleSet, RulesConfig};
+pub use rules::{RiskFlag, RuleInput, RuleSet, RulesConfig};
 
 /// What went wrong while answering. Messages say what to do next where a user can act.
 #[derive(Debug, thiserror::Error)]

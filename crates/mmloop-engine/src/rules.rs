@@ -25,17 +25,9 @@
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::{EngineError, Result};
+pub use mmloop_core::RiskFlag;
 
-/// A risk flag on a candidate.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Flag {
-    pub flag: String,
-    pub why: String,
-    /// The answer's characters `[start, end)` that triggered it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub span: Option<[usize; 2]>,
-}
+use crate::{EngineError, Result};
 
 const HEDGING_EN: &[&str] = &[
     "maybe",
@@ -418,13 +410,13 @@ impl RuleSet {
     }
 
     /// The flags `input` raises, in a stable order.
-    pub fn evaluate(&self, input: &RuleInput) -> Vec<Flag> {
+    pub fn evaluate(&self, input: &RuleInput) -> Vec<RiskFlag> {
         let mut flags = Vec::new();
         let answer = input.answer;
         let folded: Vec<char> = answer.chars().map(fold).collect();
         let trimmed = answer.trim();
         if trimmed.is_empty() {
-            flags.push(Flag { flag: "empty".into(), why: "the answer is empty".into(), span: None });
+            flags.push(RiskFlag { flag: "empty".into(), why: "the answer is empty".into(), span: None });
         }
         let n = folded.len();
         let (limit, key) = if input.is_caption {
@@ -433,24 +425,28 @@ impl RuleSet {
             (self.config.max_answer_chars, "max_answer_chars")
         };
         if limit > 0 && n > limit {
-            flags.push(Flag {
+            flags.push(RiskFlag {
                 flag: "overlong".into(),
                 why: format!("{n} characters, more than {limit} ([rules] {key})"),
                 span: None,
             });
         }
         if input.finish_reason == Some("length") {
-            flags.push(Flag {
+            flags.push(RiskFlag {
                 flag: "truncated".into(),
                 why: "generation stopped at --max-new-tokens: the answer may be cut off".into(),
                 span: None,
             });
         }
         for (s, e, t) in find_terms(&folded, &self.refusals) {
-            flags.push(Flag { flag: "refusal".into(), why: format!("refusal: \"{}\"", t.text), span: Some([s, e]) });
+            flags.push(RiskFlag {
+                flag: "refusal".into(),
+                why: format!("refusal: \"{}\"", t.text),
+                span: Some([s, e]),
+            });
         }
         for (s, e, t) in find_terms(&folded, &self.hedging) {
-            flags.push(Flag {
+            flags.push(RiskFlag {
                 flag: "hedging".into(),
                 why: format!("hedging word \"{}\"", t.text),
                 span: Some([s, e]),
@@ -462,7 +458,7 @@ impl RuleSet {
         if let Some(c) = input.confidence
             && c < self.config.low_confidence
         {
-            flags.push(Flag {
+            flags.push(RiskFlag {
                 flag: "low_confidence".into(),
                 why: format!("confidence {c:.2} is below {:.2} ([rules] low_confidence)", self.config.low_confidence),
                 span: None,
@@ -471,7 +467,7 @@ impl RuleSet {
         if let Some(a) = input.agreement
             && a < self.config.low_agreement
         {
-            flags.push(Flag {
+            flags.push(RiskFlag {
                 flag: "low_agreement".into(),
                 why: format!(
                     "only {:.0}% of the samples agree (below {:.0}%, [rules] low_agreement)",
@@ -485,7 +481,7 @@ impl RuleSet {
         flags
     }
 
-    fn format_flags(&self, input: &RuleInput, flags: &mut Vec<Flag>) {
+    fn format_flags(&self, input: &RuleInput, flags: &mut Vec<RiskFlag>) {
         let answer = input.answer;
         let by_type = input.answer_type.map(|t| t.trim().to_lowercase());
         let yes_no = match by_type.as_deref() {
@@ -499,7 +495,11 @@ impl RuleSet {
         if let Some(why) = yes_no
             && !answers_yes_no(answer)
         {
-            flags.push(Flag { flag: "not_yes_no".into(), why: format!("{why}, the answer is neither"), span: None });
+            flags.push(RiskFlag {
+                flag: "not_yes_no".into(),
+                why: format!("{why}, the answer is neither"),
+                span: None,
+            });
         }
         let number = match by_type.as_deref() {
             Some("number") => Some("the dataset's answer type is number"),
@@ -512,7 +512,7 @@ impl RuleSet {
         if let Some(why) = number
             && !answers_number(answer)
         {
-            flags.push(Flag { flag: "not_number".into(), why: format!("{why}, the answer has none"), span: None });
+            flags.push(RiskFlag { flag: "not_number".into(), why: format!("{why}, the answer has none"), span: None });
         }
         for f in &self.formats {
             if !f.question.is_match(input.question) {
@@ -529,7 +529,7 @@ impl RuleSet {
                 }
             };
             if !ok {
-                flags.push(Flag {
+                flags.push(RiskFlag {
                     flag: "format".into(),
                     why: format!("questions matching /{}/ expect {expected}", f.source),
                     span: None,
@@ -547,7 +547,7 @@ mod tests {
         RuleSet::new(RulesConfig::default()).unwrap()
     }
 
-    fn names(flags: &[Flag]) -> Vec<&str> {
+    fn names(flags: &[RiskFlag]) -> Vec<&str> {
         flags.iter().map(|f| f.flag.as_str()).collect()
     }
 

@@ -149,35 +149,10 @@ pub struct Lease {
     pub until_ms: i64,
 }
 
-/// One risk flag a candidate raised: which rule, why, and where in the answer (a
-/// `[start, end)` range of characters) when the rule knows.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct RiskFlag {
-    pub flag: String,
-    pub why: Option<String>,
-    pub span: Option<[u64; 2]>,
-}
+pub use mmloop_core::RiskFlag;
 
 pub(crate) fn parse_flags(text: Option<String>) -> Vec<RiskFlag> {
-    let Some(Value::Array(items)) = text.and_then(|t| serde_json::from_str::<Value>(&t).ok()) else {
-        return Vec::new();
-    };
-    items
-        .into_iter()
-        .filter_map(|v| match v {
-            Value::String(flag) => Some(RiskFlag { flag, why: None, span: None }),
-            Value::Object(o) => {
-                let flag = o.get("flag")?.as_str()?.to_string();
-                let why = o.get("why").and_then(Value::as_str).map(String::from);
-                let span = o.get("span").and_then(Value::as_array).and_then(|s| match s.as_slice() {
-                    [a, b] => Some([a.as_u64()?, b.as_u64()?]).filter(|[a, b]| a <= b),
-                    _ => None,
-                });
-                Some(RiskFlag { flag, why, span })
-            }
-            _ => None,
-        })
-        .collect()
+    text.map(|t| RiskFlag::parse_list(&t)).unwrap_or_default()
 }
 
 /// A model's answer as a reviewer sees it.
@@ -783,9 +758,9 @@ mod tests {
         assert_eq!(
             f,
             vec![
-                RiskFlag { flag: "hedge".into(), why: Some("says maybe".into()), span: Some([4, 9]) },
-                RiskFlag { flag: "short".into(), why: None, span: None },
-                RiskFlag { flag: "x".into(), why: None, span: None },
+                RiskFlag { flag: "hedge".into(), why: "says maybe".into(), span: Some([4, 9]) },
+                RiskFlag { flag: "short".into(), why: String::new(), span: None },
+                RiskFlag { flag: "x".into(), why: String::new(), span: None },
             ]
         );
         assert!(parse_flags(Some("not json".into())).is_empty());
