@@ -292,7 +292,7 @@ fn candidate_of(item_id: i64, r: Result<Annotation, EngineError>) -> NewCandidat
                 v["prompt_tokens"] = a.prompt_tokens.into();
                 v
             }),
-            flags: Some(serde_json::to_value(&a.flags).expect("flags serialize")),
+            flags: Some(a.flags),
             logprobs: a.logprobs,
             error: None,
         },

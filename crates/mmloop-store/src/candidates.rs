@@ -5,7 +5,7 @@
 //! in flight. A candidate that failed (unreadable image, refused request) is stored with its
 //! error and is not retried unless asked.
 
-use mmloop_core::{Digest, Task, canonical_json};
+use mmloop_core::{Digest, RiskFlag, Task, canonical_json};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -34,8 +34,8 @@ pub struct NewCandidate {
     pub confidence: Option<f64>,
     /// JSON: the numbers behind the confidence.
     pub confidence_detail: Option<Value>,
-    /// JSON: `[{"flag", "why", "span"?}]`.
-    pub flags: Option<Value>,
+    /// `None` for a failed answer (stored as NULL); a list, maybe empty, otherwise.
+    pub flags: Option<Vec<RiskFlag>>,
     /// JSON: OpenAI's `{"content": [...]}`.
     pub logprobs: Option<Value>,
     pub error: Option<String>,
@@ -51,7 +51,7 @@ pub struct StoredCandidate {
     pub answer: Option<String>,
     pub confidence: Option<f64>,
     pub confidence_detail: Option<Value>,
-    pub flags: Option<Value>,
+    pub flags: Option<Vec<RiskFlag>>,
     pub logprobs: Option<Value>,
     pub error: Option<String>,
     pub created_at: String,
@@ -99,7 +99,7 @@ fn row_candidate(r: &rusqlite::Row) -> rusqlite::Result<StoredCandidate> {
         answer: r.get(4)?,
         confidence: r.get(5)?,
         confidence_detail: parse_json(r.get(6)?),
-        flags: parse_json(r.get(7)?),
+        flags: r.get::<_, Option<String>>(7)?.map(|t| RiskFlag::parse_list(&t)),
         logprobs: parse_json(r.get(8)?),
         error: r.get(9)?,
         created_at: r.get(10)?,
@@ -282,7 +282,8 @@ impl Store {
                         if !exists {
                             return Err(StoreError::ItemNotFound(r.item_id));
                         }
-                        let flags = json_text(&r.flags);
+                        let flags =
+                            r.flags.as_ref().map(|f| canonical_json(&serde_json::to_value(f).expect("flags serialize")));
                         st.execute(params![
                             r.item_id,
                             run_id,
