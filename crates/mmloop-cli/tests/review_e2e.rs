@@ -89,20 +89,24 @@ fn review_ten_items_with_the_keyboard_in_headless_chromium() {
         (7, "green", 0.83, "[]".into()),
         (8, "triangle", 0.91, "[]".into()),
     ];
-    for (item, answer, conf, flags) in &rows {
-        db.execute(
-            "INSERT INTO candidates (item_id, model, answer, confidence, flags, created_at)
-             VALUES (?1, 'qwen2.5-vl-3b', ?2, ?3, ?4, '2026-01-01T00:00:00Z')",
-            rusqlite::params![item, answer, conf, flags],
-        )
-        .unwrap();
-    }
+    let candidates: Vec<mmloop_store::NewCandidate> = rows
+        .iter()
+        .map(|(item, answer, conf, flags)| mmloop_store::NewCandidate {
+            item_id: *item,
+            answer: Some(answer.to_string()),
+            confidence: Some(*conf),
+            flags: Some(mmloop_core::RiskFlag::parse_list(flags)),
+            ..Default::default()
+        })
+        .collect();
     drop(db);
     // An online experiment with outcomes, for the experiments page; an arm named like markup.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use mmloop_store::ab::{Arm, Experiment, Exposure, OutcomeKind};
         let store = Store::open(std::path::Path::new(&project)).await.unwrap();
+        let model = "qwen2.5-vl-3b";
+        store.add_candidates(None, model, mmloop_core::Digest([0; 32]), "test", candidates).await.unwrap();
         let arms = vec![
             Arm { name: "base".into(), model: "smol".into() },
             Arm { name: "<img src=x onerror=alert(2)>".into(), model: "v3".into() },

@@ -63,15 +63,19 @@ async fn audit_then_route_auto_accepts_exports_and_undoes() {
     let err = fails(&["audit-sample", projs, "--size", "10"]);
     assert!(err.contains("mmloop infer"), "{err}");
     {
-        let db = rusqlite::Connection::open(proj.join(".mmloop/mmloop.db")).unwrap();
-        for i in 1..=400i64 {
-            db.execute(
-                "INSERT INTO candidates (item_id, model, answer, confidence, flags, created_at)
-                 VALUES (?1, 'm', 'blue', ?2, '[]', '2026-01-01T00:00:00Z')",
-                rusqlite::params![i, truth(i).0],
-            )
-            .unwrap();
-        }
+        // Model answers, as `mmloop infer` stores them.
+        let store = Store::open(&proj).await.unwrap();
+        let rows = (1..=400i64)
+            .map(|i| mmloop_store::NewCandidate {
+                item_id: i,
+                answer: Some("blue".into()),
+                confidence: Some(truth(i).0),
+                flags: Some(Vec::new()),
+                ..Default::default()
+            })
+            .collect();
+        store.add_candidates(None, "m", mmloop_core::Digest([0; 32]), "test", rows).await.unwrap();
+        store.close();
     }
     let s = json(&["audit-sample", projs, "--size", "250", "--seed", "9"]);
     assert_eq!((s["size"].as_u64(), s["pool"].as_u64(), s["seed"].as_u64()), (Some(250), Some(400), Some(9)));

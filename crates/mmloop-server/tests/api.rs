@@ -19,7 +19,7 @@ fn cfg() -> ServerConfig {
 }
 
 /// Candidates with spread-out confidences for every item: item i gets (i * 37 % 100) / 100.
-fn spread(p: &Project, n: i64) {
+async fn spread(p: &Project, n: i64) {
     let rows: Vec<_> = (1..=n)
         .map(|i| {
             let conf = ((i * 37) % 100) as f64 / 100.0;
@@ -29,14 +29,14 @@ fn spread(p: &Project, n: i64) {
         .collect::<Vec<_>>();
     let rows: Vec<(i64, &str, &str, Option<f64>, Value)> =
         rows.iter().map(|(i, m, a, c, f)| (*i, *m, *a, *c, f.clone())).collect();
-    p.candidates(&rows);
+    p.candidates(&rows).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_concurrent_reviewers_never_get_the_same_item() {
     let n = 240;
     let p = Project::new(n).await;
-    spread(&p, n as i64);
+    spread(&p, n as i64).await;
     let mut tokens = Vec::new();
     for r in 0..16 {
         let name = format!("r{r}");
@@ -103,7 +103,7 @@ async fn futures_join<F: std::future::Future<Output = T> + Send + 'static, T: Se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_expire_renew_and_guard_saves() {
     let p = Project::new(6).await;
-    spread(&p, 6);
+    spread(&p, 6).await;
     for u in ["ann", "bob", "cat"] {
         p.user(u, Role::Reviewer).await;
     }
@@ -148,7 +148,7 @@ async fn leases_expire_renew_and_guard_saves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_save_gets_409_with_the_current_label_and_writes_nothing() {
     let p = Project::new(3).await;
-    spread(&p, 3);
+    spread(&p, 3).await;
     p.user("ann", Role::Reviewer).await;
     p.user("bob", Role::Reviewer).await;
     let srv = Server::start(&p.store, cfg()).await;
@@ -191,7 +191,7 @@ async fn the_permission_matrix_every_route_every_role() {
     // can act on and must succeed (2xx), not merely avoid 401/403.
     let n_items = 400;
     let p = Project::new(n_items).await;
-    spread(&p, n_items as i64);
+    spread(&p, n_items as i64).await;
     for r in Role::ALL {
         p.user(r.as_str(), r).await;
     }
@@ -361,7 +361,7 @@ async fn the_permission_matrix_every_route_every_role() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_sessions_need_the_csrf_token_and_the_same_origin() {
     let p = Project::new(4).await;
-    spread(&p, 4);
+    spread(&p, 4).await;
     p.user("ann", Role::Reviewer).await;
     let srv = Server::start(&p.store, cfg()).await;
     let a = srv.login("ann").await;
@@ -553,7 +553,7 @@ async fn cookies_are_httponly_strict_and_secure_behind_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_a_4xx_with_a_json_message_never_a_500() {
     let p = Project::new(3).await;
-    spread(&p, 3);
+    spread(&p, 3).await;
     p.user("ann", Role::Admin).await;
     let srv = Server::start(&p.store, cfg()).await;
     let a = srv.login("ann").await;
@@ -751,7 +751,7 @@ async fn decisions_undo_and_history_are_audited_and_roles_hold() {
         },
     ];
     let p = Project::with(specs).await;
-    p.candidates(&[(2, "m1", "red", Some(0.4), json!([]))]);
+    p.candidates(&[(2, "m1", "red", Some(0.4), json!([]))]).await;
     p.user("rev", Role::Reviewer).await;
     p.user("ann", Role::Annotator).await;
     let srv = Server::start(&p.store, cfg()).await;
@@ -838,7 +838,8 @@ async fn queue_filters_and_risk_order() {
         (7, "big", "c", Some(0.05), json!([])),
         (9, "big", "d", Some(0.9), json!([{"flag": "number", "why": "counts"}])),
         (12, "big", "e", None, json!([])),
-    ]);
+    ])
+    .await;
     p.user("r", Role::Reviewer).await;
     let srv = Server::start(&p.store, cfg()).await;
     let t = p.token("r").await;
@@ -899,7 +900,8 @@ async fn stats_give_rates_by_confidence_bucket_and_flag() {
         (2, "m", "b", Some(0.12), json!([{"flag": "hedge"}])),
         (3, "m", "c", Some(0.95), json!([])),
         (4, "m", "d", Some(0.91), json!([])),
-    ]);
+    ])
+    .await;
     p.user("r", Role::Reviewer).await;
     let srv = Server::start(&p.store, cfg()).await;
     let c = srv.bearer(&p.token("r").await);
@@ -938,7 +940,7 @@ async fn stats_give_rates_by_confidence_bucket_and_flag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_management_is_audited_and_disabling_takes_effect() {
     let p = Project::new(3).await;
-    spread(&p, 3);
+    spread(&p, 3).await;
     p.user("boss", Role::Admin).await;
     let srv = Server::start(&p.store, cfg()).await;
     let boss = srv.login("boss").await;
@@ -1003,7 +1005,7 @@ async fn text_comes_back_verbatim_and_the_ui_never_parses_it_as_html() {
         })
         .collect();
     let p = Project::with(specs).await;
-    p.candidates(&[(1, "<b>m</b>", nasty[1], Some(0.1), json!([{"flag": "<i>x</i>", "why": nasty[0]}]))]);
+    p.candidates(&[(1, "<b>m</b>", nasty[1], Some(0.1), json!([{"flag": "<i>x</i>", "why": nasty[0]}]))]).await;
     p.user("v", Role::Viewer).await;
     let srv = Server::start(&p.store, cfg()).await;
     let v = srv.login("v").await;

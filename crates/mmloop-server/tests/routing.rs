@@ -34,7 +34,7 @@ async fn project() -> Project {
             (i, "m1", "red", Some(conf), flags)
         })
         .collect();
-    p.candidates(&rows);
+    p.candidates(&rows).await;
     p
 }
 

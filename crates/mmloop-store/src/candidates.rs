@@ -282,8 +282,10 @@ impl Store {
                         if !exists {
                             return Err(StoreError::ItemNotFound(r.item_id));
                         }
-                        let flags =
-                            r.flags.as_ref().map(|f| canonical_json(&serde_json::to_value(f).expect("flags serialize")));
+                        let flags = r
+                            .flags
+                            .as_ref()
+                            .map(|f| canonical_json(&serde_json::to_value(f).expect("flags serialize")));
                         st.execute(params![
                             r.item_id,
                             run_id,

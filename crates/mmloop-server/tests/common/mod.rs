@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mmloop_core::{Answer, HumanAnswer, ImageSource, Location, Record, Task};
 use mmloop_server::ServerConfig;
@@ -97,20 +96,25 @@ impl Project {
         self.store.paths().db.clone()
     }
 
-    /// Writes model candidates straight into the store's table, as the engine would.
-    pub fn candidates(&self, rows: &[(i64, &str, &str, Option<f64>, Value)]) {
-        let c = rusqlite::Connection::open(self.db()).unwrap();
-        c.busy_timeout(Duration::from_secs(30)).unwrap();
-        let tx = c.unchecked_transaction().unwrap();
-        for (item, model, answer, conf, flags) in rows {
-            tx.execute(
-                "INSERT INTO candidates (item_id, model, answer, confidence, flags, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, '2026-01-01T00:00:00Z')",
-                rusqlite::params![item, model, answer, conf, flags.to_string()],
-            )
-            .unwrap();
+    /// Stores model candidates through the store's API, as `mmloop infer` does (one batch
+    /// per model, audited).
+    pub async fn candidates(&self, rows: &[(i64, &str, &str, Option<f64>, Value)]) {
+        let mut models: Vec<&str> = rows.iter().map(|r| r.1).collect();
+        models.dedup();
+        for model in models {
+            let batch = rows
+                .iter()
+                .filter(|r| r.1 == model)
+                .map(|(item, _, answer, conf, flags)| mmloop_store::NewCandidate {
+                    item_id: *item,
+                    answer: Some(answer.to_string()),
+                    confidence: *conf,
+                    flags: Some(mmloop_core::RiskFlag::parse_list(&flags.to_string())),
+                    ..Default::default()
+                })
+                .collect();
+            self.store.add_candidates(None, model, mmloop_core::Digest([0; 32]), "test", batch).await.unwrap();
         }
-        tx.commit().unwrap();
     }
 
     pub async fn user(&self, name: &str, role: Role) {
