@@ -258,16 +258,23 @@ pub struct ProjectInfer {
     pub config: Value,
 }
 
-fn question_of(item: &ItemView, system: Option<&str>) -> Question {
-    let mut system = system.map(String::from);
+/// The system prompt and the turns before the question: `--system` when given, else the
+/// conversation's first `system` message; every other message is context.
+fn split_system(system: Option<&str>, messages: &[mmloop_core::Message]) -> (Option<String>, Vec<Turn>) {
+    let mut own = None;
     let mut context = Vec::new();
-    for m in &item.context {
+    for m in messages {
         if m.role == "system" {
-            system.get_or_insert_with(|| m.content.clone());
+            own.get_or_insert_with(|| m.content.clone());
         } else {
             context.push(Turn { role: m.role.clone(), content: m.content.clone() });
         }
     }
+    (system.map(String::from).or(own), context)
+}
+
+fn question_of(item: &ItemView, system: Option<&str>) -> Question {
+    let (system, context) = split_system(system, &item.context);
     Question {
         key: item.id as u64,
         system,
@@ -575,15 +582,7 @@ pub fn dataset_questions(
             },
         };
         let id = if ids.insert(id.clone()) { id } else { format!("{id}#{i}") };
-        let mut system = system.map(String::from);
-        let mut context = Vec::new();
-        for m in &r.context {
-            if m.role == "system" {
-                system.get_or_insert_with(|| m.content.clone());
-            } else {
-                context.push(Turn { role: m.role.clone(), content: m.content.clone() });
-            }
-        }
+        let (system, context) = split_system(system, &r.context);
         let mut images = Vec::new();
         let mut refs = Vec::new();
         for (j, src) in r.images.iter().enumerate() {
@@ -831,4 +830,22 @@ pub async fn infer_file(
         Err(e) => return Err(e),
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use mmloop_core::Message;
+
+    use super::split_system;
+
+    #[test]
+    fn the_system_flag_wins_over_the_conversations_and_the_rest_is_context() {
+        let msgs = [Message::new("system", "be brief"), Message::new("user", "hi"), Message::new("system", "later")];
+        let (system, context) = split_system(None, &msgs);
+        assert_eq!(system.as_deref(), Some("be brief"));
+        assert_eq!(context.iter().map(|t| t.content.as_str()).collect::<Vec<_>>(), ["hi"]);
+        assert_eq!(split_system(Some("flag"), &msgs).0.as_deref(), Some("flag"));
+        assert_eq!(split_system(Some("flag"), &[]).0.as_deref(), Some("flag"));
+        assert_eq!(split_system(None, &[]).0, None);
+    }
 }
