@@ -94,18 +94,12 @@ async fn backend(a: &InferArgs) -> anyhow::Result<Arc<dyn Backend>> {
 }
 
 async fn embedded(a: &InferArgs) -> anyhow::Result<Arc<dyn Backend>> {
-    use mmloop_engine::embedded::EmbeddedOptions;
     let Some(model) = a.model.clone() else {
         bail!(
             "which model?\n  hint: pass --model with a Hugging Face repo id (e.g. HuggingFaceTB/SmolVLM-256M-Instruct) or a checkpoint folder, or --api URL for a server"
         );
     };
-    let mut o = EmbeddedOptions::new(model.clone());
-    o.revision = a.revision.clone();
-    o.device = a.device.parse()?;
-    o.dtype = a.dtype.parse()?;
-    o.quant = a.quant.clone();
-    o.max_batch = a.max_batch_size;
+    let mut o = engine_options(&model, &a.revision, &a.device, &a.dtype, a.quant.clone(), a.max_batch_size)?;
     o.merge_adapters = a.merge_lora;
     o.adapters = adapter_list(&a.adapters);
     Ok(Arc::new(load_embedded(o).await?))
@@ -308,4 +302,22 @@ fn print_report(r: &InferReport, project: Option<&Path>) {
     } else if let (Some(p), Some(run)) = (project, r.run_id) {
         eprintln!("  run {run}; review the riskiest first: {}", style(format!("mmloop review {}", p.display())).bold());
     }
+}
+
+/// The embedded engine's options from the model flags `infer` and `serve` share.
+pub(crate) fn engine_options(
+    model: &str,
+    revision: &str,
+    device: &str,
+    dtype: &str,
+    quant: Option<String>,
+    max_batch: usize,
+) -> anyhow::Result<mmloop_engine::embedded::EmbeddedOptions> {
+    let mut o = mmloop_engine::embedded::EmbeddedOptions::new(model.to_string());
+    o.revision = revision.to_string();
+    o.device = device.parse()?;
+    o.dtype = dtype.parse()?;
+    o.quant = quant;
+    o.max_batch = max_batch;
+    Ok(o)
 }

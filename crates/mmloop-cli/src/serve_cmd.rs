@@ -5,7 +5,6 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use console::style;
 use mmloop_engine::Backend;
-use mmloop_engine::embedded::EmbeddedOptions;
 use mmloop_engine::openai::{OpenAiBackend, OpenAiOptions};
 use mmloop_engine::{RuleSet, RulesConfig};
 use mmloop_serve::{AbConfig, ArmTarget, ExperimentLog, ExposureRecord, ServeConfig, Server, Upstream};
@@ -14,7 +13,7 @@ use mmloop_store::ab::{Arm, Experiment, Exposure, OutcomeKind, SRM_THRESHOLD};
 use serde_json::json;
 
 use crate::cli::{AbAction, AbArgs, ServeArgs};
-use crate::infer_cmd::{adapter_list, load_embedded, rules_file};
+use crate::infer_cmd::{adapter_list, engine_options, load_embedded, rules_file};
 use crate::ui;
 
 /// `8` or vLLM's `{"image": 8}`.
@@ -167,12 +166,7 @@ pub async fn serve(a: ServeArgs, actor: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
     let backend = match &a.model {
         Some(model) => {
-            let mut o = EmbeddedOptions::new(model.clone());
-            o.revision = a.revision.clone();
-            o.device = a.device.parse()?;
-            o.dtype = a.dtype.parse()?;
-            o.quant = a.quant.clone();
-            o.max_batch = a.max_batch_size;
+            let mut o = engine_options(model, &a.revision, &a.device, &a.dtype, a.quant.clone(), a.max_batch_size)?;
             // Adapters are served by name beside the base model, never merged into it.
             o.adapters = adapters;
             Some(Arc::new(load_embedded(o).await?))

@@ -8,6 +8,8 @@
 use std::fmt::Write as _;
 
 use mmloop_store::ab::{AbStatus, SRM_THRESHOLD};
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 const PALETTE: [RGBColor; 6] = [
@@ -26,7 +28,7 @@ fn color(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
-fn svg(draw: impl FnOnce(&DrawingArea<SVGBackend, plotters::coord::Shift>) -> Result<(), String>) -> String {
+fn svg(draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Result<(), String>) -> String {
     let mut buf = String::new();
     let drawn = {
         let root = SVGBackend::with_string(&mut buf, (640, 340)).into_drawing_area();
@@ -41,51 +43,74 @@ fn svg(draw: impl FnOnce(&DrawingArea<SVGBackend, plotters::coord::Shift>) -> Re
     }
 }
 
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// A plot's frame: its title, users with an outcome across, `y` up to the range given.
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+    users: f64,
+    (lo, hi): (f64, f64),
+    y: &str,
+) -> Result<Chart<'a, 'b>, String> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, (FONT, 16).into_font().color(&INK))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d(0f64..users, lo..hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(GRID)
+        .x_desc("users with an outcome")
+        .y_desc(y)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{:.2}", if v.abs() < 1e-9 { 0.0 } else { *v }))
+        .label_style((FONT, 12).into_font().color(&INK))
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
+}
+
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, at: SeriesLabelPosition) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.9))
+        .border_style(GRID)
+        .label_font((FONT, 12).into_font().color(&INK))
+        .draw()
+        .map_err(err)
+}
+
+fn line_legend(col: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new([(x, y), (x + 14, y)], ShapeStyle::from(col).stroke_width(2))
+}
+
 /// The arms' mean outcome over the users with outcomes so far.
 pub fn rates_plot(s: &AbStatus) -> String {
     let n = s.trajectory.last().map_or(1, |l| l.units).max(1) as f64;
     let values = s.trajectory.iter().flat_map(|l| l.arms.iter().filter_map(|(_, m)| *m));
     let (lo, hi) = values.fold((1.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let (lo, hi) = if lo > hi { (0.0, 1.0) } else { ((lo - 0.05).max(0.0), (hi + 0.05).min(1.0)) };
+    let range = if lo > hi { (0.0, 1.0) } else { ((lo - 0.05).max(0.0), (hi + 0.05).min(1.0)) };
     svg(|root| {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let mut chart = ChartBuilder::on(root)
-            .caption("Success rate by arm", (FONT, 16).into_font().color(&INK))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(52)
-            .build_cartesian_2d(0f64..n, lo..hi)
-            .map_err(|x| e(&x))?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(GRID)
-            .x_desc("users with an outcome")
-            .y_desc("mean outcome")
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .label_style((FONT, 12).into_font().color(&INK))
-            .draw()
-            .map_err(|x| e(&x))?;
+        let mut chart = frame(root, "Success rate by arm", n, range, "mean outcome")?;
         for (i, arm) in s.arms.iter().enumerate() {
             let points: Vec<(f64, f64)> =
                 s.trajectory.iter().filter_map(|l| Some((l.units as f64, l.arms.get(i)?.1?))).collect();
             chart
                 .draw_series(LineSeries::new(points, ShapeStyle::from(color(i)).stroke_width(2)))
-                .map_err(|x| e(&x))?
+                .map_err(err)?
                 .label(arm.arm.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 14, y)], ShapeStyle::from(color(i)).stroke_width(2))
-                });
+                .legend(line_legend(color(i)));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(GRID)
-            .label_font((FONT, 12).into_font().color(&INK))
-            .draw()
-            .map_err(|x| e(&x))?;
-        Ok(())
+        legend(&mut chart, SeriesLabelPosition::LowerRight)
     })
 }
 
@@ -100,28 +125,10 @@ pub fn difference_plot(s: &AbStatus) -> String {
     let (lo, hi) = (lo.max(-1.0) - 0.01, hi.min(1.0) + 0.01);
     let title = format!("Difference from {} (always-valid {:.0}% sequence)", s.arms[0].arm, (1.0 - s.alpha) * 100.0);
     svg(|root| {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 16).into_font().color(&INK))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(52)
-            .build_cartesian_2d(0f64..n, lo..hi)
-            .map_err(|x| e(&x))?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(GRID)
-            .x_desc("users with an outcome")
-            .y_desc("difference of mean outcome")
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| format!("{:.2}", if v.abs() < 1e-9 { 0.0 } else { *v }))
-            .label_style((FONT, 12).into_font().color(&INK))
-            .draw()
-            .map_err(|x| e(&x))?;
+        let mut chart = frame(root, &title, n, (lo, hi), "difference of mean outcome")?;
         chart
             .draw_series(LineSeries::new([(0.0, 0.0), (n, 0.0)], ShapeStyle::from(INK.mix(0.7)).stroke_width(1)))
-            .map_err(|x| e(&x))?;
+            .map_err(err)?;
         for (j, c) in s.comparisons.iter().enumerate() {
             let col = color(j + 1);
             let looks: Vec<(f64, f64, f64, f64)> = s
@@ -140,25 +147,17 @@ pub fn difference_plot(s: &AbStatus) -> String {
                 .map(|&(x, _, _, h)| (x, h))
                 .chain(looks.iter().rev().map(|&(x, _, l, _)| (x, l)))
                 .collect();
-            chart.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18).filled()))).map_err(|x| e(&x))?;
+            chart.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18).filled()))).map_err(err)?;
             chart
                 .draw_series(LineSeries::new(
                     looks.iter().map(|&(x, d, _, _)| (x, d)),
                     ShapeStyle::from(col).stroke_width(2),
                 ))
-                .map_err(|x| e(&x))?
+                .map_err(err)?
                 .label(format!("{} − {}", c.arm, c.against))
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], ShapeStyle::from(col).stroke_width(2)));
+                .legend(line_legend(col));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(GRID)
-            .label_font((FONT, 12).into_font().color(&INK))
-            .draw()
-            .map_err(|x| e(&x))?;
-        Ok(())
+        legend(&mut chart, SeriesLabelPosition::UpperRight)
     })
 }
 
