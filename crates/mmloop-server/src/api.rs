@@ -11,36 +11,16 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mmloop_store::SaveOutcome;
-use mmloop_store::review::{Decision, Permission, QueueFilter, ReviewItem, Role, UserUpdate};
+use mmloop_store::review::{Decision, Permission, QueueFilter, Role, UserUpdate};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::views::ReviewItemOut;
 
 const OPENAPI: &str = include_str!("openapi.json");
-
-/// An item as the API shows it: images as ids and URLs, the source file by name only.
-fn item_json(r: &ReviewItem) -> Result<Value, ApiError> {
-    let mut v = serde_json::to_value(r)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    if let Some(images) = v["item"]["images"].as_array_mut() {
-        for img in images {
-            if let Some(o) = img.as_object_mut() {
-                o.shift_remove("path");
-                o.shift_remove("copied");
-                let id = o.get("id").and_then(Value::as_i64).unwrap_or_default();
-                o.insert("url".into(), json!(format!("/api/images/{id}")));
-            }
-        }
-    }
-    if let Some(f) = v["item"]["source_file"].as_str() {
-        let name = std::path::Path::new(f).file_name().map(|n| n.to_string_lossy().into_owned());
-        v["item"]["source_file"] = json!(name);
-    }
-    Ok(v)
-}
 
 /// Audit events as the API shows them: what the server's disk looks like stays on the
 /// server. Absolute paths become file names and recorded command lines are left out (the
@@ -102,7 +82,7 @@ pub async fn next_item(
 ) -> Result<Response, ApiError> {
     c.require(Permission::Label)?;
     match st.store.next_item(&c.user, &filter, st.lease_ms()).await? {
-        Some(item) => Ok(axum::Json(item_json(&item)?).into_response()),
+        Some(item) => Ok(axum::Json(ReviewItemOut::from(&item)).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
@@ -131,7 +111,7 @@ pub async fn list_items(
 pub async fn get_item(State(st): State<AppState>, c: Caller, ApiPath(id): ApiPath<i64>) -> Result<Response, ApiError> {
     c.require(Permission::Read)?;
     let item = st.store.review_item(id).await?;
-    Ok(axum::Json(item_json(&item)?).into_response())
+    Ok(axum::Json(ReviewItemOut::from(&item)).into_response())
 }
 
 /// `GET /api/items/{id}/history`: every label the item had and its audit events.
