@@ -21,8 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use mmloop_core::{Digest, ImageSource, Record, Task, canonical_json};
-use mmloop_engine::backend::Turn;
+use mmloop_core::{Digest, ImageSource, Message, Record, RunStatus, Task, canonical_json};
 use mmloop_engine::{Annotation, Annotator, EngineError, InputImage, Job, Prompt};
 use mmloop_store::{ItemView, NewCandidate, PendingFilter, Store};
 use serde::Serialize;
@@ -66,7 +65,7 @@ pub struct Question {
     /// Unique within the run; seeds sampling (the item id in a project).
     pub key: u64,
     pub system: Option<String>,
-    pub context: Vec<Turn>,
+    pub context: Vec<Message>,
     pub text: String,
     pub images: Vec<ImageIn>,
     pub is_caption: bool,
@@ -260,14 +259,14 @@ pub struct ProjectInfer {
 
 /// The system prompt and the turns before the question: `--system` when given, else the
 /// conversation's first `system` message; every other message is context.
-fn split_system(system: Option<&str>, messages: &[mmloop_core::Message]) -> (Option<String>, Vec<Turn>) {
+fn split_system(system: Option<&str>, messages: &[Message]) -> (Option<String>, Vec<Message>) {
     let mut own = None;
     let mut context = Vec::new();
     for m in messages {
         if m.role == "system" {
             own.get_or_insert_with(|| m.content.clone());
         } else {
-            context.push(Turn { role: m.role.clone(), content: m.content.clone() });
+            context.push(m.clone());
         }
     }
     (system.map(String::from).or(own), context)
@@ -421,14 +420,14 @@ pub async fn infer_project(
     progress.finish();
     report.close(started);
     let (status, result) = match outcome {
-        Ok(None) => ("done", Ok(())),
+        Ok(None) => (RunStatus::Done, Ok(())),
         Ok(Some(why)) => {
             report.stopped = Some(why.clone());
-            (if why.starts_with("interrupted") { "interrupted" } else { "failed" }, Ok(()))
+            (if why.starts_with("interrupted") { RunStatus::Interrupted } else { RunStatus::Failed }, Ok(()))
         }
         Err(e) => {
             report.stopped = Some(format!("{e:#}"));
-            ("failed", Err(e))
+            (RunStatus::Failed, Err(e))
         }
     };
     store.finish_run(run_id, &opts.actor, status, serde_json::to_value(&report)?).await?;

@@ -4,6 +4,7 @@ use std::io::BufRead;
 
 use anyhow::{Context, bail};
 use console::style;
+use mmloop_core::RunStatus;
 use mmloop_metrics::selective::{Certificate, CertifyOptions, PValue, certify};
 use mmloop_store::route_plan::{RouteOptions, RoutePlan, ScoreKind, plan};
 use mmloop_store::{AuditSampleInfo, RouteApply, SampleKind, SampleOptions, Store, Verdict};
@@ -259,13 +260,13 @@ async fn route_in(store: &Store, a: &RouteArgs, opts: &RouteOptions, actor: &str
     let applied = match applied {
         Ok(x) => x,
         Err(e) => {
-            store.finish_run(run_id, actor, "failed", json!({"error": e.to_string()})).await?;
+            store.finish_run(run_id, actor, RunStatus::Failed, json!({"error": e.to_string()})).await?;
             return Err(e.into());
         }
     };
     let mut summary = certificate;
     summary["applied"] = serde_json::to_value(&applied)?;
-    store.finish_run(run_id, actor, "done", summary).await?;
+    store.finish_run(run_id, actor, RunStatus::Done, summary).await?;
     if a.json {
         return ui::json(&json!({"plan": p, "applied": applied}));
     }

@@ -11,6 +11,6 @@ pub mod redact;
 pub mod risk;
 
 pub use hash::{Digest, ItemContent, LabelContent, canonical_json, row_digest, version_digest};
-pub use model::{Answer, HumanAnswer, LabelStatus, Message, ParseEnumError, Prediction, Task};
+pub use model::{Answer, HumanAnswer, LabelStatus, Message, ParseEnumError, Prediction, RunStatus, Task};
 pub use record::{ImageInfo, ImageSource, Location, Record, RecordError};
 pub use risk::RiskFlag;

@@ -120,6 +120,47 @@ impl FromStr for LabelStatus {
     }
 }
 
+/// Where a run (`infer`, `route`, ...) stands. A run is recorded `running` when it starts
+/// and ends `done`, `failed`, or `interrupted` (a signal, or the user's Ctrl-C).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Done,
+    Failed,
+    Interrupted,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 4] = [RunStatus::Running, RunStatus::Done, RunStatus::Failed, RunStatus::Interrupted];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = ParseEnumError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunStatus::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| ParseEnumError {
+            kind: "run status",
+            value: s.into(),
+            expected: "running, done, failed, interrupted",
+        })
+    }
+}
+
 /// One message of a conversation, in the OpenAI / ms-swift spelling of roles
 /// (`system`, `user`, `assistant`, ...). Roles are kept as written so nothing is lost.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mmloop_core::Message;
 use serde::Serialize;
 
 use crate::params::{GenParams, GenerationDefaults};
@@ -61,21 +62,13 @@ impl InputImage {
     }
 }
 
-/// One earlier turn of a conversation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Turn {
-    /// `user` or `assistant`.
-    pub role: String,
-    pub content: String,
-}
-
 /// What the model is asked: an optional system prompt, earlier turns, the question, and
 /// the images (attached to the first user turn, images first as the chat templates of the
 /// supported families place them).
 #[derive(Clone, Debug, Default)]
 pub struct Prompt {
     pub system: Option<String>,
-    pub context: Vec<Turn>,
+    pub context: Vec<Message>,
     pub text: String,
     pub images: Vec<InputImage>,
 }
@@ -88,11 +81,11 @@ impl Prompt {
     /// The conversation as (role, text) turns, the question last, `<image>` tags removed
     /// (each backend places images its own way), and the index of the turn that carries the
     /// images.
-    pub fn turns(&self) -> (Vec<Turn>, usize) {
+    pub fn turns(&self) -> (Vec<Message>, usize) {
         let strip = |s: &str| s.replace("<image>", "").trim_start_matches('\n').to_string();
-        let mut turns: Vec<Turn> =
-            self.context.iter().map(|t| Turn { role: t.role.clone(), content: strip(&t.content) }).collect();
-        turns.push(Turn { role: "user".into(), content: strip(&self.text) });
+        let mut turns: Vec<Message> =
+            self.context.iter().map(|t| Message { role: t.role.clone(), content: strip(&t.content) }).collect();
+        turns.push(Message { role: "user".into(), content: strip(&self.text) });
         let at = turns.iter().position(|t| t.role == "user").unwrap_or(turns.len() - 1);
         (turns, at)
     }

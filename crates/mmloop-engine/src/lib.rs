@@ -25,8 +25,9 @@ pub mod params;
 pub mod rules;
 
 pub use annotate::{Annotation, Annotator, AnnotatorOptions, ConfidenceSource, Job, Scorer};
-pub use backend::{Backend, BackendInfo, GenRequest, Generation, InputImage, Prompt, TokenLogprob, TopLogprob, Turn};
+pub use backend::{Backend, BackendInfo, GenRequest, Generation, InputImage, Prompt, TokenLogprob, TopLogprob};
 pub use confidence::{Confidence, ConfidenceDetail};
+pub use mmloop_core::Message;
 pub use params::{GenOverrides, GenParams, GenerationDefaults};
 pub use rules::{RiskFlag, RuleInput, RuleSet, RulesConfig};
 

@@ -109,7 +109,7 @@ async fn an_audit_certifies_a_threshold_that_auto_accepts_and_undo_reverts() {
         })
         .await
         .unwrap();
-    p.store.finish_run(run, "test", "done", json!({})).await.unwrap();
+    p.store.finish_run(run, "test", mmloop_core::RunStatus::Done, json!({})).await.unwrap();
     assert_eq!((applied.accepted as usize, applied.changed), (pl.accepted, 0));
     let drift_size = applied.drift_size as usize;
     assert_eq!(drift_size, (pl.accepted as f64 * 0.1).ceil() as usize);

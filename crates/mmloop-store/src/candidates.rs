@@ -5,7 +5,7 @@
 //! in flight. A candidate that failed (unreadable image, refused request) is stored with its
 //! error and is not retried unless asked.
 
-use mmloop_core::{Digest, RiskFlag, Task, canonical_json};
+use mmloop_core::{Digest, RiskFlag, RunStatus, Task, canonical_json};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -65,7 +65,7 @@ pub struct RunView {
     pub actor: String,
     pub started_at: String,
     pub finished_at: Option<String>,
-    pub status: String,
+    pub status: RunStatus,
     pub config: Value,
     pub summary: Option<Value>,
     pub version: Option<String>,
@@ -133,8 +133,14 @@ impl Store {
     }
 
     /// Records how a run ended (`done`, `failed`, `interrupted`) and what it did.
-    pub async fn finish_run(&self, run_id: i64, actor: &str, status: &str, summary: Value) -> Result<(), StoreError> {
-        let (actor, status) = (actor.to_string(), status.to_string());
+    pub async fn finish_run(
+        &self,
+        run_id: i64,
+        actor: &str,
+        status: RunStatus,
+        summary: Value,
+    ) -> Result<(), StoreError> {
+        let actor = actor.to_string();
         let summary = mmloop_core::redact::value(&summary);
         self.db()
             .write(move |conn| {
@@ -144,7 +150,7 @@ impl Store {
                 let kind = kind.ok_or_else(|| StoreError::Internal(format!("run {run_id} not found")))?;
                 tx.execute(
                     "UPDATE runs SET status = ?1, finished_at = ?2, summary = ?3 WHERE id = ?4",
-                    params![status, crate::now(), canonical_json(&summary), run_id],
+                    params![status.as_str(), crate::now(), canonical_json(&summary), run_id],
                 )?;
                 let after = json!({"run": run_id, "status": status, "summary": summary});
                 crate::audit::append(
@@ -177,7 +183,9 @@ impl Store {
                             actor: r.get(2)?,
                             started_at: r.get(3)?,
                             finished_at: r.get(4)?,
-                            status: r.get(5)?,
+                            status: r.get::<_, String>(5)?.parse().map_err(|e: mmloop_core::ParseEnumError| {
+                                rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, e.into())
+                            })?,
                             config: parse_json(r.get(6)?).unwrap_or(Value::Null),
                             summary: parse_json(r.get(7)?),
                             version: r.get(8)?,

@@ -6,7 +6,7 @@
 //! The statistics (which threshold the audit certifies) live in [`crate::route_plan`] on
 //! top of `mmloop_metrics::selective`; nothing here decides a threshold.
 
-use mmloop_core::{Answer, LabelStatus, Task};
+use mmloop_core::{Answer, LabelStatus, RunStatus, Task};
 use mmloop_metrics::selective::SplitMix64;
 use mmloop_metrics::vqa::{VqaVariant, normalize_answer};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -736,7 +736,7 @@ impl Store {
         };
         let mut drift = Vec::new();
         for (run, cfg, _, status) in &runs {
-            if status != "done" {
+            if status != RunStatus::Done.as_str() {
                 continue;
             }
             let eps = guarantee(cfg).0.unwrap_or(epsilon);
