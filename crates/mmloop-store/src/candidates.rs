@@ -364,3 +364,71 @@ impl Store {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mmloop_core::{Digest, RiskFlag, RunStatus};
+    use serde_json::json;
+
+    use crate::NewCandidate;
+    use crate::test_support::project;
+
+    fn answer(item_id: i64, flags: Vec<RiskFlag>) -> NewCandidate {
+        NewCandidate {
+            item_id,
+            answer: Some("red".into()),
+            confidence: Some(0.5),
+            flags: Some(flags),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn candidates_keep_their_flags_typed_and_a_batch_is_all_or_nothing() {
+        let (_dir, store) = project(3).await;
+        let hedge = RiskFlag { flag: "hedge".into(), why: "says maybe".into(), span: Some([0, 5]) };
+        let run = store.start_run("infer", "test", json!({"model": "m"})).await.unwrap();
+        let n = store
+            .add_candidates(
+                Some(run),
+                "m",
+                Digest([1; 32]),
+                "test",
+                vec![answer(1, vec![hedge.clone()]), answer(2, vec![])],
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+        let got = store.candidates_of(1).await.unwrap();
+        assert_eq!(got[0].flags.as_deref(), Some(&[hedge][..]));
+        assert_eq!(store.candidates_of(2).await.unwrap()[0].flags.as_deref(), Some(&[][..]));
+        // A failed answer keeps no flags at all (NULL, not an empty list).
+        let failed = NewCandidate { item_id: 3, error: Some("timeout".into()), ..Default::default() };
+        store.add_candidates(Some(run), "m", Digest([1; 32]), "test", vec![failed]).await.unwrap();
+        assert_eq!(store.candidates_of(3).await.unwrap()[0].flags, None);
+        // An unknown item fails the whole batch: the good row in it is not stored either.
+        let err = store
+            .add_candidates(Some(run), "m", Digest([1; 32]), "test", vec![answer(2, vec![]), answer(99, vec![])])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, crate::StoreError::ItemNotFound(99)), "{err}");
+        assert_eq!(store.candidates_of(2).await.unwrap().len(), 1);
+        assert_eq!(store.run_candidates(run).await.unwrap().len(), 3);
+        store.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_starts_running_and_ends_with_its_status_audited() {
+        let (_dir, store) = project(1).await;
+        let run = store.start_run("infer", "test", json!({"model": "m"})).await.unwrap();
+        assert_eq!(store.run(run).await.unwrap().unwrap().status, RunStatus::Running);
+        store.finish_run(run, "test", RunStatus::Interrupted, json!({"answered": 0})).await.unwrap();
+        let view = store.run(run).await.unwrap().unwrap();
+        assert_eq!(view.status, RunStatus::Interrupted);
+        assert!(view.finished_at.is_some());
+        let events = store.audit_log(Some(format!("run:{run}")), 10).await.unwrap();
+        assert!(events.iter().any(|e| e.after.as_ref().is_some_and(|a| a["status"] == "interrupted")), "{events:?}");
+        assert!(store.audit_verify().await.unwrap().ok());
+        store.close();
+    }
+}

@@ -338,3 +338,48 @@ pub(crate) fn save_in_tx(tx: &Transaction, item_id: i64, save: LabelSave) -> Res
     )?;
     Ok(SaveOutcome::Saved { label })
 }
+
+#[cfg(test)]
+mod tests {
+    use mmloop_core::{Answer, LabelStatus};
+
+    use crate::test_support::project;
+    use crate::{LabelSave, SaveOutcome};
+
+    fn save(base: Option<i64>, text: &str, actor: &str) -> LabelSave {
+        LabelSave {
+            status: LabelStatus::Edited,
+            answer: Answer::text(text),
+            base,
+            actor: actor.into(),
+            action: "edit".into(),
+            lead_time_ms: Some(1000),
+        }
+    }
+
+    /// Two reviewers on one item: the second save, based on the label the first replaced, is
+    /// a conflict that writes nothing and shows the current label.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_save_is_a_conflict_and_writes_nothing() {
+        let (_dir, store) = project(1).await;
+        let base = store.item(1).await.unwrap().label.map(|l| l.id);
+        let first = match store.save_label(1, save(base, "red", "ann")).await.unwrap() {
+            SaveOutcome::Saved { label } => label,
+            other => panic!("{other:?}"),
+        };
+        match store.save_label(1, save(base, "blue", "bob")).await.unwrap() {
+            SaveOutcome::Conflict { current } => assert_eq!(current.map(|l| l.id), Some(first.id)),
+            other => panic!("a stale save went through: {other:?}"),
+        }
+        let item = store.item(1).await.unwrap();
+        assert_eq!(item.label.unwrap().answer.text.as_deref(), Some("red"));
+        assert_eq!(store.label_history(1).await.unwrap().len(), 1 + usize::from(base.is_some()));
+        // Based on the current label, the same change goes through.
+        assert!(matches!(
+            store.save_label(1, save(Some(first.id), "blue", "bob")).await.unwrap(),
+            SaveOutcome::Saved { .. }
+        ));
+        assert!(store.audit_verify().await.unwrap().ok());
+        store.close();
+    }
+}

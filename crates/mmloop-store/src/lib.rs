@@ -23,6 +23,8 @@ pub mod route_plan;
 mod routing;
 mod splits;
 mod stats;
+#[cfg(test)]
+mod test_support;
 mod versions;
 
 use std::path::PathBuf;

@@ -1,0 +1,43 @@
+//! A small project for the store's own tests: `n` VQA items with generated images, through
+//! the import API (as `mmloop import` writes them).
+
+use std::sync::mpsc;
+
+use mmloop_core::{ImageSource, Location, Record, Task};
+use serde_json::json;
+
+use crate::{ImportOptions, Incoming, Store};
+
+/// A PNG of `w`×1 pixels whose bytes differ by width (one distinct image per item).
+fn png(w: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(w, 1, image::Rgb([w as u8, 0, 0]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).expect("a PNG");
+    out.into_inner()
+}
+
+pub(crate) async fn project(n: usize) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store = Store::init(&dir.path().join("p"), Some("test"), "test").await.expect("a project");
+    let file = std::sync::Arc::new(dir.path().join("data.jsonl"));
+    std::fs::write(&*file, "{}\n").expect("the data file");
+    let (tx, rx) = mpsc::channel();
+    for i in 0..n {
+        let mut r = Record::new(Task::Vqa, format!("What is in picture {i}?"), Location::index(&file, i as u64));
+        r.id = Some(format!("t{i}"));
+        r.images = vec![ImageSource::Bytes(png(i as u32 + 1).into())];
+        tx.send(Incoming::Record(Box::new(r))).expect("queued");
+    }
+    tx.send(Incoming::End).expect("queued");
+    let opts = ImportOptions {
+        format: "jsonl".into(),
+        file: (*file).clone(),
+        images_dir: dir.path().to_path_buf(),
+        copy_images: true,
+        skip_bad: false,
+        actor: "test".into(),
+        config: json!({}),
+    };
+    store.import(opts, rx, Default::default(), Box::new(())).await.expect("the import");
+    (dir, store)
+}
