@@ -344,3 +344,30 @@ pub(crate) fn head_digest(conn: &Connection) -> Result<(i64, Digest), StoreError
     let (seq, hash) = head(conn)?.unwrap_or((0, vec![0u8; 32]));
     Ok((seq, Digest::from_slice(&hash).unwrap_or_default()))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::test_support::project;
+
+    /// Every write leaves one event, the events form one chain that verifies, and the head
+    /// anchored outside the database is the chain's last event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_are_chained_and_the_head_is_anchored() {
+        let (_dir, store) = project(2).await;
+        let before = store.audit_verify().await.unwrap();
+        assert!(before.ok(), "{:?}", before.problems);
+        let run = store.start_run("infer", "ann", serde_json::json!({})).await.unwrap();
+        let after = store.audit_verify().await.unwrap();
+        assert!(after.ok(), "{:?}", after.problems);
+        assert_eq!(after.events, before.events + 1);
+        let events = store.audit_log(None, 100).await.unwrap();
+        assert_eq!(events.len() as u64, after.events);
+        let newest = &events[0];
+        assert_eq!((newest.actor.as_str(), newest.entity.clone()), ("ann", format!("run:{run}")));
+        assert!(events.windows(2).all(|w| w[0].seq == w[1].seq + 1), "one chain, newest first");
+        let head = std::fs::read_to_string(&store.paths().audit_head).unwrap();
+        assert_eq!(head.trim(), format!("{} {}", newest.seq, newest.hash));
+        assert_eq!(after.head.map(|(seq, _)| seq), Some(newest.seq));
+        store.close();
+    }
+}

@@ -195,3 +195,39 @@ impl Store {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SplitPlan;
+    use crate::test_support::project;
+
+    fn plan(seed: u64, reassign: bool) -> SplitPlan {
+        SplitPlan { ratios: vec![("train".into(), 0.8), ("val".into(), 0.2)], seed, reassign }
+    }
+
+    /// The same seed on the same data gives the same splits; items that have a split keep it
+    /// unless asked to reassign; the counts follow the ratios.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn splits_depend_only_on_the_seed_and_the_data_and_are_kept() {
+        let (_a, one) = project(40).await;
+        let (_b, two) = project(40).await;
+        let r1 = one.split(plan(7, false), "test").await.unwrap();
+        let r2 = two.split(plan(7, false), "test").await.unwrap();
+        assert_eq!((r1.assigned, r1.groups, r1.leaks), (40, 40, 0));
+        assert_eq!(r1.counts, r2.counts);
+        let split_of = |s: &crate::Store, i| {
+            let s = s.clone();
+            async move { s.item(i).await.unwrap().split }
+        };
+        for i in 1..=40 {
+            assert_eq!(split_of(&one, i).await, split_of(&two, i).await, "item {i}");
+        }
+        assert!((28..=36).contains(&r1.counts["train"]), "{:?}", r1.counts);
+        // Again, without --reassign: everything is kept.
+        let again = one.split(plan(99, false), "test").await.unwrap();
+        assert_eq!((again.assigned, again.kept), (0, 40));
+        assert_eq!(again.counts, r1.counts);
+        one.close();
+        two.close();
+    }
+}
