@@ -9,7 +9,7 @@ use mmloop_engine::openai::{OpenAiBackend, OpenAiOptions};
 use mmloop_engine::{RuleSet, RulesConfig};
 use mmloop_serve::{AbConfig, ArmTarget, ExperimentLog, ExposureRecord, ServeConfig, Server, Upstream};
 use mmloop_store::Store;
-use mmloop_store::ab::{Arm, Experiment, Exposure, OutcomeKind, SRM_THRESHOLD};
+use mmloop_store::ab::{Arm, Experiment, Exposure, OutcomeKind};
 use serde_json::json;
 
 use crate::cli::{AbAction, AbArgs, ServeArgs};
@@ -282,7 +282,7 @@ pub async fn ab(a: AbArgs) -> anyhow::Result<()> {
         );
     }
     let srm = s.srm_p_value;
-    println!("  sample ratio check: p = {srm:.4}{}", if srm < SRM_THRESHOLD { " — MISMATCH" } else { "" });
+    println!("  sample ratio check: p = {srm:.4}{}", if s.srm_mismatch { " — MISMATCH" } else { "" });
     for c in &s.comparisons {
         match &c.sequential {
             Some(q) => println!(

@@ -59,7 +59,7 @@ impl OpenAiOptions {
 
 /// The chat-completions URL and the API base (for `/models`) from what a user typed: the
 /// server root, the `/v1` base, or the full `/chat/completions` URL.
-pub fn endpoints(url: &str) -> (String, String) {
+fn endpoints(url: &str) -> (String, String) {
     let u = url.trim().trim_end_matches('/');
     if let Some(base) = u.strip_suffix("/chat/completions") {
         (u.to_string(), base.to_string())

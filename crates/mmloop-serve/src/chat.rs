@@ -322,18 +322,10 @@ impl Ctx {
 
     /// Queues the request as an exposure of the experiment it belongs to (if any).
     fn expose(&self, completion_tokens: usize, confidence: Option<f64>) {
-        let (Some(tag), Some(ab)) = (&self.ab, &self.server.config.ab) else { return };
-        let x = crate::ExposureRecord {
-            experiment: ab.name.clone(),
-            request_id: self.id.clone(),
-            user_id: tag.user.clone(),
-            arm: tag.arm.clone(),
-            latency_ms: self.arrived.elapsed().as_secs_f64() * 1e3,
-            prompt_tokens: self.prompt_tokens as u64,
-            completion_tokens: completion_tokens as u64,
-            confidence,
-        };
-        self.server.expose(x);
+        if let Some(tag) = &self.ab {
+            let (prompt, completion) = (self.prompt_tokens as u64, completion_tokens as u64);
+            self.server.expose(tag, &self.id, self.arrived, prompt, completion, confidence);
+        }
     }
 
     /// Counts a finished choice; the prompt counts once per request (with its first choice).

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::chat::{AbTag, extension, question_job};
 use crate::error::ApiError;
-use crate::{ExposureRecord, Server, Upstream};
+use crate::{Server, Upstream};
 
 /// Top alternatives asked of the upstream: two give the first token's margin.
 const SCORING_TOP_LOGPROBS: u64 = 2;
@@ -196,18 +196,7 @@ impl Exchange {
 
     /// Queues the request's exposure (the answer was given, whole or in part).
     fn expose(&self, prompt_tokens: u64, completion_tokens: u64, confidence: Option<f64>) {
-        let Some(ab) = &self.server.config.ab else { return };
-        let x = ExposureRecord {
-            experiment: ab.name.clone(),
-            request_id: self.id.clone(),
-            user_id: self.tag.user.clone(),
-            arm: self.tag.arm.clone(),
-            latency_ms: self.arrived.elapsed().as_secs_f64() * 1e3,
-            prompt_tokens,
-            completion_tokens,
-            confidence,
-        };
-        self.server.expose(x);
+        self.server.expose(&self.tag, &self.id, self.arrived, prompt_tokens, completion_tokens, confidence);
     }
 
     fn whole(&self, mut answer: Value) -> Value {

@@ -167,11 +167,28 @@ impl Server {
         })
     }
 
-    /// Queues an experiment's exposure for its log.
-    pub(crate) fn expose(&self, x: ExposureRecord) {
-        if let Some(w) = &self.exposures {
-            w.push(x);
-        }
+    /// Queues an answered request of the experiment for its log: `tag` is its arm and user,
+    /// the latency runs from `arrived` to now.
+    pub(crate) fn expose(
+        &self,
+        tag: &chat::AbTag,
+        request_id: &str,
+        arrived: std::time::Instant,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        confidence: Option<f64>,
+    ) {
+        let (Some(ab), Some(w)) = (&self.config.ab, &self.exposures) else { return };
+        w.push(ExposureRecord {
+            experiment: ab.name.clone(),
+            request_id: request_id.to_string(),
+            user_id: tag.user.clone(),
+            arm: tag.arm.clone(),
+            latency_ms: arrived.elapsed().as_secs_f64() * 1e3,
+            prompt_tokens,
+            completion_tokens,
+            confidence,
+        });
     }
 
     /// Writes the exposures still queued; the server takes no more. `serve` calls it when

@@ -12,7 +12,6 @@ function plot(svgText, label) {
 }
 
 function experiment({ status: s, plots }) {
-  const srmBad = s.srm_p_value < 0.001;
   return h('section', { class: 'stats-block experiment', id: `experiment-${s.experiment.name}` },
     h('h2', {}, s.experiment.name),
     h('p', { class: 'muted' }, `α = ${s.alpha} (${num(s.level_per_comparison, 4)} per comparison), τ = ${s.tau}; the unit is the ${s.unit}`),
@@ -25,8 +24,8 @@ function experiment({ status: s, plots }) {
         h('td', {}, a.units_with_outcome ? num(a.unit_sum / a.units_with_outcome, 3) : '–'),
         h('td', {}, a.mean_latency_ms != null ? `${a.mean_latency_ms.toFixed(0)} ms` : '–'),
         h('td', {}, num(a.mean_confidence, 3)))))),
-    h('p', { class: srmBad ? 'warn' : 'muted' },
-      `Sample ratio check (χ² of users per arm against the split): p = ${num(s.srm_p_value, 4)}${srmBad ? ' — MISMATCH' : ''}`),
+    h('p', { class: s.srm_mismatch ? 'warn' : 'muted' },
+      `Sample ratio check (χ² of users per arm against the split): p = ${num(s.srm_p_value, 4)}${s.srm_mismatch ? ' — MISMATCH' : ''}`),
     h('table', { class: 'rates ab-comparisons' },
       h('thead', {}, h('tr', {}, ['comparison', 'difference', 'confidence sequence', 'always-valid p', 'recommendation']
         .map((t) => h('th', {}, t)))),

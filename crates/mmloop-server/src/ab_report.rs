@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use mmloop_store::ab::{AbStatus, SRM_THRESHOLD};
+use mmloop_store::ab::AbStatus;
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
@@ -179,8 +179,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.plots{display:flex;fl
 .plot{background:#fff;border:1px solid #e5e7eb;border-radius:10px;padding:6px}.plot svg{display:block;max-width:100%;height:auto}\
 .verdict{font-weight:600}.bad{color:#dc2626}.good{color:#16a34a}";
 
-/// The tables and plots, to sit inside a page.
-pub fn fragment(s: &AbStatus) -> String {
+/// The tables and plots, the page's body.
+fn fragment(s: &AbStatus) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -212,12 +212,11 @@ pub fn fragment(s: &AbStatus) -> String {
         );
     }
     h.push_str("</tbody></table>");
-    let srm_bad = s.srm_p_value < SRM_THRESHOLD;
     let _ = write!(
         h,
         "<p>Sample ratio check (χ² of users per arm against the split): p = {}{}</p>",
         num(Some(s.srm_p_value), 4),
-        if srm_bad { " — <span class=bad>MISMATCH</span>" } else { "" }
+        if s.srm_mismatch { " — <span class=bad>MISMATCH</span>" } else { "" }
     );
     h.push_str(
         "<table><thead><tr><th>comparison</th><th>difference</th><th>confidence sequence</th>\

@@ -311,6 +311,8 @@ pub struct AbStatus {
     pub arms: Vec<ArmSummary>,
     /// The sample-ratio-mismatch χ² p-value of the users per arm against the weights.
     pub srm_p_value: f64,
+    /// The p-value is below [`SRM_THRESHOLD`]: the split is broken, results are not to be read.
+    pub srm_mismatch: bool,
     pub alpha: f64,
     /// α split over the comparisons (Bonferroni).
     pub level_per_comparison: f64,
@@ -387,6 +389,7 @@ impl Store {
         // Users are assigned, so users are counted and compared.
         let counts: Vec<u64> = arms.iter().map(|a| a.units).collect();
         let srm = srm_pvalue(&counts, &e.weights);
+        let srm_mismatch = srm < SRM_THRESHOLD;
         let level = alpha / (arms.len() - 1).max(1) as f64;
         let tau2 = tau * tau;
         let comparisons = arms[1..]
@@ -394,7 +397,7 @@ impl Store {
             .map(|arm| {
                 let seq = msprt(&stats_of(&arms[0]), &stats_of(arm), tau2, level);
                 let recommendation = match &seq {
-                    _ if srm < SRM_THRESHOLD => {
+                    _ if srm_mismatch => {
                         "stop: the split is broken (sample ratio mismatch); fix assignment or logging before reading results"
                     }
                     Some(q) if q.p_value <= level && q.difference > 0.0 => "stop: better than the control",
@@ -426,6 +429,7 @@ impl Store {
             experiment: e,
             arms,
             srm_p_value: srm,
+            srm_mismatch,
             alpha,
             level_per_comparison: level,
             tau,
