@@ -250,13 +250,7 @@ impl OpenAiBackend {
     fn parse(&self, v: &Value) -> Result<Generation> {
         let bad = |m: &str| EngineError::Protocol { url: self.chat_url.clone(), message: m.to_string() };
         let choice = v["choices"].get(0).ok_or_else(|| bad("no choices"))?;
-        let text = match &choice["message"]["content"] {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            // Some servers answer with content parts.
-            Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
-            _ => return Err(bad("message.content is not text")),
-        };
+        let text = message_text(&choice["message"]["content"]).ok_or_else(|| bad("message.content is not text"))?;
         let finish_reason = choice["finish_reason"].as_str().unwrap_or("stop").to_string();
         let mut tokens = Vec::new();
         if self.opts.logprobs {
@@ -316,6 +310,17 @@ fn error_message(body: &[u8]) -> String {
     }
     let t = text.trim();
     if t.is_empty() { "(empty body)".into() } else { t.chars().take(500).collect() }
+}
+
+/// The text of a chat completion's `message.content`: a string, nothing (`null`), or the
+/// text parts some servers answer with; `None` for anything else.
+pub fn message_text(content: &Value) -> Option<String> {
+    match content {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => Some(String::new()),
+        Value::Array(parts) => Some(parts.iter().filter_map(|p| p["text"].as_str()).collect()),
+        _ => None,
+    }
 }
 
 /// The tokens of an answer's OpenAI `logprobs.content` list; `None` when an entry lacks its

@@ -18,7 +18,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
-use mmloop_engine::openai::logprob_tokens;
+use mmloop_engine::openai::{logprob_tokens, message_text};
 use mmloop_engine::{Generation, Job};
 use serde_json::{Value, json};
 
@@ -157,15 +157,6 @@ fn last_user_text(messages: &Value) -> String {
     }
 }
 
-/// A choice's text from a whole answer (a string or text parts).
-fn message_text(content: &Value) -> String {
-    match content {
-        Value::String(t) => t.clone(),
-        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
-        _ => String::new(),
-    }
-}
-
 /// Cuts logprobs down to what the client asked for: none, or `k` alternatives per token.
 fn trim_logprobs(logprobs: &mut Value, wants: &Wants) {
     if !wants.logprobs {
@@ -206,7 +197,8 @@ impl Exchange {
             for (i, c) in choices.iter_mut().enumerate() {
                 let content = c["logprobs"]["content"].as_array().cloned().unwrap_or_default();
                 counted += content.len() as u64;
-                let ext = self.score(message_text(&c["message"]["content"]), &content, &c["finish_reason"]);
+                let text = message_text(&c["message"]["content"]).unwrap_or_default();
+                let ext = self.score(text, &content, &c["finish_reason"]);
                 if i == 0 {
                     first_confidence = ext["confidence"].as_f64();
                 }
