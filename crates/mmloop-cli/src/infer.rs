@@ -119,7 +119,7 @@ pub struct InferReport {
 impl InferReport {
     fn count(&mut self, r: &Result<Annotation, EngineError>) {
         match r {
-            Ok(a) => {
+            Ok(Annotation { candidate: a, .. }) => {
                 self.answered += 1;
                 if !a.flags.is_empty() {
                     self.flagged += 1;
@@ -287,22 +287,8 @@ fn question_of(item: &ItemView, system: Option<&str>) -> Question {
 
 fn candidate_of(item_id: i64, r: Result<Annotation, EngineError>) -> NewCandidate {
     match r {
-        Ok(a) => NewCandidate {
-            item_id,
-            answer: Some(a.answer),
-            confidence: a.confidence,
-            confidence_detail: a.detail.map(|d| {
-                let mut v = serde_json::to_value(d).expect("detail serializes");
-                v["finish_reason"] = a.finish_reason.into();
-                v["completion_tokens"] = a.completion_tokens.into();
-                v["prompt_tokens"] = a.prompt_tokens.into();
-                v
-            }),
-            flags: Some(a.flags),
-            logprobs: a.logprobs,
-            error: None,
-        },
-        Err(e) => NewCandidate { item_id, error: Some(e.to_string()), ..Default::default() },
+        Ok(a) => NewCandidate { item_id, outcome: Ok(a.candidate), finish: Some(a.finish), logprobs: a.logprobs },
+        Err(e) => NewCandidate::failed(item_id, e.to_string()),
     }
 }
 
@@ -652,18 +638,19 @@ pub fn swift_row(q: &FileQuestion, model: &str, r: &Result<Annotation, EngineErr
     let mut row = serde_json::Map::new();
     match r {
         Ok(a) => {
-            messages.push(json!({"role": "assistant", "content": a.answer}));
-            row.insert("response".into(), a.answer.clone().into());
+            let c = &a.candidate;
+            messages.push(json!({"role": "assistant", "content": c.answer}));
+            row.insert("response".into(), c.answer.clone().into());
             row.insert("labels".into(), q.label.clone().into());
             row.insert("logprobs".into(), a.logprobs.clone().unwrap_or(Value::Null));
             row.insert("messages".into(), messages.into());
             row.insert("images".into(), json!(q.image_refs));
             row.insert("id".into(), q.id.clone().into());
             row.insert("model".into(), model.into());
-            row.insert("confidence".into(), a.confidence.into());
-            row.insert("confidence_detail".into(), serde_json::to_value(&a.detail).unwrap_or(Value::Null));
-            row.insert("flags".into(), serde_json::to_value(&a.flags).unwrap_or(Value::Null));
-            row.insert("finish_reason".into(), a.finish_reason.clone().into());
+            row.insert("confidence".into(), c.confidence.into());
+            row.insert("confidence_detail".into(), serde_json::to_value(&c.detail).unwrap_or(Value::Null));
+            row.insert("flags".into(), serde_json::to_value(&c.flags).unwrap_or(Value::Null));
+            row.insert("finish_reason".into(), a.finish.finish_reason.clone().into());
         }
         Err(e) => {
             row.insert("response".into(), Value::Null);

@@ -87,10 +87,6 @@ pub async fn review(a: ReviewArgs, actor: &str) -> anyhow::Result<()> {
             ui::ok(format!("created the admin account {name}"));
         }
     }
-    let added = store.sync_review_queue().await?;
-    if added > 0 {
-        ui::ok(format!("{} items joined the review queue", ui::count(added)));
-    }
     // Before the URL is announced: a signal from then on stops the server gracefully.
     let shutdown = mmloop_server::shutdown_signal();
     let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))

@@ -109,7 +109,10 @@ async fn project_mode_stores_candidates_resumes_and_records_the_run() {
     let c = db(&p);
     let (answer, conf, flags, detail, logprobs): (String, f64, String, String, String) = c
         .query_row(
-            "SELECT c.answer, c.confidence, c.flags, c.confidence_detail, c.logprobs FROM candidates c
+            "SELECT c.answer, c.confidence,
+                    (SELECT json_group_array(json_object('flag', f.flag, 'why', f.why, 'span', json_array(f.span_start, f.span_end)))
+                     FROM candidate_flags f WHERE f.candidate_id = c.id),
+                    c.confidence_detail, c.logprobs FROM candidates c
              JOIN items i ON i.id = c.item_id WHERE i.question LIKE '%Is the chair red?' LIMIT 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),

@@ -91,12 +91,14 @@ fn review_ten_items_with_the_keyboard_in_headless_chromium() {
     ];
     let candidates: Vec<mmloop_store::NewCandidate> = rows
         .iter()
-        .map(|(item, answer, conf, flags)| mmloop_store::NewCandidate {
-            item_id: *item,
-            answer: Some(answer.to_string()),
-            confidence: Some(*conf),
-            flags: Some(mmloop_core::RiskFlag::parse_list(flags)),
-            ..Default::default()
+        .map(|(item, answer, conf, flags)| {
+            let c = mmloop_core::Candidate {
+                answer: answer.to_string(),
+                confidence: Some(*conf),
+                detail: None,
+                flags: serde_json::from_str(flags).expect("flags"),
+            };
+            mmloop_store::NewCandidate::answered(*item, c)
         })
         .collect();
     drop(db);

@@ -66,12 +66,13 @@ async fn audit_then_route_auto_accepts_exports_and_undoes() {
         // Model answers, as `mmloop infer` stores them.
         let store = Store::open(&proj).await.unwrap();
         let rows = (1..=400i64)
-            .map(|i| mmloop_store::NewCandidate {
-                item_id: i,
-                answer: Some("blue".into()),
-                confidence: Some(truth(i).0),
-                flags: Some(Vec::new()),
-                ..Default::default()
+            .map(|i| {
+                let c = mmloop_core::Candidate {
+                    answer: "blue".into(),
+                    confidence: Some(truth(i).0),
+                    ..Default::default()
+                };
+                mmloop_store::NewCandidate::answered(i, c)
             })
             .collect();
         store.add_candidates(None, "m", mmloop_core::Digest([0; 32]), "test", rows).await.unwrap();

@@ -65,7 +65,7 @@ async fn main() {
                 next += 1;
             }
             let r = set.join_next().await.unwrap().unwrap().unwrap();
-            assert_eq!(r.answer, "It is red");
+            assert_eq!(r.candidate.answer, "It is red");
             done += 1;
         }
         let s = start.elapsed().as_secs_f64();

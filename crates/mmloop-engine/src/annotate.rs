@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::backend::{Backend, GenRequest, Generation, Prompt};
-use crate::confidence::{self, ConfidenceDetail};
+use mmloop_core::{Candidate, Finish};
+
+use crate::confidence;
 use crate::params::{DEFAULT_SAMPLE_TEMPERATURE, GenParams};
-use crate::rules::{RiskFlag, RuleInput, RuleSet};
+use crate::rules::{RuleInput, RuleSet};
 use crate::{EngineError, Result};
 
 /// Which number becomes a candidate's `confidence`.
@@ -86,18 +88,13 @@ pub struct Job {
     pub answer_type: Option<String>,
 }
 
-/// A candidate: the answer and everything known about it.
+/// A candidate and how its generation went.
 #[derive(Clone, Debug, Serialize)]
 pub struct Annotation {
-    pub answer: String,
-    pub confidence: Option<f64>,
-    pub detail: Option<ConfidenceDetail>,
-    pub flags: Vec<RiskFlag>,
+    pub candidate: Candidate,
+    pub finish: Finish,
     /// OpenAI shape: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
     pub logprobs: Option<Value>,
-    pub finish_reason: String,
-    pub prompt_tokens: Option<usize>,
-    pub completion_tokens: usize,
 }
 
 pub struct Annotator {
@@ -216,13 +213,12 @@ impl Scorer {
         });
         Annotation {
             logprobs: g.logprobs_json(self.opts.params.top_logprobs),
-            completion_tokens: g.tokens.iter().filter(|t| !t.special).count(),
-            answer,
-            confidence: score,
-            detail,
-            flags,
-            finish_reason: g.finish_reason,
-            prompt_tokens: g.prompt_tokens,
+            finish: Finish {
+                completion_tokens: g.tokens.iter().filter(|t| !t.special).count(),
+                finish_reason: g.finish_reason,
+                prompt_tokens: g.prompt_tokens,
+            },
+            candidate: Candidate { answer, confidence: score, detail, flags },
         }
     }
 }

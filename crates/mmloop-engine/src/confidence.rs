@@ -10,35 +10,9 @@
 //!
 //! Special tokens (end of sequence) are left out: they are not part of the answer text.
 
-use serde::{Deserialize, Serialize};
+pub use mmloop_core::ConfidenceDetail;
 
 use crate::backend::TokenLogprob;
-
-/// The numbers behind a confidence, stored with the candidate as `confidence_detail`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ConfidenceDetail {
-    /// Geometric-mean token probability.
-    pub sequence_prob: f64,
-    /// Sum of the tokens' natural-log probabilities.
-    pub sum_logprob: f64,
-    pub min_token_prob: f64,
-    /// Which token (0-based, among the answer's tokens) was the least likely.
-    pub min_token_index: usize,
-    /// First content token: chosen probability minus the best alternative's (`None` without
-    /// alternatives).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_token_margin: Option<f64>,
-    pub first_token_prob: f64,
-    pub tokens: usize,
-    /// Self-consistency: share of the extra samples that agree with the answer.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub agreement: Option<f64>,
-    /// The extra samples' answers.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub samples: Vec<String>,
-    /// Which number became the candidate's confidence.
-    pub source: String,
-}
 
 /// A confidence in [0, 1] and what it was computed from.
 #[derive(Clone, Debug, PartialEq)]

@@ -89,15 +89,16 @@ async fn the_annotator_scores_and_flags_server_answers() {
         is_caption: false,
         answer_type: None,
     };
-    let sure = a.annotate(job("What colour?")).await.unwrap();
+    let sure_a = a.annotate(job("What colour?")).await.unwrap();
+    let sure = &sure_a.candidate;
     assert_eq!(sure.answer, "red");
     assert!((sure.confidence.unwrap() - 0.9).abs() < 1e-9);
     assert!(sure.flags.is_empty(), "{:?}", sure.flags);
-    let content = &sure.logprobs.as_ref().unwrap()["content"];
+    let content = &sure_a.logprobs.as_ref().unwrap()["content"];
     assert_eq!(content[0]["token"], "red");
     assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 5);
 
-    let unsure = a.annotate(job("Is it red?")).await.unwrap();
+    let unsure = a.annotate(job("Is it red?")).await.unwrap().candidate;
     let names: Vec<&str> = unsure.flags.iter().map(|f| f.flag.as_str()).collect();
     assert_eq!(names, vec!["hedging", "not_yes_no"], "{:?}", unsure.flags);
     assert_eq!(unsure.flags[0].span, Some([0, 5]));
@@ -308,6 +309,7 @@ async fn sampling_settings_and_self_consistency() {
         })
         .await
         .unwrap();
+    let r = r.candidate;
     let d = r.detail.unwrap();
     assert_eq!(d.samples.len(), 6);
     assert_eq!(d.source, "agreement");

@@ -8,6 +8,8 @@ use mmloop_core::{Answer, ImageSource, Location, Message, Record, Task};
 use serde_json::{Map, Value};
 
 use crate::error::RecordError;
+use crate::image_ref;
+use crate::json::{Fields, kind};
 
 pub(crate) const IMAGE_TAG: &str = "<image>";
 
@@ -196,6 +198,103 @@ pub(crate) fn ensure_tags(messages: &mut [Message], images: usize, sep: &str) {
         }
         prefix.push_str(sep);
         m.content.insert_str(0, &prefix);
+    }
+}
+
+/// `images` (list, or a bare string) or its alias `image`.
+pub(crate) fn take_images(f: &mut Fields) -> Result<Vec<ImageSource>, RecordError> {
+    let key = if f.has("images") { "images" } else { "image" };
+    let v = match f.take(key) {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(single) => vec![single],
+    };
+    v.iter()
+        .enumerate()
+        .map(|(i, x)| {
+            image_ref::parse(x).map_err(|e| {
+                f.err(format!("`{key}[{i}]`: {e}")).hint(
+                    "an image is a path, an http(s) URL, a data: URI, or an object {\"bytes\": ..., \"path\": ...}",
+                )
+            })
+        })
+        .collect()
+}
+
+/// The messages under `key` in any spelling ms-swift accepts: `{role, content}` or
+/// `{from, value}` objects (roles human/gpt/bot mapped to user/assistant), or ShareGPT
+/// pairs `{human, assistant}` (`docs/source_en/Customization/Custom-dataset.md`).
+pub(crate) fn parse_messages(f: &mut Fields, key: &str) -> Result<Vec<Message>, RecordError> {
+    let list = match f.take(key) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a,
+        Some(Value::String(_)) => {
+            return Err(f.err(format!("field `{key}` is a string, not a list")).hint(
+                "write the messages as a JSON list of {\"role\": ..., \"content\": ...} objects (ms-swift's Python-literal strings are not read)",
+            ));
+        }
+        Some(other) => return Err(f.err(format!("field `{key}` must be a list, found {}", kind(&other)))),
+    };
+    let mut messages = Vec::with_capacity(list.len());
+    for (i, m) in list.into_iter().enumerate() {
+        let Value::Object(mut m) = m else {
+            return Err(f.err(format!("`{key}[{i}]` must be an object, found {}", kind(&m))).hint(MESSAGE_HINT));
+        };
+        let standard = ["role", "from", "content", "value"].iter().any(|k| m.contains_key(*k));
+        if !standard && m.keys().any(|k| PAIR_USER.contains(&k.as_str())) {
+            let mut side = |names: &[&str], what: &str| -> Result<Option<String>, RecordError> {
+                match names.iter().find_map(|n| m.shift_remove(*n)) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s)),
+                    Some(other) => {
+                        Err(f.err(format!("`{key}[{i}]`: the {what} turn must be a string, found {}", kind(&other))))
+                    }
+                }
+            };
+            let user = side(PAIR_USER, "human")?;
+            let assistant = side(PAIR_ASSISTANT, "assistant")?;
+            messages.extend(user.map(|c| Message::new("user", c)));
+            messages.extend(assistant.map(|c| Message::new("assistant", c)));
+            continue;
+        }
+        let (role_key, content_key) =
+            if m.contains_key("role") || m.contains_key("content") { ("role", "content") } else { ("from", "value") };
+        let role = match m.shift_remove(role_key) {
+            Some(Value::String(r)) => r,
+            _ => return Err(f.err(format!("`{key}[{i}]` needs a string `{role_key}`")).hint(MESSAGE_HINT)),
+        };
+        let content = match m.shift_remove(content_key) {
+            Some(Value::String(c)) => c,
+            Some(other) => {
+                return Err(f
+                    .err(format!("`{key}[{i}].{content_key}` must be a string, found {}", kind(&other)))
+                    .hint("multimodal content lists are not supported: write the text with <image> tags and list images in `images`"));
+            }
+            None => return Err(f.err(format!("`{key}[{i}]` has no `{content_key}`")).hint(MESSAGE_HINT)),
+        };
+        messages.push(Message::new(from_llava_role(&role), content));
+    }
+    Ok(messages)
+}
+
+const MESSAGE_HINT: &str =
+    "a message looks like {\"role\": \"user\", \"content\": \"...\"} (or {\"from\": \"human\", \"value\": \"...\"})";
+const PAIR_USER: &[&str] = &["human", "user"];
+const PAIR_ASSISTANT: &[&str] = &["assistant", "gpt", "bot"];
+
+pub(crate) fn from_llava_role(role: &str) -> String {
+    match role {
+        "human" => "user".into(),
+        "gpt" | "bot" => "assistant".into(),
+        other => other.into(),
+    }
+}
+
+pub(crate) fn to_llava_role(role: &str) -> &str {
+    match role {
+        "user" => "human",
+        "assistant" => "gpt",
+        other => other,
     }
 }
 

@@ -12,38 +12,22 @@ use crate::conversation::{self, Conversation};
 use crate::error::FormatError;
 use crate::json::{self, Fields};
 use crate::output::JsonArray;
-use crate::{ReadOptions, Sink, WriteSummary, image_ref, swift};
+use crate::{ReadOptions, Sink, WriteSummary, image_ref};
 
 pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(), FormatError> {
     let task = opts.task.unwrap_or(Task::Vqa);
     json::each_object(path, sink, |loc, map| {
         let mut f = Fields::new(loc, map);
         let id = f.opt_id("id")?;
-        let images = swift::take_images(&mut f)?;
+        let images = conversation::take_images(&mut f)?;
         if !f.has("conversations") {
             return Err(f.err("missing field `conversations`").id(id).hint(
                 "LLaVA items look like {\"id\": ..., \"image\": ..., \"conversations\": [{\"from\": \"human\", \"value\": ...}, ...]}",
             ));
         }
-        let messages = swift::parse_messages(&mut f, "conversations")?;
+        let messages = conversation::parse_messages(&mut f, "conversations")?;
         Conversation { loc: loc.clone(), id, task, messages, images, meta: f.rest(), split: None }.into_records()
     })
-}
-
-pub(crate) fn from_llava_role(role: &str) -> String {
-    match role {
-        "human" => "user".into(),
-        "gpt" | "bot" => "assistant".into(),
-        other => other.into(),
-    }
-}
-
-pub(crate) fn to_llava_role(role: &str) -> &str {
-    match role {
-        "user" => "human",
-        "assistant" => "gpt",
-        other => other,
-    }
 }
 
 pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Result<WriteSummary, FormatError> {
@@ -76,7 +60,10 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
         }
         row.insert(
             "conversations".into(),
-            messages.iter().map(|m| serde_json::json!({"from": to_llava_role(&m.role), "value": m.content})).collect(),
+            messages
+                .iter()
+                .map(|m| serde_json::json!({"from": conversation::to_llava_role(&m.role), "value": m.content}))
+                .collect(),
         );
         j.finish_row(&mut row, None);
         file.push(&row)?;

@@ -11,20 +11,19 @@ use serde_json::{Map, Value};
 use crate::conversation::{self, Conversation};
 use crate::error::FormatError;
 use crate::json::{self, Fields};
-use crate::llava::to_llava_role;
 use crate::output::{AtomicFile, JsonArray, JsonLines};
-use crate::{ReadOptions, Sink, WriteSummary, swift};
+use crate::{ReadOptions, Sink, WriteSummary};
 
 pub(crate) fn read(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Result<(), FormatError> {
     let task = opts.task.unwrap_or(Task::Vqa);
     json::each_object(path, sink, |loc, map| {
         let mut f = Fields::new(loc, map);
         let id = f.opt_id("id")?;
-        let images = swift::take_images(&mut f)?;
+        let images = conversation::take_images(&mut f)?;
         let mut messages = if f.has("conversations") {
-            swift::parse_messages(&mut f, "conversations")?
+            conversation::parse_messages(&mut f, "conversations")?
         } else if f.has("messages") {
-            swift::parse_messages(&mut f, "messages")?
+            conversation::parse_messages(&mut f, "messages")?
         } else {
             return Err(f.err("missing field `conversations`").id(id).hint(
                 "ShareGPT rows look like {\"conversations\": [{\"from\": \"human\", \"value\": ...}, ...], \"images\": [...]}",
@@ -60,7 +59,10 @@ pub(crate) fn write(out: &Path, records: &mut dyn Iterator<Item = Record>) -> Re
         conversation::ensure_tags(&mut messages, j.images().len(), "");
         row.insert(
             "conversations".into(),
-            messages.iter().map(|m| serde_json::json!({"from": to_llava_role(&m.role), "value": m.content})).collect(),
+            messages
+                .iter()
+                .map(|m| serde_json::json!({"from": conversation::to_llava_role(&m.role), "value": m.content}))
+                .collect(),
         );
         j.finish_row(&mut row, Some("images"));
         match &mut file {

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use crate::error::{FormatError, RecordError};
 use crate::json::{self, Fields, kind};
 use crate::output::{AtomicFile, JsonLines};
-use crate::{ReadOptions, Sink, WriteSummary, image_ref, swift};
+use crate::{ReadOptions, Sink, WriteSummary, conversation, image_ref};
 
 const QUESTION_KEYS: &[&str] = &["question", "query", "prompt", "instruction"];
 const ANSWER_KEYS: &[&str] = &["answer", "response", "caption", "output"];
@@ -24,7 +24,7 @@ fn parse_row(mut f: Fields, opts: &ReadOptions) -> Result<Vec<Record>, RecordErr
         None => opts.task.unwrap_or(Task::Vqa),
     };
     let images = if f.has("images") || f.has("image") {
-        swift::take_images(&mut f)?
+        conversation::take_images(&mut f)?
     } else if let Some(p) = f.first_str(&["image_path", "file_name", "path"])? {
         vec![image_ref::parse_str(&p).map_err(|e| f.err(e).id(id.clone()))?]
     } else {

@@ -146,8 +146,8 @@ pub(crate) struct AbTag {
 /// The `mmloop` extension of a choice: the confidence and risk flags `mmloop infer` would
 /// give the same answer, and the experiment arm that gave it.
 pub(crate) fn extension(s: &Server, job: &Job, g: Generation, tag: Option<&AbTag>) -> Value {
-    let a = s.scorer.finish(job, g, Vec::new());
-    let mut v = json!({"confidence": a.confidence, "confidence_detail": a.detail, "flags": a.flags});
+    let c = s.scorer.finish(job, g, Vec::new()).candidate;
+    let mut v = json!({"confidence": c.confidence, "confidence_detail": c.detail, "flags": c.flags});
     if let (Some(tag), Some(ab)) = (tag, &s.config.ab) {
         v["experiment"] = json!({"name": ab.name, "arm": tag.arm});
     }

@@ -21,9 +21,6 @@ async fn main() {
     let store = mmloop_store::Store::open(&project).await.expect("open the project");
     let password = std::env::var("MMLOOP_ADMIN_PASSWORD").unwrap_or_else(|_| "bench admin password".into());
     store.ensure_admin("admin", &password, "bench").await.expect("admin account");
-    let t = std::time::Instant::now();
-    let added = store.sync_review_queue().await.expect("queue");
-    eprintln!("{added} items joined the review queue in {:.1} s", t.elapsed().as_secs_f64());
     let (_, token) = store.create_token("admin", "bench", None, "bench").await.expect("token");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("listen");
     println!("http://{}", listener.local_addr().unwrap());

@@ -216,7 +216,7 @@ impl Store {
         let head = self.db().read(head).await?;
         if let Some((seq, hash)) = head {
             let text = format!("{seq} {}\n", hex::encode(hash));
-            tokio::task::spawn_blocking(move || crate::project::write_atomic(&path, text.as_bytes()))
+            tokio::task::spawn_blocking(move || crate::fs::write_atomic(&path, text.as_bytes()))
                 .await
                 .map_err(|e| StoreError::Internal(e.to_string()))??;
         }

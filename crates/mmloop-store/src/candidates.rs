@@ -5,7 +5,7 @@
 //! in flight. A candidate that failed (unreadable image, refused request) is stored with its
 //! error and is not retried unless asked.
 
-use mmloop_core::{Digest, RiskFlag, RunStatus, Task, canonical_json};
+use mmloop_core::{Candidate, Digest, Finish, RiskFlag, RunStatus, Task, canonical_json};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -26,34 +26,50 @@ pub struct PendingFilter {
     pub retry_errors: bool,
 }
 
-/// A candidate to store.
-#[derive(Clone, Debug, Default, Serialize)]
+/// A candidate to store: a model's answer to one item, or why it has none.
+#[derive(Clone, Debug, Serialize)]
 pub struct NewCandidate {
     pub item_id: i64,
-    pub answer: Option<String>,
-    pub confidence: Option<f64>,
-    /// JSON: the numbers behind the confidence.
-    pub confidence_detail: Option<Value>,
-    /// `None` for a failed answer (stored as NULL); a list, maybe empty, otherwise.
-    pub flags: Option<Vec<RiskFlag>>,
+    /// The answer, or the error that stopped it (unreadable image, refused request).
+    pub outcome: Result<Candidate, String>,
+    /// How the generation ended; kept beside the confidence's numbers.
+    pub finish: Option<Finish>,
     /// JSON: OpenAI's `{"content": [...]}`.
     pub logprobs: Option<Value>,
-    pub error: Option<String>,
+}
+
+impl NewCandidate {
+    pub fn answered(item_id: i64, candidate: Candidate) -> Self {
+        NewCandidate { item_id, outcome: Ok(candidate), finish: None, logprobs: None }
+    }
+
+    pub fn failed(item_id: i64, error: impl Into<String>) -> Self {
+        NewCandidate { item_id, outcome: Err(error.into()), finish: None, logprobs: None }
+    }
+
+    /// `confidence_detail` as stored: the confidence's numbers with the finish beside them.
+    fn detail_json(&self) -> Option<String> {
+        let detail = self.outcome.as_ref().ok()?.detail.as_ref()?;
+        let mut v = serde_json::to_value(detail).expect("detail serializes");
+        if let (Some(f), Value::Object(o)) = (&self.finish, &mut v) {
+            o.insert("finish_reason".into(), f.finish_reason.clone().into());
+            o.insert("completion_tokens".into(), f.completion_tokens.into());
+            o.insert("prompt_tokens".into(), f.prompt_tokens.into());
+        }
+        Some(canonical_json(&v))
+    }
 }
 
 /// A stored candidate.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoredCandidate {
     pub id: i64,
     pub item_id: i64,
     pub run_id: Option<i64>,
     pub model: String,
-    pub answer: Option<String>,
-    pub confidence: Option<f64>,
-    pub confidence_detail: Option<Value>,
-    pub flags: Option<Vec<RiskFlag>>,
+    pub outcome: Result<Candidate, String>,
+    pub finish: Option<Finish>,
     pub logprobs: Option<Value>,
-    pub error: Option<String>,
     pub created_at: String,
 }
 
@@ -90,19 +106,55 @@ fn parse_json(s: Option<String>) -> Option<Value> {
     s.and_then(|s| serde_json::from_str(&s).ok())
 }
 
-fn row_candidate(r: &rusqlite::Row) -> rusqlite::Result<StoredCandidate> {
+/// A candidate's risk flags, in the order the rules raised them.
+pub(crate) fn flags_of(c: &rusqlite::Connection, candidate_id: i64) -> rusqlite::Result<Vec<RiskFlag>> {
+    let mut st = c.prepare_cached(
+        "SELECT flag, why, span_start, span_end FROM candidate_flags WHERE candidate_id = ?1 ORDER BY pos",
+    )?;
+    let rows = st.query_map([candidate_id], |r| {
+        let span = match (r.get::<_, Option<i64>>(2)?, r.get::<_, Option<i64>>(3)?) {
+            (Some(a), Some(b)) => Some([a as usize, b as usize]),
+            _ => None,
+        };
+        Ok(RiskFlag { flag: r.get(0)?, why: r.get(1)?, span })
+    })?;
+    rows.collect()
+}
+
+/// SQL: the names of candidate `c`'s flags joined by [`FLAG_SEP`], NULL without flags.
+pub(crate) const FLAG_NAMES: &str =
+    "(SELECT group_concat(f.flag, char(31) ORDER BY f.pos) FROM candidate_flags f WHERE f.candidate_id = c.id)";
+const FLAG_SEP: char = '\u{1f}';
+
+/// The flag names of a [`FLAG_NAMES`] column.
+pub(crate) fn flag_names(joined: Option<String>) -> Vec<String> {
+    joined.map(|j| j.split(FLAG_SEP).map(String::from).collect()).unwrap_or_default()
+}
+
+const CANDIDATE_COLS: &str =
+    "id, item_id, run_id, model, answer, confidence, confidence_detail, logprobs, error, created_at";
+
+fn row_candidate(c: &rusqlite::Connection, r: &rusqlite::Row) -> rusqlite::Result<StoredCandidate> {
+    let id: i64 = r.get(0)?;
+    let detail: Option<Value> = parse_json(r.get(6)?);
+    let outcome = match r.get::<_, Option<String>>(8)? {
+        Some(error) => Err(error),
+        None => Ok(Candidate {
+            answer: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+            confidence: r.get(5)?,
+            detail: detail.clone().and_then(|d| serde_json::from_value(d).ok()),
+            flags: flags_of(c, id)?,
+        }),
+    };
     Ok(StoredCandidate {
-        id: r.get(0)?,
+        id,
         item_id: r.get(1)?,
         run_id: r.get(2)?,
         model: r.get(3)?,
-        answer: r.get(4)?,
-        confidence: r.get(5)?,
-        confidence_detail: parse_json(r.get(6)?),
-        flags: r.get::<_, Option<String>>(7)?.map(|t| RiskFlag::parse_list(&t)),
-        logprobs: parse_json(r.get(8)?),
-        error: r.get(9)?,
-        created_at: r.get(10)?,
+        outcome,
+        finish: detail.and_then(|d| serde_json::from_value(d).ok()),
+        logprobs: parse_json(r.get(7)?),
+        created_at: r.get(9)?,
     })
 }
 
@@ -280,8 +332,12 @@ impl Store {
                 {
                     let mut st = tx.prepare_cached(
                         "INSERT INTO candidates (item_id, run_id, model, params_hash, answer, confidence,
-                             confidence_detail, flags, logprobs, error, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                             confidence_detail, logprobs, error, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    )?;
+                    let mut flag_st = tx.prepare_cached(
+                        "INSERT INTO candidate_flags (candidate_id, pos, flag, why, span_start, span_end)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )?;
                     for r in &rows {
                         let exists: bool = tx
@@ -290,29 +346,37 @@ impl Store {
                         if !exists {
                             return Err(StoreError::ItemNotFound(r.item_id));
                         }
-                        let flags = r
-                            .flags
-                            .as_ref()
-                            .map(|f| canonical_json(&serde_json::to_value(f).expect("flags serialize")));
+                        let answer = r.outcome.as_ref().ok();
                         st.execute(params![
                             r.item_id,
                             run_id,
                             model,
                             params_hash.0.to_vec(),
-                            r.answer,
-                            r.confidence,
-                            json_text(&r.confidence_detail),
-                            flags,
+                            answer.map(|a| &a.answer),
+                            answer.and_then(|a| a.confidence),
+                            r.detail_json(),
                             json_text(&r.logprobs),
-                            r.error,
+                            r.outcome.as_ref().err(),
                             now,
                         ])?;
+                        let candidate_id = tx.last_insert_rowid();
+                        for (pos, f) in answer.map_or(&[][..], |a| &a.flags).iter().enumerate() {
+                            let span = f.span.map(|[a, b]| (a as i64, b as i64));
+                            flag_st.execute(params![
+                                candidate_id,
+                                pos as i64,
+                                f.flag,
+                                f.why,
+                                span.map(|s| s.0),
+                                span.map(|s| s.1)
+                            ])?;
+                        }
                         digest.update(canonical_json(&serde_json::to_value(r).expect("candidate serializes")));
                         digest.update(b"\n");
                     }
                 }
                 let items: Vec<i64> = rows.iter().map(|r| r.item_id).collect();
-                let errors = rows.iter().filter(|r| r.error.is_some()).count();
+                let errors = rows.iter().filter(|r| r.outcome.is_err()).count();
                 let after = json!({
                     "run": run_id,
                     "model": model,
@@ -338,12 +402,10 @@ impl Store {
     pub async fn candidates_of(&self, item_id: i64) -> Result<Vec<StoredCandidate>, StoreError> {
         self.db()
             .read(move |c| {
-                let mut st = c.prepare_cached(
-                    "SELECT id, item_id, run_id, model, answer, confidence, confidence_detail, flags, logprobs,
-                            error, created_at
-                     FROM candidates WHERE item_id = ?1 ORDER BY id DESC",
-                )?;
-                let rows = st.query_map([item_id], row_candidate)?;
+                let mut st = c.prepare_cached(&format!(
+                    "SELECT {CANDIDATE_COLS} FROM candidates WHERE item_id = ?1 ORDER BY id DESC"
+                ))?;
+                let rows = st.query_map([item_id], |r| row_candidate(c, r))?;
                 Ok(rows.collect::<Result<_, _>>()?)
             })
             .await
@@ -353,12 +415,10 @@ impl Store {
     pub async fn run_candidates(&self, run_id: i64) -> Result<Vec<StoredCandidate>, StoreError> {
         self.db()
             .read(move |c| {
-                let mut st = c.prepare_cached(
-                    "SELECT id, item_id, run_id, model, answer, confidence, confidence_detail, flags, logprobs,
-                            error, created_at
-                     FROM candidates WHERE run_id = ?1 ORDER BY item_id, id",
-                )?;
-                let rows = st.query_map([run_id], row_candidate)?;
+                let mut st = c.prepare_cached(&format!(
+                    "SELECT {CANDIDATE_COLS} FROM candidates WHERE run_id = ?1 ORDER BY item_id, id"
+                ))?;
+                let rows = st.query_map([run_id], |r| row_candidate(c, r))?;
                 Ok(rows.collect::<Result<_, _>>()?)
             })
             .await
@@ -367,20 +427,18 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use mmloop_core::{Digest, RiskFlag, RunStatus};
+    use mmloop_core::{Candidate, Digest, RiskFlag, RunStatus};
     use serde_json::json;
 
     use crate::NewCandidate;
     use crate::test_support::project;
 
     fn answer(item_id: i64, flags: Vec<RiskFlag>) -> NewCandidate {
-        NewCandidate {
-            item_id,
-            answer: Some("red".into()),
-            confidence: Some(0.5),
-            flags: Some(flags),
-            ..Default::default()
-        }
+        NewCandidate::answered(item_id, Candidate { answer: "red".into(), confidence: Some(0.5), detail: None, flags })
+    }
+
+    fn flags(c: &crate::StoredCandidate) -> Option<&[RiskFlag]> {
+        c.outcome.as_ref().ok().map(|c| &c.flags[..])
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,12 +458,14 @@ mod tests {
             .unwrap();
         assert_eq!(n, 2);
         let got = store.candidates_of(1).await.unwrap();
-        assert_eq!(got[0].flags.as_deref(), Some(&[hedge][..]));
-        assert_eq!(store.candidates_of(2).await.unwrap()[0].flags.as_deref(), Some(&[][..]));
-        // A failed answer keeps no flags at all (NULL, not an empty list).
-        let failed = NewCandidate { item_id: 3, error: Some("timeout".into()), ..Default::default() };
-        store.add_candidates(Some(run), "m", Digest([1; 32]), "test", vec![failed]).await.unwrap();
-        assert_eq!(store.candidates_of(3).await.unwrap()[0].flags, None);
+        assert_eq!(flags(&got[0]), Some(&[hedge][..]));
+        assert_eq!(flags(&store.candidates_of(2).await.unwrap()[0]), Some(&[][..]));
+        // A failed answer keeps its error and no answer at all.
+        store
+            .add_candidates(Some(run), "m", Digest([1; 32]), "test", vec![NewCandidate::failed(3, "timeout")])
+            .await
+            .unwrap();
+        assert_eq!(store.candidates_of(3).await.unwrap()[0].outcome, Err("timeout".into()));
         // An unknown item fails the whole batch: the good row in it is not stored either.
         let err = store
             .add_candidates(Some(run), "m", Digest([1; 32]), "test", vec![answer(2, vec![]), answer(99, vec![])])

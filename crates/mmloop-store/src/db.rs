@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_review.sql"),
     include_str!("../migrations/0003_routing.sql"),
     include_str!("../migrations/0004_ab.sql"),
+    include_str!("../migrations/0005_candidate_flags.sql"),
 ];
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -158,5 +159,76 @@ impl Db {
 impl Drop for Db {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A project written by a version that kept risk flags as a JSON list on the candidate
+    /// (and left its review queue behind an import) reads the same after the upgrade.
+    #[test]
+    fn json_flags_move_into_their_table_and_the_queue_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mmloop.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..4] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", 4).unwrap();
+            c.execute_batch(
+                "INSERT INTO runs (id, kind, actor, started_at, status, config) VALUES (1, 'import', 't', 'now', 'done', '{}');
+                 INSERT INTO items (id, key, task, question, run_id, content) VALUES
+                     (1, 'a', 'vqa', 'q', 1, x''), (2, 'b', 'vqa', 'q', 1, x''), (3, 'c', 'vqa', 'q', 1, x'');
+                 INSERT INTO review_queue (item_id, status) VALUES (1, 'pending');
+                 INSERT INTO candidates (item_id, model, answer, confidence, flags, created_at) VALUES
+                     (1, 'm', 'maybe red', 0.4,
+                      '[{\"flag\":\"hedge\",\"why\":\"says maybe\",\"span\":[0,5]},\"short\",{\"why\":\"no name\"},{\"flag\":\"x\",\"span\":[5,2]},42]', 'now'),
+                     (2, 'm', 'red', 0.9, 'not json', 'now'),
+                     (3, 'm', 'blue', 0.2, '[\"hedge\"]', 'now');",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path, false).unwrap();
+        db.close();
+        let c = Connection::open(&path).unwrap();
+        type FlagRow = (i64, i64, String, String, Option<i64>, Option<i64>);
+        type QueueRow = (i64, Option<f64>, Option<i64>, Option<String>);
+        let flags: Vec<FlagRow> = c
+            .prepare("SELECT candidate_id, pos, flag, why, span_start, span_end FROM candidate_flags ORDER BY 1, 2")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let f =
+            |c, p, n: &str, w: &str, s: Option<[i64; 2]>| (c, p, n.into(), w.into(), s.map(|s| s[0]), s.map(|s| s[1]));
+        assert_eq!(
+            flags,
+            vec![
+                f(1, 0, "hedge", "says maybe", Some([0, 5])),
+                f(1, 1, "short", "", None),
+                f(1, 3, "x", "", None),
+                f(3, 0, "hedge", "", None),
+            ]
+        );
+        // Items 2 and 3 were not in the queue yet: they joined it; all are ranked by the flags kept.
+        let queue: Vec<QueueRow> = c
+            .prepare("SELECT item_id, conf, nflags, flags FROM review_queue ORDER BY item_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            queue,
+            vec![
+                (1, Some(0.4), Some(3), Some(",hedge,short,x,".into())),
+                (2, Some(0.9), Some(0), None),
+                (3, Some(0.2), Some(1), Some(",hedge,".into())),
+            ]
+        );
     }
 }

@@ -314,7 +314,7 @@ pub(crate) fn write_blob(dot: &Path, p: &Probed) -> std::io::Result<PathBuf> {
     }
     let dir = dest.parent().expect("blob paths have a parent");
     std::fs::create_dir_all(dir)?;
-    let mut tmp = crate::project::temp_file_in(dir)?;
+    let mut tmp = crate::fs::temp_file_in(dir)?;
     match &p.origin {
         Origin::Inline(b) => std::io::Write::write_all(&mut tmp, b)?,
         Origin::File(src) => {

@@ -627,7 +627,7 @@ impl<'o> Job<'o> {
                 text.push_str(&serde_json::to_string(&BadRow::from(e)).expect("report rows serialize"));
                 text.push('\n');
             }
-            crate::project::write_atomic(&path, text.as_bytes())?;
+            crate::fs::write_atomic(&path, text.as_bytes())?;
             self.report.report_path = Some(path);
         }
         let summary = serde_json::to_value(&self.report).expect("report serializes");

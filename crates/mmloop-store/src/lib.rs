@@ -14,6 +14,7 @@ mod audit;
 mod candidates;
 mod db;
 mod export;
+mod fs;
 mod images;
 mod import;
 mod labels;

@@ -13,8 +13,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::candidates::{FLAG_NAMES, flag_names};
 use crate::labels::{LabelSave, SaveOutcome, label_by_id, save_in_tx};
-use crate::review::queue::{parse_flags, sync_queue};
 use crate::{Store, StoreError};
 
 /// Why a sample was drawn.
@@ -193,16 +193,16 @@ fn row_sample(r: &rusqlite::Row) -> rusqlite::Result<AuditSampleInfo> {
 const PRIMARY: &str = "SELECT id FROM candidates WHERE item_id = i.id ORDER BY error IS NULL DESC, id DESC LIMIT 1";
 
 pub(crate) fn audited(c: &Connection, kind: Option<SampleKind>) -> Result<Vec<Audited>, StoreError> {
-    let mut st = c.prepare_cached(
+    let mut st = c.prepare_cached(&format!(
         "SELECT a.sample_id, a.pos, a.item_id, a.candidate_id, i.task, json_extract(i.meta, '$.question_type'),
-                c.confidence, c.flags, c.answer, i.label_id IS a.base_label, l.status, l.answer, l.answers, s.kind
+                c.confidence, {FLAG_NAMES}, c.answer, i.label_id IS a.base_label, l.status, l.answer, l.answers, s.kind
          FROM audit_items a
          JOIN audit_samples s ON s.id = a.sample_id
          JOIN items i ON i.id = a.item_id
          JOIN candidates c ON c.id = a.candidate_id
          LEFT JOIN labels l ON l.id = i.label_id
-         ORDER BY a.sample_id, a.pos",
-    )?;
+         ORDER BY a.sample_id, a.pos"
+    ))?;
     let mut rows = st.query([])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
@@ -229,7 +229,7 @@ pub(crate) fn audited(c: &Connection, kind: Option<SampleKind>) -> Result<Vec<Au
             task,
             question_type: question_type.and_then(|v| v.as_str().map(String::from)),
             score: r.get(6)?,
-            flags: parse_flags(r.get(7)?).into_iter().map(|f| f.flag).collect(),
+            flags: flag_names(r.get(7)?),
             answer,
             verdict: v,
         });
@@ -343,7 +343,6 @@ impl Store {
             .db()
             .write(move |conn| {
                 let tx = conn.transaction()?;
-                sync_queue(&tx).map_err(|e| StoreError::Internal(e.to_string()))?;
                 let pool: Vec<(i64, i64, Option<i64>)> = {
                     let mut st = tx.prepare_cached(&format!(
                         "SELECT i.id, ({PRIMARY}), i.label_id FROM review_queue q JOIN items i ON i.id = q.item_id
@@ -427,7 +426,7 @@ impl Store {
             .read(move |c| {
                 let mut st = c.prepare_cached(&format!(
                     "SELECT i.id, i.label_id, i.task, json_extract(i.meta, '$.question_type'), c.id, c.confidence,
-                            c.flags, c.answer
+                            {FLAG_NAMES}, c.answer
                      FROM review_queue q JOIN items i ON i.id = q.item_id
                      JOIN candidates c ON c.id = ({PRIMARY})
                      WHERE q.status = 'pending' AND q.has_cand = 1 AND q.conf IS NOT NULL
@@ -445,7 +444,7 @@ impl Store {
                         question_type: qt.and_then(|v| v.as_str().map(String::from)),
                         candidate_id: r.get(4)?,
                         score: r.get(5)?,
-                        flags: parse_flags(r.get(6)?).into_iter().map(|f| f.flag).collect(),
+                        flags: flag_names(r.get(6)?),
                         answer: r.get(7)?,
                     })
                 })?;

@@ -105,12 +105,16 @@ impl Project {
             let batch = rows
                 .iter()
                 .filter(|r| r.1 == model)
-                .map(|(item, _, answer, conf, flags)| mmloop_store::NewCandidate {
-                    item_id: *item,
-                    answer: Some(answer.to_string()),
-                    confidence: *conf,
-                    flags: Some(mmloop_core::RiskFlag::parse_list(&flags.to_string())),
-                    ..Default::default()
+                .map(|(item, _, answer, conf, flags)| {
+                    mmloop_store::NewCandidate::answered(
+                        *item,
+                        mmloop_core::Candidate {
+                            answer: answer.to_string(),
+                            confidence: *conf,
+                            detail: None,
+                            flags: serde_json::from_value(flags.clone()).expect("flags"),
+                        },
+                    )
                 })
                 .collect();
             self.store.add_candidates(None, model, mmloop_core::Digest([0; 32]), "test", batch).await.unwrap();

@@ -151,10 +151,6 @@ pub struct Lease {
 
 pub use mmloop_core::RiskFlag;
 
-pub(crate) fn parse_flags(text: Option<String>) -> Vec<RiskFlag> {
-    text.map(|t| RiskFlag::parse_list(&t)).unwrap_or_default()
-}
-
 /// A model's answer as a reviewer sees it.
 #[derive(Clone, Debug, Serialize)]
 pub struct CandidateView {
@@ -278,20 +274,20 @@ fn check_answer(a: &Answer) -> ReviewResult<()> {
     Ok(())
 }
 
-const CANDIDATE_COLS: &str =
-    "id, run_id, model, answer, confidence, confidence_detail, flags, error, created_at, item_id";
+const CANDIDATE_COLS: &str = "id, run_id, model, answer, confidence, confidence_detail, error, created_at, item_id";
 
-fn row_candidate(r: &rusqlite::Row) -> rusqlite::Result<CandidateView> {
+fn row_candidate(c: &Connection, r: &rusqlite::Row) -> rusqlite::Result<CandidateView> {
+    let id = r.get(0)?;
     Ok(CandidateView {
-        id: r.get(0)?,
+        id,
         run_id: r.get(1)?,
         model: r.get(2)?,
         answer: r.get(3)?,
         confidence: r.get(4)?,
         confidence_detail: r.get::<_, Option<String>>(5)?.and_then(|t| serde_json::from_str(&t).ok()),
-        flags: parse_flags(r.get(6)?),
-        error: r.get(7)?,
-        created_at: r.get(8)?,
+        flags: crate::candidates::flags_of(c, id)?,
+        error: r.get(6)?,
+        created_at: r.get(7)?,
     })
 }
 
@@ -299,7 +295,7 @@ fn candidates_of(c: &Connection, item_id: i64) -> ReviewResult<Vec<CandidateView
     let mut st = c.prepare_cached(&format!(
         "SELECT {CANDIDATE_COLS} FROM candidates WHERE item_id = ?1 ORDER BY error IS NULL DESC, id DESC"
     ))?;
-    let rows = st.query_map([item_id], row_candidate)?;
+    let rows = st.query_map([item_id], |r| row_candidate(c, r))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -338,7 +334,8 @@ fn current_label_id(c: &Connection, item_id: i64) -> ReviewResult<Option<i64>> {
         .ok_or(ReviewError::NotFound(format!("item {item_id}")))
 }
 
-/// Adds items the queue has not seen yet (ids only grow: imports append).
+/// Adds items the queue has not seen yet (ids only grow: imports append); the import calls
+/// it in its own transaction, so readers never find an item missing from the queue.
 pub(crate) fn sync_queue(tx: &Transaction) -> ReviewResult<u64> {
     let seen: i64 =
         tx.prepare_cached("SELECT COALESCE(MAX(item_id), 0) FROM review_queue")?.query_row([], |r| r.get(0))?;
@@ -353,18 +350,8 @@ pub(crate) fn sync_queue(tx: &Transaction) -> ReviewResult<u64> {
         [seen],
     )?;
     tx.execute(
-        "UPDATE review_queue SET (has_cand, conf, nflags, flags, model) = (
-             SELECT 1,
-                    CASE WHEN c.error IS NULL THEN c.confidence END,
-                    CASE WHEN json_valid(c.flags) AND json_type(c.flags) = 'array' THEN json_array_length(c.flags) ELSE 0 END,
-                    CASE WHEN json_valid(c.flags) AND json_type(c.flags) = 'array'
-                         THEN ',' || (SELECT group_concat(CASE f.type WHEN 'object' THEN json_extract(f.value, '$.flag')
-                                                                      WHEN 'text' THEN f.value END, ',')
-                                      FROM json_each(c.flags) f) || ','
-                    END,
-                    c.model
-             FROM candidates c WHERE c.item_id = review_queue.item_id
-             ORDER BY c.error IS NULL DESC, c.id DESC LIMIT 1)
+        "UPDATE review_queue SET (has_cand, conf, nflags, flags, model) =
+             (SELECT 1, p.conf, p.nflags, p.flags, p.model FROM primary_candidate p WHERE p.item_id = review_queue.item_id)
          WHERE item_id > ?1 AND item_id IN (SELECT item_id FROM candidates WHERE item_id > ?1)",
         [seen],
     )?;
@@ -380,11 +367,6 @@ fn need_label(user: &User) -> ReviewResult<()> {
 }
 
 impl Store {
-    /// Brings the review queue up to date with items imported since it last looked.
-    pub async fn sync_review_queue(&self) -> ReviewResult<u64> {
-        write_tx(self, |tx| Ok((sync_queue(tx)?, true))).await
-    }
-
     /// Hands `user` the riskiest item under `filter` nobody else holds, leased for
     /// `lease_ms`; the item the user already holds comes back first (a reload, a second
     /// tab). `None` when the queue is empty.
@@ -400,7 +382,6 @@ impl Store {
         let audit_first = filter.is_default();
         let user2 = user.clone();
         let picked = write_tx(self, move |tx| {
-            sync_queue(tx)?;
             let now = now_ms();
             // An open audit sample is served first, in its random order: its point is an
             // unbiased estimate, which a risk-ordered pick would not give.
@@ -549,7 +530,7 @@ impl Store {
                     tx.prepare_cached(&format!(
                         "SELECT {CANDIDATE_COLS} FROM candidates WHERE id = ?1 AND item_id = ?2"
                     ))?
-                    .query_row([cid, id], row_candidate)
+                    .query_row([cid, id], |r| row_candidate(tx, r))
                     .optional()?
                     .ok_or_else(|| {
                         ReviewError::BadRequest(format!("candidate {cid} is not a candidate of item {id}"))
@@ -748,24 +729,6 @@ pub(crate) fn split_flags(f: Option<&str>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn flags_parse_leniently() {
-        let f = parse_flags(Some(
-            r#"[{"flag":"hedge","why":"says maybe","span":[4,9]},"short",{"why":"no name"},{"flag":"x","span":[5,2]}]"#
-                .into(),
-        ));
-        assert_eq!(
-            f,
-            vec![
-                RiskFlag { flag: "hedge".into(), why: "says maybe".into(), span: Some([4, 9]) },
-                RiskFlag { flag: "short".into(), why: String::new(), span: None },
-                RiskFlag { flag: "x".into(), why: String::new(), span: None },
-            ]
-        );
-        assert!(parse_flags(Some("not json".into())).is_empty());
-        assert!(parse_flags(None).is_empty());
-    }
 
     #[test]
     fn filters_refuse_nonsense() {
