@@ -1,8 +1,8 @@
 //! `mmloop export`.
 
 use anyhow::bail;
-use mmloop::pipeline::{ExportRequest, export_file};
 use mmloop_formats::{Format, WriteOptions};
+use mmloop_pipeline::transfer::{ExportRequest, export_file};
 use mmloop_store::{ExportFilter, Store, StoreError, VersionSpec};
 
 use crate::cli::ExportArgs;

@@ -5,8 +5,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use console::style;
 use indicatif::ProgressBar;
-use mmloop::pipeline::{ImportRequest, import_file};
 use mmloop_formats::{Format, ReadOptions};
+use mmloop_pipeline::transfer::{ImportRequest, import_file};
 use mmloop_store::{ImportProgress, ImportReport, Store};
 
 use crate::cli::{ImportArgs, InitArgs};

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use console::style;
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
-use mmloop::infer::{self, FileInfer, InferProgress, InferReport, ProjectInfer};
 use mmloop_engine::openai::{OpenAiBackend, OpenAiOptions};
 use mmloop_engine::{Annotator, AnnotatorOptions, Backend, GenOverrides, GenParams, RuleSet, RulesConfig};
+use mmloop_pipeline::infer::{self, FileInfer, InferProgress, InferReport, ProjectInfer};
 use mmloop_store::{PendingFilter, Store};
 use serde_json::json;
 
@@ -241,7 +241,7 @@ pub async fn infer(a: InferArgs, actor: &str) -> anyhow::Result<()> {
             });
             let opts =
                 ProjectInfer { filter, limit: a.limit, system: a.system.clone(), actor: actor.to_string(), config };
-            let r = infer::infer_project(&store, annotator, opts, &progress).await;
+            let r = infer::infer_project(&store, annotator, opts, &progress, ctrl_c()).await;
             store.close();
             r?
         }
@@ -251,7 +251,7 @@ pub async fn infer(a: InferArgs, actor: &str) -> anyhow::Result<()> {
                 overwrite: a.overwrite,
                 retry_errors: a.retry_errors,
             };
-            infer::infer_file(annotator, questions, &opts, &progress).await?
+            infer::infer_file(annotator, questions, &opts, &progress, ctrl_c()).await?
         }
         (None, None) => unreachable!("one mode is chosen above"),
     };
@@ -266,6 +266,15 @@ pub async fn infer(a: InferArgs, actor: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Resolves at Ctrl-C, with the reason a stopped run records.
+async fn ctrl_c() -> String {
+    match tokio::signal::ctrl_c().await {
+        Ok(()) => "interrupted (Ctrl-C)".into(),
+        // No signal handler: never interrupt.
+        Err(_) => std::future::pending().await,
+    }
 }
 
 fn print_report(r: &InferReport, project: Option<&Path>) {

@@ -7,9 +7,9 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use mmloop::pipeline::{ExportRequest, export_file};
 use mmloop_core::{Answer, HumanAnswer, ImageSource, Location, Message, Prediction, Record, Task};
 use mmloop_formats::{Format, WriteOptions};
+use mmloop_pipeline::transfer::{ExportRequest, export_file};
 use mmloop_store::{ExportFilter, VersionSpec};
 use proptest::prelude::*;
 use serde_json::json;

@@ -4,9 +4,9 @@
 
 mod common;
 
-use mmloop::pipeline::{ExportRequest, export_file};
 use mmloop_core::{Answer, LabelStatus};
 use mmloop_formats::{Format, WriteOptions};
+use mmloop_pipeline::transfer::{ExportRequest, export_file};
 use mmloop_store::{ExportFilter, LabelSave, SaveOutcome, SplitPlan, Store, StoreError, VersionSpec};
 
 fn row(id: &str, image: &str, q: &str, a: &str) -> String {

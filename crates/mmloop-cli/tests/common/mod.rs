@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use mmloop::pipeline::{ImportRequest, import_file};
+use mmloop_pipeline::transfer::{ImportRequest, import_file};
 use mmloop_store::{ImportReport, Store};
 
 pub const ACTOR: &str = "test";

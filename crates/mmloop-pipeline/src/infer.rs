@@ -1,4 +1,4 @@
-//! Pre-annotation pipelines behind `mmloop infer`, shared by the command and its tests.
+//! Pre-annotation runs behind `mmloop infer` (and any server that starts one).
 //!
 //! - **Project mode**: every item nobody has decided on gets a candidate (answer,
 //!   confidence, risk flags, logprobs) stored in the project. A run's params hash (model,
@@ -182,24 +182,48 @@ pub trait Source<K> {
     async fn next(&mut self) -> anyhow::Result<Option<(K, Question)>>;
 }
 
+/// Why a run ended before its last question.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Stopped {
+    /// The caller's stop future resolved (Ctrl-C, a request), with its reason.
+    Interrupted(String),
+    /// An error that would fail every item (server gone, unsupported model).
+    Failed(String),
+}
+
+impl Stopped {
+    fn status(&self) -> RunStatus {
+        match self {
+            Stopped::Interrupted(_) => RunStatus::Interrupted,
+            Stopped::Failed(_) => RunStatus::Failed,
+        }
+    }
+
+    fn into_reason(self) -> String {
+        match self {
+            Stopped::Interrupted(why) | Stopped::Failed(why) => why,
+        }
+    }
+}
+
 /// Runs the questions `source` yields through the annotator, at most its in-flight limit
 /// at once, handing each result to `handler`, which is flushed every `flush_every` results
-/// and every two seconds. Stops at the first fatal error (its message is returned) or on
-/// Ctrl-C.
+/// and every two seconds. Stops at the first fatal error or when `stop` resolves (with the
+/// reason it gives); the questions in flight then are dropped, the results before kept.
 async fn drive<K: Send + 'static>(
     annotator: Arc<Annotator>,
     source: &mut impl Source<K>,
     handler: &mut impl Handler<K>,
     flush_every: usize,
-) -> anyhow::Result<Option<String>> {
+    stop: impl Future<Output = String>,
+) -> anyhow::Result<Option<Stopped>> {
     let in_flight = annotator.max_in_flight();
     let mut set: JoinSet<(K, Result<Annotation, EngineError>)> = JoinSet::new();
     let mut exhausted = false;
     let mut since_flush = 0usize;
     let mut last_flush = Instant::now();
     let mut stopped = None;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -219,7 +243,7 @@ async fn drive<K: Send + 'static>(
             joined = set.join_next() => {
                 let (k, r) = joined.expect("set is not empty").context("a question's task panicked")?;
                 if let Err(e) = &r && is_fatal(e) {
-                    stopped = Some(e.to_string());
+                    stopped = Some(Stopped::Failed(e.to_string()));
                     set.abort_all();
                     break;
                 }
@@ -227,8 +251,8 @@ async fn drive<K: Send + 'static>(
                 since_flush += 1;
             }
             _ = tick.tick() => {}
-            _ = &mut ctrl_c => {
-                stopped = Some("interrupted (Ctrl-C)".into());
+            why = &mut stop => {
+                stopped = Some(Stopped::Interrupted(why));
                 set.abort_all();
                 break;
             }
@@ -352,12 +376,14 @@ impl Handler<i64> for CandidateSink<'_> {
     }
 }
 
-/// Answers the project's pending items and stores the candidates.
+/// Answers the project's pending items and stores the candidates, until done or until `stop`
+/// resolves (the run is then recorded as interrupted, with the reason `stop` gives).
 pub async fn infer_project(
     store: &Store,
     annotator: Arc<Annotator>,
     opts: ProjectInfer,
     progress: &dyn InferProgress,
+    stop: impl Future<Output = String>,
 ) -> anyhow::Result<InferReport> {
     let started = Instant::now();
     let (hash, identity) = params_hash(&annotator, opts.system.as_deref());
@@ -401,15 +427,16 @@ pub async fn infer_project(
         progress,
     };
     let flush_every = annotator.max_in_flight().max(32);
-    let outcome = drive(annotator.clone(), &mut source, &mut sink, flush_every).await;
+    let outcome = drive(annotator.clone(), &mut source, &mut sink, flush_every, stop).await;
     let mut report = sink.report;
     progress.finish();
     report.close(started);
     let (status, result) = match outcome {
         Ok(None) => (RunStatus::Done, Ok(())),
         Ok(Some(why)) => {
-            report.stopped = Some(why.clone());
-            (if why.starts_with("interrupted") { RunStatus::Interrupted } else { RunStatus::Failed }, Ok(()))
+            let status = why.status();
+            report.stopped = Some(why.into_reason());
+            (status, Ok(()))
         }
         Err(e) => {
             report.stopped = Some(format!("{e:#}"));
@@ -763,6 +790,7 @@ pub async fn infer_file(
     questions: Vec<FileQuestion>,
     opts: &FileInfer,
     progress: &dyn InferProgress,
+    stop: impl Future<Output = String>,
 ) -> anyhow::Result<InferReport> {
     let started = Instant::now();
     let (hash, _) = params_hash(&annotator, None);
@@ -805,14 +833,14 @@ pub async fn infer_file(
         progress,
     };
     let mut source = VecSource { items: todo.into_iter() };
-    let outcome = drive(annotator.clone(), &mut source, &mut writer, usize::MAX).await;
+    let outcome = drive(annotator.clone(), &mut source, &mut writer, usize::MAX, stop).await;
     writer.write_leftovers()?;
     progress.finish();
     let mut report = writer.report;
     report.close(started);
     match outcome {
         Ok(None) => {}
-        Ok(Some(why)) => report.stopped = Some(why),
+        Ok(Some(why)) => report.stopped = Some(why.into_reason()),
         Err(e) => return Err(e),
     }
     Ok(report)

@@ -1,0 +1,10 @@
+//! The loop's jobs as a library, for the command line and the servers alike:
+//! - [`infer`]: a pre-annotation run over a project's pending items (candidates stored,
+//!   resumable by params hash) or over a dataset file (a JSONL of answers);
+//! - [`transfer`]: dataset files into a project and a project's version out to a file.
+//!
+//! Nothing here prints or reads the terminal: progress goes through a trait, a run stops
+//! when the future its caller hands in resolves (Ctrl-C in the CLI, a request in a server).
+
+pub mod infer;
+pub mod transfer;
