@@ -7,12 +7,11 @@ quickly on this machine.
 
 Every item (or a fraction of them) gets one answer with a confidence drawn from a mix of
 Beta-like shapes (most answers confident, a long tail of doubtful ones) and, for about one in
-six, one or two risk flags (hedge, number_mismatch, short_answer) with a span. Deterministic;
-standard library only; one transaction.
+six, one or two risk flags (hedge, number_mismatch, short_answer) with a span, in the
+`candidate_flags` table. Deterministic; standard library only; one transaction.
 """
 
 import argparse
-import json
 import random
 import sqlite3
 
@@ -47,13 +46,17 @@ def main():
                 for f, why in rng.sample(FLAGS, rng.choice([1, 1, 2])):
                     flags.append({"flag": f, "why": why, "span": [0, 5]})
             model = a.model if n % 10 else a.model + "-ft"
-            yield (item, model, "maybe a chair", round(conf, 4), json.dumps(flags), "2026-01-01T00:00:00Z")
+            yield (item, model, "maybe a chair", round(conf, 4), "2026-01-01T00:00:00Z"), flags
 
     with con:
-        con.executemany(
-            "INSERT INTO candidates (item_id, model, answer, confidence, flags, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            rows(),
-        )
+        for row, flags in rows():
+            cur = con.execute(
+                "INSERT INTO candidates (item_id, model, answer, confidence, created_at) VALUES (?, ?, ?, ?, ?)", row
+            )
+            con.executemany(
+                "INSERT INTO candidate_flags (candidate_id, pos, flag, why, span_start, span_end) VALUES (?, ?, ?, ?, ?, ?)",
+                [(cur.lastrowid, pos, f["flag"], f["why"], *f["span"]) for pos, f in enumerate(flags)],
+            )
     n = con.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
     print(f"{n} candidates in {a.db}")
 

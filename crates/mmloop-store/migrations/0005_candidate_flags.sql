@@ -48,7 +48,10 @@ SELECT c.item_id,
        c.id AS candidate_id,
        CASE WHEN c.error IS NULL THEN c.confidence END AS conf,
        (SELECT count(*) FROM candidate_flags f WHERE f.candidate_id = c.id) AS nflags,
-       (SELECT ',' || group_concat(f.flag, ',' ORDER BY f.pos) || ',' FROM candidate_flags f WHERE f.candidate_id = c.id) AS flags,
+       -- (ordered in a subquery: group_concat's own ORDER BY needs SQLite 3.44, and the schema
+       -- must stay readable by the sqlite3 shells people inspect a project with)
+       (SELECT ',' || group_concat(flag, ',') || ','
+        FROM (SELECT f.flag FROM candidate_flags f WHERE f.candidate_id = c.id ORDER BY f.pos)) AS flags,
        c.model
 FROM candidates c
 WHERE c.id = (SELECT p.id FROM candidates p WHERE p.item_id = c.item_id ORDER BY p.error IS NULL DESC, p.id DESC LIMIT 1);

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_routing.sql"),
     include_str!("../migrations/0004_ab.sql"),
     include_str!("../migrations/0005_candidate_flags.sql"),
+    include_str!("../migrations/0006_tallies.sql"),
 ];
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;

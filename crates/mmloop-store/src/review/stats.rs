@@ -1,7 +1,8 @@
 //! The numbers of the stats page: progress, reviewers' throughput, and how often reviewers
 //! accept, edit or reject model answers by confidence bucket and by risk flag — the data
 //! that later sets the confidence threshold below which answers go to a person.
-//! Read-only; computed on demand from the queue and the labels.
+//! Read-only; read from tallies the store keeps as the queue and the labels change
+//! (`queue_tally`, `reviewer_tally`), so the page costs the same at 1M items as at 100.
 
 use std::collections::BTreeMap;
 
@@ -87,21 +88,40 @@ fn hour_ago() -> String {
 }
 
 fn reviewers(c: &Connection) -> Result<Vec<ReviewerStats>, StoreError> {
-    let mut st = c.prepare(
-        "SELECT actor, action, COUNT(*), SUM(lead_time_ms), COUNT(lead_time_ms), MIN(at), MAX(at), SUM(at >= ?1)
-         FROM labels WHERE action IN ('accept', 'edit', 'reject', 'skip', 'undo') GROUP BY actor, action",
-    )?;
+    let mut recent: BTreeMap<String, u64> = BTreeMap::new();
+    {
+        let mut st = c.prepare_cached(
+            "SELECT actor, COUNT(*) FROM labels
+             WHERE at >= ?1 AND action IN ('accept', 'edit', 'reject', 'skip') GROUP BY actor",
+        )?;
+        let mut rows = st.query([hour_ago()])?;
+        while let Some(r) = rows.next()? {
+            recent.insert(r.get(0)?, r.get::<_, i64>(1)? as u64);
+        }
+    }
+    let mut st =
+        c.prepare_cached("SELECT actor, action, n, lead_sum, lead_n, first_at, last_at FROM reviewer_tally")?;
     let mut by: BTreeMap<String, (ReviewerStats, i64, i64)> = BTreeMap::new();
-    let mut rows = st.query([hour_ago()])?;
+    let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
         let actor: String = r.get(0)?;
         let action: String = r.get(1)?;
         let n = r.get::<_, i64>(2)? as u64;
-        let (lead_sum, lead_n): (Option<i64>, i64) = (r.get(3)?, r.get(4)?);
+        let (lead_sum, lead_n): (i64, i64) = (r.get(3)?, r.get(4)?);
         let (first, last): (String, String) = (r.get(5)?, r.get(6)?);
-        let recent = r.get::<_, Option<i64>>(7)?.unwrap_or(0) as u64;
         let e = by.entry(actor.clone()).or_insert_with(|| {
-            (ReviewerStats { actor, first_at: first.clone(), last_at: last.clone(), ..Default::default() }, 0, 0)
+            let last_hour = recent.get(&actor).copied().unwrap_or(0);
+            (
+                ReviewerStats {
+                    actor,
+                    first_at: first.clone(),
+                    last_at: last.clone(),
+                    last_hour,
+                    ..Default::default()
+                },
+                0,
+                0,
+            )
         });
         match action.as_str() {
             "accept" => e.0.accepted += n,
@@ -112,8 +132,7 @@ fn reviewers(c: &Connection) -> Result<Vec<ReviewerStats>, StoreError> {
         }
         if action != "undo" {
             e.0.decisions += n;
-            e.0.last_hour += recent;
-            e.1 += lead_sum.unwrap_or(0);
+            e.1 += lead_sum;
             e.2 += lead_n;
         }
         if first < e.0.first_at {
@@ -144,22 +163,6 @@ impl Store {
             .read(|c| {
                 let mut by_status = BTreeMap::new();
                 let (mut items, mut to_review, mut with_candidates) = (0u64, 0u64, 0u64);
-                {
-                    let mut st = c.prepare(
-                        "SELECT status, COUNT(*), SUM(need), SUM(has_cand = 1) FROM review_queue GROUP BY status",
-                    )?;
-                    let mut rows = st.query([])?;
-                    while let Some(r) = rows.next()? {
-                        let n = r.get::<_, i64>(1)? as u64;
-                        by_status.insert(r.get::<_, String>(0)?, n);
-                        items += n;
-                        to_review += r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64;
-                        with_candidates += r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64;
-                    }
-                }
-                let leased: i64 =
-                    c.query_row("SELECT COUNT(*) FROM leases WHERE until_ms > ?1", [now_ms()], |r| r.get(0))?;
-
                 let mut buckets: Vec<BucketStats> = (0..10)
                     .map(|b| BucketStats {
                         key: format!("{:.1}–{:.1}", b as f64 / 10.0, (b + 1) as f64 / 10.0),
@@ -169,49 +172,46 @@ impl Store {
                     })
                     .collect();
                 let mut unknown = BucketStats { key: "unknown".into(), ..Default::default() };
-                {
-                    let mut st = c.prepare(
-                        "SELECT CASE WHEN conf IS NULL THEN -1 ELSE MAX(MIN(CAST(conf * 10 AS INTEGER), 9), 0) END AS b,
-                                status, COUNT(*)
-                         FROM review_queue WHERE has_cand = 1 AND status IN ('accepted', 'edited', 'rejected')
-                         GROUP BY b, status",
-                    )?;
-                    let mut rows = st.query([])?;
-                    while let Some(r) = rows.next()? {
-                        let b: i64 = r.get(0)?;
-                        let status: String = r.get(1)?;
-                        let n = r.get::<_, i64>(2)? as u64;
-                        match usize::try_from(b).ok().and_then(|b| buckets.get_mut(b)) {
-                            Some(bucket) => bucket.add(&status, n),
-                            None => unknown.add(&status, n),
-                        }
+                let mut flags: BTreeMap<String, BucketStats> = BTreeMap::new();
+                // Kept by triggers as the queue changes: a few hundred rows whatever the project's size.
+                let mut st = c.prepare_cached(
+                    "SELECT status, status IN ('pending', 'imported'), has_cand, bucket, flags, n
+                     FROM queue_tally WHERE n > 0",
+                )?;
+                let mut rows = st.query([])?;
+                while let Some(r) = rows.next()? {
+                    let status: String = r.get(0)?;
+                    let (need, has_cand): (bool, bool) = (r.get(1)?, r.get(2)?);
+                    let (bucket, flag_list): (i64, String) = (r.get(3)?, r.get(4)?);
+                    let n = r.get::<_, i64>(5)? as u64;
+                    *by_status.entry(status.clone()).or_insert(0) += n;
+                    items += n;
+                    to_review += if need { n } else { 0 };
+                    if !has_cand {
+                        continue;
+                    }
+                    with_candidates += n;
+                    if !matches!(status.as_str(), "accepted" | "edited" | "rejected") {
+                        continue;
+                    }
+                    match usize::try_from(bucket).ok().and_then(|b| buckets.get_mut(b)) {
+                        Some(bucket) => bucket.add(&status, n),
+                        None => unknown.add(&status, n),
+                    }
+                    let mut names = split_flags(Some(&flag_list));
+                    if names.is_empty() {
+                        names.push("(no flag)".into());
+                    }
+                    for name in names {
+                        flags
+                            .entry(name.clone())
+                            .or_insert_with(|| BucketStats { key: name, ..Default::default() })
+                            .add(&status, n);
                     }
                 }
                 buckets.push(unknown);
-
-                let mut flags: BTreeMap<String, BucketStats> = BTreeMap::new();
-                {
-                    let mut st = c.prepare(
-                        "SELECT flags, status, COUNT(*) FROM review_queue
-                         WHERE has_cand = 1 AND status IN ('accepted', 'edited', 'rejected') GROUP BY flags, status",
-                    )?;
-                    let mut rows = st.query([])?;
-                    while let Some(r) = rows.next()? {
-                        let f: Option<String> = r.get(0)?;
-                        let status: String = r.get(1)?;
-                        let n = r.get::<_, i64>(2)? as u64;
-                        let mut names = split_flags(f.as_deref());
-                        if names.is_empty() {
-                            names.push("(no flag)".into());
-                        }
-                        for name in names {
-                            flags
-                                .entry(name.clone())
-                                .or_insert_with(|| BucketStats { key: name, ..Default::default() })
-                                .add(&status, n);
-                        }
-                    }
-                }
+                let leased: i64 =
+                    c.query_row("SELECT COUNT(*) FROM leases WHERE until_ms > ?1", [now_ms()], |r| r.get(0))?;
                 Ok(ReviewStats {
                     items,
                     by_status,
@@ -224,5 +224,124 @@ impl Store {
                 })
             })
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mmloop_core::{Answer, Candidate, Digest, RiskFlag};
+
+    use crate::NewCandidate;
+    use crate::review::{Decision, DecisionAction, Role};
+    use crate::test_support::project;
+
+    /// The counts as the page used to compute them: a scan of the queue and the labels.
+    fn scanned(c: &rusqlite::Connection) -> Vec<String> {
+        let rows = |sql: &str| -> Vec<String> {
+            let mut st = c.prepare(sql).unwrap();
+            let n = st.column_count();
+            st.query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| r.get::<_, rusqlite::types::Value>(i).map(|v| format!("{v:?}")))
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join("|"))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        };
+        let mut out = rows(
+            "SELECT status, COALESCE(has_cand, 0), bucket, COALESCE(flags, ''), COUNT(*) FROM review_queue
+             GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+        );
+        out.extend(rows(
+            "SELECT actor, action, COUNT(*), COALESCE(SUM(lead_time_ms), 0), COUNT(lead_time_ms), MIN(at), MAX(at)
+             FROM labels WHERE action IN ('accept', 'edit', 'reject', 'skip', 'undo') GROUP BY 1, 2 ORDER BY 1, 2",
+        ));
+        out
+    }
+
+    fn kept(c: &rusqlite::Connection) -> Vec<String> {
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT status, has_cand, bucket, flags, n FROM queue_tally WHERE n > 0 ORDER BY 1, 2, 3, 4",
+            "SELECT actor, action, n, lead_sum, lead_n, first_at, last_at FROM reviewer_tally ORDER BY 1, 2",
+        ] {
+            let mut st = c.prepare(sql).unwrap();
+            let n = st.column_count();
+            out.extend(
+                st.query_map([], |r| {
+                    Ok((0..n)
+                        .map(|i| r.get::<_, rusqlite::types::Value>(i).map(|v| format!("{v:?}")))
+                        .collect::<Result<Vec<_>, _>>()?
+                        .join("|"))
+                })
+                .unwrap()
+                .map(Result::unwrap),
+            );
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_kept_tallies_equal_a_full_scan_after_candidates_decisions_and_undo() {
+        let (_dir, store) = project(12).await;
+        let hedge = RiskFlag { flag: "hedge".into(), why: String::new(), span: None };
+        let short = RiskFlag { flag: "short".into(), why: String::new(), span: None };
+        let rows = (1..=10)
+            .map(|i: i64| {
+                let flags = match i % 3 {
+                    0 => vec![hedge.clone()],
+                    1 => vec![hedge.clone(), short.clone()],
+                    _ => vec![],
+                };
+                let c = Candidate { answer: format!("a{i}"), confidence: Some(i as f64 / 11.0), detail: None, flags };
+                NewCandidate::answered(i, c)
+            })
+            .chain([NewCandidate::failed(11, "timeout")])
+            .collect();
+        store.add_candidates(None, "m", Digest([1; 32]), "test", rows).await.unwrap();
+        // A second, newer candidate re-ranks item 1.
+        let newer = Candidate { answer: "b".into(), confidence: Some(0.05), detail: None, flags: vec![short] };
+        store
+            .add_candidates(None, "m2", Digest([2; 32]), "test", vec![NewCandidate::answered(1, newer)])
+            .await
+            .unwrap();
+        let ann = store.create_user("ann", Role::Reviewer, None, "test").await.unwrap();
+        let bob = store.create_user("bob", Role::Annotator, None, "test").await.unwrap();
+        let decision = |action, lead, candidate_id, base| Decision {
+            action,
+            base,
+            answer: (action == DecisionAction::Edit).then(|| Answer::text("fixed")),
+            candidate_id,
+            lead_time_ms: lead,
+        };
+        for (item, user, action, lead) in [
+            (1, &ann, DecisionAction::Accept, Some(900)),
+            (2, &ann, DecisionAction::Edit, Some(4_000)),
+            (3, &ann, DecisionAction::Reject, None),
+            (4, &bob, DecisionAction::Skip, Some(300)),
+            (5, &bob, DecisionAction::Accept, Some(1_200)),
+            (12, &bob, DecisionAction::Edit, Some(2_000)),
+            (5, &bob, DecisionAction::Edit, Some(700)),
+        ] {
+            let newest = store.candidates_of(item).await.unwrap().first().map(|c| c.id);
+            let base = store.item(item).await.unwrap().label.map(|l| l.id);
+            store.decide(item, user, decision(action, lead, newest, base)).await.unwrap();
+        }
+        let base = store.item(5).await.unwrap().label.map(|l| l.id);
+        store.undo(5, &bob, base, 60_000).await.unwrap();
+        let (scan, tally) = store.db().read(|c| Ok::<_, crate::StoreError>((scanned(c), kept(c)))).await.unwrap();
+        assert_eq!(tally, scan);
+        let s = store.review_stats().await.unwrap();
+        assert_eq!(s.items, 12);
+        assert_eq!(s.with_candidates, 11);
+        let ann_stats = s.reviewers.iter().find(|r| r.actor == "ann").unwrap();
+        assert_eq!((ann_stats.decisions, ann_stats.last_hour, ann_stats.mean_lead_time_ms), (3, 3, Some(2_450.0)));
+        let bob_stats = s.reviewers.iter().find(|r| r.actor == "bob").unwrap();
+        assert_eq!((bob_stats.decisions, bob_stats.undone), (4, 1));
+        let decided: u64 = s.by_confidence.iter().map(|b| b.decided).sum();
+        assert_eq!(decided, 4, "accepted 1 and 5 (its edit undone), edited 2, rejected 3; 12 has no candidate");
+        store.close();
     }
 }
