@@ -13,6 +13,7 @@ pub mod error;
 pub mod evaluate;
 mod input;
 pub mod meteor_jar;
+mod mme;
 mod plots;
 pub mod predictions;
 pub mod references;

@@ -4,8 +4,8 @@
 //! - JSON Lines (or a JSON array) with `id` and `answer`, optional `confidence` and `model`;
 //! - inference outputs: ms-swift `swift infer` rows (`response`, with the reference in
 //!   `labels` or the last assistant turn of `messages`), LLaVA `model_vqa` rows
-//!   (`question_id`, `text`, `model_id`) and mmloop's own `infer` rows (`id`, `response`,
-//!   `confidence`);
+//!   (`question_id`, `text`, `model_id`) and mmloop's own `infer` rows
+//!   ([`mmloop_formats::InferRow`]: a `swift infer` row with `id`, `confidence`, `flags`);
 //! - multiple-choice result tables (`index`, options `A`..`D`, `answer`, `prediction`, as
 //!   VLMEvalKit writes them) and MME result files (`image<TAB>question<TAB>truth<TAB>answer`
 //!   per line, one file per subtask, or a folder of them).
@@ -20,8 +20,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::error::{EvalError, Place};
-use crate::input::{self, Row, first_key, id_text, kind};
-use crate::references::{EvalTask, Reference, References, answers_of, choices_of};
+use crate::input::{self, ID_KEYS, Row, first_key, id_text, kind};
+use crate::mme;
+use crate::references::{EvalTask, Reference, References, answers_of, choices_of, mme_reference};
 
 /// One model answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,7 +49,6 @@ pub struct Predictions {
     pub items: Vec<Prediction>,
 }
 
-const ID_KEYS: &[&str] = &["question_id", "image_id", "id", "index", "qid", "sample_id"];
 const ANSWER_KEYS: &[&str] = &["prediction", "response", "answer", "caption", "pred", "text", "output"];
 const CONFIDENCE_KEYS: &[&str] = &["confidence", "score", "prob", "probability"];
 
@@ -77,13 +77,13 @@ impl Predictions {
 /// Reads a predictions file (or a folder of MME result files).
 pub fn read_predictions(path: &Path) -> Result<Predictions, EvalError> {
     if path.is_dir() {
-        return read_mme_dir(path);
+        return Ok(mme_predictions(path.to_path_buf(), mme::read_dir(path)?));
     }
     let (file, text) = input::read_text(path)?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     if matches!(ext.as_str(), "tsv" | "csv" | "txt") {
-        if looks_like_mme(&text) {
-            return read_mme_text(&file, &text);
+        if mme::looks_like(&text) {
+            return Ok(mme_predictions(path.to_path_buf(), mme::read_text(&file, &text)?));
         }
         let rows = input::table_rows(&file, &text, if ext == "csv" { b',' } else { b'\t' })?;
         return from_rows(path, rows);
@@ -243,81 +243,13 @@ fn inline_reference(
     Ok(Some(r))
 }
 
-/// MME result lines: `image<TAB>question<TAB>truth<TAB>answer`, no header.
-pub(crate) fn looks_like_mme(text: &str) -> bool {
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let cols: Vec<&str> = first.split('\t').collect();
-    cols.len() >= 3 && matches!(cols[2].trim().to_ascii_lowercase().as_str(), "yes" | "no")
-}
-
-/// One MME result file; the subtask is the file name without `.txt`.
-pub(crate) fn read_mme_text(file: &Arc<PathBuf>, text: &str) -> Result<Predictions, EvalError> {
-    let task = file.file_stem().and_then(|s| s.to_str()).unwrap_or("mme").to_string();
-    let mut items = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = Place::new(file, i as u64 + 1);
-        let cols: Vec<&str> = line.split('\t').collect();
-        if cols.len() != 4 {
-            return Err(EvalError::input(
-                at,
-                format!("expected 4 tab-separated fields (image, question, truth, answer), found {}", cols.len()),
-                "MME result files hold one question per line; tabs inside an answer must be removed",
-            ));
-        }
-        let id = format!("{task}/{}/{}", cols[0], items.len() % 2);
-        let mut r = Reference::new(id.clone(), vec![cols[2].trim().to_string()], at.clone());
-        r.question = Some(cols[1].to_string());
-        r.mme_task = Some(task.clone());
-        r.image = None;
-        items.push(Prediction { id, answer: cols[3].to_string(), confidence: None, at, reference: Some(r) });
-    }
-    if items.is_empty() {
-        return Err(EvalError::input(Place::file(file), "no MME questions in the file", "check the path"));
-    }
-    Ok(Predictions { file: file.to_path_buf(), format: "mme", model: None, task: Some(EvalTask::Mme), items })
-}
-
-/// A folder of MME result files (`existence.txt`, `count.txt`, ...), in name order.
-pub(crate) fn read_mme_dir(dir: &Path) -> Result<Predictions, EvalError> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| EvalError::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+fn mme_predictions(file: PathBuf, lines: Vec<mme::Line>) -> Predictions {
+    let items = lines
+        .into_iter()
+        .map(|l| {
+            let reference = mme_reference(&l);
+            Prediction { id: l.id, answer: l.answer, confidence: None, at: l.at, reference: Some(reference) }
+        })
         .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(EvalError::usage(
-            format!("{}: a folder, but no MME result files (*.txt) in it", dir.display()),
-            "pass a predictions file, or a folder of MME result files",
-        ));
-    }
-    let mut all = Predictions {
-        file: dir.to_path_buf(),
-        format: "mme",
-        model: None,
-        task: Some(EvalTask::Mme),
-        items: Vec::new(),
-    };
-    for f in files {
-        let (file, text) = input::read_text(&f)?;
-        all.items.extend(read_mme_text(&file, &text)?.items);
-    }
-    Ok(all)
-}
-
-impl Predictions {
-    /// MME files are their own references.
-    pub(crate) fn references(&self, path: &Path) -> References {
-        References {
-            task: EvalTask::Mme,
-            source: path.display().to_string(),
-            format: "mme".into(),
-            version: None,
-            items: self.items.iter().filter_map(|p| p.reference.clone()).collect(),
-        }
-    }
+    Predictions { file, format: "mme", model: None, task: Some(EvalTask::Mme), items }
 }

@@ -21,7 +21,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{EvalError, Place};
-use crate::input::{self, Row, first_key, id_text, kind};
+use crate::input::{self, ID_KEYS, Row, first_key, id_text, kind};
+use crate::mme;
 
 /// What kind of evaluation a reference set calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -125,15 +126,13 @@ pub struct RefOptions {
     pub task: Option<EvalTask>,
 }
 
-const ID_KEYS: &[&str] = &["question_id", "image_id", "id", "index", "qid", "sample_id"];
 const REF_LIST_KEYS: &[&str] = &["answers", "captions", "references", "gt_answers", "labels"];
 const REF_ONE_KEYS: &[&str] = &["answer", "caption", "label", "gt", "ground_truth", "reference"];
 
 /// Reads a reference file in any of the supported layouts.
 pub fn read_references(path: &Path, opts: &RefOptions) -> Result<References, EvalError> {
     if path.is_dir() {
-        let mme = crate::predictions::read_mme_dir(path)?;
-        return Ok(mme.references(path));
+        return Ok(mme_references(path, mme::read_dir(path)?));
     }
     let (file, text) = input::read_text(path)?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
@@ -141,9 +140,8 @@ pub fn read_references(path: &Path, opts: &RefOptions) -> Result<References, Eva
     let images_dir =
         opts.images_dir.clone().unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default());
     if matches!(ext.as_str(), "tsv" | "csv" | "txt") {
-        if crate::predictions::looks_like_mme(&text) {
-            let mme = crate::predictions::read_mme_text(&file, &text)?;
-            return Ok(mme.references(path));
+        if mme::looks_like(&text) {
+            return Ok(mme_references(path, mme::read_text(&file, &text)?));
         }
         let rows = input::table_rows(&file, &text, if ext == "csv" { b',' } else { b'\t' })?;
         if rows.first().is_some_and(|r| is_choice_row(&r.fields)) {
@@ -205,6 +203,24 @@ pub fn read_references(path: &Path, opts: &RefOptions) -> Result<References, Eva
                 if task == EvalTask::Caption { ("caption-rows", group_captions(items)) } else { ("rows", items) };
             finish(task, source, format, items, opts)
         }
+    }
+}
+
+/// The reference an MME line carries: its truth, question and subtask.
+pub(crate) fn mme_reference(l: &mme::Line) -> Reference {
+    let mut r = Reference::new(l.id.clone(), vec![l.truth.clone()], l.at.clone());
+    r.question = Some(l.question.clone());
+    r.mme_task = Some(l.task.clone());
+    r
+}
+
+fn mme_references(path: &Path, lines: Vec<mme::Line>) -> References {
+    References {
+        task: EvalTask::Mme,
+        source: path.display().to_string(),
+        format: "mme".into(),
+        version: None,
+        items: lines.iter().map(mme_reference).collect(),
     }
 }
 

@@ -346,7 +346,7 @@ fn wrong_formats() {
     assert!(e.contains("c.jsonl:1") && e.contains("probability"), "{e}");
     let array_of_strings = write(d.path(), "s.json", "[\n\"a\",\n\"b\"]");
     let e = err_text(read_predictions(&array_of_strings));
-    assert!(e.contains("s.json:2") && e.contains("expected an object"), "{e}");
+    assert!(e.contains("s.json:2") && e.contains("expected a JSON object"), "{e}");
     // A caption metric on VQA references.
     let r = write(d.path(), "r.jsonl", "{\"id\": 1, \"answer\": \"a\"}\n");
     let refs = read_references(&r, &RefOptions::default()).unwrap();

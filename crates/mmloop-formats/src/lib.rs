@@ -10,8 +10,10 @@
 mod conversation;
 mod error;
 mod image_ref;
+pub mod infer_row;
 mod json;
 mod output;
+pub mod rows;
 
 mod coco;
 mod detect;
@@ -32,6 +34,7 @@ use std::str::FromStr;
 
 pub use detect::detect;
 pub use error::{FormatError, RecordError};
+pub use infer_row::InferRow;
 use mmloop_core::{Record, Task};
 
 /// The prompt caption items get when the source has none (COCO, image folders).

@@ -2,7 +2,8 @@
 //! columns (aliases as ms-swift accepts them), plus optional `id`, `answers` (a list;
 //! a JSON list in CSV), `split`, `task`. Other columns are kept.
 
-use std::path::Path;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mmloop_core::{Answer, HumanAnswer, Location, Record, Task};
@@ -77,38 +78,59 @@ pub(crate) fn read_csv(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Resu
     let file = Arc::new(path.to_path_buf());
     let buf = json::read_all(path)?; // empty and non-UTF-8 files get the usual errors
     let delimiter = if path.extension().is_some_and(|e| e == "tsv") { b'\t' } else { b',' };
-    let mut rdr = csv::ReaderBuilder::new().delimiter(delimiter).flexible(false).from_reader(buf.as_slice());
-    let mut lines = RowLines { buf: &buf, pos: 0, line: 1 };
+    for_each_table_row(&file, &buf, delimiter, |loc, row| {
+        let res = row.and_then(|(headers, row)| {
+            let mut map = Map::new();
+            for (h, v) in headers.iter().zip(row.iter()) {
+                if v.is_empty() {
+                    continue;
+                }
+                let value = match h {
+                    "answers" | "images" | "meta" => serde_json::from_str(v).unwrap_or_else(|_| Value::from(v)),
+                    "image" if v.starts_with('[') => serde_json::from_str(v).unwrap_or_else(|_| Value::from(v)),
+                    _ => Value::from(v),
+                };
+                map.insert(h.to_string(), value);
+            }
+            let meta = match map.shift_remove("meta") {
+                Some(Value::Object(m)) => m,
+                _ => Map::new(),
+            };
+            parse_row(Fields::new(&loc, map), opts).map(|mut rs| {
+                for r in &mut rs {
+                    r.meta.extend(meta.clone());
+                }
+                rs
+            })
+        });
+        match res {
+            Ok(rs) => rs.into_iter().try_for_each(|r| sink(Ok(r))),
+            Err(e) => sink(Err(e)),
+        }
+    })
+}
+
+/// Calls `f` with each row of a table in `buf` (a header line, then rows of `delimiter`-
+/// separated cells) beside the header, at its location; a row with the wrong number of
+/// cells is a record error there.
+pub(crate) fn for_each_table_row(
+    file: &Arc<PathBuf>,
+    buf: &[u8],
+    delimiter: u8,
+    mut f: impl FnMut(Location, Result<(&csv::StringRecord, &csv::StringRecord), RecordError>) -> ControlFlow<()>,
+) -> Result<(), FormatError> {
+    let mut rdr = csv::ReaderBuilder::new().delimiter(delimiter).flexible(false).from_reader(buf);
+    let mut lines = RowLines { buf, pos: 0, line: 1 };
+    let held = if delimiter == b'\t' { "tabs" } else { "commas" };
     let headers = rdr
         .headers()
-        .map_err(|e| FormatError::from(RecordError::new(Location::line(&file, 1), format!("bad header: {e}"))))?
+        .map_err(|e| FormatError::from(RecordError::new(Location::line(file, 1), format!("bad header: {e}"))))?
         .clone();
     for (i, row) in rdr.records().enumerate() {
-        let res = match row {
+        let flow = match row {
             Ok(row) => {
-                let loc = Location::at(&file, row.position().map_or(0, |p| lines.at(p.byte())), i as u64);
-                let mut map = Map::new();
-                for (h, v) in headers.iter().zip(row.iter()) {
-                    if v.is_empty() {
-                        continue;
-                    }
-                    let value = match h {
-                        "answers" | "images" | "meta" => serde_json::from_str(v).unwrap_or_else(|_| Value::from(v)),
-                        "image" if v.starts_with('[') => serde_json::from_str(v).unwrap_or_else(|_| Value::from(v)),
-                        _ => Value::from(v),
-                    };
-                    map.insert(h.to_string(), value);
-                }
-                let meta = match map.shift_remove("meta") {
-                    Some(Value::Object(m)) => m,
-                    _ => Map::new(),
-                };
-                parse_row(Fields::new(&loc, map), opts).map(|mut rs| {
-                    for r in &mut rs {
-                        r.meta.extend(meta.clone());
-                    }
-                    rs
-                })
+                let loc = Location::at(file, row.position().map_or(0, |p| lines.at(p.byte())), i as u64);
+                f(loc, Ok((&headers, &row)))
             }
             Err(e) => {
                 let line = e.position().map_or(0, |p| lines.at(p.byte()));
@@ -116,15 +138,16 @@ pub(crate) fn read_csv(path: &Path, opts: &ReadOptions, sink: &mut Sink) -> Resu
                     csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
                         format!("the row has {len} fields, the header has {expected_len}")
                     }
-                    _ => format!("bad CSV row: {e}"),
+                    _ => format!("bad table row: {e}"),
                 };
-                Err(RecordError::new(Location::at(&file, line, i as u64), message)
-                    .hint("every row needs as many fields as the header; quote fields that contain commas"))
+                let loc = Location::at(file, line, i as u64);
+                f(
+                    loc.clone(),
+                    Err(RecordError::new(loc, message).hint(format!(
+                        "every row needs as many fields as the header; quote fields that contain {held}"
+                    ))),
+                )
             }
-        };
-        let flow = match res {
-            Ok(rs) => rs.into_iter().try_for_each(|r| sink(Ok(r))),
-            Err(e) => sink(Err(e)),
         };
         if flow.is_break() {
             break;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use mmloop_core::{Digest, ImageSource, Message, Record, RunStatus, Task, canonical_json};
 use mmloop_engine::{Annotation, Annotator, EngineError, InputImage, Job, Prompt};
+use mmloop_formats::InferRow;
 use mmloop_store::{ItemView, NewCandidate, PendingFilter, Store};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -644,53 +645,46 @@ pub fn dataset_questions(
 
 /// The output row for one answered (or failed) question: an ms-swift dataset row plus the
 /// result fields `swift infer` writes, and ours.
-pub fn swift_row(q: &FileQuestion, model: &str, r: &Result<Annotation, EngineError>) -> Value {
+pub fn swift_row(q: &FileQuestion, model: &str, r: &Result<Annotation, EngineError>) -> InferRow {
     let mut messages = Vec::new();
     if let Some(s) = &q.question.system {
-        messages.push(json!({"role": "system", "content": s}));
+        messages.push(Message::new("system", s.clone()));
     }
     let n = q.image_refs.len();
     let mut tagged = false;
     let tag = |text: &str| format!("{}{}", "<image>".repeat(n), text.replace("<image>", ""));
     for t in &q.question.context {
         if !tagged && t.role == "user" && n > 0 {
-            messages.push(json!({"role": t.role, "content": tag(&t.content)}));
+            messages.push(Message::new(t.role.clone(), tag(&t.content)));
             tagged = true;
         } else {
-            messages.push(json!({"role": t.role, "content": t.content}));
+            messages.push(t.clone());
         }
     }
     let user = if tagged || n == 0 { q.question.text.clone() } else { tag(&q.question.text) };
-    messages.push(json!({"role": "user", "content": user}));
-    let mut row = serde_json::Map::new();
+    messages.push(Message::new("user", user));
+    let mut row = InferRow {
+        labels: q.label.clone(),
+        images: q.image_refs.clone(),
+        id: q.id.clone(),
+        model: model.to_string(),
+        ..Default::default()
+    };
     match r {
         Ok(a) => {
             let c = &a.candidate;
-            messages.push(json!({"role": "assistant", "content": c.answer}));
-            row.insert("response".into(), c.answer.clone().into());
-            row.insert("labels".into(), q.label.clone().into());
-            row.insert("logprobs".into(), a.logprobs.clone().unwrap_or(Value::Null));
-            row.insert("messages".into(), messages.into());
-            row.insert("images".into(), json!(q.image_refs));
-            row.insert("id".into(), q.id.clone().into());
-            row.insert("model".into(), model.into());
-            row.insert("confidence".into(), c.confidence.into());
-            row.insert("confidence_detail".into(), serde_json::to_value(&c.detail).unwrap_or(Value::Null));
-            row.insert("flags".into(), serde_json::to_value(&c.flags).unwrap_or(Value::Null));
-            row.insert("finish_reason".into(), a.finish.finish_reason.clone().into());
+            messages.push(Message::new("assistant", c.answer.clone()));
+            row.response = Some(c.answer.clone());
+            row.logprobs = a.logprobs.clone();
+            row.confidence = c.confidence;
+            row.confidence_detail = c.detail.clone();
+            row.flags = Some(c.flags.clone());
+            row.finish_reason = Some(a.finish.finish_reason.clone());
         }
-        Err(e) => {
-            row.insert("response".into(), Value::Null);
-            row.insert("labels".into(), q.label.clone().into());
-            row.insert("logprobs".into(), Value::Null);
-            row.insert("messages".into(), messages.into());
-            row.insert("images".into(), json!(q.image_refs));
-            row.insert("id".into(), q.id.clone().into());
-            row.insert("model".into(), model.into());
-            row.insert("error".into(), e.to_string().into());
-        }
+        Err(e) => row.error = Some(e.to_string()),
     }
-    Value::Object(row)
+    row.messages = messages;
+    row
 }
 
 /// The ids an existing output file already answers (failed rows count only when
@@ -705,12 +699,9 @@ pub fn answered_ids(path: &Path, keep_errors: bool) -> anyhow::Result<HashSet<St
     for line in std::io::BufReader::new(f).lines() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         // A line cut short by a kill is ignored (and answered again).
-        let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
-        if !keep_errors && v.get("error").is_some_and(|e| !e.is_null()) {
-            continue;
-        }
-        if let Some(id) = v["id"].as_str() {
-            ids.insert(id.to_string());
+        let Ok(row) = serde_json::from_str::<InferRow>(&line) else { continue };
+        if keep_errors || row.answered() {
+            ids.insert(row.id);
         }
     }
     Ok(ids)
@@ -741,14 +732,14 @@ struct RowWriter<'p> {
     out: std::io::BufWriter<std::fs::File>,
     questions: Vec<FileQuestion>,
     model: String,
-    pending: BTreeMap<usize, Value>,
+    pending: BTreeMap<usize, InferRow>,
     next_row: usize,
     report: InferReport,
     progress: &'p dyn InferProgress,
 }
 
 impl RowWriter<'_> {
-    fn write(&mut self, row: &Value) -> anyhow::Result<()> {
+    fn write(&mut self, row: &InferRow) -> anyhow::Result<()> {
         serde_json::to_writer(&mut self.out, row)?;
         self.out.write_all(b"\n")?;
         Ok(())

@@ -109,6 +109,11 @@ fn pct(v: &mut [u64], p: f64) -> f64 {
     v[i] as f64 / 1000.0
 }
 
+/// The admin password `review_serve` set: `MMLOOP_ADMIN_PASSWORD`, or its default.
+fn admin_password() -> String {
+    std::env::var("MMLOOP_ADMIN_PASSWORD").unwrap_or_else(|_| "bench admin password".into())
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
@@ -131,7 +136,8 @@ async fn main() {
             reqwest::Method::POST,
             &format!("{}/api/tokens", a.url),
             &a.token,
-            Some(json!({"name": "load", "user": name})),
+            // Minting a token asks for the caller's password again (review_serve's admin).
+            Some(json!({"name": "load", "user": name, "password": admin_password()})),
         )
         .await;
         assert_eq!(s, 201, "token for {name}: {b}");

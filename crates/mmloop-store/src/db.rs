@@ -31,6 +31,10 @@ pub(crate) struct Db {
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // A review request runs a few dozen distinct statements (auth, pick, lease, item, images,
+    // label, candidates, flags, audit); rusqlite keeps 16 by default, and an LRU smaller than
+    // the working set re-parses every statement on every request.
+    conn.set_prepared_statement_cache_capacity(256);
     // FULL: a decision acknowledged to a reviewer survives a power loss. NORMAL may lose the
     // newest commits, and the fsynced audit-head anchor would then name an event the
     // database no longer has (verify would report tampering).
