@@ -88,7 +88,7 @@ impl Store {
         let out = self
             .db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 let existing: Option<(String, String, String)> = tx
                     .query_row("SELECT seed, arms, weights FROM ab_experiments WHERE name = ?1", [&e.name], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -165,7 +165,7 @@ impl Store {
         }
         self.db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 for x in &xs {
                     tx.prepare_cached(
                         "INSERT INTO ab_exposures (experiment, request_id, user_id, arm, latency_ms, prompt_tokens,
@@ -208,7 +208,7 @@ impl Store {
         let experiment = self
             .db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 let experiment: Option<String> = tx
                     .query_row("SELECT experiment FROM ab_exposures WHERE request_id = ?1", [&request_id], |r| r.get(0))
                     .optional()?;

@@ -5,7 +5,7 @@
 //! caught by the head anchor kept outside the database (`.mmloop/audit-head`) and by the
 //! chain positions recorded in versions.
 
-use rusqlite::{Connection, OptionalExtension, Transaction};
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -143,7 +143,7 @@ fn event_hash(e: &EventFields) -> [u8; 32] {
 
 /// Appends an event inside the caller's transaction; returns its sequence number.
 pub(crate) fn append(
-    tx: &Transaction,
+    tx: &Connection,
     actor: &str,
     action: &str,
     entity: &str,

@@ -168,7 +168,7 @@ impl Store {
         let id = self
             .db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 tx.execute(
                     "INSERT INTO runs (kind, actor, started_at, status, config) VALUES (?1, ?2, ?3, 'running', ?4)",
                     params![kind, actor, crate::now(), canonical_json(&config)],
@@ -196,7 +196,7 @@ impl Store {
         let summary = mmloop_core::redact::value(&summary);
         self.db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 let kind: Option<String> =
                     tx.query_row("SELECT kind FROM runs WHERE id = ?1", [run_id], |r| r.get(0)).optional()?;
                 let kind = kind.ok_or_else(|| StoreError::Internal(format!("run {run_id} not found")))?;
@@ -326,7 +326,7 @@ impl Store {
         let n = self
             .db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 let now = crate::now();
                 let mut digest = sha2::Sha256::new();
                 {

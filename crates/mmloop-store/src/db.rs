@@ -20,7 +20,13 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_tallies.sql"),
 ];
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// A queued write: it runs on the writer connection and returns what to tell its caller once
+/// the commit it is part of is known (`Some(why)` when that commit failed).
+type Job = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// At most this many queued writes share one commit (one fsync).
+const GROUP_MAX: usize = 64;
 
 pub(crate) struct Db {
     path: PathBuf,
@@ -29,12 +35,15 @@ pub(crate) struct Db {
     readers: Mutex<Vec<Connection>>,
 }
 
+/// Prepared statements kept per connection. A review request runs a few dozen distinct
+/// statements (auth, pick, lease, item, images, label, candidates, flags, audit); rusqlite
+/// keeps 16 by default, and an LRU smaller than the working set re-parses every statement on
+/// every request.
+const STATEMENT_CACHE: usize = 256;
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    // A review request runs a few dozen distinct statements (auth, pick, lease, item, images,
-    // label, candidates, flags, audit); rusqlite keeps 16 by default, and an LRU smaller than
-    // the working set re-parses every statement on every request.
-    conn.set_prepared_statement_cache_capacity(256);
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // FULL: a decision acknowledged to a reviewer survives a power loss. NORMAL may lose the
     // newest commits, and the fsynced audit-head anchor would then name an event the
     // database no longer has (verify would report tampering).
@@ -62,6 +71,47 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Runs the writes queued together in one `IMMEDIATE` transaction and commits them at once:
+/// under many concurrent writers (reviewers saving) one fsync serves the whole group instead
+/// of one each. Every write runs in its own savepoint, so one that fails is undone alone; each
+/// caller hears back only after the commit, so nothing is acknowledged that a crash could
+/// still lose. Should a failure end the whole transaction (SQLite rolls back on some I/O
+/// errors), the writes before it are reported failed and the rest start a new one.
+fn commit_group(conn: &mut Connection, group: Vec<Job>) {
+    const LOST: &str = "the write was rolled back with the transaction it shared";
+    let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
+    let mut open = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+    for job in group {
+        if !open {
+            // No shared transaction: the job's own savepoint is its transaction.
+            job(conn)(None);
+            open = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+            continue;
+        }
+        let reply = job(conn);
+        if conn.is_autocommit() {
+            for r in replies.drain(..) {
+                r(Some(LOST));
+            }
+            reply(Some(LOST));
+            open = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+            continue;
+        }
+        replies.push(reply);
+    }
+    if !open {
+        return;
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => replies.into_iter().for_each(|r| r(None)),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            let why = format!("the commit failed: {e}");
+            replies.into_iter().for_each(|r| r(Some(&why)));
+        }
+    }
+}
+
 impl Db {
     /// Opens (creating when `create`) the database file and brings its schema up to date.
     pub(crate) fn open(path: &Path, create: bool) -> Result<Arc<Db>, StoreError> {
@@ -80,8 +130,15 @@ impl Db {
         let writer = std::thread::Builder::new()
             .name("mmloop-store-writer".into())
             .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job(&mut conn);
+                while let Ok(first) = rx.recv() {
+                    let mut group = vec![first];
+                    while group.len() < GROUP_MAX {
+                        match rx.try_recv() {
+                            Ok(job) => group.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    commit_group(&mut conn, group);
                 }
             })
             .map_err(StoreError::Io)?;
@@ -93,7 +150,9 @@ impl Db {
         }))
     }
 
-    /// Runs `f` on the writer connection, after every write queued before it.
+    /// Runs `f` on the writer connection, after every write queued before it, and returns once
+    /// its changes are committed. `f` runs inside the writer's transaction: it opens a savepoint
+    /// (`conn.savepoint()`) for changes that stand or fall together, never a transaction.
     pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -101,7 +160,14 @@ impl Db {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let _ = tx.send(f(conn));
+            let out = f(conn);
+            Box::new(move |failed: Option<&str>| {
+                let out = match failed {
+                    Some(why) => Err(StoreError::Internal(why.to_string())),
+                    None => out,
+                };
+                let _ = tx.send(out);
+            })
         });
         self.jobs
             .lock()
@@ -138,6 +204,7 @@ impl Db {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.busy_timeout(std::time::Duration::from_secs(30))?;
+                c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
                 c.execute_batch("PRAGMA cache_size = -32768;")?;
                 c
             }
@@ -170,6 +237,48 @@ impl Drop for Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes queued together share a commit, yet each stands or falls alone and is answered
+    /// only once committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_a_failing_one_is_undone_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db"), true).unwrap();
+        db.write(|c| Ok(c.execute_batch("CREATE TABLE t (x INTEGER UNIQUE, note TEXT)")?)).await.unwrap();
+        let writes = (0..200i64).map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(move |c| {
+                    let sp = c.savepoint()?;
+                    sp.execute("INSERT INTO t (x, note) VALUES (?1, 'first')", [i])?;
+                    // Every tenth write inserts a duplicate after its first row: it fails, and
+                    // its first row must go with it.
+                    let again = if i % 10 == 0 { i } else { 1000 + i };
+                    sp.execute("INSERT INTO t (x, note) VALUES (?1, 'second')", [again])?;
+                    sp.commit()?;
+                    Ok(i)
+                })
+                .await
+            })
+        });
+        let mut results = Vec::new();
+        for w in writes.collect::<Vec<_>>() {
+            results.push(w.await);
+        }
+        let failed: Vec<usize> =
+            results.iter().enumerate().filter(|(_, r)| r.as_ref().unwrap().is_err()).map(|(i, _)| i).collect();
+        assert_eq!(failed, (0..200).step_by(10).collect::<Vec<_>>());
+        let (rows, orphans): (i64, i64) = db
+            .read(|c| {
+                Ok(c.query_row("SELECT COUNT(*), SUM(x < 1000 AND x % 10 = 0) FROM t", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?)
+            })
+            .await
+            .unwrap();
+        assert_eq!((rows, orphans), (2 * 180, 0));
+        db.close();
+    }
 
     /// A project written by a version that kept risk flags as a JSON list on the candidate
     /// (and left its review queue behind an import) reads the same after the upgrade.

@@ -8,7 +8,7 @@ use std::sync::mpsc::Receiver;
 
 use mmloop_core::{Answer, Digest, ItemContent, LabelContent, LabelStatus, Record, RecordError, canonical_json};
 use rayon::prelude::*;
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -222,7 +222,7 @@ impl Store {
         let report = self
             .db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 let mut job = Job::start(&tx, &opts, sha, &dot, limits, checked)?;
                 let mut batch = Vec::with_capacity(BATCH);
                 let mut done = 0u64;
@@ -294,7 +294,7 @@ struct Job<'o> {
 
 impl<'o> Job<'o> {
     fn start(
-        tx: &Transaction,
+        tx: &Connection,
         opts: &'o ImportOptions,
         sha: Option<Digest>,
         dot: &Path,
@@ -329,7 +329,7 @@ impl<'o> Job<'o> {
         })
     }
 
-    fn batch(&mut self, tx: &Transaction, batch: Vec<Result<Record, RecordError>>) -> Result<(), StoreError> {
+    fn batch(&mut self, tx: &Connection, batch: Vec<Result<Record, RecordError>>) -> Result<(), StoreError> {
         // Read and hash the images this batch sees for the first time, in parallel.
         let mut fresh: Vec<(String, &mmloop_core::ImageSource)> = Vec::new();
         let mut probed: Vec<(String, Result<Probed, ImageError>)> = Vec::new();
@@ -369,7 +369,7 @@ impl<'o> Job<'o> {
     }
 
     /// Stores a probed image once per content; returns its id.
-    fn store_image(&mut self, tx: &Transaction, p: Probed) -> Result<Result<(i64, Digest), String>, StoreError> {
+    fn store_image(&mut self, tx: &Connection, p: Probed) -> Result<Result<(i64, Digest), String>, StoreError> {
         if let Some(&id) = self.by_sha.get(&p.sha256) {
             return Ok(Ok((id, p.sha256)));
         }
@@ -404,7 +404,7 @@ impl<'o> Job<'o> {
     }
 
     /// Inserts one record's item, label and candidates; a record error when it is refused.
-    fn item(&mut self, tx: &Transaction, r: Record) -> Result<Result<(), RecordError>, StoreError> {
+    fn item(&mut self, tx: &Connection, r: Record) -> Result<Result<(), RecordError>, StoreError> {
         let mut image_ids = Vec::with_capacity(r.images.len());
         let mut shas = Vec::with_capacity(r.images.len());
         for src in &r.images {
@@ -583,7 +583,7 @@ impl<'o> Job<'o> {
 
     fn label(
         &mut self,
-        tx: &Transaction,
+        tx: &Connection,
         item_id: i64,
         prev: Option<i64>,
         status: LabelStatus,
@@ -617,7 +617,7 @@ impl<'o> Job<'o> {
         self.last_file.1.clone()
     }
 
-    fn finish(mut self, tx: &Transaction, reports: &Path) -> Result<ImportReport, StoreError> {
+    fn finish(mut self, tx: &Connection, reports: &Path) -> Result<ImportReport, StoreError> {
         self.report.bad = self.bad.len() as u64;
         if !self.bad.is_empty() {
             std::fs::create_dir_all(reports).map_err(|e| StoreError::IoPath { path: reports.into(), source: e })?;

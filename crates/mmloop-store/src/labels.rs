@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use mmloop_core::{Answer, HumanAnswer, LabelContent, LabelStatus, Message, Task};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -266,7 +266,7 @@ impl Store {
         let out = self
             .db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 let out = save_in_tx(&tx, item_id, save)?;
                 if matches!(out, SaveOutcome::Saved { .. }) {
                     tx.commit()?;
@@ -283,7 +283,7 @@ impl Store {
 
 /// The save inside the caller's transaction (which commits it): the label row, the item's
 /// pointer and the audit event. Writes nothing on a conflict.
-pub(crate) fn save_in_tx(tx: &Transaction, item_id: i64, save: LabelSave) -> Result<SaveOutcome, StoreError> {
+pub(crate) fn save_in_tx(tx: &Connection, item_id: i64, save: LabelSave) -> Result<SaveOutcome, StoreError> {
     let current: Option<Option<i64>> =
         tx.prepare_cached("SELECT label_id FROM items WHERE id = ?1")?.query_row([item_id], |r| r.get(0)).optional()?;
     let Some(current) = current else { return Err(StoreError::ItemNotFound(item_id)) };

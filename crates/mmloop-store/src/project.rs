@@ -121,7 +121,7 @@ impl Store {
         store
             .db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 tx.execute("INSERT INTO project (key, value) VALUES ('name', ?1), ('created', ?2)", (&name, &created))?;
                 crate::audit::append(
                     &tx,

@@ -17,7 +17,7 @@ pub use queue::{
 };
 pub use stats::{BucketStats, ReviewStats, ReviewerStats};
 
-use rusqlite::Transaction;
+use rusqlite::Connection;
 
 use crate::{Store, StoreError};
 
@@ -59,12 +59,12 @@ pub(crate) fn now_ms() -> i64 {
 /// says so.
 async fn write_tx<T: Send + 'static>(
     store: &Store,
-    f: impl FnOnce(&Transaction) -> ReviewResult<(T, bool)> + Send + 'static,
+    f: impl FnOnce(&Connection) -> ReviewResult<(T, bool)> + Send + 'static,
 ) -> ReviewResult<T> {
     store
         .db()
         .write(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.savepoint()?;
             match f(&tx) {
                 Ok((v, commit)) => {
                     if commit {

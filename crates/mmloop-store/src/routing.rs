@@ -9,7 +9,7 @@
 use mmloop_core::{Answer, LabelStatus, RunStatus, Task};
 use mmloop_metrics::selective::SplitMix64;
 use mmloop_metrics::vqa::{VqaVariant, normalize_answer};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -239,7 +239,7 @@ pub(crate) fn audited(c: &Connection, kind: Option<SampleKind>) -> Result<Vec<Au
 
 /// The open audit item `user_id` should review next: one they hold first, else the first
 /// free one of the oldest open sample in its random order.
-pub(crate) fn next_audit_item(tx: &Transaction, user_id: i64, now: i64) -> Result<Option<i64>, StoreError> {
+pub(crate) fn next_audit_item(tx: &Connection, user_id: i64, now: i64) -> Result<Option<i64>, StoreError> {
     Ok(tx
         .prepare_cached(
             "SELECT a.item_id FROM audit_items a
@@ -280,7 +280,7 @@ struct NewSample<'a> {
     items: &'a [(i64, i64, Option<i64>)],
 }
 
-fn insert_sample(tx: &Transaction, s: NewSample<'_>, actor: &str) -> Result<i64, StoreError> {
+fn insert_sample(tx: &Connection, s: NewSample<'_>, actor: &str) -> Result<i64, StoreError> {
     let NewSample { kind, route_run, task, seed, pool, items } = s;
     let max_candidate: i64 =
         tx.prepare_cached("SELECT COALESCE(MAX(id), 0) FROM candidates")?.query_row([], |r| r.get(0))?;
@@ -342,7 +342,7 @@ impl Store {
         let id = self
             .db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 let pool: Vec<(i64, i64, Option<i64>)> = {
                     let mut st = tx.prepare_cached(&format!(
                         "SELECT i.id, ({PRIMARY}), i.label_id FROM review_queue q JOIN items i ON i.id = q.item_id
@@ -397,7 +397,7 @@ impl Store {
         let actor = actor.to_string();
         self.db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 let n = tx.execute(
                     "UPDATE audit_samples SET closed_at = ?1 WHERE id = ?2 AND closed_at IS NULL",
                     params![crate::now(), id],
@@ -460,7 +460,7 @@ impl Store {
         let out = self
             .db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 let actor = format!("route:{}", plan.run_id);
                 let (mut accepted, mut changed) = (Vec::new(), 0u64);
                 for &(item, base, cand) in &plan.accept {
@@ -558,7 +558,7 @@ impl Store {
         let out = self
             .db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 let kind: Option<String> =
                     tx.query_row("SELECT kind FROM runs WHERE id = ?1", [run_id], |r| r.get(0)).optional()?;
                 if kind.as_deref() != Some("route") {

@@ -68,7 +68,7 @@ impl Store {
         let report = self
             .db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 // Items and their images.
                 let mut items: Vec<(i64, Option<String>, Vec<u8>)> = Vec::new();
                 {

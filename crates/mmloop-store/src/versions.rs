@@ -497,7 +497,7 @@ impl Store {
         let out = self
             .db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 let (entries, mut digests, stats) = working_rows(&tx)?;
                 let id = version_digest(&mut digests);
                 let head: Option<(i64, Vec<u8>)> = tx

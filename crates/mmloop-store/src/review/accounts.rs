@@ -453,7 +453,7 @@ impl Store {
         let (uid, name) = (user.id, user.name.clone());
         self.db()
             .write(move |conn| {
-                let tx = conn.transaction()?;
+                let tx = conn.savepoint()?;
                 tx.execute("DELETE FROM sessions WHERE expires_ms < ?1", [now])?;
                 tx.execute(
                     "INSERT INTO sessions (token_hash, user_id, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",

@@ -10,7 +10,7 @@
 
 use mmloop_core::{Answer, LabelStatus, Task};
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension, Transaction, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -318,7 +318,7 @@ fn check_lease(c: &Connection, item_id: i64, user: &User, now: i64) -> ReviewRes
     }
 }
 
-fn grant(tx: &Transaction, item_id: i64, user: &User, now: i64, lease_ms: i64) -> ReviewResult<Lease> {
+fn grant(tx: &Connection, item_id: i64, user: &User, now: i64, lease_ms: i64) -> ReviewResult<Lease> {
     let until = now + lease_ms;
     tx.prepare_cached(
         "INSERT OR REPLACE INTO leases (item_id, user_id, until_ms, granted_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -336,7 +336,7 @@ fn current_label_id(c: &Connection, item_id: i64) -> ReviewResult<Option<i64>> {
 
 /// Adds items the queue has not seen yet (ids only grow: imports append); the import calls
 /// it in its own transaction, so readers never find an item missing from the queue.
-pub(crate) fn sync_queue(tx: &Transaction) -> ReviewResult<u64> {
+pub(crate) fn sync_queue(tx: &Connection) -> ReviewResult<u64> {
     let seen: i64 =
         tx.prepare_cached("SELECT COALESCE(MAX(item_id), 0) FROM review_queue")?.query_row([], |r| r.get(0))?;
     let last: i64 = tx.prepare_cached("SELECT COALESCE(MAX(id), 0) FROM items")?.query_row([], |r| r.get(0))?;
