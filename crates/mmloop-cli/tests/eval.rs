@@ -50,6 +50,37 @@ fn read_json(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
+/// metrics.json with what changes from run to run (time, paths of temporary folders, the
+/// version of the binary) replaced by placeholders and the per-item list cut to three, for a
+/// snapshot of its shape: a field renamed or moved is a diff to look at.
+fn stable_shape(m: &Value, tmp: &Path) -> Value {
+    fn walk(v: &mut Value, tmp: &str, fixtures: &str) {
+        match v {
+            Value::Object(o) => {
+                for (k, x) in o.iter_mut() {
+                    if matches!(
+                        k.as_str(),
+                        "created_at" | "generated_at" | "seconds" | "elapsed_s" | "version" | "tool"
+                    ) {
+                        *x = Value::from(format!("[{k}]"));
+                    } else {
+                        walk(x, tmp, fixtures);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, tmp, fixtures)),
+            Value::String(s) => *s = s.replace(tmp, "[tmp]").replace(fixtures, "[fixtures]"),
+            _ => {}
+        }
+    }
+    let mut m = m.clone();
+    if let Some(items) = m.get_mut("items").and_then(Value::as_array_mut) {
+        items.truncate(3);
+    }
+    walk(&mut m, &tmp.display().to_string(), &fixtures().display().to_string());
+    m
+}
+
 fn metric<'a>(m: &'a Value, name: &str) -> &'a Value {
     m["metrics"].as_array().unwrap().iter().find(|x| x["name"] == name).unwrap_or_else(|| panic!("no metric {name}"))
 }
@@ -137,6 +168,7 @@ fn vqa_official_numbers_and_table() {
     );
     insta::assert_snapshot!("vqa_table", stdout);
     let m = read_json(&tmp.path().join("metrics.json"));
+    insta::assert_json_snapshot!("vqa_metrics_json", stable_shape(&m, tmp.path()));
     let want = reference("vqa_official.json");
     let acc = metric(&m, "vqa_acc");
     assert_eq!(f(&acc["value"]), f(&want["overall"]));

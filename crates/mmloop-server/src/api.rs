@@ -11,7 +11,9 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mmloop_store::SaveOutcome;
-use mmloop_store::review::{Decision, Permission, QueueFilter, Role, UserUpdate};
+use mmloop_store::review::{Permission, Role};
+
+use crate::requests::{DecisionIn, QueueQuery, UserUpdateIn};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -78,10 +80,10 @@ pub async fn openapi(c: Caller) -> Result<Response, ApiError> {
 pub async fn next_item(
     State(st): State<AppState>,
     c: Caller,
-    ApiQuery(filter): ApiQuery<QueueFilter>,
+    ApiQuery(filter): ApiQuery<QueueQuery>,
 ) -> Result<Response, ApiError> {
     c.require(Permission::Label)?;
-    match st.store.next_item(&c.user, &filter, st.lease_ms()).await? {
+    match st.store.next_item(&c.user, &filter.into(), st.lease_ms()).await? {
         Some(item) => Ok(axum::Json(ReviewItemOut::from(&item)).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
@@ -90,7 +92,7 @@ pub async fn next_item(
 #[derive(Deserialize)]
 pub struct ListQuery {
     #[serde(flatten)]
-    filter: QueueFilter,
+    filter: QueueQuery,
     #[serde(default)]
     after: Option<i64>,
     #[serde(default)]
@@ -104,7 +106,7 @@ pub async fn list_items(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     c.require(Permission::Read)?;
-    let items = st.store.list_items(&q.filter, q.after.unwrap_or(0), q.limit.unwrap_or(50)).await?;
+    let items = st.store.list_items(&q.filter.into(), q.after.unwrap_or(0), q.limit.unwrap_or(50)).await?;
     Ok(axum::Json(json!({"items": items})).into_response())
 }
 
@@ -143,10 +145,10 @@ pub async fn decide(
     State(st): State<AppState>,
     c: Caller,
     ApiPath(id): ApiPath<i64>,
-    ApiJson(d): ApiJson<Decision>,
+    ApiJson(d): ApiJson<DecisionIn>,
 ) -> Result<Response, ApiError> {
     c.require(Permission::Label)?;
-    Ok(saved(st.store.decide(id, &c.user, d).await?))
+    Ok(saved(st.store.decide(id, &c.user, d.into()).await?))
 }
 
 #[derive(Deserialize)]
@@ -275,10 +277,10 @@ pub async fn update_user(
     State(st): State<AppState>,
     c: Caller,
     ApiPath(name): ApiPath<String>,
-    ApiJson(u): ApiJson<UserUpdate>,
+    ApiJson(u): ApiJson<UserUpdateIn>,
 ) -> Result<Response, ApiError> {
     c.require(Permission::ManageUsers)?;
-    let user = st.store.update_user(&name, u, &c.user.name).await;
+    let user = st.store.update_user(&name, u.into(), &c.user.name).await;
     st.auth.clear();
     Ok(axum::Json(json!({"user": user?})).into_response())
 }

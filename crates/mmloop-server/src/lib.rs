@@ -12,6 +12,7 @@ mod api;
 mod assets;
 mod auth;
 mod error;
+pub mod requests;
 pub mod views;
 
 use std::future::Future;

@@ -315,3 +315,65 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mmloop_core::{Candidate, Digest};
+
+    use super::{ExportFilter, VersionSpec};
+    use crate::review::{Decision, DecisionAction, Role};
+    use crate::test_support::{import, record};
+    use crate::{NewCandidate, Store};
+
+    async fn exported(store: &Store, version: VersionSpec, filter: ExportFilter) -> Vec<mmloop_core::Record> {
+        let (info, rx) = store.export(version, filter).await.unwrap();
+        let records: Vec<_> = rx.into_iter().map(Result::unwrap).collect();
+        assert!(info.items >= records.len() as u64);
+        records
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn export_writes_trusted_answers_and_a_version_stays_as_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("p"), Some("t"), "test").await.unwrap();
+        let d = dir.path();
+        let records =
+            vec![record(d, 0, "Colour?", Some("red")), record(d, 1, "Count?", Some("2")), record(d, 2, "Shape?", None)];
+        import(&store, d, records).await.unwrap();
+        let c = Candidate { answer: "square".into(), confidence: Some(0.7), ..Default::default() };
+        store.add_candidates(None, "m", Digest([3; 32]), "test", vec![NewCandidate::answered(3, c)]).await.unwrap();
+        let ann = store.create_user("ann", Role::Reviewer, None, "test").await.unwrap();
+        let base = store.item(2).await.unwrap().label.map(|l| l.id);
+        let reject =
+            Decision { action: DecisionAction::Reject, base, answer: None, candidate_id: None, lead_time_ms: None };
+        store.decide(2, &ann, reject).await.unwrap();
+        let v1 = store.commit("first", "test").await.unwrap();
+
+        // Trusted answers only: the rejected one and the unanswered item stay out.
+        let trusted = exported(&store, VersionSpec::Working, ExportFilter::default()).await;
+        assert_eq!(trusted.iter().map(|r| r.question.as_str()).collect::<Vec<_>>(), ["Colour?"]);
+        // With the items not trusted yet and the model's answers: every item, the rejected answer
+        // still left out, and the candidate riding along as a prediction.
+        let all = ExportFilter { include_unreviewed: true, candidates: true, ..Default::default() };
+        let rows = exported(&store, VersionSpec::Working, all).await;
+        assert_eq!(rows.iter().map(|r| r.question.as_str()).collect::<Vec<_>>(), ["Colour?", "Count?", "Shape?"]);
+        assert!(rows[1].answer.as_ref().is_none_or(|a| a.text.as_deref() != Some("2")), "{:?}", rows[1].answer);
+        assert_eq!(rows[2].predictions.len(), 1, "{:?}", rows[2].predictions);
+
+        // A later edit changes the working copy, not the committed version.
+        let base = store.item(1).await.unwrap().label.map(|l| l.id);
+        let edit = Decision {
+            action: DecisionAction::Edit,
+            base,
+            answer: Some(mmloop_core::Answer::text("crimson")),
+            candidate_id: None,
+            lead_time_ms: None,
+        };
+        store.decide(1, &ann, edit).await.unwrap();
+        let now = exported(&store, VersionSpec::Working, ExportFilter::default()).await;
+        let then = exported(&store, VersionSpec::Named(v1.version.id.to_string()), ExportFilter::default()).await;
+        assert_eq!(now[0].answer.as_ref().unwrap().text.as_deref(), Some("crimson"));
+        assert_eq!(then[0].answer.as_ref().unwrap().text.as_deref(), Some("red"));
+        store.close();
+    }
+}

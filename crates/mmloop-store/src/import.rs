@@ -686,3 +686,48 @@ fn split_hint(msg: &str) -> (String, Option<String>) {
         None => (msg.to_string(), None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Store;
+    use crate::review::{Decision, DecisionAction, Role};
+    use crate::test_support::{import, record};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reimports_keep_what_people_decided_and_refuse_a_changed_question() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("p"), Some("t"), "test").await.unwrap();
+        let d = dir.path();
+        let first = vec![record(d, 0, "What colour?", Some("red")), record(d, 1, "How many?", Some("2"))];
+        let r = import(&store, d, first.clone()).await.unwrap();
+        assert_eq!((r.added, r.labels), (2, 2));
+        // The same file again: nothing new.
+        let r = import(&store, d, first).await.unwrap();
+        assert_eq!((r.added, r.unchanged, r.updated), (0, 2, 0));
+        // A person edits item 2; then the file changes both answers.
+        let ann = store.create_user("ann", Role::Reviewer, None, "test").await.unwrap();
+        let base = store.item(2).await.unwrap().label.map(|l| l.id);
+        let edit = Decision {
+            action: DecisionAction::Edit,
+            base,
+            answer: Some(mmloop_core::Answer::text("3")),
+            candidate_id: None,
+            lead_time_ms: None,
+        };
+        store.decide(2, &ann, edit).await.unwrap();
+        let changed = vec![record(d, 0, "What colour?", Some("blue")), record(d, 1, "How many?", Some("4"))];
+        let r = import(&store, d, changed).await.unwrap();
+        assert_eq!((r.updated, r.kept_reviewed), (1, 1));
+        assert_eq!(store.item(1).await.unwrap().label.unwrap().answer.text.as_deref(), Some("blue"));
+        assert_eq!(store.item(2).await.unwrap().label.unwrap().answer.text.as_deref(), Some("3"));
+        // Another question under an existing id is refused, and the whole import with it.
+        let items_before = store.stats().await.unwrap().items;
+        let clash = vec![record(d, 5, "A new one?", Some("x")), record(d, 0, "Which shape?", Some("round"))];
+        let err = import(&store, d, clash).await.unwrap_err();
+        assert!(err.to_string().contains("different question"), "{err}");
+        assert_eq!(store.stats().await.unwrap().items, items_before);
+        // Every import is an audited run; the chain verifies.
+        assert!(store.audit_verify().await.unwrap().ok());
+        store.close();
+    }
+}

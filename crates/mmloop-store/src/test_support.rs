@@ -16,6 +16,41 @@ fn png(w: u32) -> Vec<u8> {
     out.into_inner()
 }
 
+/// Imports `records` (their images as bytes, copied into the project) as `mmloop import` would.
+pub(crate) async fn import(
+    store: &Store,
+    dir: &std::path::Path,
+    records: Vec<Record>,
+) -> Result<crate::ImportReport, crate::StoreError> {
+    let file = dir.join("data.jsonl");
+    std::fs::write(&file, "{}\n").expect("the data file");
+    let (tx, rx) = mpsc::channel();
+    for r in records {
+        tx.send(Incoming::Record(Box::new(r))).expect("queued");
+    }
+    tx.send(Incoming::End).expect("queued");
+    let opts = ImportOptions {
+        format: "jsonl".into(),
+        file,
+        images_dir: dir.to_path_buf(),
+        copy_images: true,
+        skip_bad: false,
+        actor: "test".into(),
+        config: json!({}),
+    };
+    store.import(opts, rx, Default::default(), Box::new(())).await
+}
+
+/// A VQA record with one image, an id and (when given) an answer.
+pub(crate) fn record(dir: &std::path::Path, i: usize, question: &str, answer: Option<&str>) -> Record {
+    let file = std::sync::Arc::new(dir.join("data.jsonl"));
+    let mut r = Record::new(Task::Vqa, question, Location::index(&file, i as u64));
+    r.id = Some(format!("t{i}"));
+    r.images = vec![ImageSource::Bytes(png(i as u32 + 1).into())];
+    r.answer = answer.map(mmloop_core::Answer::text);
+    r
+}
+
 pub(crate) async fn project(n: usize) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let store = Store::init(&dir.path().join("p"), Some("test"), "test").await.expect("a project");

@@ -129,13 +129,10 @@ pub struct TokenInfo {
 }
 
 /// Changes to a user; `None` leaves a field as it is.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct UserUpdate {
-    #[serde(default)]
     pub role: Option<Role>,
-    #[serde(default)]
     pub disabled: Option<bool>,
-    #[serde(default)]
     pub password: Option<String>,
 }
 

@@ -20,28 +20,20 @@ use crate::labels::{ItemView, LabelSave, LabelView, SaveOutcome, item_view, labe
 use crate::{Store, StoreError};
 
 /// Which items a reviewer wants next. Empty strings count as "any".
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct QueueFilter {
     /// A label status; default: items nobody here has decided on (pending and imported).
-    #[serde(default)]
     pub status: Option<String>,
     /// A risk flag the primary candidate raised.
-    #[serde(default)]
     pub flag: Option<String>,
     /// Confidence range of the primary candidate (only items with a candidate match).
-    #[serde(default)]
     pub min_conf: Option<f64>,
-    #[serde(default)]
     pub max_conf: Option<f64>,
-    #[serde(default)]
     pub split: Option<String>,
-    #[serde(default)]
     pub tag: Option<String>,
     /// The model of the primary candidate.
-    #[serde(default)]
     pub model: Option<String>,
     /// vqa or caption.
-    #[serde(default)]
     pub task: Option<String>,
 }
 
@@ -238,20 +230,15 @@ impl DecisionAction {
 
 /// A decision on one item. `base` is the label id the reviewer saw (`None`: no label);
 /// if the item moved on since, nothing is saved and the current label comes back.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug)]
 pub struct Decision {
     pub action: DecisionAction,
-    #[serde(default)]
     pub base: Option<i64>,
     /// The answer typed (edit).
-    #[serde(default)]
     pub answer: Option<Answer>,
     /// The candidate accepted or rejected.
-    #[serde(default)]
     pub candidate_id: Option<i64>,
     /// Time from showing the item to deciding (Label Studio's `lead_time`).
-    #[serde(default)]
     pub lead_time_ms: Option<i64>,
 }
 
