@@ -235,51 +235,44 @@ mod tests {
     use crate::review::{Decision, DecisionAction, Role};
     use crate::test_support::project;
 
+    /// Every row of `sql`, its columns joined, for comparing two queries' results.
+    fn rows(c: &rusqlite::Connection, sql: &str) -> Vec<String> {
+        let mut st = c.prepare(sql).unwrap();
+        let n = st.column_count();
+        st.query_map([], |r| {
+            Ok((0..n)
+                .map(|i| r.get::<_, rusqlite::types::Value>(i).map(|v| format!("{v:?}")))
+                .collect::<Result<Vec<_>, _>>()?
+                .join("|"))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
     /// The counts as the page used to compute them: a scan of the queue and the labels.
     fn scanned(c: &rusqlite::Connection) -> Vec<String> {
-        let rows = |sql: &str| -> Vec<String> {
-            let mut st = c.prepare(sql).unwrap();
-            let n = st.column_count();
-            st.query_map([], |r| {
-                Ok((0..n)
-                    .map(|i| r.get::<_, rusqlite::types::Value>(i).map(|v| format!("{v:?}")))
-                    .collect::<Result<Vec<_>, _>>()?
-                    .join("|"))
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-        };
         let mut out = rows(
+            c,
             "SELECT status, COALESCE(has_cand, 0), bucket, COALESCE(flags, ''), COUNT(*) FROM review_queue
              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
         );
         out.extend(rows(
+            c,
             "SELECT actor, action, COUNT(*), COALESCE(SUM(lead_time_ms), 0), COUNT(lead_time_ms), MIN(at), MAX(at)
              FROM labels WHERE action IN ('accept', 'edit', 'reject', 'skip', 'undo') GROUP BY 1, 2 ORDER BY 1, 2",
         ));
         out
     }
 
+    /// The same counts as the triggers keep them.
     fn kept(c: &rusqlite::Connection) -> Vec<String> {
-        let mut out = Vec::new();
-        for sql in [
-            "SELECT status, has_cand, bucket, flags, n FROM queue_tally WHERE n > 0 ORDER BY 1, 2, 3, 4",
+        let mut out =
+            rows(c, "SELECT status, has_cand, bucket, flags, n FROM queue_tally WHERE n > 0 ORDER BY 1, 2, 3, 4");
+        out.extend(rows(
+            c,
             "SELECT actor, action, n, lead_sum, lead_n, first_at, last_at FROM reviewer_tally ORDER BY 1, 2",
-        ] {
-            let mut st = c.prepare(sql).unwrap();
-            let n = st.column_count();
-            out.extend(
-                st.query_map([], |r| {
-                    Ok((0..n)
-                        .map(|i| r.get::<_, rusqlite::types::Value>(i).map(|v| format!("{v:?}")))
-                        .collect::<Result<Vec<_>, _>>()?
-                        .join("|"))
-                })
-                .unwrap()
-                .map(Result::unwrap),
-            );
-        }
+        ));
         out
     }
 
