@@ -68,5 +68,5 @@ BEGIN
                               first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at);
 END;
 
--- The last hour's decisions, read without scanning every label (imported ones included).
-CREATE INDEX labels_decided ON labels(action, at);
+-- The last hour's decisions, read without scanning every label; imported labels stay out of it.
+CREATE INDEX labels_decided ON labels(action, at) WHERE action IN ('accept', 'edit', 'reject', 'skip');

@@ -121,6 +121,9 @@ fn commit_group(conn: &mut Connection, group: Vec<Job>) {
 #[derive(Default)]
 struct Checkpoints {
     commits: u32,
+    /// A long write (an import) committed since the last checkpoint: its pages should not wait
+    /// for seven more commits to reach the database file.
+    big: bool,
 }
 
 impl Checkpoints {
@@ -129,14 +132,18 @@ impl Checkpoints {
     /// Commits after which the writer checkpoints even with writes waiting.
     const AT_MOST: u32 = 512;
 
+    /// A group that took longer than this counts as a long write.
+    const LONG: std::time::Duration = std::time::Duration::from_millis(200);
+
     fn idle(&mut self, conn: &Connection) {
-        if self.commits >= Self::WHEN_IDLE {
+        if self.commits >= Self::WHEN_IDLE || self.big {
             self.run(conn);
         }
     }
 
-    fn committed(&mut self, conn: &Connection) {
+    fn committed(&mut self, conn: &Connection, took: std::time::Duration) {
         self.commits += 1;
+        self.big |= took >= Self::LONG;
         if self.commits >= Self::AT_MOST {
             self.run(conn);
         }
@@ -146,6 +153,7 @@ impl Checkpoints {
         // Busy (a reader on an old snapshot holds frames): copied as far as it can, the rest later.
         let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         self.commits = 0;
+        self.big = false;
     }
 }
 
@@ -193,8 +201,13 @@ impl Db {
                             Err(_) => break,
                         }
                     }
+                    let started = std::time::Instant::now();
                     commit_group(&mut conn, group);
-                    checkpoints.committed(&conn);
+                    checkpoints.committed(&conn, started.elapsed());
+                }
+                // Closing: leave the database file whole for the next program that opens it.
+                if checkpoints.commits > 0 || checkpoints.big {
+                    checkpoints.run(&conn);
                 }
             })
             .map_err(StoreError::Io)?;
