@@ -330,6 +330,8 @@ pub(crate) fn sync_queue(tx: &Connection) -> ReviewResult<u64> {
     if last <= seen {
         return Ok(0);
     }
+    // The new rows are tallied at the end in one pass, not row by row by the triggers.
+    tx.prepare_cached("INSERT INTO tally_paused (one) VALUES (1)")?.execute([])?;
     let added = tx.execute(
         "INSERT INTO review_queue (item_id, status, label_id)
          SELECT i.id, COALESCE(l.status, 'pending'), i.label_id
@@ -342,6 +344,14 @@ pub(crate) fn sync_queue(tx: &Connection) -> ReviewResult<u64> {
          WHERE item_id > ?1 AND item_id IN (SELECT item_id FROM candidates WHERE item_id > ?1)",
         [seen],
     )?;
+    tx.execute(
+        "INSERT INTO queue_tally (status, has_cand, bucket, flags, n)
+         SELECT status, COALESCE(has_cand, 0), bucket, COALESCE(flags, ''), COUNT(*) FROM review_queue
+         WHERE item_id > ?1 GROUP BY 1, 2, 3, 4
+         ON CONFLICT DO UPDATE SET n = n + excluded.n",
+        [seen],
+    )?;
+    tx.prepare_cached("DELETE FROM tally_paused")?.execute([])?;
     Ok(added as u64)
 }
 
