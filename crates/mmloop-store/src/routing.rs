@@ -189,7 +189,9 @@ fn row_sample(r: &rusqlite::Row) -> rusqlite::Result<AuditSampleInfo> {
     })
 }
 
-/// The primary candidate of an item: its newest one without an error.
+/// The primary candidate of item `i`: its newest one without an error. The same rule as the
+/// `primary_candidate` view (migration 0005), written out: through the view, a pass over 1M
+/// pending items took 0.90 s instead of 0.69 s (the view looks the item's candidates up twice).
 const PRIMARY: &str = "SELECT id FROM candidates WHERE item_id = i.id ORDER BY error IS NULL DESC, id DESC LIMIT 1";
 
 pub(crate) fn audited(c: &Connection, kind: Option<SampleKind>) -> Result<Vec<Audited>, StoreError> {

@@ -51,28 +51,11 @@ pub(crate) fn record(dir: &std::path::Path, i: usize, question: &str, answer: Op
     r
 }
 
+/// A project of `n` unanswered VQA items, one image each.
 pub(crate) async fn project(n: usize) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let store = Store::init(&dir.path().join("p"), Some("test"), "test").await.expect("a project");
-    let file = std::sync::Arc::new(dir.path().join("data.jsonl"));
-    std::fs::write(&*file, "{}\n").expect("the data file");
-    let (tx, rx) = mpsc::channel();
-    for i in 0..n {
-        let mut r = Record::new(Task::Vqa, format!("What is in picture {i}?"), Location::index(&file, i as u64));
-        r.id = Some(format!("t{i}"));
-        r.images = vec![ImageSource::Bytes(png(i as u32 + 1).into())];
-        tx.send(Incoming::Record(Box::new(r))).expect("queued");
-    }
-    tx.send(Incoming::End).expect("queued");
-    let opts = ImportOptions {
-        format: "jsonl".into(),
-        file: (*file).clone(),
-        images_dir: dir.path().to_path_buf(),
-        copy_images: true,
-        skip_bad: false,
-        actor: "test".into(),
-        config: json!({}),
-    };
-    store.import(opts, rx, Default::default(), Box::new(())).await.expect("the import");
+    let records = (0..n).map(|i| record(dir.path(), i, &format!("What is in picture {i}?"), None)).collect();
+    import(&store, dir.path(), records).await.expect("the import");
     (dir, store)
 }
