@@ -315,12 +315,38 @@ mod tests {
         let path = dir.path().join("t.db");
         let db = Db::open(&path, true).unwrap();
         db.write(|c| Ok(c.execute_batch("CREATE TABLE t (x BLOB)")?)).await.unwrap();
-        // 400 commits of 16 KiB each, one at a time: 6.4 MB through the log.
+        // 400 commits of 16 KiB each, with a pause after each so the writer finds its queue
+        // empty (back to back, the next write may already be queued: see the next test).
         for _ in 0..400 {
             db.write(|c| Ok(c.execute("INSERT INTO t (x) VALUES (zeroblob(16384))", [])?)).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         let wal = std::fs::metadata(dir.path().join("t.db-wal")).unwrap().len();
         assert!(wal < 2 * 1024 * 1024, "the log holds {wal} bytes: it never started over");
+        db.close();
+    }
+
+    /// Under unbroken load the writer never finds its queue empty, yet it checkpoints after
+    /// `AT_MOST` commits: the log holds at most that many, whichever way the race goes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_is_bounded_when_the_writer_is_never_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db"), true).unwrap();
+        db.write(|c| Ok(c.execute_batch("CREATE TABLE t (x BLOB)")?)).await.unwrap();
+        let wal_len = || std::fs::metadata(dir.path().join("t.db-wal")).unwrap().len();
+        let insert = || db.write(|c| Ok(c.execute("INSERT INTO t (x) VALUES (zeroblob(16384))", [])?));
+        insert().await.unwrap();
+        let before = wal_len();
+        insert().await.unwrap();
+        // What one commit adds to the log (no checkpoint yet: fewer than `WHEN_IDLE` commits).
+        let one = wal_len() - before;
+        // 1,200 commits back to back: 2.3 times the bound.
+        for _ in 0..1200 {
+            insert().await.unwrap();
+        }
+        let bound = u64::from(Checkpoints::AT_MOST + 8) * one;
+        let wal = wal_len();
+        assert!(wal <= bound, "the log holds {wal} bytes, over {bound}");
         db.close();
     }
 
