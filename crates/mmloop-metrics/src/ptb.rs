@@ -10,8 +10,10 @@
 //! wins (trailing context counts towards the length) and ties go to the earlier rule.
 //! Here each rule is a small pattern evaluated by a backtracking matcher that reports
 //! every end position; plain ASCII words (alone, before common punctuation, or hyphenated)
-//! take a fast path that gives the same tokens, and large batches are split in two
-//! threads at a line break.
+//! take a fast path that gives the same tokens, the rule chosen anywhere else is
+//! remembered by the characters the choice read (a trie: the next `can't` or `café` costs
+//! a walk of its letters instead of the whole rule set), and large batches are split in
+//! two threads at a line break.
 //!
 //! Java quirks kept on purpose: the lexer works on UTF-16 units, so characters outside
 //! the BMP (emoji) are untokenizable and silently deleted unless a URL or e-mail rule
@@ -33,9 +35,10 @@
 //! contexts) follow a reading of the scanner's rules rather than observed output.
 //! This module never does I/O.
 
+use std::cell::Cell;
 use std::sync::LazyLock;
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
 
 use crate::pystr;
@@ -303,22 +306,41 @@ fn eq_caseless(c: char, b: u8) -> bool {
     c.is_ascii() && (c as u8).eq_ignore_ascii_case(&b)
 }
 
+/// The text as the matcher reads it: every read goes through `at`, which remembers how far
+/// the matcher looked, so that a match can be remembered by the characters it depended on.
+struct Text<'a> {
+    t: &'a [char],
+    /// One past the furthest position read; past `t.len()` once the end itself was seen.
+    seen: Cell<usize>,
+}
+
+impl<'a> Text<'a> {
+    fn new(t: &'a [char], i: usize) -> Self {
+        Text { t, seen: Cell::new(i) }
+    }
+
+    fn at(&self, j: usize) -> Option<char> {
+        self.seen.set(self.seen.get().max(j + 1));
+        self.t.get(j).copied()
+    }
+}
+
 impl P {
-    fn ends(&self, t: &[char], i: usize, k: &mut dyn FnMut(usize)) {
+    fn ends(&self, t: &Text, i: usize, k: &mut dyn FnMut(usize)) {
         match self {
             P::One(f) => {
-                if i < t.len() && f(t[i]) {
+                if t.at(i).is_some_and(f) {
                     k(i + 1)
                 }
             }
             P::Lit(s) => {
                 let b = s.as_bytes();
-                if i + b.len() <= t.len() && b.iter().zip(&t[i..]).all(|(&b, &c)| eq_caseless(c, b)) {
+                if b.iter().enumerate().all(|(n, &b)| t.at(i + n).is_some_and(|c| eq_caseless(c, b))) {
                     k(i + b.len())
                 }
             }
             P::Lits(buckets) => {
-                if let Some(&c) = t.get(i).filter(|c| c.is_ascii()) {
+                if let Some(c) = t.at(i).filter(char::is_ascii) {
                     for s in &buckets[c.to_ascii_lowercase() as usize] {
                         P::Lit(s).ends(t, i, k)
                     }
@@ -332,9 +354,9 @@ impl P {
             }
             P::Rep(p, min, max) => {
                 if let P::One(f) = **p {
-                    let limit = if *max == INF { t.len() } else { t.len().min(i + *max as usize) };
+                    let limit = if *max == INF { usize::MAX } else { i + *max as usize };
                     let mut j = i;
-                    while j < limit && f(t[j]) {
+                    while j < limit && t.at(j).is_some_and(f) {
                         j += 1;
                     }
                     let lo = i + *min as usize;
@@ -404,14 +426,14 @@ impl P {
     }
 }
 
-fn seq_ends(ps: &[P], t: &[char], i: usize, k: &mut dyn FnMut(usize)) {
+fn seq_ends(ps: &[P], t: &Text, i: usize, k: &mut dyn FnMut(usize)) {
     match ps.split_first() {
         None => k(i),
         Some((p, rest)) => p.ends(t, i, &mut |e| seq_ends(rest, t, e, k)),
     }
 }
 
-fn rep_ends(p: &P, min: u32, max: u32, n: u32, t: &[char], i: usize, k: &mut dyn FnMut(usize)) {
+fn rep_ends(p: &P, min: u32, max: u32, n: u32, t: &Text, i: usize, k: &mut dyn FnMut(usize)) {
     if n >= min {
         k(i)
     }
@@ -1070,6 +1092,109 @@ struct Ruleset {
     all: Vec<u8>,
 }
 
+impl Ruleset {
+    /// The rule with the longest match at `i` (its trailing context counts), the earliest on
+    /// ties, and the length of its token; `None` when no rule matches.
+    fn longest(&self, t: &Text, i: usize) -> Option<Choice> {
+        let c = t.at(i)?;
+        let candidates = if c.is_ascii() { &self.ascii_candidates[c as usize] } else { &self.all };
+        let (mut best_total, mut best) = (i, None);
+        for &r in candidates {
+            let rule = &self.rules[r as usize];
+            let (mut total, mut end) = (i, i);
+            match &rule.ctx {
+                None => rule.main.ends(t, i, &mut |e| {
+                    if e > total {
+                        total = e;
+                        end = e;
+                    }
+                }),
+                Some(ctx) => rule.main.ends(t, i, &mut |e1| {
+                    if e1 > i {
+                        ctx.ends(t, e1, &mut |e2| {
+                            if e2 > total || (e2 == total && e1 > end) {
+                                total = e2;
+                                end = e1;
+                            }
+                        })
+                    }
+                }),
+            }
+            if total > best_total {
+                best_total = total;
+                best = Some(Choice { len: (end - i) as u32, rule: r });
+            }
+        }
+        best
+    }
+}
+
+/// The rule chosen at a position and the length of its token.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Choice {
+    len: u32,
+    rule: u8,
+}
+
+/// Rules chosen at earlier positions, kept by the characters each choice depended on (the
+/// token, and whatever the rules looked at past it): captions repeat their words, and trying
+/// every rule costs microseconds a position. Choosing depends on nothing but those
+/// characters, read from the position on, so a later position whose text begins with the
+/// same ones gets the same choice.
+struct Memo {
+    /// Nodes kept at most (0: nothing is kept).
+    capacity: usize,
+    /// A trie of the characters read: (node, character or `END`) to node; 0 is the root.
+    edges: FxHashMap<(u32, u32), u32>,
+    /// By node: the choice made where exactly the node's characters were read.
+    chosen: Vec<Option<Option<Choice>>>,
+}
+
+impl Memo {
+    /// Stands for the end of the text, which the rules see as well.
+    const END: u32 = 0x11_0000;
+    /// Enough for the distinct tokens of a large corpus; past it, new choices are not kept.
+    const MAX_NODES: usize = 1 << 20;
+
+    fn new(capacity: usize) -> Self {
+        Memo { capacity, edges: FxHashMap::default(), chosen: Vec::new() }
+    }
+
+    fn key(t: &[char], j: usize) -> u32 {
+        t.get(j).map_or(Self::END, |&c| c as u32)
+    }
+
+    fn get(&self, t: &[char], i: usize) -> Option<Option<Choice>> {
+        let mut node = 0;
+        for j in i..=t.len() {
+            node = *self.edges.get(&(node, Self::key(t, j)))?;
+            if let Some(choice) = self.chosen[node as usize] {
+                return Some(choice);
+            }
+        }
+        None
+    }
+
+    /// Keeps `choice`, made at `i` having read the positions before `seen`.
+    fn insert(&mut self, t: &[char], i: usize, seen: usize, choice: Option<Choice>) {
+        if self.chosen.is_empty() {
+            self.chosen.push(None);
+        }
+        if self.chosen.len() + (seen - i) > self.capacity {
+            return;
+        }
+        let mut node = 0;
+        for j in i..seen {
+            let next = self.chosen.len() as u32;
+            node = *self.edges.entry((node, Self::key(t, j))).or_insert(next);
+            if node == next {
+                self.chosen.push(None);
+            }
+        }
+        self.chosen[node as usize] = Some(choice);
+    }
+}
+
 static RULES: LazyLock<Ruleset> = LazyLock::new(|| {
     let rules = rules();
     assert!(rules.len() < 256);
@@ -1091,6 +1216,7 @@ struct Lexer<'a> {
     lines: Vec<String>,
     line: String,
     line_start: bool,
+    memo: Memo,
 }
 
 impl<'a> Lexer<'a> {
@@ -1100,7 +1226,15 @@ impl<'a> Lexer<'a> {
 
     /// Scans `t[start..end]`; `start` must begin a line and `end` must end one (or the input).
     fn range(t: &'a [char], start: usize, end: usize) -> Self {
-        Lexer { t, start, end, lines: Vec::new(), line: String::new(), line_start: true }
+        Lexer {
+            t,
+            start,
+            end,
+            lines: Vec::new(),
+            line: String::new(),
+            line_start: true,
+            memo: Memo::new(Memo::MAX_NODES),
+        }
     }
 
     fn run(mut self) -> Vec<String> {
@@ -1132,38 +1266,21 @@ impl<'a> Lexer<'a> {
     /// Longest match over all rules at `i`, earliest rule on ties; returns the next position.
     fn slow(&mut self, rs: &Ruleset, i: usize) -> usize {
         let t = self.t;
-        let c = t[i];
-        let candidates = if c.is_ascii() { &rs.ascii_candidates[c as usize] } else { &rs.all };
-        let (mut best_total, mut best_end, mut best_rule) = (i, i, usize::MAX);
-        for &r in candidates {
-            let rule = &rs.rules[r as usize];
-            let (mut total, mut end) = (i, i);
-            match &rule.ctx {
-                None => rule.main.ends(t, i, &mut |e| {
-                    if e > total {
-                        total = e;
-                        end = e;
-                    }
-                }),
-                Some(ctx) => rule.main.ends(t, i, &mut |e1| {
-                    if e1 > i {
-                        ctx.ends(t, e1, &mut |e2| {
-                            if e2 > total || (e2 == total && e1 > end) {
-                                total = e2;
-                                end = e1;
-                            }
-                        })
-                    }
-                }),
+        let choice = match self.memo.get(t, i) {
+            Some(choice) => choice,
+            None => {
+                let text = Text::new(t, i);
+                let choice = rs.longest(&text, i);
+                self.memo.insert(t, i, text.seen.get(), choice);
+                choice
             }
-            if total > best_total {
-                (best_total, best_end, best_rule) = (total, end, r as usize);
-            }
-        }
-        if best_rule == usize::MAX {
+        };
+        let Some(Choice { len, rule: best_rule }) = choice else {
             // Untokenizable: the jar's default (`firstDelete`) drops it with a warning.
             return i + 1;
-        }
+        };
+        let best_end = i + len as usize;
+        let best_rule = best_rule as usize;
         let tok = &t[i..best_end];
         match rs.rules[best_rule].act {
             Act::Keep => self.emit_chars(tok),
@@ -1410,6 +1527,30 @@ mod tests {
         assert_eq!(tokenize_caption("It's a dog's (big) \"toy\"."), "it 's a dog 's -lrb- big -rrb- toy");
         assert_eq!(tokenize_caption("I can't; they don't."), "i ca n't they do n't");
         assert_eq!(tokenize_caption("$5.00 x*y £3 … — end etc."), "$ 5.00 x * y # 3 end etc.");
+    }
+
+    /// Choices kept by the characters they read are the choices the rules make afresh, on
+    /// the parity corpus and on texts that differ only past a token or at the text's end.
+    #[test]
+    fn remembered_choices_equal_fresh_ones() {
+        let path = format!("{}/../../tests/fixtures/metrics/ptb_tokens.jsonl", env!("CARGO_MANIFEST_DIR"));
+        let corpus = std::fs::read_to_string(&path).unwrap();
+        let mut text = String::new();
+        for line in corpus.lines().skip(1) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            text.push_str(v["in"].as_str().unwrap());
+            text.push('\n');
+        }
+        text.push_str("etc.\nA etc.\na etc. U.S. The U.S. the No. 5 No. x cannot can't 1-800-555-1234 1-800 etc.");
+        let chars: Vec<char> = text.chars().collect();
+        let fresh = |capacity| {
+            let mut lexer = Lexer::new(&chars);
+            lexer.memo = Memo::new(capacity);
+            lexer.run()
+        };
+        let remembered = fresh(Memo::MAX_NODES);
+        assert_eq!(remembered, fresh(0));
+        assert!(remembered.last().unwrap().ends_with("etc. ."), "{:?}", remembered.last());
     }
 
     #[test]
