@@ -26,7 +26,11 @@
 //! Differential results (jar = pycocoevalcap 1.2's `stanford-corenlp-3.4.1.jar`, Java 17):
 //! the committed corpus of 3,602 captions and 9 multi-caption batches matches exactly, and
 //! so did three fresh corpora of 20,000, 50,000 and 30,000 generated captions (seeds 7, 11,
-//! 13; see `tests/ptb_parity.rs` to rerun), 0 mismatches in 103,602 captions.
+//! 13; see `tests/ptb_parity.rs` to rerun), 0 mismatches in 103,602 captions. Two more
+//! (seeds 17 and 19, 30,000 captions each) found 3 mismatches, not fixed: a final sigma
+//! before digits and a hyphen (`ΟΔΟΣ2014-01-02S`: the jar ends the word at the hyphen),
+//! `{` inside a URL after a no-break space and U+FEFF (the jar ends the URL there), and
+//! `A.` before `Their` (the jar splits the period off).
 //!
 //! Known differences, none seen in those corpora: letters and digits follow Unicode 16
 //! (the jar's tables come from the Java 7 it was generated with, Unicode 6), so scripts
