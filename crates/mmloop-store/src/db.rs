@@ -22,8 +22,16 @@ const MIGRATIONS: &[&str] = &[
 
 /// A queued write: it runs on the writer connection and returns what to tell its caller once
 /// the commit it is part of is known (`Some(why)` when that commit failed).
-type Job = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
+type Work = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+enum Job {
+    /// Shares a commit with the writes queued beside it (see `commit_group`).
+    Grouped(Work),
+    /// A large write (an import) in a transaction of its own: inside a shared transaction its
+    /// savepoint would keep a copy of every page it changes.
+    Alone(Work),
+}
 
 /// At most this many queued writes share one commit (one fsync).
 const GROUP_MAX: usize = 64;
@@ -77,7 +85,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 /// caller hears back only after the commit, so nothing is acknowledged that a crash could
 /// still lose. Should a failure end the whole transaction (SQLite rolls back on some I/O
 /// errors), the writes before it are reported failed and the rest start a new one.
-fn commit_group(conn: &mut Connection, group: Vec<Job>) {
+fn commit_group(conn: &mut Connection, group: Vec<Work>) {
     const LOST: &str = "the write was rolled back with the transaction it shared";
     let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
     let mut open = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
@@ -109,6 +117,19 @@ fn commit_group(conn: &mut Connection, group: Vec<Job>) {
             let why = format!("the commit failed: {e}");
             replies.into_iter().for_each(|r| r(Some(&why)));
         }
+    }
+}
+
+/// Runs one write outside any shared transaction: it opens its own (`conn.transaction()`,
+/// which takes the write lock at `BEGIN`) and commits it. A write that returns leaving a
+/// transaction open is rolled back and reported failed.
+fn commit_alone(conn: &mut Connection, work: Work) {
+    let reply = work(conn);
+    if conn.is_autocommit() {
+        reply(None)
+    } else {
+        let _ = conn.execute_batch("ROLLBACK");
+        reply(Some("the write left its transaction open; it was rolled back"))
     }
 }
 
@@ -182,8 +203,10 @@ impl Db {
             .name("mmloop-store-writer".into())
             .spawn(move || {
                 let mut checkpoints = Checkpoints::default();
+                // A write that must run alone, met while gathering a group: it runs next.
+                let mut held = None;
                 loop {
-                    let first = match rx.try_recv() {
+                    let first = match held.take().map_or_else(|| rx.try_recv(), Ok) {
                         Ok(job) => job,
                         Err(mpsc::TryRecvError::Empty) => {
                             checkpoints.idle(&conn);
@@ -194,15 +217,24 @@ impl Db {
                         }
                         Err(mpsc::TryRecvError::Disconnected) => break,
                     };
-                    let mut group = vec![first];
-                    while group.len() < GROUP_MAX {
-                        match rx.try_recv() {
-                            Ok(job) => group.push(job),
-                            Err(_) => break,
+                    let started = std::time::Instant::now();
+                    match first {
+                        Job::Alone(work) => commit_alone(&mut conn, work),
+                        Job::Grouped(work) => {
+                            let mut group = vec![work];
+                            while group.len() < GROUP_MAX {
+                                match rx.try_recv() {
+                                    Ok(Job::Grouped(work)) => group.push(work),
+                                    Ok(alone) => {
+                                        held = Some(alone);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            commit_group(&mut conn, group);
                         }
                     }
-                    let started = std::time::Instant::now();
-                    commit_group(&mut conn, group);
                     checkpoints.committed(&conn, started.elapsed());
                 }
                 // Closing: leave the database file whole for the next program that opens it.
@@ -227,8 +259,26 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.queue(f, Job::Grouped).await
+    }
+
+    /// Like [`Db::write`] for a large write (an import): `f` runs with no transaction open,
+    /// opens its own with `conn.transaction()` and commits it; writes queued meanwhile wait.
+    pub(crate) async fn write_alone<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.queue(f, Job::Alone).await
+    }
+
+    async fn queue<T, F>(&self, f: F, kind: fn(Work) -> Job) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let work: Work = Box::new(move |conn| {
             let out = f(conn);
             Box::new(move |failed: Option<&str>| {
                 let out = match failed {
@@ -243,7 +293,7 @@ impl Db {
             .expect("writer lock")
             .as_ref()
             .ok_or(StoreError::Closed)?
-            .send(job)
+            .send(kind(work))
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -347,6 +397,50 @@ mod tests {
         let bound = u64::from(Checkpoints::AT_MOST + 8) * one;
         let wal = wal_len();
         assert!(wal <= bound, "the log holds {wal} bytes, over {bound}");
+        db.close();
+    }
+
+    /// A write queued to run alone commits in a transaction of its own between the groups
+    /// around it; one that fails, or leaves its transaction open, leaves nothing behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_alone_commits_on_its_own_and_fails_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db"), true).unwrap();
+        db.write(|c| Ok(c.execute_batch("CREATE TABLE t (x INTEGER UNIQUE)")?)).await.unwrap();
+        let grouped = (0..50i64).map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move { db.write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [i])?)).await })
+        });
+        let grouped: Vec<_> = grouped.collect();
+        let alone = db.write_alone(|c| {
+            let tx = c.transaction()?;
+            for x in 100..200i64 {
+                tx.execute("INSERT INTO t VALUES (?1)", [x])?;
+            }
+            tx.commit()?;
+            Ok(())
+        });
+        let failing = db.write_alone(|c| {
+            let tx = c.transaction()?;
+            tx.execute("INSERT INTO t VALUES (300)", [])?;
+            tx.execute("INSERT INTO t VALUES (100)", [])?;
+            tx.commit()?;
+            Ok(())
+        });
+        let left_open = db.write_alone(|c| {
+            c.execute_batch("BEGIN; INSERT INTO t VALUES (400);")?;
+            Ok(())
+        });
+        let (alone, failing, left_open) = tokio::join!(alone, failing, left_open);
+        alone.unwrap();
+        assert!(failing.is_err() && left_open.is_err(), "{failing:?} {left_open:?}");
+        for g in grouped {
+            g.await.unwrap().unwrap();
+        }
+        let n: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?)).await.unwrap();
+        let stray: i64 =
+            db.read(|c| Ok(c.query_row("SELECT count(*) FROM t WHERE x >= 300", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!((n, stray), (150, 0));
         db.close();
     }
 

@@ -221,8 +221,8 @@ impl Store {
         progress.phase("importing");
         let report = self
             .db()
-            .write(move |conn| {
-                let tx = conn.savepoint()?;
+            .write_alone(move |conn| {
+                let tx = conn.transaction()?;
                 let mut job = Job::start(&tx, &opts, sha, &dot, limits, checked)?;
                 let mut batch = Vec::with_capacity(BATCH);
                 let mut done = 0u64;
