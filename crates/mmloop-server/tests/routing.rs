@@ -53,7 +53,11 @@ async fn an_audit_certifies_a_threshold_that_auto_accepts_and_undo_reverts() {
     let srv = Server::start(&p.store, ServerConfig::default()).await;
     let c = srv.bearer(&p.token("r").await);
     // The sample comes first, in its order, with confidence and flags hidden.
+    let mut halfway = None;
     for (k, &want) in order.iter().enumerate() {
+        if k == 120 {
+            halfway = p.store.routing_stats().await.unwrap().plan;
+        }
         let x = c.next("").await.unwrap();
         let id = id_of(&x);
         assert_eq!(id, want, "audit item {k}");
@@ -96,6 +100,11 @@ async fn an_audit_certifies_a_threshold_that_auto_accepts_and_undo_reverts() {
     let accepted_truth = pool.iter().filter(|x| x.score >= t).filter(|x| !truth(x.item_id).1).count();
     assert!(accepted_truth as f64 <= 0.05 * pl.accepted as f64, "real error {accepted_truth}/{}", pl.accepted);
     assert!(pl.accepted > 100 && pl.review_saved > 0.3, "{} of {}", pl.accepted, pl.pool);
+    // The stats page's plan is the same, not the one kept from halfway through the audit.
+    let halfway = halfway.expect("a plan from the first 120 verdicts");
+    let shown = p.store.routing_stats().await.unwrap().plan.unwrap();
+    assert_ne!(halfway.accepted, pl.accepted, "the halfway plan differs, so keeping it would show");
+    assert_eq!((shown.pool, shown.accepted, shown.review_saved), (pl.pool, pl.accepted, pl.review_saved));
 
     let run = p.store.start_run("route", "test", json!({"epsilon": 0.05, "delta": 0.1})).await.unwrap();
     let applied = p

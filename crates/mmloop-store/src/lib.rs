@@ -123,6 +123,8 @@ struct Inner {
     config: Config,
     db: Arc<db::Db>,
     anchor: audit::AnchorSync,
+    /// See [`routing::RoutePreview`].
+    route_preview: std::sync::Mutex<Option<routing::RoutePreview>>,
 }
 
 impl Store {

@@ -151,6 +151,8 @@ impl Store {
     fn open_paths(paths: ProjectPaths, create: bool) -> Result<Store, StoreError> {
         let config = Config::load(&paths.config)?;
         let db = db::Db::open(&paths.db, create)?;
-        Ok(Store { inner: Arc::new(Inner { paths, config, db, anchor: Default::default() }) })
+        Ok(Store {
+            inner: Arc::new(Inner { paths, config, db, anchor: Default::default(), route_preview: Default::default() }),
+        })
     }
 }
