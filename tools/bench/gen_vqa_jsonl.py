@@ -7,8 +7,9 @@
 Writes OUT_DIR/images/<k>/<n>.png (1×1 pixel, a distinct colour each, so every image has
 its own sha256) and OUT_DIR/vqa.jsonl (about 5 questions per image, as in VQAv2). With
 --changed F it writes OUT_DIR/vqa_changed.jsonl instead: the same rows with the answers
-of a fraction F of them changed (for the diff benchmark). Deterministic; standard library
-only.
+of a fraction F of them changed (for the diff benchmark). With --questions-only it writes
+OUT_DIR/vqa_questions.jsonl: the questions without answers, which import as pending items for
+the model to answer (the routing benchmarks). Deterministic; standard library only.
 """
 
 import argparse
@@ -47,6 +48,7 @@ def main():
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--images", type=int, default=200_000)
     ap.add_argument("--changed", type=float, default=0.0)
+    ap.add_argument("--questions-only", action="store_true")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     if a.changed == 0.0:
@@ -57,7 +59,7 @@ def main():
             if not os.path.exists(p):
                 with open(p, "wb") as f:
                     f.write(png(n & 0xFF, (n >> 8) & 0xFF, (n >> 16) & 0xFF))
-    name = "vqa_changed.jsonl" if a.changed else "vqa.jsonl"
+    name = "vqa_changed.jsonl" if a.changed else "vqa_questions.jsonl" if a.questions_only else "vqa.jsonl"
     every = round(1 / a.changed) if a.changed else 0
     with open(os.path.join(a.out, name), "w") as f:
         for i in range(a.items):
@@ -67,11 +69,10 @@ def main():
             ans = ANSWERS[(i * 7) % len(ANSWERS)]
             if every and i % every == every // 2:
                 ans = ans + " (corrected)"
-            row = {
-                "id": str(i),
-                "messages": [{"role": "user", "content": "<image>" + q}, {"role": "assistant", "content": ans}],
-                "images": [image_path(img)],
-            }
+            messages = [{"role": "user", "content": "<image>" + q}]
+            if not a.questions_only:
+                messages.append({"role": "assistant", "content": ans})
+            row = {"id": str(i), "messages": messages, "images": [image_path(img)]}
             f.write(json.dumps(row, ensure_ascii=False))
             f.write("\n")
 
