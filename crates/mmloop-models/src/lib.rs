@@ -11,7 +11,9 @@
 //!   and continuous batching;
 //! - [`nn`]: layers with an inference path (fused kernels) and a differentiable training
 //!   path, and [`nn::Linear`], addressable by its PEFT module path and able to carry
-//!   LoRA/DoRA adapters ([`adapter`]).
+//!   LoRA/DoRA adapters ([`adapter`]);
+//! - [`train`]: LoRA / DoRA training steps (ms-swift's loss, torch's AdamW, transformers'
+//!   schedules) on the same layers, and PEFT adapter folders written back.
 //!
 //! It never touches the project store, dataset formats or the network: it reads a checkpoint
 //! folder and answers prompts.
@@ -28,6 +30,7 @@ pub mod qwen2_vl;
 pub mod qwen3_vl;
 pub mod sampling;
 pub mod text;
+pub mod train;
 pub mod weights;
 
 pub use candle_core::{DType, Device};
