@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::values::{CONFIDENCES, DEVICES, DTYPES, EVAL_TASKS, FORMATS, P_VALUES, SCORES, TASKS, VQA_VARIANTS, one_of};
+use crate::values::{
+    CONFIDENCES, DEVICES, DTYPES, EVAL_TASKS, FORMATS, P_VALUES, SCHEDULES, SCORES, TASKS, VQA_VARIANTS, one_of,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,6 +68,158 @@ pub enum Command {
     /// Auto-accept model answers above a threshold certified from the audit sample: error
     /// rate ≤ ε with probability ≥ 1 − δ.
     Route(Box<RouteCommand>),
+    /// Fine-tune the model (LoRA / DoRA) on a version's trusted labels or a dataset file
+    /// (like `swift sft`; its flag names and defaults).
+    Sft(Box<SftArgs>),
+    /// List a project's recorded runs (pre-annotation, training, routing), newest first.
+    Runs(RunsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunsArgs {
+    pub project: PathBuf,
+    /// Only runs of this kind (infer, train, route).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Print the runs (with their full configuration and summary) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mmloop sft`: ms-swift 4's `swift sft` flags (underscores; dashes also accepted) and defaults.
+#[derive(Args, Debug, serde::Serialize)]
+pub struct SftArgs {
+    /// The project to train from (its committed --version). Leave out for file mode (--dataset).
+    pub project: Option<PathBuf>,
+    /// A Hugging Face repo id or a checkpoint folder.
+    #[arg(long, alias = "model_id")]
+    pub model: String,
+    /// The hub revision of --model.
+    #[arg(long = "model_revision", alias = "revision", alias = "model-revision", default_value = "main")]
+    pub model_revision: String,
+    /// Project mode: the committed version whose trusted labels are the training data.
+    #[arg(long, default_value = "HEAD")]
+    pub version: String,
+    /// Project mode: train on this split only (e.g. train).
+    #[arg(long)]
+    pub split: Option<String>,
+    /// File mode: a dataset file in any format `mmloop import` reads (its answered questions).
+    #[arg(long, value_name = "FILE")]
+    pub dataset: Option<PathBuf>,
+    /// The dataset's format, when detection guesses wrong.
+    #[arg(long, short, value_parser = one_of::<mmloop_formats::Format>(FORMATS))]
+    pub format: Option<String>,
+    /// Where the dataset's relative image paths resolve (default: its folder).
+    #[arg(long, alias = "images_dir")]
+    pub images_dir: Option<PathBuf>,
+    /// A system prompt for every example (default: each conversation's own).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Where logging.jsonl, checkpoint-N/ and report.html go.
+    #[arg(long = "output_dir", alias = "output-dir", short)]
+    pub output_dir: PathBuf,
+
+    /// lora (DoRA with --use_dora true).
+    #[arg(long = "tuner_type", alias = "tuner-type", default_value = "lora", value_parser = ["lora"])]
+    pub tuner_type: String,
+    #[arg(long = "use_dora", alias = "use-dora", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub use_dora: Option<bool>,
+    /// LoRA rank (default 8).
+    #[arg(long = "lora_rank", alias = "lora-rank")]
+    pub lora_rank: Option<usize>,
+    /// LoRA alpha (default 32).
+    #[arg(long = "lora_alpha", alias = "lora-alpha")]
+    pub lora_alpha: Option<f64>,
+    #[arg(long = "lora_dropout", alias = "lora-dropout", default_value_t = 0.05)]
+    pub lora_dropout: f64,
+    /// all-linear (every linear layer of the language model) or module names (q_proj v_proj ...).
+    #[arg(long = "target_modules", alias = "target-modules", num_args = 1..)]
+    pub target_modules: Vec<String>,
+    /// Start from this PEFT adapter folder; its own config decides rank, alpha, DoRA and targets.
+    #[arg(long)]
+    pub adapters: Option<PathBuf>,
+    /// The vision tower stays frozen (the only setting supported).
+    #[arg(long = "freeze_vit", alias = "freeze-vit", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub freeze_vit: bool,
+    /// The vision-language connector stays frozen (the only setting supported).
+    #[arg(long = "freeze_aligner", alias = "freeze-aligner", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub freeze_aligner: bool,
+
+    #[arg(long = "num_train_epochs", alias = "num-train-epochs", default_value_t = 3.0)]
+    pub num_train_epochs: f64,
+    /// Optimizer steps of the run (overrides the epochs; -1: from the epochs).
+    #[arg(long = "max_steps", alias = "max-steps", default_value_t = -1, allow_negative_numbers = true)]
+    pub max_steps: i64,
+    #[arg(
+        long = "per_device_train_batch_size",
+        alias = "per-device-train-batch-size",
+        alias = "batch_size",
+        default_value_t = 1
+    )]
+    pub per_device_train_batch_size: usize,
+    #[arg(long = "per_device_eval_batch_size", alias = "per-device-eval-batch-size", default_value_t = 1)]
+    pub per_device_eval_batch_size: usize,
+    /// Micro-batches per optimizer step (default: ceil(16 / batch size), as ms-swift).
+    #[arg(long = "gradient_accumulation_steps", alias = "gradient-accumulation-steps")]
+    pub gradient_accumulation_steps: Option<usize>,
+    #[arg(long = "learning_rate", alias = "learning-rate", alias = "lr", default_value_t = 1e-4)]
+    pub learning_rate: f64,
+    #[arg(long = "lr_scheduler_type", alias = "lr-scheduler-type", default_value = "cosine", value_parser = one_of::<mmloop_pipeline::sft::Schedule>(SCHEDULES))]
+    pub lr_scheduler_type: String,
+    #[arg(long = "warmup_ratio", alias = "warmup-ratio", default_value_t = 0.0)]
+    pub warmup_ratio: f64,
+    /// Overrides --warmup_ratio.
+    #[arg(long = "warmup_steps", alias = "warmup-steps")]
+    pub warmup_steps: Option<usize>,
+    #[arg(long = "weight_decay", alias = "weight-decay", default_value_t = 0.1)]
+    pub weight_decay: f64,
+    #[arg(long = "adam_beta1", alias = "adam-beta1", default_value_t = 0.9)]
+    pub adam_beta1: f64,
+    #[arg(long = "adam_beta2", alias = "adam-beta2", default_value_t = 0.95)]
+    pub adam_beta2: f64,
+    #[arg(long = "adam_epsilon", alias = "adam-epsilon", default_value_t = 1e-8)]
+    pub adam_epsilon: f64,
+    #[arg(long = "max_grad_norm", alias = "max-grad-norm", default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Examples longer than this many tokens are left out and counted (ms-swift's `delete`;
+    /// default: the model's context length).
+    #[arg(long = "max_length", alias = "max-length")]
+    pub max_length: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Seeds the dataset shuffle and the validation split (default: --seed).
+    #[arg(long = "data_seed", alias = "data-seed")]
+    pub data_seed: Option<u64>,
+    #[arg(long = "save_steps", alias = "save-steps", default_value_t = 500)]
+    pub save_steps: usize,
+    /// Validation every N steps (default: --save_steps).
+    #[arg(long = "eval_steps", alias = "eval-steps")]
+    pub eval_steps: Option<usize>,
+    #[arg(long = "logging_steps", alias = "logging-steps", default_value_t = 5)]
+    pub logging_steps: usize,
+    /// The share of the examples held out for validation.
+    #[arg(long = "split_dataset_ratio", alias = "split-dataset-ratio", default_value_t = 0.0)]
+    pub split_dataset_ratio: f64,
+    #[arg(long = "dataset_shuffle", alias = "dataset-shuffle", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub dataset_shuffle: bool,
+    #[arg(long = "train_dataloader_shuffle", alias = "train-dataloader-shuffle", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub train_dataloader_shuffle: bool,
+    /// Continue a run from OUT/checkpoint-N (same data and arguments): the same losses as
+    /// the uninterrupted run.
+    #[arg(long = "resume_from_checkpoint", alias = "resume-from-checkpoint")]
+    pub resume_from_checkpoint: Option<PathBuf>,
+    /// float32 (training runs in f32).
+    #[arg(long = "torch_dtype", alias = "torch-dtype", alias = "dtype", default_value = "float32")]
+    pub torch_dtype: String,
+    /// Accepted for ms-swift command lines; activations are kept (no recomputation).
+    #[arg(long = "gradient_checkpointing", alias = "gradient-checkpointing", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub gradient_checkpointing: bool,
+    /// QLoRA: a quantized frozen base (not supported yet).
+    #[arg(long = "quant_bits", alias = "quant-bits")]
+    pub quant_bits: Option<u8>,
+    /// Image features of the frozen vision tower kept in memory between epochs, in MiB.
+    #[arg(long = "feature_cache_mb", default_value_t = 1024)]
+    pub feature_cache_mb: usize,
 }
 
 #[derive(Args, Debug)]

@@ -11,6 +11,7 @@ mod info;
 mod review_cmd;
 mod route_cmd;
 mod serve_cmd;
+mod sft_cmd;
 mod ui;
 mod values;
 mod versions_cmd;
@@ -50,6 +51,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Route(a) => route_cmd::route(*a, &actor).await,
         Command::Serve(a) => serve_cmd::serve(*a, &actor).await,
         Command::Ab(a) => serve_cmd::ab(a).await,
+        Command::Sft(a) => sft_cmd::sft(*a, &actor).await,
+        Command::Runs(a) => sft_cmd::runs(a).await,
     }
 }
 

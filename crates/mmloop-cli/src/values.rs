@@ -20,6 +20,7 @@ pub const DTYPES: &[&str] = &["auto", "f32", "bf16", "f16"];
 pub const VQA_VARIANTS: &[&str] = &["official", "lmms-eval", "lmms-eval-textvqa", "vlmevalkit"];
 pub const SCORES: &[&str] = &["confidence", "calibrated"];
 pub const P_VALUES: &[&str] = &["binomial", "hb"];
+pub const SCHEDULES: &[&str] = &["cosine", "linear", "constant"];
 pub const CONFIDENCES: &[&str] = &["auto", "sequence", "min-token", "margin", "agreement"];
 
 /// A flag whose value `T` parses; `names` are the canonical spellings `--help` lists.

@@ -41,6 +41,78 @@ pub struct AdapterConfig {
     pub modules_to_save: Option<Value>,
     #[serde(default)]
     pub bias: Option<String>,
+    #[serde(default)]
+    pub lora_dropout: f64,
+}
+
+impl AdapterConfig {
+    /// A LoRA (or, with `use_dora`, DoRA) configuration of rank `r`.
+    pub fn new(r: usize, lora_alpha: f64, use_dora: bool) -> AdapterConfig {
+        AdapterConfig {
+            peft_type: default_type(),
+            r,
+            lora_alpha,
+            use_dora,
+            use_rslora: false,
+            target_modules: Value::Null,
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
+            modules_to_save: None,
+            bias: Some("none".into()),
+            lora_dropout: 0.0,
+        }
+    }
+
+    /// The `adapter_config.json` PEFT writes for this configuration (its other keys at
+    /// PEFT's defaults), `target_modules` the explicit list of adapted module paths.
+    pub fn peft_json(&self, base_model: &str, modules: &[String]) -> Value {
+        serde_json::json!({
+            "alpha_pattern": self.alpha_pattern,
+            "base_model_name_or_path": base_model,
+            "bias": self.bias.as_deref().unwrap_or("none"),
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "layers_pattern": null,
+            "layers_to_transform": null,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": self.lora_dropout,
+            "modules_to_save": null,
+            "peft_type": "LORA",
+            "r": self.r,
+            "rank_pattern": self.rank_pattern,
+            "revision": null,
+            "target_modules": modules,
+            "task_type": "CAUSAL_LM",
+            "use_dora": self.use_dora,
+            "use_rslora": self.use_rslora,
+        })
+    }
+}
+
+/// The linear layers a new adapter adapts (PEFT's `target_modules`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Targets {
+    /// Every linear layer of the language model, its output head excepted (`all-linear`).
+    AllLinear,
+    /// Layers whose module path is, or ends with, one of these names (`q_proj`, `mlp.up_proj`).
+    Names(Vec<String>),
+}
+
+impl Targets {
+    /// `all-linear`, or module names.
+    pub fn parse(names: &[String]) -> Targets {
+        if names.iter().any(|n| n == "all-linear") { Targets::AllLinear } else { Targets::Names(names.to_vec()) }
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Targets::AllLinear => true,
+            Targets::Names(names) => {
+                names.iter().any(|n| path == n || path.strip_suffix(n.as_str()).is_some_and(|p| p.ends_with('.')))
+            }
+        }
+    }
 }
 
 fn default_type() -> String {
@@ -171,6 +243,42 @@ impl PeftAdapter {
         Ok(PeftAdapter { dir: dir.to_path_buf(), config, modules })
     }
 
+    /// A new adapter on the `layers` that `targets` names, initialised as PEFT does: A
+    /// Kaiming-uniform with a = √5, i.e. U(−1/√in, 1/√in), drawn from `seed`; B zero, so the
+    /// adapted model starts as the base model; DoRA's magnitude the base weight's row norms.
+    pub fn init(layers: Vec<&Linear>, config: &AdapterConfig, targets: &Targets, seed: u64) -> Result<PeftAdapter> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let r = config.r;
+        if r == 0 {
+            return Err(Error::Input("the LoRA rank must be at least 1".into()));
+        }
+        let scale =
+            if config.use_rslora { config.lora_alpha / (r as f64).sqrt() } else { config.lora_alpha / r as f64 };
+        let mut modules = BTreeMap::new();
+        for layer in layers.into_iter().filter(|l| targets.matches(&l.path)) {
+            let (out, inp) = (layer.out_dim(), layer.in_dim());
+            let bound = 1.0 / (inp as f64).sqrt();
+            let a: Vec<f32> = (0..r * inp).map(|_| rng.random_range(-bound..bound) as f32).collect();
+            let a = Tensor::from_vec(a, (r, inp), &Device::Cpu)?;
+            let b = Tensor::zeros((out, r), DType::F32, &Device::Cpu)?;
+            let magnitude = if config.use_dora {
+                Some(layer.weight.to_dtype(DType::F32)?.sqr()?.sum(1)?.sqrt()?.to_device(&Device::Cpu)?)
+            } else {
+                None
+            };
+            modules.insert(layer.path.clone(), ModuleAdapter { a, b, magnitude, scale });
+        }
+        if modules.is_empty() {
+            return Err(Error::Input(format!(
+                "--target_modules {targets:?} names no linear layer of the language model\n  hint: all-linear, or names such as q_proj, v_proj, mlp.down_proj"
+            )));
+        }
+        let mut config = config.clone();
+        config.target_modules = serde_json::json!(modules.keys().collect::<Vec<_>>());
+        Ok(PeftAdapter { dir: PathBuf::new(), config, modules })
+    }
+
     /// Puts the adapter in slot `slot` of the layers it names (which must all exist, with
     /// matching shapes).
     pub fn attach(&self, layers: Vec<&Linear>, slot: usize) -> Result<()> {
@@ -228,6 +336,12 @@ mod tests {
             Some(("model.text_model.layers.1.self_attn.v_proj".into(), "M"))
         );
         assert_eq!(split_key("base_model.model.lm_head.weight"), None);
+        let t = Targets::parse(&["q_proj".into(), "mlp.down_proj".into()]);
+        assert!(t.matches("model.language_model.layers.0.self_attn.q_proj"));
+        assert!(t.matches("model.language_model.layers.0.mlp.down_proj"));
+        assert!(!t.matches("model.language_model.layers.0.self_attn.xq_proj"));
+        assert!(!t.matches("model.language_model.layers.0.self_attn.k_proj"));
+        assert_eq!(Targets::parse(&["all-linear".into()]), Targets::AllLinear);
         let p = BTreeMap::from([("q_proj".to_string(), 16usize)]);
         assert_eq!(pattern_value(&p, "model.language_model.layers.0.self_attn.q_proj"), Some(16));
         assert_eq!(pattern_value(&p, "model.language_model.layers.0.self_attn.k_proj"), None);

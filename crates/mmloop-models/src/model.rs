@@ -109,6 +109,7 @@ pub enum Vision {
 }
 
 /// What the vision side gives the language model for one request's images.
+#[derive(Clone, Debug)]
 pub struct ImageFeatures {
     /// `[image tokens, hidden]`, in placeholder order.
     pub embeds: Tensor,
@@ -251,7 +252,12 @@ impl VlModel {
 
     /// Loads a PEFT adapter folder as `name`; returns its slot.
     pub fn load_adapter(&self, name: &str, dir: &Path) -> Result<usize> {
-        let adapter = crate::adapter::PeftAdapter::read(dir)?;
+        self.add_adapter(name, &crate::adapter::PeftAdapter::read(dir)?)
+    }
+
+    /// Puts `adapter` (read from disk or new) on the language model as `name`; returns its slot.
+    pub fn add_adapter(&self, name: &str, adapter: &crate::adapter::PeftAdapter) -> Result<usize> {
+        let dir = &adapter.dir;
         let mut slots = self.adapters.write().expect("adapter slots");
         if slots.iter().flatten().any(|(n, _)| n == name) {
             return Err(Error::Input(format!("an adapter named {name:?} is already loaded")));

@@ -10,10 +10,11 @@
 //! carries LoRA / DoRA adapters applied per row span, so one batch can mix requests for
 //! different adapters.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{D, DType, Module, Tensor};
+use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Module, Shape, Tensor};
 
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -67,11 +68,51 @@ pub struct LoraWeights {
     pub magnitude: Option<Tensor>,
     /// `‖W + s·BA‖` per output row, computed once for inference.
     norm: OnceLock<Tensor>,
+    /// PEFT's `lora_dropout` on the adapter's input, training path only.
+    dropout: Option<Dropout>,
+}
+
+/// Dropout drawn from a seed the trainer sets before each forward pass (mixed with the
+/// layer's path), so a resumed run draws the masks the uninterrupted one would have.
+struct Dropout {
+    p: f64,
+    seed: AtomicU64,
 }
 
 impl LoraWeights {
     pub fn new(a: Tensor, b: Tensor, scale: f64, magnitude: Option<Tensor>) -> LoraWeights {
-        LoraWeights { a, b, scale, magnitude, norm: OnceLock::new() }
+        LoraWeights { a, b, scale, magnitude, norm: OnceLock::new(), dropout: None }
+    }
+
+    /// With dropout `p` on the adapter's input in training (`0` turns it off).
+    pub fn with_dropout(mut self, p: f64) -> LoraWeights {
+        self.dropout = (p > 0.0).then(|| Dropout { p, seed: AtomicU64::new(0) });
+        self
+    }
+
+    /// The seed of the next training forward pass's dropout masks.
+    pub fn set_dropout_seed(&self, seed: u64) {
+        if let Some(d) = &self.dropout {
+            d.seed.store(seed, Ordering::Relaxed);
+        }
+    }
+
+    /// `x` with each element zeroed with probability `p` and the rest scaled by `1/(1-p)`,
+    /// as `torch.nn.Dropout` in training; the mask is a function of the seed, the layer's
+    /// path and `x`'s shape.
+    fn drop(&self, x: &Tensor, path: &str) -> Result<Option<Tensor>> {
+        use rand::{Rng, SeedableRng};
+        let Some(d) = &self.dropout else { return Ok(None) };
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in path.bytes() {
+            h = (h ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(d.seed.load(Ordering::Relaxed) ^ h);
+        let keep = 1.0 / (1.0 - d.p);
+        let mask: Vec<f32> =
+            (0..x.elem_count()).map(|_| if rng.random::<f64>() < d.p { 0.0 } else { keep as f32 }).collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok(Some((x * mask)?))
     }
 
     /// `s·BA`, `[out, in]`.
@@ -172,16 +213,20 @@ impl Linear {
         Ok(())
     }
 
-    fn base(&self, x: &Tensor) -> Result<Tensor> {
+    fn base(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match &self.quantized {
             Some(q) => Ok(q.forward(x)?),
+            None if mode == Mode::Train && x.track_op() && x.device().is_cpu() => {
+                let y = x.detach().matmul(&self.weight.t()?)?;
+                Ok(x.apply_op2(&y, FrozenMatmul { weight: self.weight.clone() })?)
+            }
             None => Ok(x.matmul(&self.weight.t()?)?),
         }
     }
 
     /// `x`: `[rows, in]` → `[rows, out]`.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let base = self.base(x)?;
+        let base = self.base(x, ctx.mode)?;
         let adapters = self.adapters.read().expect("adapter lock");
         let active = |slot: Option<usize>| slot.and_then(|s| adapters.get(s).cloned().flatten());
         let out = if ctx.spans.iter().all(|s| active(s.adapter).is_none()) {
@@ -207,16 +252,72 @@ impl Linear {
         }
     }
 
-    /// The adapted output, without bias, from the base output `xWᵀ`.
+    /// The adapted output, without bias, from the base output `xWᵀ`. With dropout in
+    /// training, as PEFT: LoRA `xWᵀ + s·B(A(drop(x)))`; DoRA
+    /// `xWᵀ + (g − 1)·drop(x)Wᵀ + g·s·B(A(drop(x)))`.
     fn adapted(&self, x: &Tensor, base: &Tensor, l: &LoraWeights, mode: Mode) -> Result<Tensor> {
-        let lora = (x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?;
+        let dropped = if mode == Mode::Train { l.drop(x, &self.path)? } else { None };
+        let xd = dropped.as_ref().unwrap_or(x);
+        let lora = (xd.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?;
         match &l.magnitude {
             None => Ok((base + lora)?),
             Some(m) => {
                 let g = (m / l.weight_norm(&self.weight, mode)?)?;
-                Ok((base + lora)?.broadcast_mul(&g)?)
+                match &dropped {
+                    None => Ok((base + lora)?.broadcast_mul(&g)?),
+                    Some(xd) => {
+                        let base_d = self.base(xd, mode)?;
+                        Ok((base + base_d.broadcast_mul(&(&g - 1.0)?)? + lora.broadcast_mul(&g)?)?)
+                    }
+                }
             }
         }
+    }
+}
+
+/// `xWᵀ` for a frozen `W` on the training path: autograd gets the input's gradient
+/// (`grad · W`) and nothing else. candle's matmul backward would also compute `xᵀ · grad`, the
+/// weight's gradient, and keep a `[out, in]` tensor per layer until the step ends, which
+/// nothing reads. The op's second operand is `xWᵀ` computed outside the graph; the forward
+/// passes it through.
+struct FrozenMatmul {
+    /// `[out, in]`
+    weight: Tensor,
+}
+
+impl CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _x: &CpuStorage,
+        _x_layout: &Layout,
+        y: &CpuStorage,
+        y_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = y_layout.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul: the product is not contiguous")
+        };
+        let out = match y {
+            CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
+            CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
+            CpuStorage::BF16(v) => CpuStorage::BF16(v[start..end].to_vec()),
+            CpuStorage::F16(v) => CpuStorage::F16(v[start..end].to_vec()),
+            _ => candle_core::bail!("frozen-matmul: the product is not a float tensor"),
+        };
+        Ok((out, y_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(&self.weight)?), None))
     }
 }
 
@@ -444,6 +545,48 @@ mod tests {
         let grads = loss.backward().unwrap();
         let g = grads.get(x.as_tensor()).expect("x has a gradient");
         assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    }
+
+    /// On the training path a frozen weight gets no gradient, and no tensor of its size is
+    /// kept: the input's and the adapter's gradients equal those of a plain matmul.
+    #[test]
+    fn frozen_weights_hold_no_gradient() {
+        let (rows, inp, out) = (3, 7, 5);
+        let w = rand(&[out, inp], 30);
+        let x = candle_core::Var::from_tensor(&rand(&[rows, inp], 31)).unwrap();
+        let a = candle_core::Var::from_tensor(&rand(&[2, inp], 32)).unwrap();
+        let b = candle_core::Var::from_tensor(&rand(&[out, 2], 33)).unwrap();
+        let lin = Linear::new("m.q_proj", w.clone(), None);
+        let lora = LoraWeights::new(a.as_tensor().clone(), b.as_tensor().clone(), 2.0, None);
+        lin.set_adapter(0, Some(Arc::new(lora)));
+        let spans = [Span { rows, adapter: Some(0) }];
+        let y = lin.forward(x.as_tensor(), &Ctx { mode: Mode::Train, spans: &spans }).unwrap();
+        let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let weight_sized =
+            grads.get_ids().filter(|id| grads.get_id(**id).is_some_and(|g| g.elem_count() == out * inp)).count();
+        assert_eq!(weight_sized, 0, "a weight-sized gradient was kept");
+        let sizes: Vec<usize> = [x.as_tensor(), a.as_tensor(), b.as_tensor()]
+            .iter()
+            .map(|t| grads.get(t).expect("a variable's gradient").elem_count())
+            .collect();
+        assert_eq!(sizes, [rows * inp, 2 * inp, out * 2]);
+        // The same gradients as candle's own matmul, which keeps one for the frozen weight.
+        let plain = (x.as_tensor().matmul(&w.t().unwrap()).unwrap()
+            + (x.as_tensor()
+                .matmul(&a.as_tensor().t().unwrap())
+                .unwrap()
+                .matmul(&b.as_tensor().t().unwrap())
+                .unwrap()
+                * 2.0)
+                .unwrap())
+        .unwrap();
+        let want = plain.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let plain_sized =
+            want.get_ids().filter(|id| want.get_id(**id).is_some_and(|g| g.elem_count() == out * inp)).count();
+        assert_eq!(plain_sized, 1, "candle's matmul keeps the frozen weight's gradient");
+        for t in [x.as_tensor(), a.as_tensor(), b.as_tensor()] {
+            assert!(max_diff(grads.get(t).unwrap(), want.get(t).unwrap()) < 1e-4);
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use candle_core::{D, DType, Tensor, Var};
 use image::RgbImage;
 
 use crate::adapter::AdapterConfig;
-use crate::model::VlModel;
+use crate::model::{ImageFeatures, VlModel};
 use crate::nn::{LoraWeights, Mode};
 use crate::processor::{ChatMessage, Pixels};
 use crate::text::{KvCache, Output, SeqStep};
@@ -42,6 +42,9 @@ pub struct Example {
     pub pixels: Option<Pixels>,
     /// The first labelled token (the answer's first).
     pub labels_start: usize,
+    /// The frozen vision tower's output for `pixels`, once [`Trainer::encode`] has kept it
+    /// (the same every epoch; computed anew each step when not kept).
+    pub features: Option<ImageFeatures>,
 }
 
 impl Example {
@@ -80,7 +83,7 @@ impl VlModel {
             positions.push([pos; 3]);
         }
         input_ids.extend(answer_ids);
-        Ok(Example { input_ids, positions, pixels: p.pixels, labels_start })
+        Ok(Example { input_ids, positions, pixels: p.pixels, labels_start, features: None })
     }
 }
 
@@ -90,6 +93,18 @@ pub enum Schedule {
     Cosine,
     Linear,
     Constant,
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Schedule, String> {
+        match s {
+            "cosine" => Ok(Schedule::Cosine),
+            "linear" => Ok(Schedule::Linear),
+            "constant" | "constant_with_warmup" => Ok(Schedule::Constant),
+            other => Err(format!("unknown --lr_scheduler_type {other:?}: expected cosine, linear or constant")),
+        }
+    }
 }
 
 impl Schedule {
@@ -123,6 +138,10 @@ pub struct TrainOptions {
     pub warmup_steps: usize,
     /// Optimizer steps of the whole run (the schedule's length).
     pub total_steps: usize,
+    /// PEFT's `lora_dropout` on the adapters' inputs.
+    pub lora_dropout: f64,
+    /// Seeds the dropout masks (with the step and micro-batch).
+    pub seed: u64,
 }
 
 impl Default for TrainOptions {
@@ -137,6 +156,8 @@ impl Default for TrainOptions {
             schedule: Schedule::Cosine,
             warmup_steps: 0,
             total_steps: 1,
+            lora_dropout: 0.0,
+            seed: 42,
         }
     }
 }
@@ -183,6 +204,8 @@ pub struct Trainer<'m> {
     model: &'m VlModel,
     slot: usize,
     params: Vec<Param>,
+    /// The trainable layers' adapters (their dropout seeds are set before each pass).
+    layers: Vec<Arc<LoraWeights>>,
     opts: TrainOptions,
     /// Optimizer steps taken.
     step: usize,
@@ -196,20 +219,23 @@ impl<'m> Trainer<'m> {
             return Err(Error::Unsupported(format!("training in {:?} (load the model in f32)", model.dtype)));
         }
         let mut params = Vec::new();
+        let mut layers = Vec::new();
         for layer in model.text.linears() {
             let Some(l) = layer.adapter(slot) else { continue };
             let a = Var::from_tensor(&l.a.to_dtype(DType::F32)?)?;
             let b = Var::from_tensor(&l.b.to_dtype(DType::F32)?)?;
             let g = l.magnitude.as_ref().map(|g| Var::from_tensor(&g.to_dtype(DType::F32)?)).transpose()?;
-            layer.set_adapter(
-                slot,
-                Some(Arc::new(LoraWeights::new(
+            let trainable = Arc::new(
+                LoraWeights::new(
                     a.as_tensor().clone(),
                     b.as_tensor().clone(),
                     l.scale,
                     g.as_ref().map(|g| g.as_tensor().clone()),
-                ))),
+                )
+                .with_dropout(opts.lora_dropout),
             );
+            layer.set_adapter(slot, Some(trainable.clone()));
+            layers.push(trainable);
             let key = format!("base_model.model.{}", layer.path);
             let mut add = |suffix: &str, var: Var| -> Result<()> {
                 let zeros = var.as_tensor().zeros_like()?;
@@ -225,7 +251,20 @@ impl<'m> Trainer<'m> {
         if params.is_empty() {
             return Err(Error::Input(format!("no adapter in slot {slot} to train")));
         }
-        Ok(Trainer { model, slot, params, opts, step: 0 })
+        Ok(Trainer { model, slot, params, layers, opts, step: 0 })
+    }
+
+    /// Keeps `ex`'s image features so later steps skip the frozen vision tower; returns the
+    /// bytes they hold.
+    pub fn encode(&self, ex: &mut Example) -> Result<usize> {
+        if ex.features.is_none()
+            && let Some(p) = &ex.pixels
+        {
+            ex.features = Some(self.model.encode_images(p, &crate::nn::Ctx::infer())?);
+        }
+        Ok(ex.features.as_ref().map_or(0, |f| {
+            std::iter::once(&f.embeds).chain(&f.deepstack).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+        }))
     }
 
     /// Optimizer steps taken so far.
@@ -241,12 +280,27 @@ impl<'m> Trainer<'m> {
     /// The summed cross-entropy of `batch`'s labelled tokens (a scalar that autograd follows)
     /// and how many there are: the examples packed into one forward pass.
     pub fn loss_sum(&self, batch: &[&Example]) -> Result<(Tensor, usize)> {
+        self.loss_in(batch, Mode::Train)
+    }
+
+    /// The mean cross-entropy of `batch`'s labelled tokens without dropout or gradients
+    /// (validation), and how many there are.
+    pub fn eval_loss(&self, batch: &[&Example]) -> Result<(f64, usize)> {
+        let (sum, n) = self.loss_in(batch, Mode::Infer)?;
+        Ok((sum.to_scalar::<f32>()? as f64 / n.max(1) as f64, n))
+    }
+
+    fn loss_in(&self, batch: &[&Example], mode: Mode) -> Result<(Tensor, usize)> {
         let model = self.model;
         let frozen = crate::nn::Ctx::infer();
         let mut caches: Vec<KvCache> = batch.iter().map(|_| KvCache::new(model.text.num_layers())).collect();
         let mut steps = Vec::with_capacity(batch.len());
         for (ex, cache) in batch.iter().zip(caches.iter_mut()) {
-            let features = ex.pixels.as_ref().map(|p| model.encode_images(p, &frozen)).transpose()?;
+            let features = match (&ex.features, &ex.pixels) {
+                (Some(f), _) => Some(f.clone()),
+                (None, Some(p)) => Some(model.encode_images(p, &frozen)?),
+                (None, None) => None,
+            };
             let (embeds, deepstack) = model.prompt_embeds(&ex.input_ids, features.as_ref())?;
             steps.push(SeqStep {
                 embeds: embeds.detach(),
@@ -256,7 +310,7 @@ impl<'m> Trainer<'m> {
                 adapter: Some(self.slot),
             });
         }
-        let logits = model.text.forward(&mut steps, Mode::Train, Output::AllLogits)?.to_dtype(DType::F32)?;
+        let logits = model.text.forward(&mut steps, mode, Output::AllLogits)?.to_dtype(DType::F32)?;
         // Row r predicts token r + 1 of its sequence: the rows before each labelled token.
         let (mut rows, mut targets) = (Vec::new(), Vec::new());
         let mut offset = 0;
@@ -279,19 +333,42 @@ impl<'m> Trainer<'m> {
 
     /// One optimizer step over `batch`.
     pub fn step(&mut self, batch: &[&Example]) -> Result<StepReport> {
-        let (sum, n) = self.loss_sum(batch)?;
+        self.step_accumulated(&[batch])
+    }
+
+    /// One optimizer step over several micro-batches (gradient accumulation): each is a
+    /// forward and backward pass of its own, the loss the sum over all of their labelled
+    /// tokens divided by their total number, as transformers does with `num_items_in_batch`.
+    pub fn step_accumulated(&mut self, micro: &[&[&Example]]) -> Result<StepReport> {
+        let n: usize = micro.iter().flat_map(|b| b.iter()).map(|e| e.labelled()).sum();
         if n == 0 {
             return Err(Error::Input("a training step without labelled tokens".into()));
         }
-        let loss = (sum / n as f64)?;
-        let grads = loss.backward()?;
-        let mut g: Vec<Tensor> = Vec::with_capacity(self.params.len());
-        for p in &self.params {
-            g.push(match grads.get(p.var.as_tensor()) {
-                Some(t) => t.clone(),
-                None => p.var.as_tensor().zeros_like()?,
-            });
+        let mut g: Vec<Option<Tensor>> = vec![None; self.params.len()];
+        let mut loss = 0f64;
+        for (i, batch) in micro.iter().enumerate() {
+            let seed = mix(mix(self.opts.seed, self.step as u64), i as u64);
+            for l in &self.layers {
+                l.set_dropout_seed(seed);
+            }
+            let (sum, _) = self.loss_sum(batch)?;
+            let part = (sum / n as f64)?;
+            loss += part.to_scalar::<f32>()? as f64;
+            let grads = part.backward()?;
+            for (p, acc) in self.params.iter().zip(g.iter_mut()) {
+                if let Some(t) = grads.get(p.var.as_tensor()) {
+                    *acc = Some(match acc.take() {
+                        Some(a) => (a + t)?,
+                        None => t.clone(),
+                    });
+                }
+            }
         }
+        let mut g: Vec<Tensor> = g
+            .into_iter()
+            .zip(&self.params)
+            .map(|(t, p)| t.map_or_else(|| p.var.as_tensor().zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?;
         let mut sq = 0f64;
         for t in &g {
             sq += t.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
@@ -309,7 +386,7 @@ impl<'m> Trainer<'m> {
         for (p, grad) in self.params.iter_mut().zip(&g) {
             adamw(p, grad, lr, self.step, &self.opts)?;
         }
-        Ok(StepReport { loss: loss.to_scalar::<f32>()? as f64, grad_norm, learning_rate: lr, labelled_tokens: n })
+        Ok(StepReport { loss, grad_norm, learning_rate: lr, labelled_tokens: n })
     }
 
     /// The adapter's tensors by PEFT key.
@@ -317,9 +394,10 @@ impl<'m> Trainer<'m> {
         self.params.iter().map(|p| (p.key.clone(), p.var.as_tensor().clone())).collect()
     }
 
-    /// Writes the adapter as PEFT does: `adapter_config.json` (`config`, with `target_modules`
-    /// the explicit list of adapted module paths) and `adapter_model.safetensors`.
-    pub fn save(&self, dir: &Path, config: &AdapterConfig) -> Result<()> {
+    /// Writes the adapter as PEFT does: `adapter_config.json` (`config` with PEFT's other keys,
+    /// `target_modules` the explicit list of adapted module paths, `base_model` the model it
+    /// adapts) and `adapter_model.safetensors`.
+    pub fn save(&self, dir: &Path, config: &AdapterConfig, base_model: &str) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut targets: Vec<String> = self
             .params
@@ -329,17 +407,56 @@ impl<'m> Trainer<'m> {
             .collect();
         targets.sort();
         let mut config = config.clone();
-        config.target_modules = serde_json::json!(targets);
-        let json = serde_json::to_string_pretty(&config).map_err(|e| Error::Load(e.to_string()))?;
-        let cfg_path = dir.join("adapter_config.json");
-        write_atomic(&cfg_path, json.as_bytes())?;
-        let weights = dir.join("adapter_model.safetensors");
-        let tmp = dir.join(".adapter_model.safetensors.tmp");
-        let tensors: std::collections::HashMap<String, Tensor> = self.tensors().into_iter().collect();
-        candle_core::safetensors::save(&tensors, &tmp).map_err(|e| Error::Load(format!("{}: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
+        config.lora_dropout = self.opts.lora_dropout;
+        let json = serde_json::to_string_pretty(&config.peft_json(base_model, &targets))
+            .map_err(|e| Error::Load(e.to_string()))?;
+        write_atomic(&dir.join("adapter_config.json"), json.as_bytes())?;
+        save_tensors(&self.tensors(), &dir.join("adapter_model.safetensors"))
+    }
+
+    /// Writes the optimizer's moments (`{key}.exp_avg`, `{key}.exp_avg_sq`) to `path`, for
+    /// [`Trainer::load_state`] on resume.
+    pub fn save_state(&self, path: &Path) -> Result<()> {
+        let mut t = BTreeMap::new();
+        for p in &self.params {
+            t.insert(format!("{}.exp_avg", p.key), p.m.clone());
+            t.insert(format!("{}.exp_avg_sq", p.key), p.v.clone());
+        }
+        save_tensors(&t, path)
+    }
+
+    /// Continues from a checkpoint: the adapter's tensors as saved there (already loaded
+    /// into the slot), the optimizer's moments from `path`, `steps` steps taken.
+    pub fn load_state(&mut self, path: &Path, steps: usize) -> Result<()> {
+        let mut t = candle_core::safetensors::load(path, self.model.device())
+            .map_err(|e| Error::Load(format!("{}: {e}", path.display())))?;
+        for p in &mut self.params {
+            let mut take = |suffix: &str| {
+                t.remove(&format!("{}.{suffix}", p.key)).filter(|x| x.dims() == p.var.dims()).ok_or_else(|| {
+                    Error::Load(format!("{}: no {suffix} of the right shape for {}", path.display(), p.key))
+                })
+            };
+            p.m = take("exp_avg")?;
+            p.v = take("exp_avg_sq")?;
+        }
+        self.step = steps;
         Ok(())
     }
+}
+
+/// Mixes `v` into the seed `h` (SplitMix64's finaliser).
+fn mix(h: u64, v: u64) -> u64 {
+    let mut z = h ^ v.wrapping_add(0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn save_tensors(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("safetensors.tmp");
+    let map: std::collections::HashMap<String, Tensor> = tensors.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    candle_core::safetensors::save(&map, &tmp).map_err(|e| Error::Load(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mmloop_models::adapter::PeftAdapter;
+use mmloop_models::adapter::{AdapterConfig, PeftAdapter, Targets};
 use mmloop_models::model::{LoadOptions, VlModel};
 use mmloop_models::processor::{ChatMessage, Part};
 use mmloop_models::train::{Example, Schedule, TrainOptions, Trainer};
@@ -64,6 +64,7 @@ fn check(family: &str, kind: &str) {
         schedule: Schedule::Cosine,
         warmup_steps: s["warmup_steps"].as_u64().unwrap() as usize,
         total_steps: s["steps"].as_u64().unwrap() as usize,
+        ..TrainOptions::default()
     };
     let mut trainer = Trainer::new(&model, slot, opts).unwrap();
     let mut worst_loss = 0f64;
@@ -106,7 +107,7 @@ fn check(family: &str, kind: &str) {
     // Saved and read back: the same tensors under PEFT's names, the explicit module list.
     let out = tempfile::tempdir().unwrap();
     let cfg = PeftAdapter::read(&start).unwrap().config;
-    trainer.save(out.path(), &cfg).unwrap();
+    trainer.save(out.path(), &cfg, "tests/fixtures").unwrap();
     let back = PeftAdapter::read(out.path()).unwrap();
     assert_eq!(back.modules.len(), PeftAdapter::read(&start).unwrap().modules.len());
     assert!(back.config.target_modules.as_array().is_some_and(|t| t.len() == back.modules.len()));
@@ -156,4 +157,87 @@ fn schedules_follow_transformers() {
         assert!((lin[s] - want_lin[s]).abs() < 1e-12, "linear at {s}: {}", lin[s]);
     }
     assert_eq!(Schedule::Constant.factor(7, 2, 10), 1.0);
+}
+
+fn qwen_examples(model: &VlModel) -> Vec<Example> {
+    let family = fixtures().join("qwen2_vl");
+    let dir = family.join("train").join("lora");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    examples(model, &dir, &reference)
+}
+
+/// Two micro-batches accumulated make the step one packed batch of both makes: the same loss,
+/// gradient norm and weights (transformers' `num_items_in_batch` averaging).
+#[test]
+fn accumulated_micro_batches_equal_one_batch() {
+    let family = fixtures().join("qwen2_vl");
+    let run = |accumulate: bool| {
+        let model = VlModel::load(&family, &LoadOptions::default()).unwrap();
+        let slot = model.load_adapter("train", &family.join("adapters").join("dora")).unwrap();
+        let exs = qwen_examples(&model);
+        let opts = TrainOptions { learning_rate: 1e-2, total_steps: 2, ..TrainOptions::default() };
+        let mut t = Trainer::new(&model, slot, opts).unwrap();
+        let mut reports = Vec::new();
+        for pair in exs.chunks(2).take(2) {
+            let r = if accumulate {
+                t.step_accumulated(&[&[&pair[0]], &[&pair[1]]]).unwrap()
+            } else {
+                t.step(&[&pair[0], &pair[1]]).unwrap()
+            };
+            reports.push((r.loss, r.grad_norm));
+        }
+        (reports, t.tensors())
+    };
+    let (a, ta) = run(true);
+    let (b, tb) = run(false);
+    for ((la, ga), (lb, gb)) in a.iter().zip(&b) {
+        assert!((la - lb).abs() < 1e-5 && (ga - gb).abs() < 1e-4, "{la} {ga} against {lb} {gb}");
+    }
+    for (k, t) in &ta {
+        let d = (t - &tb[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "{k}: {d}");
+    }
+}
+
+/// A new adapter starts as the base model (B zero), trains every layer it names, and its
+/// dropout masks are a function of the seed: two runs agree exactly, another seed does not.
+#[test]
+fn a_new_adapter_starts_at_the_base_model_and_dropout_follows_the_seed() {
+    let family = fixtures().join("qwen2_vl");
+    let run = |seed: u64, dropout: f64| {
+        let model = VlModel::load(&family, &LoadOptions::default()).unwrap();
+        let mut cfg = AdapterConfig::new(4, 8.0, false);
+        cfg.lora_dropout = dropout;
+        let targets = Targets::parse(&["q_proj".into(), "v_proj".into()]);
+        let adapter = PeftAdapter::init(model.text.linears(), &cfg, &targets, 7).unwrap();
+        assert_eq!(adapter.modules.len(), 2 * model.text.num_layers());
+        let slot = model.add_adapter("new", &adapter).unwrap();
+        let exs = qwen_examples(&model);
+        let opts = TrainOptions {
+            learning_rate: 1e-2,
+            total_steps: 3,
+            lora_dropout: dropout,
+            seed,
+            ..TrainOptions::default()
+        };
+        let mut t = Trainer::new(&model, slot, opts).unwrap();
+        let base = {
+            // The loss before any step equals the base model's (no adapter on the rows).
+            let (sum, n) = t.eval_loss(&[&exs[0]]).unwrap();
+            (sum, n)
+        };
+        let losses: Vec<f64> = (0..3).map(|i| t.step(&[&exs[i % exs.len()]]).unwrap().loss).collect();
+        (base, losses, t.tensors())
+    };
+    let (base, plain, _) = run(1, 0.0);
+    assert!((plain[0] - base.0).abs() < 1e-5, "first loss {} against the base model's {}", plain[0], base.0);
+    let (_, a, ta) = run(1, 0.3);
+    let (_, b, tb) = run(1, 0.3);
+    let (_, c, _) = run(2, 0.3);
+    assert_eq!(a, b, "the same seed draws the same masks");
+    assert_ne!(a[1..], c[1..], "another seed draws others");
+    assert_ne!(a[1..], plain[1..], "dropout changes the steps");
+    for (k, t) in &ta {
+        assert_eq!(t.to_vec2::<f32>().unwrap(), tb[k].to_vec2::<f32>().unwrap(), "{k}");
+    }
 }

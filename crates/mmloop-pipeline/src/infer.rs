@@ -47,7 +47,7 @@ pub enum ImageIn {
 }
 
 impl ImageIn {
-    fn load(&self) -> Result<InputImage, EngineError> {
+    pub fn load(&self) -> Result<InputImage, EngineError> {
         match self {
             ImageIn::Path(p) => InputImage::read(p),
             ImageIn::Stored(img) => match mmloop_store::read_checked(img) {
@@ -559,11 +559,20 @@ pub fn dataset_questions(
     read: &mmloop_formats::ReadOptions,
     system: Option<&str>,
 ) -> anyhow::Result<Vec<FileQuestion>> {
+    let records = dataset_records(file, format, read)?;
+    Ok(record_questions(records, file, &read.images_dir_for(file), system))
+}
+
+/// Every record of a dataset file; the first bad one is an error naming its line.
+pub fn dataset_records(
+    file: &Path,
+    format: Option<mmloop_formats::Format>,
+    read: &mmloop_formats::ReadOptions,
+) -> anyhow::Result<Vec<Record>> {
     let format = match format {
         Some(f) => f,
         None => mmloop_formats::detect(file)?,
     };
-    let images_dir = read.images_dir_for(file);
     let mut records: Vec<Record> = Vec::new();
     let mut bad: Option<String> = None;
     mmloop_formats::read(format, file, read, &mut |r| match r {
@@ -584,6 +593,17 @@ pub fn dataset_questions(
     if let Some(b) = bad {
         bail!("{b}");
     }
+    Ok(records)
+}
+
+/// Records as questions: relative image paths under `images_dir`, ids from the records or
+/// their place in `file` (made unique), `system` over the conversation's own.
+pub fn record_questions(
+    records: Vec<Record>,
+    file: &Path,
+    images_dir: &Path,
+    system: Option<&str>,
+) -> Vec<FileQuestion> {
     let mut out = Vec::with_capacity(records.len());
     let mut ids = HashSet::new();
     for (i, r) in records.into_iter().enumerate() {
@@ -640,7 +660,7 @@ pub fn dataset_questions(
             image_refs: refs,
         });
     }
-    Ok(out)
+    out
 }
 
 /// The output row for one answered (or failed) question: an ms-swift dataset row plus the

@@ -158,11 +158,40 @@ fn row_candidate(c: &rusqlite::Connection, r: &rusqlite::Row) -> rusqlite::Resul
     })
 }
 
+const RUN_COLUMNS: &str = "id, kind, actor, started_at, finished_at, status, config, summary, version";
+
+fn run_view(r: &rusqlite::Row) -> rusqlite::Result<RunView> {
+    Ok(RunView {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        actor: r.get(2)?,
+        started_at: r.get(3)?,
+        finished_at: r.get(4)?,
+        status: r.get::<_, String>(5)?.parse().map_err(|e: mmloop_core::ParseEnumError| {
+            rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, e.into())
+        })?,
+        config: parse_json(r.get(6)?).unwrap_or(Value::Null),
+        summary: parse_json(r.get(7)?),
+        version: r.get(8)?,
+    })
+}
+
 impl Store {
     /// Records the start of a run (`infer`, `train`, `eval`) with its full configuration.
     /// Secrets in it (API keys, URL credentials) are removed first: the configuration goes
     /// into the audit chain, which every reviewer reads and nobody can edit afterwards.
     pub async fn start_run(&self, kind: &str, actor: &str, config: Value) -> Result<i64, StoreError> {
+        self.start_run_on(kind, actor, config, None).await
+    }
+
+    /// [`Store::start_run`] for a run that reads a committed version (its id, hex).
+    pub async fn start_run_on(
+        &self,
+        kind: &str,
+        actor: &str,
+        config: Value,
+        version: Option<String>,
+    ) -> Result<i64, StoreError> {
         let (kind, actor) = (kind.to_string(), actor.to_string());
         let config = mmloop_core::redact::value(&config);
         let id = self
@@ -170,11 +199,15 @@ impl Store {
             .write(move |conn| {
                 let tx = conn.savepoint()?;
                 tx.execute(
-                    "INSERT INTO runs (kind, actor, started_at, status, config) VALUES (?1, ?2, ?3, 'running', ?4)",
-                    params![kind, actor, crate::now(), canonical_json(&config)],
+                    "INSERT INTO runs (kind, actor, started_at, status, config, version)
+                     VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
+                    params![kind, actor, crate::now(), canonical_json(&config), version],
                 )?;
                 let id = tx.last_insert_rowid();
-                let after = json!({"run": id, "kind": kind, "config": config});
+                let after = match &version {
+                    Some(v) => json!({"run": id, "kind": kind, "config": config, "version": v}),
+                    None => json!({"run": id, "kind": kind, "config": config}),
+                };
                 crate::audit::append(&tx, &actor, &format!("{kind}.start"), &format!("run:{id}"), None, Some(&after))?;
                 tx.commit()?;
                 Ok(id)
@@ -224,27 +257,22 @@ impl Store {
     pub async fn run(&self, run_id: i64) -> Result<Option<RunView>, StoreError> {
         self.db()
             .read(move |c| {
-                Ok(c.query_row(
-                    "SELECT id, kind, actor, started_at, finished_at, status, config, summary, version
-                     FROM runs WHERE id = ?1",
-                    [run_id],
-                    |r| {
-                        Ok(RunView {
-                            id: r.get(0)?,
-                            kind: r.get(1)?,
-                            actor: r.get(2)?,
-                            started_at: r.get(3)?,
-                            finished_at: r.get(4)?,
-                            status: r.get::<_, String>(5)?.parse().map_err(|e: mmloop_core::ParseEnumError| {
-                                rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, e.into())
-                            })?,
-                            config: parse_json(r.get(6)?).unwrap_or(Value::Null),
-                            summary: parse_json(r.get(7)?),
-                            version: r.get(8)?,
-                        })
-                    },
-                )
-                .optional()?)
+                Ok(c.query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), [run_id], run_view)
+                    .optional()?)
+            })
+            .await
+    }
+
+    /// Every run, newest first; only those of `kind` when given.
+    pub async fn runs(&self, kind: Option<&str>) -> Result<Vec<RunView>, StoreError> {
+        let kind = kind.map(String::from);
+        self.db()
+            .read(move |c| {
+                let mut st = c.prepare(&format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE ?1 IS NULL OR kind = ?1 ORDER BY id DESC"
+                ))?;
+                let rows = st.query_map([kind], run_view)?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
             .await
     }

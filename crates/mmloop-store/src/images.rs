@@ -208,6 +208,9 @@ pub(crate) fn resolve(raw: &str, root: &Path) -> Result<PathBuf, ImageError> {
     if p.is_absolute() {
         return Ok(normalize(p));
     }
+    // A dataset named without a folder (`data.jsonl`) has the empty path as its parent,
+    // which `absolute` refuses: it is the working directory.
+    let root = if root.as_os_str().is_empty() { Path::new(".") } else { root };
     let root = normalize(&std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()));
     let joined = normalize(&root.join(p));
     if !joined.starts_with(&root) {
@@ -440,5 +443,8 @@ mod tests {
         assert!(matches!(resolve("../../etc/passwd", root), Err(ImageError::Escapes { .. })));
         assert!(matches!(resolve("a/../../x.jpg", root), Err(ImageError::Escapes { .. })));
         assert_eq!(resolve("/abs/c.png", root).unwrap(), PathBuf::from("/abs/c.png"));
+        // A file named without its folder: paths under the working directory, stored absolute.
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(resolve("imgs/a.jpg", Path::new("")).unwrap(), here.join("imgs/a.jpg"));
     }
 }

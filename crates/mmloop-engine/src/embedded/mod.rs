@@ -212,15 +212,20 @@ impl EmbeddedBackend {
 /// The conversation as chat messages: the system prompt, earlier turns, the question; the
 /// images at the start of the turn that carries them (as the families' templates expect).
 pub fn chat_messages(req: &GenRequest) -> Vec<ChatMessage> {
-    let (turns, image_turn) = req.prompt.turns();
+    prompt_messages(&req.prompt)
+}
+
+/// [`chat_messages`] of a prompt alone (training renders its examples the same way).
+pub fn prompt_messages(prompt: &crate::Prompt) -> Vec<ChatMessage> {
+    let (turns, image_turn) = prompt.turns();
     let mut out = Vec::with_capacity(turns.len() + 1);
-    if let Some(s) = &req.prompt.system {
+    if let Some(s) = &prompt.system {
         out.push(ChatMessage::text("system", s.clone()));
     }
     for (i, t) in turns.iter().enumerate() {
         let mut parts = Vec::new();
         if i == image_turn {
-            parts.extend(req.prompt.images.iter().map(|_| Part::Image));
+            parts.extend(prompt.images.iter().map(|_| Part::Image));
         }
         parts.push(Part::Text(t.content.clone()));
         out.push(ChatMessage { role: t.role.clone(), parts });

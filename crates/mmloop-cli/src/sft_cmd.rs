@@ -1,0 +1,305 @@
+//! `mmloop sft` (LoRA / DoRA fine-tuning, ms-swift's flags) and `mmloop runs`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::bail;
+use indicatif::{ProgressBar, ProgressStyle};
+use mmloop_pipeline::sft::{self, AdapterStart, SftOptions, SftProgress, SftReport, StepLog};
+use mmloop_store::Store;
+
+use crate::cli::{RunsArgs, SftArgs};
+use crate::ui;
+
+/// The progress bar: steps, loss, learning rate, s/it and ETA.
+struct Bar(ProgressBar);
+
+impl Bar {
+    /// A line above the bar (also when stderr is not a terminal and the bar is hidden).
+    fn say(&self, line: String) {
+        self.0.suspend(|| eprintln!("{line}"));
+    }
+}
+
+impl SftProgress for Bar {
+    fn prepared(&self, train: usize, val: usize, too_long: usize, max_steps: usize, start: usize) {
+        self.0.set_length(max_steps as u64);
+        self.0.set_position(start as u64);
+        let line = format!(
+            "{} examples to train on, {} held out for validation{}; {} steps{}",
+            ui::count(train as u64),
+            ui::count(val as u64),
+            if too_long > 0 { format!(", {too_long} left out as longer than --max_length") } else { String::new() },
+            max_steps,
+            if start > 0 { format!(", resuming after step {start}") } else { String::new() },
+        );
+        self.say(line);
+    }
+
+    fn step(&self, log: &StepLog) {
+        self.0.set_position(log.step as u64);
+        self.0.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.2} s/it",
+            log.report.loss, log.report.learning_rate, log.seconds_per_step
+        ));
+    }
+
+    fn eval(&self, step: usize, loss: f64) {
+        self.say(format!("step {step}: validation loss {loss:.4}"));
+    }
+
+    fn saved(&self, dir: &Path) {
+        self.say(format!("saved {}", dir.display()));
+    }
+}
+
+fn bar() -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.enable_steady_tick(Duration::from_millis(250));
+    pb
+}
+
+/// The run's options from the flags, refusing what this engine does not do.
+fn options(a: &SftArgs) -> anyhow::Result<SftOptions> {
+    if !a.freeze_vit || !a.freeze_aligner {
+        bail!(
+            "training the vision tower or the connector (--freeze_vit false / --freeze_aligner false) is not supported: adapters go on the language model\n  hint: hand large or full training to ms-swift (`swift sft`) on an exported version"
+        );
+    }
+    if let Some(bits) = a.quant_bits {
+        bail!(
+            "--quant_bits {bits} (QLoRA) is not supported by the embedded trainer yet\n  hint: train in f32 (the default), or with ms-swift on a GPU"
+        );
+    }
+    if !matches!(a.torch_dtype.to_ascii_lowercase().as_str(), "float32" | "fp32" | "f32" | "auto") {
+        bail!("--torch_dtype {}: training runs in float32\n  hint: leave out --torch_dtype", a.torch_dtype);
+    }
+    if a.gradient_checkpointing {
+        ui::warn("--gradient_checkpointing is accepted but activations are kept: memory is not reduced");
+    }
+    if !(0.0..1.0).contains(&a.split_dataset_ratio) {
+        bail!("--split_dataset_ratio {} must be in [0, 1)", a.split_dataset_ratio);
+    }
+    if !(0.0..1.0).contains(&a.lora_dropout) {
+        bail!("--lora_dropout {} must be in [0, 1)", a.lora_dropout);
+    }
+    if a.per_device_train_batch_size == 0 || a.per_device_eval_batch_size == 0 {
+        bail!("batch sizes must be at least 1");
+    }
+    let adapter = match &a.adapters {
+        Some(dir) => {
+            // As ms-swift: the adapter's own config decides; a flag that disagrees is an error.
+            let (r, alpha, dora) = sft::adapter_settings(dir)?;
+            let clash = |flag: &str, given: String, own: String| {
+                anyhow::anyhow!(
+                    "--{flag} {given} disagrees with the adapter {} ({flag} {own} in its adapter_config.json)\n  hint: leave out --{flag}: the adapter's config decides",
+                    dir.display()
+                )
+            };
+            if let Some(g) = a.lora_rank.filter(|g| *g != r) {
+                return Err(clash("lora_rank", g.to_string(), r.to_string()));
+            }
+            if let Some(g) = a.lora_alpha.filter(|g| *g != alpha) {
+                return Err(clash("lora_alpha", g.to_string(), alpha.to_string()));
+            }
+            if let Some(g) = a.use_dora.filter(|g| *g != dora) {
+                return Err(clash("use_dora", g.to_string(), dora.to_string()));
+            }
+            if !a.target_modules.is_empty() {
+                bail!("--target_modules goes with a new adapter; --adapters {} names its own", dir.display());
+            }
+            AdapterStart::From(dir.clone())
+        }
+        None => AdapterStart::New {
+            rank: a.lora_rank.unwrap_or(8),
+            alpha: a.lora_alpha.unwrap_or(32.0),
+            use_dora: a.use_dora.unwrap_or(false),
+            targets: if a.target_modules.is_empty() { vec!["all-linear".into()] } else { a.target_modules.clone() },
+        },
+    };
+    let mut o = SftOptions::new(a.model.clone(), a.output_dir.clone());
+    o.revision = a.model_revision.clone();
+    o.adapter = adapter;
+    o.lora_dropout = a.lora_dropout;
+    o.num_train_epochs = a.num_train_epochs;
+    o.max_steps = usize::try_from(a.max_steps).ok().filter(|s| *s > 0);
+    o.per_device_train_batch_size = a.per_device_train_batch_size;
+    o.per_device_eval_batch_size = a.per_device_eval_batch_size;
+    o.gradient_accumulation_steps =
+        a.gradient_accumulation_steps.unwrap_or_else(|| 16usize.div_ceil(a.per_device_train_batch_size)).max(1);
+    o.learning_rate = a.learning_rate;
+    o.lr_scheduler_type = a.lr_scheduler_type.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    o.warmup_ratio = a.warmup_ratio;
+    o.warmup_steps = a.warmup_steps;
+    o.weight_decay = a.weight_decay;
+    o.adam_beta1 = a.adam_beta1;
+    o.adam_beta2 = a.adam_beta2;
+    o.adam_epsilon = a.adam_epsilon;
+    o.max_grad_norm = a.max_grad_norm;
+    o.max_length = a.max_length;
+    o.seed = a.seed;
+    o.data_seed = a.data_seed.unwrap_or(a.seed);
+    o.save_steps = a.save_steps.max(1);
+    o.eval_steps = a.eval_steps.unwrap_or(a.save_steps).max(1);
+    o.logging_steps = a.logging_steps.max(1);
+    o.split_dataset_ratio = a.split_dataset_ratio;
+    o.dataset_shuffle = a.dataset_shuffle;
+    o.train_dataloader_shuffle = a.train_dataloader_shuffle;
+    o.resume_from_checkpoint = a.resume_from_checkpoint.clone();
+    o.feature_cache_bytes = a.feature_cache_mb << 20;
+    o.args_json = serde_json::to_value(a)?;
+    Ok(o)
+}
+
+pub async fn sft(a: SftArgs, actor: &str) -> anyhow::Result<()> {
+    match (&a.project, &a.dataset) {
+        (Some(_), Some(_)) => bail!(
+            "train either on a project's version or on a file, not both\n  hint: import the file first (`mmloop import`), or leave out the project"
+        ),
+        (None, None) => bail!(
+            "nothing to train on\n  hint: name a project (`mmloop sft my-project --model ... --version v3 --output_dir runs/a`) or give --dataset FILE"
+        ),
+        _ => {}
+    }
+    if let Some(ckpt) = &a.resume_from_checkpoint
+        && !ckpt.join("trainer_state.json").is_file()
+    {
+        bail!(
+            "--resume_from_checkpoint {}: not a checkpoint (no trainer_state.json)\n  hint: name OUT/checkpoint-N of an earlier run",
+            ckpt.display()
+        );
+    }
+    let opts = options(&a)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    let pb = bar();
+    let progress: Arc<dyn SftProgress> = Arc::new(Bar(pb.clone()));
+    let (report, run) = match &a.project {
+        Some(p) => {
+            let store = Store::open(p).await?;
+            let r = sft::sft_project(
+                &store,
+                &a.version,
+                a.split.as_deref(),
+                a.system.as_deref(),
+                opts,
+                actor,
+                progress,
+                stop,
+            )
+            .await;
+            store.close();
+            let (r, run) = r?;
+            (r, Some(run))
+        }
+        None => {
+            let file = a.dataset.as_ref().expect("checked");
+            let read = mmloop_formats::ReadOptions {
+                task: None,
+                question: None,
+                prompt: None,
+                images_dir: a.images_dir.clone(),
+                annotations: None,
+            };
+            let format = a.format.as_deref().map(str::parse).transpose()?;
+            let (data, unanswered) = sft::file_examples(file, format, &read, a.system.as_deref())?;
+            if unanswered > 0 {
+                pb.suspend(|| eprintln!("{unanswered} records without an answer are left out"));
+            }
+            (sft::sft(data, opts, progress, stop).await?, None)
+        }
+    };
+    pb.finish_and_clear();
+    print_report(&report, &a, run);
+    Ok(())
+}
+
+fn print_report(r: &SftReport, a: &SftArgs, run: Option<i64>) {
+    let loss = r.losses.last().map_or("–".to_string(), |(_, l)| format!("{l:.4}"));
+    let done = r.status == Some(mmloop_core::RunStatus::Done);
+    let msg = format!(
+        "{} {} of {} steps, last loss {loss}{}",
+        if done { "trained" } else { "stopped after" },
+        r.global_step,
+        r.max_steps,
+        r.eval_losses.last().map(|(_, l)| format!(", validation loss {l:.4}")).unwrap_or_default()
+    );
+    if done {
+        ui::ok(msg)
+    } else {
+        ui::warn(msg)
+    }
+    if let Some(c) = &r.last_checkpoint {
+        eprintln!("  adapter: {}", c.display());
+        eprintln!("  report:  {}", a.output_dir.join("report.html").display());
+        if let Some(run) = run {
+            eprintln!(
+                "  recorded as run {run} (`mmloop runs {}`)",
+                a.project.as_deref().unwrap_or(Path::new(".")).display()
+            );
+        }
+        ui::hint(format!("answer with it: mmloop infer ... --model {} --adapters {}", a.model, c.display()));
+        if !done {
+            ui::hint(format!("continue: the same command with --resume_from_checkpoint {}", c.display()));
+        }
+    }
+}
+
+pub async fn runs(a: RunsArgs) -> anyhow::Result<()> {
+    let store = Store::open(&a.project).await?;
+    let runs = store.runs(a.kind.as_deref()).await;
+    store.close();
+    let runs = runs?;
+    if a.json {
+        let v: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id, "kind": r.kind, "actor": r.actor, "status": r.status.as_str(),
+                    "started_at": r.started_at, "finished_at": r.finished_at, "version": r.version,
+                    "config": r.config, "summary": r.summary,
+                })
+            })
+            .collect();
+        return ui::json(&v);
+    }
+    if runs.is_empty() {
+        eprintln!("no runs recorded");
+        return Ok(());
+    }
+    for r in &runs {
+        let what = match r.kind.as_str() {
+            "train" => {
+                let s = r.summary.as_ref();
+                let steps = s.and_then(|s| s["global_step"].as_u64()).map(|n| format!("{n} steps")).unwrap_or_default();
+                let loss = s
+                    .and_then(|s| s["losses"].as_array()?.last()?.get(1)?.as_f64())
+                    .map(|l| format!(", loss {l:.4}"))
+                    .unwrap_or_default();
+                format!(
+                    "{} on {}{} {steps}{loss}",
+                    r.config["model"].as_str().unwrap_or("?"),
+                    r.config["version"].as_str().unwrap_or("?"),
+                    r.config["split"].as_str().map(|s| format!(" ({s})")).unwrap_or_default(),
+                )
+            }
+            _ => r.config["model"].as_str().map(String::from).unwrap_or_default(),
+        };
+        println!("{:>4}  {:<6} {:<11} {}  {}  {what}", r.id, r.kind, r.status.as_str(), r.started_at, r.actor);
+    }
+    Ok(())
+}

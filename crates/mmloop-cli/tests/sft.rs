@@ -1,0 +1,285 @@
+//! `mmloop sft` end to end on the tiny Qwen2-VL fixture: a committed version's trusted
+//! labels in, ms-swift's layout out (logging.jsonl, checkpoint-N with a PEFT adapter,
+//! args.json, report.html), the run recorded and audited, `--resume_from_checkpoint` (also
+//! after kill -9) giving the losses of the uninterrupted run, the adapter answering through
+//! `mmloop infer --adapters`, and the bad inputs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{fails, ok};
+use serde_json::Value;
+
+fn fixture() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vlm/qwen2_vl").display().to_string()
+}
+
+const QA: [(&str, &str); 6] = [
+    ("What colour is the chair?", "red"),
+    ("Is the chair red?", "yes"),
+    ("How many legs does it have?", "four"),
+    ("What material is it?", "wood"),
+    ("Is it made of wood?", "yes"),
+    ("What is behind it?", "a wall"),
+];
+
+/// A swift JSONL of answered questions about `dir/imgs/*`.
+fn dataset(root: &Path) -> PathBuf {
+    let imgs = common::images(&root.join("imgs"), QA.len());
+    let lines: Vec<String> = imgs
+        .iter()
+        .zip(QA)
+        .enumerate()
+        .map(|(i, (img, (q, a)))| {
+            serde_json::json!({
+                "id": format!("q{i}"),
+                "messages": [
+                    {"role": "user", "content": format!("<image>{q}")},
+                    {"role": "assistant", "content": a},
+                ],
+                "images": [format!("imgs/{img}")],
+            })
+            .to_string()
+        })
+        .collect();
+    let file = root.join("data.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    file
+}
+
+/// A project holding the dataset's answers (imported labels are trusted), committed as v1.
+fn project(root: &Path) -> String {
+    let p = root.join("p").display().to_string();
+    ok(&["init", &p]);
+    ok(&["import", &p, &dataset(root).display().to_string()]);
+    ok(&["commit", &p, "-m", "answers"]);
+    p
+}
+
+fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--model",
+        &fixture(),
+        "--output_dir",
+        out,
+        "--lora_rank",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--learning_rate",
+        "1e-2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--lora_dropout",
+        "0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn run_ok(args: &[String]) -> String {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&refs)
+}
+
+fn log_lines(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("logging.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// (step, loss) of the training lines.
+fn losses(lines: &[Value]) -> Vec<(u64, f64)> {
+    lines.iter().filter_map(|l| Some((l["step"].as_u64()?, l["loss"].as_f64()?))).collect()
+}
+
+#[test]
+fn a_version_trains_into_ms_swift_layout_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = project(tmp.path());
+    let a = tmp.path().join("a");
+    let a_s = a.display().to_string();
+    let mut args = vec!["sft".to_string(), p.clone(), "--version".into(), "v1".into()];
+    args.extend(train_args(&a_s, &["--max_steps", "4", "--save_steps", "2", "--split_dataset_ratio", "0.34"]));
+    run_ok(&args);
+
+    // logging.jsonl: a line per step with ms-swift's keys, validation lines, a last line.
+    let lines = log_lines(&a);
+    let steps = losses(&lines);
+    assert_eq!(steps.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let first = &lines[0];
+    for key in ["loss", "grad_norm", "learning_rate", "memory(GiB)", "train_speed(s/it)", "epoch", "elapsed_time"] {
+        assert!(first.get(key).is_some(), "{key} missing from {first}");
+    }
+    assert_eq!(first["global_step/max_steps"], "1/4");
+    assert!(lines.iter().filter(|l| l.get("eval_loss").is_some()).count() >= 2, "validation at steps 2 and 4");
+    let last = lines.last().unwrap();
+    assert!(last["last_model_checkpoint"].as_str().unwrap().ends_with("checkpoint-4"));
+
+    // checkpoint-N: a PEFT adapter with explicit targets and PEFT key names, args.json.
+    for n in [2, 4] {
+        let c = a.join(format!("checkpoint-{n}"));
+        for f in ["adapter_config.json", "adapter_model.safetensors", "args.json", "trainer_state.json"] {
+            assert!(c.join(f).is_file(), "{} lacks {f}", c.display());
+        }
+    }
+    let c4 = a.join("checkpoint-4");
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(c4.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 4);
+    let targets = cfg["target_modules"].as_array().unwrap();
+    assert_eq!(targets.len(), 14, "all-linear: 7 layers in each of the 2 blocks");
+    assert!(targets.iter().all(|t| t.as_str().unwrap().starts_with("model.language_model.layers.")));
+    let weights = std::fs::read(c4.join("adapter_model.safetensors")).unwrap();
+    let header =
+        String::from_utf8_lossy(&weights[8..8 + u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize])
+            .into_owned();
+    assert!(header.contains("base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight"));
+    let args_json: Value = serde_json::from_str(&std::fs::read_to_string(c4.join("args.json")).unwrap()).unwrap();
+    assert_eq!(args_json["lora_rank"], 4);
+    assert_eq!(args_json["learning_rate"], 1e-2);
+    assert!(std::fs::read_to_string(a.join("report.html")).unwrap().contains("<svg"));
+
+    // Resumed from checkpoint-2: steps 3 and 4 exactly as the uninterrupted run had them.
+    let b = tmp.path().join("b");
+    let b_s = b.display().to_string();
+    let ckpt = a.join("checkpoint-2").display().to_string();
+    let mut args = vec!["sft".to_string(), p.clone(), "--version".into(), "v1".into()];
+    args.extend(train_args(
+        &b_s,
+        &["--max_steps", "4", "--save_steps", "2", "--split_dataset_ratio", "0.34", "--resume_from_checkpoint", &ckpt],
+    ));
+    run_ok(&args);
+    assert_eq!(losses(&log_lines(&b)), steps, "the resumed run's log");
+    assert_eq!(
+        std::fs::read(b.join("checkpoint-4/adapter_model.safetensors")).unwrap(),
+        weights,
+        "the resumed run's final adapter"
+    );
+
+    // Recorded: two train runs on v1, in the audit chain.
+    let runs: Value = serde_json::from_str(&ok(&["runs", &p, "--kind", "train", "--json"])).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    let r = &runs[1];
+    assert_eq!(r["status"], "done");
+    assert_eq!(r["config"]["version"], "v1");
+    assert!(r["version"].as_str().is_some_and(|v| v.len() == 64));
+    assert_eq!(r["summary"]["global_step"], 4);
+    assert_eq!(r["summary"]["losses"].as_array().unwrap().len(), 4);
+    assert!(r["summary"]["adapter_sha256"].as_str().is_some());
+    assert!(ok(&["runs", &p]).contains("train"));
+    ok(&["audit", "verify", &p]);
+
+    // The adapter answers through the embedded engine.
+    let img = tmp.path().join("imgs/img0.png").display().to_string();
+    let out = tmp.path().join("answers.jsonl").display().to_string();
+    let c4_s = c4.display().to_string();
+    ok(&[
+        "infer",
+        "--model",
+        &fixture(),
+        "--adapters",
+        &c4_s,
+        "--images",
+        &img,
+        "--prompt",
+        "What colour is the chair?",
+        "--max_new_tokens",
+        "3",
+        "-o",
+        &out,
+    ]);
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn kill_9_then_resume_continues_with_the_same_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = dataset(tmp.path()).display().to_string();
+    let full = tmp.path().join("full");
+    let full_s = full.display().to_string();
+    let mut args = vec!["sft".to_string(), "--dataset".into(), file.clone()];
+    args.extend(train_args(&full_s, &["--max_steps", "10", "--save_steps", "2"]));
+    run_ok(&args);
+    let want = losses(&log_lines(&full));
+    assert_eq!(want.len(), 10);
+
+    // The same run, killed as soon as its first checkpoint is whole.
+    let cut = tmp.path().join("cut");
+    let cut_s = cut.display().to_string();
+    let mut args = vec!["sft".to_string(), "--dataset".into(), file.clone()];
+    args.extend(train_args(&cut_s, &["--max_steps", "10", "--save_steps", "2"]));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mmloop"))
+        .args(&args)
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !cut.join("checkpoint-2").is_dir() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The newest whole checkpoint (no temporary folder counts).
+    let newest = (1..=10).rev().map(|n| cut.join(format!("checkpoint-{n}"))).find(|c| c.is_dir()).unwrap();
+    let done: usize = newest.file_name().unwrap().to_str().unwrap()["checkpoint-".len()..].parse().unwrap();
+    let resumed = tmp.path().join("resumed");
+    let resumed_s = resumed.display().to_string();
+    let newest_s = newest.display().to_string();
+    let mut args = vec!["sft".to_string(), "--dataset".into(), file];
+    args.extend(train_args(
+        &resumed_s,
+        &["--max_steps", "10", "--save_steps", "2", "--resume_from_checkpoint", &newest_s],
+    ));
+    run_ok(&args);
+    let got = losses(&log_lines(&resumed));
+    assert_eq!(got, want, "resumed after step {done}");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o").display().to_string();
+    // A version without trusted labels.
+    let p = tmp.path().join("q").display().to_string();
+    ok(&["init", &p]);
+    let imgs = common::images(&tmp.path().join("imgs"), 1);
+    let file = tmp.path().join("unanswered.jsonl");
+    std::fs::write(
+        &file,
+        serde_json::json!({"messages": [{"role": "user", "content": "<image>What is it?"}], "images": [format!("imgs/{}", imgs[0])]})
+            .to_string(),
+    )
+    .unwrap();
+    ok(&["import", &p, &file.display().to_string()]);
+    ok(&["commit", &p, "-m", "questions only"]);
+    let e = fails(&["sft", &p, "--model", &fixture(), "--output_dir", &out]);
+    assert!(e.contains("no trusted labels"), "{e}");
+    // An unknown flag names the nearest known one.
+    let e = fails(&["sft", &p, "--model", &fixture(), "--output_dir", &out, "--lora_rnak", "8"]);
+    assert!(e.contains("--lora_rank"), "{e}");
+    // A flag that disagrees with the adapter's own config.
+    let adapter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vlm/qwen2_vl/adapters/lora");
+    let adapter_s = adapter.display().to_string();
+    let e =
+        fails(&["sft", &p, "--model", &fixture(), "--output_dir", &out, "--adapters", &adapter_s, "--lora_rank", "16"]);
+    assert!(e.contains("disagrees"), "{e}");
+    let e = fails(&["sft", &p, "--model", &fixture(), "--output_dir", &out, "--quant_bits", "4"]);
+    assert!(e.contains("QLoRA"), "{e}");
+    // A file without answers; both a project and a file.
+    let e = fails(&["sft", "--dataset", &file.display().to_string(), "--model", &fixture(), "--output_dir", &out]);
+    assert!(e.contains("no record has an answer"), "{e}");
+    let e = fails(&["sft", &p, "--dataset", &file.display().to_string(), "--model", &fixture(), "--output_dir", &out]);
+    assert!(e.contains("not both"), "{e}");
+}
