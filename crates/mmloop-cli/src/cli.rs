@@ -73,6 +73,32 @@ pub enum Command {
     Sft(Box<SftArgs>),
     /// List a project's recorded runs (pre-annotation, training, routing), newest first.
     Runs(RunsArgs),
+    /// Fold a LoRA / DoRA adapter into the model's weights and write the checkpoint in its
+    /// published layout (like `swift export --merge_lora true`).
+    ExportModel(ExportModelArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportModelArgs {
+    /// A Hugging Face repo id or a checkpoint folder.
+    #[arg(long, alias = "model_id")]
+    pub model: String,
+    /// The hub revision of --model.
+    #[arg(long = "model_revision", alias = "revision", alias = "model-revision", default_value = "main")]
+    pub model_revision: String,
+    /// The PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    pub adapters: PathBuf,
+    /// Merge the adapter into the weights (the only export there is; ms-swift: --merge_lora true).
+    #[arg(long, alias = "merge_lora", alias = "merge-lora", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub merge: bool,
+    /// The new checkpoint folder (default: ADAPTERS-merged, as ms-swift).
+    #[arg(long, short, alias = "output_dir", alias = "output-dir")]
+    pub output: Option<PathBuf>,
+    /// Write the weights in this dtype (float32, bfloat16, float16; default: the checkpoint's
+    /// own). A bf16 checkpoint rounds the merged weights to bf16; float32 keeps them exact.
+    #[arg(long = "torch_dtype", alias = "torch-dtype", alias = "dtype")]
+    pub torch_dtype: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -53,6 +53,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ab(a) => serve_cmd::ab(a).await,
         Command::Sft(a) => sft_cmd::sft(*a, &actor).await,
         Command::Runs(a) => sft_cmd::runs(a).await,
+        Command::ExportModel(a) => sft_cmd::export_model(a).await,
     }
 }
 

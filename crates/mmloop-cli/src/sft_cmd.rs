@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mmloop_pipeline::sft::{self, AdapterStart, SftOptions, SftProgress, SftReport, StepLog};
 use mmloop_store::Store;
 
-use crate::cli::{RunsArgs, SftArgs};
+use crate::cli::{ExportModelArgs, RunsArgs, SftArgs};
 use crate::ui;
 
 /// The progress bar: steps, loss, learning rate, s/it and ETA.
@@ -301,5 +301,37 @@ pub async fn runs(a: RunsArgs) -> anyhow::Result<()> {
         };
         println!("{:>4}  {:<6} {:<11} {}  {}  {what}", r.id, r.kind, r.status.as_str(), r.started_at, r.actor);
     }
+    Ok(())
+}
+
+pub async fn export_model(a: ExportModelArgs) -> anyhow::Result<()> {
+    if !a.merge {
+        bail!(
+            "export-model folds the adapter into the weights; --merge false leaves nothing to do\n  hint: the adapter folder itself is what PEFT and vLLM load unmerged"
+        );
+    }
+    let out = match &a.output {
+        Some(o) => o.clone(),
+        None => {
+            let name =
+                a.adapters.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into());
+            a.adapters.with_file_name(format!("{name}-merged"))
+        }
+    };
+    let dtype = match a.torch_dtype.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("auto") => None,
+        Some("float32" | "fp32" | "f32") => Some(sft::DType::F32),
+        Some("bfloat16" | "bf16") => Some(sft::DType::BF16),
+        Some("float16" | "fp16" | "f16") => Some(sft::DType::F16),
+        Some(other) => bail!("--torch_dtype {other:?}: expected float32, bfloat16 or float16"),
+    };
+    let report = sft::merge(&a.model, &a.model_revision, &a.adapters, &out, dtype).await?;
+    ui::ok(format!(
+        "merged {} into {} weights: {} ({} files)",
+        a.adapters.display(),
+        report.merged,
+        out.display(),
+        report.files
+    ));
     Ok(())
 }

@@ -283,3 +283,106 @@ fn bad_input_is_refused_with_a_reason() {
     let e = fails(&["sft", &p, "--dataset", &file.display().to_string(), "--model", &fixture(), "--output_dir", &out]);
     assert!(e.contains("not both"), "{e}");
 }
+
+/// Greedy answers and their log-probabilities of `mmloop infer` for `images`.
+fn answers(model: &str, adapters: Option<&str>, images: &str, out: &Path) -> Vec<(String, Vec<f64>)> {
+    let out_s = out.display().to_string();
+    let mut args = vec![
+        "infer",
+        "--model",
+        model,
+        "--images",
+        images,
+        "--prompt",
+        "What colour is the chair?",
+        "--max_new_tokens",
+        "6",
+        "--temperature",
+        "0",
+        "-o",
+        &out_s,
+    ];
+    if let Some(a) = adapters {
+        args.extend(["--adapters", a]);
+    }
+    ok(&args);
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let lp =
+                v["logprobs"]["content"].as_array().unwrap().iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+            (v["response"].as_str().unwrap().to_string(), lp)
+        })
+        .collect()
+}
+
+#[test]
+fn a_merged_checkpoint_answers_as_the_adapter_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("imgs");
+    common::images(&imgs, 2);
+    let images = imgs.display().to_string();
+    for (family, kind) in [("qwen2_vl", "lora"), ("qwen2_vl", "dora"), ("idefics3", "dora")] {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vlm").join(family);
+        let model_s = model.display().to_string();
+        let adapter = model.join("adapters").join(kind).display().to_string();
+        let merged = tmp.path().join(format!("{family}-{kind}"));
+        let merged_s = merged.display().to_string();
+        ok(&["export-model", "--model", &model_s, "--adapters", &adapter, "--merge_lora", "true", "-o", &merged_s]);
+        // The published layout: the same files, the same tensor names, shapes and dtypes.
+        // The checkpoint's files (the fixture's sub-folders of adapters are not part of it).
+        let names = |d: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.is_file())
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&merged), names(&model));
+        let header = |p: &Path| {
+            let b = std::fs::read(p).unwrap();
+            let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+            let mut h: serde_json::Map<String, Value> = serde_json::from_slice(&b[8..8 + n]).unwrap();
+            let meta = h.remove("__metadata__");
+            let shapes: Vec<(String, Value, Value)> =
+                h.into_iter().map(|(k, v)| (k, v["dtype"].clone(), v["shape"].clone())).collect();
+            (shapes, meta)
+        };
+        let (got, meta) = header(&merged.join("model.safetensors"));
+        let (want, _) = header(&model.join("model.safetensors"));
+        let sorted = |mut v: Vec<(String, Value, Value)>| {
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        assert_eq!(sorted(got), sorted(want), "{family} {kind}: tensor names, dtypes and shapes");
+        assert_eq!(meta.unwrap()["format"], "pt");
+        // Merged in float32 (the fixture is bf16, which rounds the merged weights): the same
+        // greedy answers and log-probabilities as the unmerged adapter.
+        let exact = tmp.path().join(format!("{family}-{kind}-f32"));
+        let exact_s = exact.display().to_string();
+        ok(&["export-model", "--model", &model_s, "--adapters", &adapter, "--torch_dtype", "float32", "-o", &exact_s]);
+        let config: Value = serde_json::from_str(&std::fs::read_to_string(exact.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["torch_dtype"], "float32");
+        let a = answers(&exact_s, None, &images, &tmp.path().join(format!("{family}-{kind}-merged.jsonl")));
+        let b = answers(&model_s, Some(&adapter), &images, &tmp.path().join(format!("{family}-{kind}-adapter.jsonl")));
+        assert_eq!(a.len(), 2);
+        for ((ra, la), (rb, lb)) in a.iter().zip(&b) {
+            assert_eq!(ra, rb, "{family} {kind}");
+            assert_eq!(la.len(), lb.len());
+            for (x, y) in la.iter().zip(lb) {
+                assert!((x - y).abs() < 1e-4, "{family} {kind}: ln p {x} merged against {y}");
+            }
+        }
+    }
+    // Into an existing folder: refused, nothing touched.
+    let model = fixture();
+    let adapter = Path::new(&model).join("adapters/lora").display().to_string();
+    let existing = tmp.path().join("imgs").display().to_string();
+    let e = fails(&["export-model", "--model", &model, "--adapters", &adapter, "-o", &existing]);
+    assert!(e.contains("already exists"), "{e}");
+}

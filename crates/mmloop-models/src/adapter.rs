@@ -316,6 +316,151 @@ impl PeftAdapter {
     }
 }
 
+/// The module path a checkpoint's weight key belongs to (transformers-5 spelling): the
+/// published Qwen files' `model.layers.*` are the language model's layers.
+fn module_of_weight(key: &str) -> Option<String> {
+    let module = key.strip_suffix(".weight")?;
+    Some(match module.strip_prefix("model.layers.") {
+        Some(rest) => format!("model.language_model.layers.{rest}"),
+        None => module.to_string(),
+    })
+}
+
+/// transformers' name of a dtype.
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        DType::F64 => "float64",
+        _ => "float32",
+    }
+}
+
+/// Sets `torch_dtype` / `dtype` wherever the config (or a sub-config) has one.
+fn set_dtype(v: &mut Value, name: &str) {
+    if let Value::Object(map) = v {
+        for (k, x) in map.iter_mut() {
+            if k == "torch_dtype" || k == "dtype" {
+                *x = Value::String(name.into());
+            } else {
+                set_dtype(x, name);
+            }
+        }
+    }
+}
+
+/// What [`merge_checkpoint`] wrote.
+#[derive(Clone, Debug)]
+pub struct MergeReport {
+    /// Weights that took the adapter in.
+    pub merged: usize,
+    /// Files written (shards, configs, tokenizer).
+    pub files: usize,
+}
+
+/// Writes the checkpoint in `model_dir` with `adapter` folded into its weights to `out`, in
+/// the same layout (the same files, shards, tensor names and dtypes), as PEFT's
+/// `merge_and_unload` + `save_pretrained` (ms-swift: `swift export --merge_lora true`):
+/// LoRA `W + s·BA`, DoRA `(m / ‖W + s·BA‖) ⊙ (W + s·BA)` per output row, computed in f32.
+/// Every adapted module must be a weight of the checkpoint. With `dtype`, every float tensor
+/// is written in it and `config.json` says so (`float32` keeps the merge exact; a bf16
+/// checkpoint otherwise rounds the merged weights to bf16, as PEFT's merge on a bf16 model
+/// does). The folder is written beside `out` and renamed into place, so a failed merge
+/// leaves nothing half written.
+pub fn merge_checkpoint(
+    model_dir: &Path,
+    adapter: &PeftAdapter,
+    out: &Path,
+    dtype: Option<DType>,
+) -> Result<MergeReport> {
+    if out.exists() {
+        return Err(Error::Input(format!("{} already exists; name a new folder", out.display())));
+    }
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "merged".into());
+    let tmp = out.with_file_name(format!(".{name}.partial"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut pending: std::collections::BTreeSet<&str> = adapter.modules.keys().map(String::as_str).collect();
+    let mut merged = 0;
+    let mut files = 0;
+    let entries = std::fs::read_dir(model_dir).map_err(|e| Error::io(model_dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(model_dir, e))?;
+        let path = entry.path();
+        if !path.is_file() {
+            continue;
+        }
+        let target = tmp.join(entry.file_name());
+        if path.extension().is_some_and(|x| x == "safetensors") {
+            let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+                .map_err(|e| Error::Load(format!("{}: {e}", path.display())))?;
+            let mut out_tensors = HashMap::with_capacity(tensors.len());
+            for (key, w) in tensors {
+                let m = module_of_weight(&key).and_then(|m| adapter.modules.get_key_value(&m));
+                let w = match m {
+                    None => w,
+                    Some((module, m)) => {
+                        pending.remove(module.as_str());
+                        merged += 1;
+                        let stored = dtype.unwrap_or(w.dtype());
+                        let w32 = w.to_dtype(DType::F32)?;
+                        if m.a.dim(1)? != w32.dim(1)? || m.b.dim(0)? != w32.dim(0)? {
+                            return Err(Error::Load(format!(
+                                "{}: {module}: adapter shapes A {:?} B {:?} do not fit {key} {:?}",
+                                adapter.dir.display(),
+                                m.a.dims(),
+                                m.b.dims(),
+                                w32.dims()
+                            )));
+                        }
+                        let full = (&w32 + (m.b.matmul(&m.a)? * m.scale)?)?;
+                        let full = match &m.magnitude {
+                            None => full,
+                            Some(g) => {
+                                let norm = full.sqr()?.sum(1)?.sqrt()?;
+                                full.broadcast_mul(&(g / norm)?.unsqueeze(1)?)?
+                            }
+                        };
+                        full.to_dtype(stored)?
+                    }
+                };
+                let w = match dtype {
+                    Some(d) if w.dtype().is_float() && w.dtype() != d => w.to_dtype(d)?,
+                    _ => w,
+                };
+                out_tensors.insert(key, w);
+            }
+            let mut sorted: Vec<(String, Tensor)> = out_tensors.into_iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+            safetensors::serialize_to_file(sorted, Some(metadata), &target)
+                .map_err(|e| Error::Load(format!("{}: {e}", target.display())))?;
+        } else if let (Some(d), true) = (dtype, entry.file_name() == "config.json") {
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let mut config: Value =
+                serde_json::from_str(&text).map_err(|e| Error::Load(format!("{}: not JSON: {e}", path.display())))?;
+            set_dtype(&mut config, dtype_name(d));
+            let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Load(e.to_string()))?;
+            std::fs::write(&target, text).map_err(|e| Error::io(&target, e))?;
+        } else {
+            std::fs::copy(&path, &target).map_err(|e| Error::io(&path, e))?;
+        }
+        files += 1;
+    }
+    if let Some(missing) = pending.first() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::Load(format!(
+            "{}: the adapter targets {missing}, which {} has no weight for (a different model?)",
+            adapter.dir.display(),
+            model_dir.display()
+        )));
+    }
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+    Ok(MergeReport { merged, files })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +481,12 @@ mod tests {
             Some(("model.text_model.layers.1.self_attn.v_proj".into(), "M"))
         );
         assert_eq!(split_key("base_model.model.lm_head.weight"), None);
+        assert_eq!(
+            module_of_weight("model.layers.2.mlp.up_proj.weight").as_deref(),
+            Some("model.language_model.layers.2.mlp.up_proj"),
+            "the published Qwen files' names"
+        );
+        assert_eq!(module_of_weight("model.norm.bias"), None);
         let t = Targets::parse(&["q_proj".into(), "mlp.down_proj".into()]);
         assert!(t.matches("model.language_model.layers.0.self_attn.q_proj"));
         assert!(t.matches("model.language_model.layers.0.mlp.down_proj"));

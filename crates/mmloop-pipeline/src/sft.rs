@@ -27,6 +27,7 @@ use anyhow::{Context, bail};
 use mmloop_core::RunStatus;
 use mmloop_engine::Prompt;
 use mmloop_engine::embedded::{Checkpoint, prompt_messages};
+pub use mmloop_models::DType;
 use mmloop_models::adapter::{AdapterConfig, PeftAdapter, Targets};
 use mmloop_models::model::{LoadOptions, VlModel};
 pub use mmloop_models::train::Schedule;
@@ -678,6 +679,26 @@ fn loss_plot(train: &[(usize, f64)], eval: &[(usize, f64)]) -> Result<String, St
         root.present().map_err(|x| e(&x))?;
     }
     Ok(buf)
+}
+
+/// Folds the adapter in `adapters` into `model`'s weights and writes the checkpoint to `out`
+/// in its published layout ([`mmloop_models::adapter::merge_checkpoint`]).
+pub async fn merge(
+    model: &str,
+    revision: &str,
+    adapters: &Path,
+    out: &Path,
+    dtype: Option<mmloop_models::DType>,
+) -> anyhow::Result<mmloop_models::adapter::MergeReport> {
+    let checkpoint = Checkpoint::locate(model, revision).await?;
+    let (adapters, out) = (adapters.to_path_buf(), out.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let adapter = PeftAdapter::read(&adapters).map_err(|e| anyhow::anyhow!("{e}"))?;
+        mmloop_models::adapter::merge_checkpoint(&checkpoint.dir, &adapter, &out, dtype)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })
+    .await
+    .context("the merge thread panicked")?
 }
 
 /// Rank, alpha and DoRA of an adapter folder (for checking flags against it).
