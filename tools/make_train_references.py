@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """PEFT training references for the tiny VLM fixtures: the losses, gradient norms, learning
-rates and final adapter weights of a few LoRA / DoRA steps, as transformers + PEFT + torch's
+rates and final adapter weights of ten LoRA / DoRA steps, as transformers + PEFT + torch's
 AdamW compute them, for `mmloop-models`' trainer to match.
 
 README
 ======
-What it writes, for qwen2_vl and idefics3 in ``tests/fixtures/vlm/`` (read from the COMMITTED
+What it writes, for qwen2_vl, qwen2_5_vl, qwen3_vl and idefics3 in ``tests/fixtures/vlm/`` (read from the COMMITTED
 checkpoints and adapters, never rewritten)::
 
     <family>/train/<kind>/reference.json             examples, per-step loss / grad_norm / lr
@@ -44,10 +44,11 @@ from pathlib import Path
 
 import make_vlm_fixtures as fx
 
-FAMILIES = ["qwen2_vl", "idefics3"]
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3"]
 KINDS = ["lora", "dora"]
-END_OF_TURN = {"qwen2_vl": "<|im_end|>", "idefics3": "<end_of_utterance>"}
-STEPS = 6
+END_OF_TURN = {"qwen2_vl": "<|im_end|>", "qwen2_5_vl": "<|im_end|>", "qwen3_vl": "<|im_end|>",
+               "idefics3": "<end_of_utterance>"}
+STEPS = 10
 LR = 1e-2
 BETAS = (0.9, 0.95)
 EPS = 1e-8

@@ -851,10 +851,31 @@ pub struct InferArgs {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
+    /// A project to evaluate a model on (with --model): its --version / --split labels are
+    /// the references (the same as --references DIR).
+    pub project: Option<PathBuf>,
     /// The predictions: COCO caption results, VQA results, JSONL with id/answer/confidence,
     /// ms-swift/LLaVA/mmloop infer output, a multiple-choice table, or MME result files.
+    /// Leave out to answer the references' questions with --model.
     #[arg(long, short)]
-    pub predictions: PathBuf,
+    pub predictions: Option<PathBuf>,
+    /// Answer the project's questions with this model (repo id or checkpoint folder) and score
+    /// its answers; they are kept in OUTPUT/predictions.jsonl.
+    #[arg(long, alias = "model_id")]
+    pub model: Option<String>,
+    /// The hub revision of --model.
+    #[arg(long = "model_revision", alias = "revision", alias = "model-revision", default_value = "main")]
+    pub model_revision: String,
+    /// A PEFT adapter on --model (e.g. OUT/checkpoint-N of `mmloop sft`).
+    #[arg(long)]
+    pub adapters: Option<PathBuf>,
+    /// Also answer with the base model (no --adapters) and compare: paired bootstrap of
+    /// adapter − base on every metric.
+    #[arg(long = "compare_base", alias = "compare-base", requires = "adapters")]
+    pub compare_base: bool,
+    /// With --model: the longest answer, in tokens (default: the checkpoint's, else 256).
+    #[arg(long, alias = "max_new_tokens")]
+    pub max_new_tokens: Option<usize>,
     /// The references: COCO captions, VQAv2 questions (+ --annotations) or annotations,
     /// TextVQA, JSONL/CSV rows, a multiple-choice table, or a project folder (with
     /// --version/--split). Optional when the predictions carry their references.
@@ -888,7 +909,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub meteor_jar: Option<PathBuf>,
     /// A second predictions file: paired bootstrap of A − B on every metric.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "compare_base")]
     pub compare: Option<PathBuf>,
     /// Bootstrap resamples for --compare.
     #[arg(long, default_value_t = 1000)]

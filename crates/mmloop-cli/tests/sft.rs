@@ -386,3 +386,56 @@ fn a_merged_checkpoint_answers_as_the_adapter_does() {
     let e = fails(&["export-model", "--model", &model, "--adapters", &adapter, "-o", &existing]);
     assert!(e.contains("already exists"), "{e}");
 }
+
+/// The loop closes: trained on a version's labels, the adapter answers them (exact match
+/// 100 %) where the base model answers none; `mmloop eval --compare-base` says so, with the
+/// paired comparison.
+#[test]
+fn fine_tuning_on_the_labels_beats_the_base_model_in_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = project(tmp.path());
+    let out = tmp.path().join("run").display().to_string();
+    ok(&[
+        "sft",
+        &p,
+        "--model",
+        &fixture(),
+        "--output_dir",
+        &out,
+        "--max_steps",
+        "150",
+        "--num_train_epochs",
+        "100",
+        "--save_steps",
+        "150",
+        "--gradient_accumulation_steps",
+        "1",
+        "--learning_rate",
+        "1e-2",
+        "--lora_dropout",
+        "0",
+    ]);
+    let ev = tmp.path().join("ev");
+    let ev_s = ev.display().to_string();
+    let adapter = format!("{out}/checkpoint-150");
+    ok(&[
+        "eval",
+        &p,
+        "--model",
+        &fixture(),
+        "--adapters",
+        &adapter,
+        "--compare-base",
+        "--max_new_tokens",
+        "4",
+        "-o",
+        &ev_s,
+    ]);
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(ev.join("metrics.json")).unwrap()).unwrap();
+    let exact = |list: &Value| {
+        list.as_array().unwrap().iter().find(|x| x["name"] == "exact_match").unwrap()["value"].as_f64().unwrap()
+    };
+    assert_eq!(exact(&m["metrics"]), 100.0, "the adapter answers every trained question");
+    assert_eq!(exact(&m["comparison"]["metrics_b"]), 0.0, "the base model answers none");
+    assert!(ev.join("predictions.jsonl").is_file() && ev.join("predictions_base.jsonl").is_file());
+}

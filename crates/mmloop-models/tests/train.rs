@@ -1,5 +1,5 @@
-//! LoRA / DoRA training steps against PEFT 0.21.2 + transformers 5.24 + torch 2.15's AdamW on
-//! the tiny fixtures (`tools/make_train_references.py`): the examples' token ids and label
+//! LoRA / DoRA training steps (ten, with clipping and a cosine schedule) against PEFT 0.21.2 +
+//! transformers 5.24 + torch 2.15's AdamW on the tiny fixtures of every family (`tools/make_train_references.py`): the examples' token ids and label
 //! starts identical, every step's loss, gradient norm and learning rate, and the adapter after
 //! the last step within 1e-4; the saved folder loads back with PEFT's key names.
 
@@ -78,6 +78,17 @@ fn check(family: &str, kind: &str) {
         close(got.loss, want["loss"].as_f64().unwrap(), &format!("{what} loss"));
         close(got.grad_norm, want["grad_norm"].as_f64().unwrap(), &format!("{what} grad norm"));
         worst_loss = worst_loss.max((got.loss - want["loss"].as_f64().unwrap()).abs());
+        if i == 1 {
+            // After two steps every lora_A has moved: no gradient stopped silently behind a
+            // fused op (candle's rms_norm, softmax, rope and sdpa have no backward pass).
+            let start =
+                candle_core::safetensors::load(start.join("adapter_model.safetensors"), &candle_core::Device::Cpu)
+                    .unwrap();
+            for (k, t) in trainer.tensors().iter().filter(|(k, _)| k.ends_with("lora_A.weight")) {
+                let moved = (t - &start[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(moved > 1e-4, "{family} {kind}: {k} has not moved after step 2 ({moved})");
+            }
+        }
     }
     let want =
         candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap();
@@ -121,6 +132,26 @@ fn qwen2_vl_lora_steps_match_peft() {
 #[test]
 fn qwen2_vl_dora_steps_match_peft() {
     check("qwen2_vl", "dora");
+}
+
+#[test]
+fn qwen2_5_vl_lora_steps_match_peft() {
+    check("qwen2_5_vl", "lora");
+}
+
+#[test]
+fn qwen2_5_vl_dora_steps_match_peft() {
+    check("qwen2_5_vl", "dora");
+}
+
+#[test]
+fn qwen3_vl_lora_steps_match_peft() {
+    check("qwen3_vl", "lora");
+}
+
+#[test]
+fn qwen3_vl_dora_steps_match_peft() {
+    check("qwen3_vl", "dora");
 }
 
 #[test]
