@@ -246,6 +246,14 @@ pub struct SftArgs {
     /// Image features of the frozen vision tower kept in memory between epochs, in MiB.
     #[arg(long = "feature_cache_mb", default_value_t = 1024)]
     pub feature_cache_mb: usize,
+    /// mmloop (the embedded trainer) or swift: export the version, write OUT/run.sh with the
+    /// `swift sft` command line and run it when `swift` is on the PATH (big models, several
+    /// GPUs or nodes).
+    #[arg(long, default_value = "mmloop", value_parser = ["mmloop", "swift"])]
+    pub engine: String,
+    /// With --engine swift: DeepSpeed ZeRO stage (zero2, zero3, ...; ms-swift's names).
+    #[arg(long)]
+    pub deepspeed: Option<String>,
 }
 
 #[derive(Args, Debug)]

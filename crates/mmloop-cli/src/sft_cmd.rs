@@ -176,6 +176,12 @@ pub async fn sft(a: SftArgs, actor: &str) -> anyhow::Result<()> {
             ckpt.display()
         );
     }
+    if a.engine == "swift" {
+        return sft_swift(&a, actor).await;
+    }
+    if a.deepspeed.is_some() {
+        bail!("--deepspeed goes with --engine swift (the embedded trainer runs on one device)");
+    }
     let opts = options(&a)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -245,7 +251,10 @@ fn print_report(r: &SftReport, a: &SftArgs, run: Option<i64>) {
     }
     if let Some(c) = &r.last_checkpoint {
         eprintln!("  adapter: {}", c.display());
-        eprintln!("  report:  {}", a.output_dir.join("report.html").display());
+        let html = a.output_dir.join("report.html");
+        if html.is_file() {
+            eprintln!("  report:  {}", html.display());
+        }
         if let Some(run) = run {
             eprintln!(
                 "  recorded as run {run} (`mmloop runs {}`)",
@@ -333,5 +342,121 @@ pub async fn export_model(a: ExportModelArgs) -> anyhow::Result<()> {
         out.display(),
         report.files
     ));
+    Ok(())
+}
+
+/// The ms-swift flags of a run, as given or at their defaults (so `run.sh` says everything).
+fn swift_flags(a: &SftArgs) -> Vec<(String, String)> {
+    let mut f: Vec<(String, String)> = Vec::new();
+    let mut add = |k: &str, v: String| f.push((k.to_string(), v));
+    add("model_revision", a.model_revision.clone());
+    add("tuner_type", a.tuner_type.clone());
+    if let Some(dir) = &a.adapters {
+        add("adapters", dir.display().to_string());
+    } else {
+        add("use_dora", a.use_dora.unwrap_or(false).to_string());
+        add("lora_rank", a.lora_rank.unwrap_or(8).to_string());
+        add("lora_alpha", a.lora_alpha.unwrap_or(32.0).to_string());
+        let targets = if a.target_modules.is_empty() { "all-linear".to_string() } else { a.target_modules.join(" ") };
+        add("target_modules", targets);
+    }
+    add("lora_dropout", a.lora_dropout.to_string());
+    add("freeze_vit", a.freeze_vit.to_string());
+    add("freeze_aligner", a.freeze_aligner.to_string());
+    add("num_train_epochs", a.num_train_epochs.to_string());
+    add("max_steps", a.max_steps.to_string());
+    add("per_device_train_batch_size", a.per_device_train_batch_size.to_string());
+    add("per_device_eval_batch_size", a.per_device_eval_batch_size.to_string());
+    if let Some(g) = a.gradient_accumulation_steps {
+        add("gradient_accumulation_steps", g.to_string());
+    }
+    add("learning_rate", a.learning_rate.to_string());
+    add("lr_scheduler_type", a.lr_scheduler_type.clone());
+    match a.warmup_steps {
+        Some(w) => add("warmup_steps", w.to_string()),
+        None => add("warmup_ratio", a.warmup_ratio.to_string()),
+    }
+    add("weight_decay", a.weight_decay.to_string());
+    add("adam_beta1", a.adam_beta1.to_string());
+    add("adam_beta2", a.adam_beta2.to_string());
+    add("adam_epsilon", a.adam_epsilon.to_string());
+    add("max_grad_norm", a.max_grad_norm.to_string());
+    if let Some(m) = a.max_length {
+        add("max_length", m.to_string());
+    }
+    add("seed", a.seed.to_string());
+    add("data_seed", a.data_seed.unwrap_or(a.seed).to_string());
+    add("save_steps", a.save_steps.to_string());
+    add("eval_steps", a.eval_steps.unwrap_or(a.save_steps).to_string());
+    add("logging_steps", a.logging_steps.to_string());
+    add("split_dataset_ratio", a.split_dataset_ratio.to_string());
+    add("dataset_shuffle", a.dataset_shuffle.to_string());
+    add("train_dataloader_shuffle", a.train_dataloader_shuffle.to_string());
+    add("torch_dtype", a.torch_dtype.clone());
+    add("gradient_checkpointing", a.gradient_checkpointing.to_string());
+    if let Some(b) = a.quant_bits {
+        add("quant_bits", b.to_string());
+    }
+    if let Some(r) = &a.resume_from_checkpoint {
+        add("resume_from_checkpoint", r.display().to_string());
+    }
+    if let Some(d) = &a.deepspeed {
+        add("deepspeed", d.clone());
+    }
+    if let Some(s) = &a.system {
+        add("system", s.clone());
+    }
+    f
+}
+
+/// `--engine swift`: the version exported, `OUT/run.sh`, and the run itself when `swift` is
+/// on the PATH, followed and recorded.
+async fn sft_swift(a: &SftArgs, actor: &str) -> anyhow::Result<()> {
+    let Some(project) = &a.project else {
+        bail!(
+            "--engine swift trains on a project's version\n  hint: a dataset file goes to ms-swift as it is: `swift sft --dataset {}`",
+            a.dataset.as_deref().unwrap_or(Path::new("FILE")).display()
+        );
+    };
+    let store = Store::open(project).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    let pb = bar();
+    let progress: Arc<dyn SftProgress> = Arc::new(Bar(pb.clone()));
+    let result = mmloop_pipeline::swift::sft_swift(
+        &store,
+        &a.version,
+        a.split.as_deref(),
+        &a.model,
+        &swift_flags(a),
+        &a.output_dir,
+        actor,
+        progress,
+        stop,
+    )
+    .await;
+    store.close();
+    pb.finish_and_clear();
+    let (prepared, ran) = result?;
+    match ran {
+        None => {
+            ui::ok(format!("exported the training data to {}", prepared.dataset.display()));
+            eprintln!("  swift is not on the PATH here; run the training where ms-swift 4 is installed:");
+            eprintln!("  {}", prepared.script.display());
+            ui::hint(
+                "pip install ms-swift; on several nodes set NNODES, NODE_RANK, MASTER_ADDR, NPROC_PER_NODE on each",
+            );
+        }
+        Some((report, run)) => {
+            print_report(&report, a, Some(run));
+        }
+    }
     Ok(())
 }

@@ -439,3 +439,93 @@ fn fine_tuning_on_the_labels_beats_the_base_model_in_eval() {
     assert_eq!(exact(&m["comparison"]["metrics_b"]), 0.0, "the base model answers none");
     assert!(ev.join("predictions.jsonl").is_file() && ev.join("predictions_base.jsonl").is_file());
 }
+
+/// `--engine swift`: the version exported as ms-swift JSONL, `run.sh` with the exact command
+/// line (and the multi-node variables), and — with a `swift` on the PATH (here a stand-in
+/// that writes what ms-swift writes) — the run followed and recorded.
+#[test]
+fn the_swift_engine_hands_the_version_to_ms_swift() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = project(tmp.path());
+    let out = tmp.path().join("big");
+    let out_s = out.display().to_string();
+    let args = [
+        "sft",
+        &p,
+        "--model",
+        "Qwen/Qwen2.5-VL-7B-Instruct",
+        "--engine",
+        "swift",
+        "--deepspeed",
+        "zero3",
+        "--lora_rank",
+        "16",
+        "--output_dir",
+        &out_s,
+    ];
+    // No swift on the PATH: prepared, not run, nothing recorded.
+    let out_run = std::process::Command::new(env!("CARGO_BIN_EXE_mmloop"))
+        .args(args)
+        .env("PATH", "/usr/bin:/bin")
+        .env("NNODES", "2")
+        .env("NODE_RANK", "0")
+        .env("MASTER_ADDR", "10.0.0.1")
+        .output()
+        .unwrap();
+    assert!(out_run.status.success(), "{}", String::from_utf8_lossy(&out_run.stderr));
+    let script = std::fs::read_to_string(out.join("run.sh")).unwrap();
+    for want in [
+        "swift \\\n    sft",
+        "--lora_rank \\\n    16",
+        "--deepspeed \\\n    zero3",
+        "--tuner_type \\\n    lora",
+        "--add_version \\\n    false",
+        "export NNODES=2",
+        "export MASTER_ADDR=10.0.0.1",
+    ] {
+        assert!(script.contains(want), "run.sh lacks {want:?}:\n{script}");
+    }
+    let rows = std::fs::read_to_string(out.join("dataset/train.jsonl")).unwrap();
+    assert_eq!(rows.lines().count(), QA.len());
+    let row: Value = serde_json::from_str(rows.lines().next().unwrap()).unwrap();
+    assert_eq!(row["messages"][1]["role"], "assistant");
+    assert!(
+        serde_json::from_str::<Value>(&ok(&["runs", &p, "--kind", "train", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A `swift` that logs two steps and writes a checkpoint, as ms-swift does.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("swift");
+    std::fs::write(
+        &fake,
+        r#"#!/bin/sh
+out=""
+while [ $# -gt 0 ]; do [ "$1" = "--output_dir" ] && out="$2"; shift; done
+mkdir -p "$out/checkpoint-2"
+echo '{"loss": 1.5, "grad_norm": 2.0, "learning_rate": 0.0001, "epoch": 0.5, "global_step/max_steps": "1/2", "train_speed(s/it)": 0.1}' >> "$out/logging.jsonl"
+echo '{"loss": 1.25, "grad_norm": 1.5, "learning_rate": 0.00005, "epoch": 1.0, "global_step/max_steps": "2/2", "train_speed(s/it)": 0.1}' >> "$out/logging.jsonl"
+echo "{\"last_model_checkpoint\": \"$out/checkpoint-2\", \"best_model_checkpoint\": null}" >> "$out/logging.jsonl"
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out2 = tmp.path().join("big2").display().to_string();
+    let mut args2 = args.to_vec();
+    *args2.last_mut().unwrap() = &out2;
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_mmloop")).args(&args2).env("PATH", &path).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let runs: Value = serde_json::from_str(&ok(&["runs", &p, "--kind", "train", "--json"])).unwrap();
+    let run = &runs.as_array().unwrap()[0];
+    assert_eq!(run["status"], "done");
+    assert_eq!(run["config"]["engine"], "swift");
+    assert_eq!(run["summary"]["global_step"], 2);
+    assert_eq!(run["summary"]["losses"], serde_json::json!([[1, 1.5], [2, 1.25]]));
+    assert!(run["summary"]["last_model_checkpoint"].as_str().unwrap().ends_with("swift/checkpoint-2"));
+}

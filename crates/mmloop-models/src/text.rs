@@ -173,12 +173,15 @@ pub struct SeqStep<'a> {
 }
 
 /// What a step returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// Logits of each sequence's last row: `[sequences, vocab]`.
     LastLogits,
-    /// Logits of every row: `[rows, vocab]` (training).
+    /// Logits of every row: `[rows, vocab]`.
     AllLogits,
+    /// Logits of these rows of the packed batch, in this order: `[rows.len(), vocab]`
+    /// (training: the rows before labelled tokens; the output head is the largest matmul).
+    Rows(Vec<u32>),
 }
 
 struct Layer {
@@ -405,6 +408,7 @@ impl TextModel {
         }
         let x = match output {
             Output::AllLogits => x,
+            Output::Rows(rows) => x.index_select(&Tensor::new(rows.as_slice(), self.device())?, 0)?,
             Output::LastLogits => {
                 let last: Vec<u32> = offsets.iter().zip(&lens).map(|(o, n)| (o + n - 1) as u32).collect();
                 x.index_select(&Tensor::new(last.as_slice(), self.device())?, 0)?

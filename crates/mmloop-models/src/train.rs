@@ -310,8 +310,8 @@ impl<'m> Trainer<'m> {
                 adapter: Some(self.slot),
             });
         }
-        let logits = model.text.forward(&mut steps, mode, Output::AllLogits)?.to_dtype(DType::F32)?;
-        // Row r predicts token r + 1 of its sequence: the rows before each labelled token.
+        // Row r predicts token r + 1 of its sequence: only the rows before labelled tokens
+        // go through the output head.
         let (mut rows, mut targets) = (Vec::new(), Vec::new());
         let mut offset = 0;
         for ex in batch {
@@ -321,14 +321,15 @@ impl<'m> Trainer<'m> {
             }
             offset += ex.input_ids.len();
         }
+        let n = rows.len();
         let dev = model.device();
-        let picked = logits.index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
+        let picked = model.text.forward(&mut steps, mode, Output::Rows(rows))?.to_dtype(DType::F32)?;
         let max = picked.max_keepdim(D::Minus1)?.detach();
         let shifted = picked.broadcast_sub(&max)?;
         let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
         let target = Tensor::new(targets.as_slice(), dev)?.unsqueeze(1)?;
         let nll = (log_z - shifted.gather(&target, 1)?)?;
-        Ok((nll.sum_all()?, rows.len()))
+        Ok((nll.sum_all()?, n))
     }
 
     /// One optimizer step over `batch`.

@@ -108,8 +108,25 @@ function routingBlock(r) {
         h('td', {}, d.warn ? h('span', { class: 'warn' }, 'error above ε: undo the run or re-audit') : ''))))) : null);
 }
 
+function trainingBlock(runs) {
+  return h('section', { class: 'stats-block', id: 'training' }, h('h2', {}, 'Training runs'),
+    runs && runs.length ? h('table', { class: 'rates', id: 'training-runs' },
+      h('thead', {}, h('tr', {}, ['run', 'status', 'model', 'data', 'steps', 'loss', 'validation loss', 'adapter', 'started']
+        .map((t) => h('th', {}, t)))),
+      h('tbody', {}, runs.map((r) => h('tr', {},
+        h('td', {}, r.engine === 'swift' ? `${r.run} (ms-swift)` : r.run), h('td', {}, r.status),
+        h('td', {}, r.model ?? '–'),
+        h('td', {}, `${r.version ?? '–'}${r.split ? ` · ${r.split}` : ''}${r.examples != null ? ` · ${r.examples} examples` : ''}`),
+        h('td', {}, r.global_step != null ? `${r.global_step} / ${r.max_steps ?? '?'}` : '–'),
+        h('td', {}, r.loss != null ? r.loss.toFixed(4) : '–'),
+        h('td', {}, r.eval_loss != null ? r.eval_loss.toFixed(4) : '–'),
+        h('td', {}, r.checkpoint ?? '–'), h('td', {}, when(r.started_at))))))
+      : h('p', { class: 'muted' }, 'No training run yet. `mmloop sft DIR --model M --version v3 --output_dir OUT` fine-tunes '
+        + 'the model on a version\'s trusted labels and records the run here.'));
+}
+
 export async function mount(root) {
-  const { project, stats: s, routing } = await get('/api/stats');
+  const { project, stats: s, routing, training } = await get('/api/stats');
   const done = s.items - s.to_review;
   const progress = s.items ? done / s.items : 0;
   root.replaceChildren(h('section', { class: 'stats' },
@@ -138,5 +155,6 @@ export async function mount(root) {
       h('p', { class: 'legend' }, 'items / hour counts time spent deciding (the sum of time to decision), not breaks.')),
     rateTable('By confidence of the model answer', s.by_confidence, 'confidence'),
     rateTable('By risk flag', s.by_flag, 'flag'),
-    routingBlock(routing)));
+    routingBlock(routing),
+    trainingBlock(training)));
 }

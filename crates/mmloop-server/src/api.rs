@@ -205,7 +205,34 @@ pub async fn stats(State(st): State<AppState>, c: Caller) -> Result<Response, Ap
     c.require(Permission::Read)?;
     let s = st.store.review_stats().await?;
     let routing = st.store.routing_stats().await?;
-    Ok(axum::Json(json!({"project": st.store.config().project.name, "stats": s, "routing": routing})).into_response())
+    let training: Vec<Value> = st.store.runs(Some("train")).await?.iter().take(20).map(training_run).collect();
+    Ok(axum::Json(
+        json!({"project": st.store.config().project.name, "stats": s, "routing": routing, "training": training}),
+    )
+    .into_response())
+}
+
+/// A training run as the stats page lists it: what it trained on, how far, how well.
+fn training_run(r: &mmloop_store::RunView) -> Value {
+    let summary = r.summary.clone().unwrap_or(Value::Null);
+    let last = |key: &str| summary[key].as_array().and_then(|a| a.last()).and_then(|p| p.get(1)).cloned();
+    json!({
+        "run": r.id,
+        "status": r.status.as_str(),
+        "actor": r.actor,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "engine": r.config.get("engine").cloned().unwrap_or(json!("mmloop")),
+        "model": r.config.get("model").cloned(),
+        "version": r.config.get("version").cloned(),
+        "split": r.config.get("split").cloned(),
+        "examples": r.config.get("examples").cloned(),
+        "global_step": summary.get("global_step").cloned(),
+        "max_steps": summary.get("max_steps").cloned(),
+        "loss": last("losses"),
+        "eval_loss": last("eval_losses"),
+        "checkpoint": summary.get("last_model_checkpoint").cloned(),
+    })
 }
 
 /// `GET /api/facets`: the values the filters can take (cached for half a minute: the

@@ -893,6 +893,34 @@ async fn queue_filters_and_risk_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_list_the_training_runs() {
+    let p = Project::new(2).await;
+    p.user("v", Role::Viewer).await;
+    let config =
+        json!({"model": "HuggingFaceTB/SmolVLM-256M-Instruct", "version": "v1", "split": "train", "examples": 2});
+    let run = p.store.start_run_on("train", "cli:t", config, Some("ab".repeat(32))).await.unwrap();
+    let summary = json!({
+        "global_step": 4, "max_steps": 4, "losses": [[1, 2.5], [4, 1.25]], "eval_losses": [[4, 1.5]],
+        "last_model_checkpoint": "runs/a/checkpoint-4",
+    });
+    p.store.finish_run(run, "cli:t", mmloop_core::RunStatus::Done, summary).await.unwrap();
+    p.store.start_run("infer", "cli:t", json!({"model": "m"})).await.unwrap();
+    let srv = Server::start(&p.store, cfg()).await;
+    let c = srv.bearer(&p.token("v").await);
+    let t = c.get("/api/stats").await.body["training"].clone();
+    assert_eq!(t.as_array().unwrap().len(), 1, "only training runs: {t}");
+    let r = &t[0];
+    assert_eq!((r["run"].as_i64(), r["status"].as_str(), r["version"].as_str()), (Some(run), Some("done"), Some("v1")));
+    assert_eq!(
+        (r["global_step"].as_u64(), r["loss"].as_f64(), r["eval_loss"].as_f64()),
+        (Some(4), Some(1.25), Some(1.5))
+    );
+    assert_eq!(r["checkpoint"], "runs/a/checkpoint-4");
+    assert_eq!(r["engine"], "mmloop");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_give_rates_by_confidence_bucket_and_flag() {
     let p = Project::new(10).await;
     p.candidates(&[
