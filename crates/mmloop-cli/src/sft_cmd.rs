@@ -55,6 +55,18 @@ impl SftProgress for Bar {
     }
 }
 
+/// A flag Ctrl-C sets: the run stops after the step in flight (ms-swift's process is ended).
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    stop
+}
+
 fn bar() -> ProgressBar {
     let pb = ProgressBar::new(0);
     pb.set_style(
@@ -183,15 +195,7 @@ pub async fn sft(a: SftArgs, actor: &str) -> anyhow::Result<()> {
         bail!("--deepspeed goes with --engine swift (the embedded trainer runs on one device)");
     }
     let opts = options(&a)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stop.store(true, Ordering::Relaxed);
-            }
-        });
-    }
+    let stop = stop_on_ctrl_c();
     let pb = bar();
     let progress: Arc<dyn SftProgress> = Arc::new(Bar(pb.clone()));
     let (report, run) = match &a.project {
@@ -419,15 +423,7 @@ async fn sft_swift(a: &SftArgs, actor: &str) -> anyhow::Result<()> {
         );
     };
     let store = Store::open(project).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                stop.store(true, Ordering::Relaxed);
-            }
-        });
-    }
+    let stop = stop_on_ctrl_c();
     let pb = bar();
     let progress: Arc<dyn SftProgress> = Arc::new(Bar(pb.clone()));
     let result = mmloop_pipeline::swift::sft_swift(
