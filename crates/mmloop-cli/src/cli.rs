@@ -254,6 +254,13 @@ pub struct SftArgs {
     /// With --engine swift: DeepSpeed ZeRO stage (zero2, zero3, ...; ms-swift's names).
     #[arg(long)]
     pub deepspeed: Option<String>,
+    /// With --engine swift: ms-swift's model type, where it cannot tell one from the checkpoint
+    /// (e.g. qwen2_vl; the embedded trainer reads the architecture from config.json).
+    #[arg(long = "model_type", alias = "model-type")]
+    pub model_type: Option<String>,
+    /// With --engine swift: ms-swift's chat template name (e.g. qwen2_vl).
+    #[arg(long)]
+    pub template: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -353,6 +353,12 @@ pub async fn export_model(a: ExportModelArgs) -> anyhow::Result<()> {
 fn swift_flags(a: &SftArgs) -> Vec<(String, String)> {
     let mut f: Vec<(String, String)> = Vec::new();
     let mut add = |k: &str, v: String| f.push((k.to_string(), v));
+    if let Some(t) = &a.model_type {
+        add("model_type", t.clone());
+    }
+    if let Some(t) = &a.template {
+        add("template", t.clone());
+    }
     add("model_revision", a.model_revision.clone());
     add("tuner_type", a.tuner_type.clone());
     if let Some(dir) = &a.adapters {
