@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::values::{
@@ -237,12 +238,19 @@ pub struct SftArgs {
     /// float32 (training runs in f32).
     #[arg(long = "torch_dtype", alias = "torch-dtype", alias = "dtype", default_value = "float32")]
     pub torch_dtype: String,
-    /// Accepted for ms-swift command lines; activations are kept (no recomputation).
-    #[arg(long = "gradient_checkpointing", alias = "gradient-checkpointing", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    /// Keep only each decoder layer's input and recompute its activations in the backward pass
+    /// (less memory, about one more forward pass of compute); false keeps every activation.
+    #[arg(long = "gradient_checkpointing", alias = "gradient-checkpointing", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub gradient_checkpointing: bool,
-    /// QLoRA: a quantized frozen base (not supported yet).
-    #[arg(long = "quant_bits", alias = "quant-bits")]
+    /// QLoRA: the frozen language model quantized at load, adapters in f32. The embedded
+    /// trainer uses GGML block formats: 8 = q8_0, 4 = q4k (q5_0 for widths that are not
+    /// multiples of 256); ms-swift uses bitsandbytes.
+    #[arg(long = "quant_bits", alias = "quant-bits", value_parser = clap::builder::PossibleValuesParser::new(["4", "8"]).map(|s| s.parse::<u8>().expect("4 or 8")))]
     pub quant_bits: Option<u8>,
+    /// The quantization library for --quant_bits, as ms-swift names it (bnb: bitsandbytes). The
+    /// embedded trainer takes bnb (or nothing) and quantizes with its own block formats.
+    #[arg(long = "quant_method", alias = "quant-method", value_parser = ["bnb", "hqq", "eetq", "quanto"])]
+    pub quant_method: Option<String>,
     /// Image features of the frozen vision tower kept in memory between epochs, in MiB.
     #[arg(long = "feature_cache_mb", default_value_t = 1024)]
     pub feature_cache_mb: usize,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
-use mmloop_pipeline::sft::{self, AdapterStart, SftOptions, SftProgress, SftReport, StepLog};
+use mmloop_pipeline::sft::{self, AdapterStart, Quant, SftOptions, SftProgress, SftReport, StepLog};
 use mmloop_store::Store;
 
 use crate::cli::{ExportModelArgs, RunsArgs, SftArgs};
@@ -85,16 +85,16 @@ fn options(a: &SftArgs) -> anyhow::Result<SftOptions> {
             "training the vision tower or the connector (--freeze_vit false / --freeze_aligner false) is not supported: adapters go on the language model\n  hint: hand large or full training to ms-swift (`swift sft`) on an exported version"
         );
     }
-    if let Some(bits) = a.quant_bits {
-        bail!(
-            "--quant_bits {bits} (QLoRA) is not supported by the embedded trainer yet\n  hint: train in f32 (the default), or with ms-swift on a GPU"
-        );
-    }
+    let quant = match (a.quant_bits, a.quant_method.as_deref()) {
+        (None, None) => None,
+        (None, Some(m)) => bail!("--quant_method {m} needs --quant_bits 4 or 8"),
+        (Some(bits), None | Some("bnb")) => Some(if bits == 4 { Quant::Q4K } else { Quant::Q8_0 }),
+        (Some(_), Some(m)) => bail!(
+            "--quant_method {m}: the embedded trainer quantizes with its own block formats (q8_0, q4k), as --quant_method bnb asks\n  hint: --quant_method bnb, or hand the run to ms-swift (--engine swift)"
+        ),
+    };
     if !matches!(a.torch_dtype.to_ascii_lowercase().as_str(), "float32" | "fp32" | "f32" | "auto") {
         bail!("--torch_dtype {}: training runs in float32\n  hint: leave out --torch_dtype", a.torch_dtype);
-    }
-    if a.gradient_checkpointing {
-        ui::warn("--gradient_checkpointing is accepted but activations are kept: memory is not reduced");
     }
     if !(0.0..1.0).contains(&a.split_dataset_ratio) {
         bail!("--split_dataset_ratio {} must be in [0, 1)", a.split_dataset_ratio);
@@ -166,6 +166,8 @@ fn options(a: &SftArgs) -> anyhow::Result<SftOptions> {
     o.train_dataloader_shuffle = a.train_dataloader_shuffle;
     o.resume_from_checkpoint = a.resume_from_checkpoint.clone();
     o.feature_cache_bytes = a.feature_cache_mb << 20;
+    o.quant = quant;
+    o.gradient_checkpointing = a.gradient_checkpointing;
     o.args_json = serde_json::to_value(a)?;
     Ok(o)
 }
@@ -405,6 +407,8 @@ fn swift_flags(a: &SftArgs) -> Vec<(String, String)> {
     add("torch_dtype", a.torch_dtype.clone());
     add("gradient_checkpointing", a.gradient_checkpointing.to_string());
     if let Some(b) = a.quant_bits {
+        // ms-swift quantizes only with a --quant_method; bitsandbytes is its QLoRA default.
+        add("quant_method", a.quant_method.clone().unwrap_or_else(|| "bnb".into()));
         add("quant_bits", b.to_string());
     }
     if let Some(r) = &a.resume_from_checkpoint {

@@ -275,13 +275,60 @@ fn bad_input_is_refused_with_a_reason() {
     let e =
         fails(&["sft", &p, "--model", &fixture(), "--output_dir", &out, "--adapters", &adapter_s, "--lora_rank", "16"]);
     assert!(e.contains("disagrees"), "{e}");
-    let e = fails(&["sft", &p, "--model", &fixture(), "--output_dir", &out, "--quant_bits", "4"]);
-    assert!(e.contains("QLoRA"), "{e}");
+    let e = fails(&["sft", &p, "--model", &fixture(), "--output_dir", &out, "--quant_bits", "3"]);
+    assert!(e.contains("possible values: 4, 8"), "{e}");
+    let e =
+        fails(&["sft", &p, "--model", &fixture(), "--output_dir", &out, "--quant_bits", "4", "--quant_method", "hqq"]);
+    assert!(e.contains("block formats"), "{e}");
     // A file without answers; both a project and a file.
     let e = fails(&["sft", "--dataset", &file.display().to_string(), "--model", &fixture(), "--output_dir", &out]);
     assert!(e.contains("no record has an answer"), "{e}");
     let e = fails(&["sft", &p, "--dataset", &file.display().to_string(), "--model", &fixture(), "--output_dir", &out]);
     assert!(e.contains("not both"), "{e}");
+}
+
+/// Examples longer than `--max_length` are left out (all of them: an error saying so), and an
+/// image that is gone since the import is named.
+#[test]
+fn too_long_examples_and_missing_images_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = project(tmp.path());
+    let out = tmp.path().join("o").display().to_string();
+    let e = fails(&["sft", &p, "--model", &fixture(), "--output_dir", &out, "--max_length", "8"]);
+    assert!(e.contains("longer than --max_length 8"), "{e}");
+    let gone = std::fs::read_dir(tmp.path().join("imgs")).unwrap().next().unwrap().unwrap().path();
+    std::fs::remove_file(&gone).unwrap();
+    let e = fails(&["sft", &p, "--model", &fixture(), "--output_dir", &out]);
+    let name = gone.file_name().unwrap().to_str().unwrap();
+    assert!(e.contains(name), "the missing image is named: {e}");
+}
+
+/// `--quant_bits 4 --quant_method bnb` (ms-swift's QLoRA flags): the base is quantized, the
+/// losses stay near the full-precision run's without equalling them, and the run records it.
+#[test]
+fn qlora_trains_on_a_quantized_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = project(tmp.path());
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let out_s = out.display().to_string();
+        let mut args = vec!["sft".to_string(), p.clone()];
+        let mut flags = vec!["--max_steps", "3", "--save_steps", "3"];
+        flags.extend(extra);
+        args.extend(train_args(&out_s, &flags));
+        run_ok(&args);
+        (losses(&log_lines(&out)), out)
+    };
+    let (full, _) = run("f32", &[]);
+    let (quant, out) = run("q4", &["--quant_bits", "4", "--quant_method", "bnb"]);
+    assert_eq!(quant.len(), 3);
+    for ((_, q), (_, f)) in quant.iter().zip(&full) {
+        assert!(q != f && (q - f).abs() < 0.05 * f, "QLoRA loss {q} against {f} in f32");
+    }
+    let args: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint-3/args.json")).unwrap()).unwrap();
+    assert_eq!(args["quant_bits"], 4);
+    assert!(out.join("checkpoint-3/adapter_model.safetensors").is_file());
 }
 
 /// Greedy answers and their log-probabilities of `mmloop infer` for `images`.

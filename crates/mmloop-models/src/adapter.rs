@@ -263,7 +263,7 @@ impl PeftAdapter {
             let a = Tensor::from_vec(a, (r, inp), &Device::Cpu)?;
             let b = Tensor::zeros((out, r), DType::F32, &Device::Cpu)?;
             let magnitude = if config.use_dora {
-                Some(layer.weight.to_dtype(DType::F32)?.sqr()?.sum(1)?.sqrt()?.to_device(&Device::Cpu)?)
+                Some(layer.weight()?.to_dtype(DType::F32)?.sqr()?.sum(1)?.sqrt()?.to_device(&Device::Cpu)?)
             } else {
                 None
             };
@@ -300,7 +300,7 @@ impl PeftAdapter {
                     m.b.dims()
                 )));
             }
-            let (dev, dt) = (layer.weight.device(), layer.weight.dtype());
+            let (dev, dt) = (&layer.device(), layer.dtype());
             let lora = LoraWeights::new(
                 m.a.to_device(dev)?.to_dtype(dt)?,
                 m.b.to_device(dev)?.to_dtype(dt)?,

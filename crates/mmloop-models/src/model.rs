@@ -195,15 +195,12 @@ impl VlModel {
             Family::Qwen3Vl => Vision::Qwen3(qwen3_vl::Vision::load(&w, &config, hidden)?),
             Family::Idefics3 => Vision::Idefics3(idefics3::Vision::load(&w, &config, hidden)?),
         };
-        let mut text = TextModel::load(&w, text_cfg)?;
-        if let Some(q) = opts.quant {
-            if !opts.device.is_cpu() && !opts.device.is_cuda() && !opts.device.is_metal() {
-                return Err(Error::Unsupported("quantization on this device".into()));
-            }
-            for l in text.linears_mut() {
-                l.quantize(q.ggml())?;
-            }
+        if opts.quant.is_some() && !opts.device.is_cpu() && !opts.device.is_cuda() && !opts.device.is_metal() {
+            return Err(Error::Unsupported("quantization on this device".into()));
         }
+        // Adapters merged at load go into the full-precision weights, quantized afterwards.
+        let merge_first = opts.merge_adapters && !opts.adapters.is_empty();
+        let text = TextModel::load(&w, text_cfg, opts.quant.filter(|_| !merge_first).map(Quant::ggml))?;
         let model = VlModel {
             family,
             dir: dir.to_path_buf(),
@@ -222,6 +219,11 @@ impl VlModel {
         }
         if opts.merge_adapters {
             model.merge_adapters()?;
+        }
+        if let Some(q) = opts.quant.filter(|_| merge_first) {
+            for l in model.text.linears_mut() {
+                l.quantize(q.ggml())?;
+            }
         }
         Ok(model)
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Module, Shape, Tensor};
 
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -138,12 +138,35 @@ impl LoraWeights {
     }
 }
 
+/// A linear layer's weight `[out, in]`: full precision, or quantized in GGML blocks with the
+/// full-precision tensor dropped (what makes QLoRA's base small).
+#[derive(Clone)]
+enum Weight {
+    Dense(Tensor),
+    Quantized {
+        q: Arc<QTensor>,
+        /// Inference's quantized matmul over `q`.
+        mm: QMatMul,
+        /// The dtype the layer computes in (the dequantized weight's).
+        dtype: DType,
+    },
+}
+
+impl Weight {
+    /// The full-precision weight (dequantized on each call when quantized).
+    fn dense(&self) -> candle_core::Result<Tensor> {
+        match self {
+            Weight::Dense(w) => Ok(w.clone()),
+            Weight::Quantized { q, dtype, .. } => q.dequantize(&q.device())?.to_dtype(*dtype),
+        }
+    }
+}
+
 /// A linear layer `y = xWᵀ + b`, addressable by its module path.
 pub struct Linear {
     pub path: String,
-    pub weight: Tensor,
+    weight: Weight,
     pub bias: Option<Tensor>,
-    quantized: Option<QMatMul>,
     /// Adapter slots (index = adapter id of the model); `None` where the adapter does not
     /// touch this layer.
     adapters: RwLock<Vec<Option<Arc<LoraWeights>>>>,
@@ -151,7 +174,7 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(path: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> Linear {
-        Linear { path: path.into(), weight, bias, quantized: None, adapters: RwLock::new(Vec::new()) }
+        Linear { path: path.into(), weight: Weight::Dense(weight), bias, adapters: RwLock::new(Vec::new()) }
     }
 
     /// `path.weight` `[out, in]` and, when `bias`, `path.bias` `[out]`.
@@ -161,27 +184,90 @@ impl Linear {
         Ok(Linear::new(path, weight, bias))
     }
 
+    fn dims(&self) -> (usize, usize) {
+        let d = match &self.weight {
+            Weight::Dense(w) => w.dims(),
+            Weight::Quantized { q, .. } => q.shape().dims(),
+        };
+        (d[0], d[1])
+    }
+
     pub fn in_dim(&self) -> usize {
-        self.weight.dims()[1]
+        self.dims().1
     }
 
     pub fn out_dim(&self) -> usize {
-        self.weight.dims()[0]
+        self.dims().0
     }
 
-    /// Quantizes the weight for inference (`q8_0`, `q4k`); a layer whose input width is not a
-    /// multiple of the format's block stays in full precision (returns false).
-    pub fn quantize(&mut self, dtype: GgmlDType) -> Result<bool> {
-        if !self.in_dim().is_multiple_of(dtype.block_size()) {
-            return Ok(false);
+    /// The weight `[out, in]` in full precision; a quantized layer dequantizes it (a new tensor
+    /// each call).
+    pub fn weight(&self) -> Result<Tensor> {
+        Ok(self.weight.dense()?)
+    }
+
+    pub fn device(&self) -> candle_core::Device {
+        match &self.weight {
+            Weight::Dense(w) => w.device().clone(),
+            Weight::Quantized { q, .. } => q.device(),
         }
-        let q = QTensor::quantize(&self.weight.to_dtype(DType::F32)?, dtype)?;
-        self.quantized = Some(QMatMul::from_qtensor(q)?);
+    }
+
+    /// The dtype the layer computes in.
+    pub fn dtype(&self) -> DType {
+        match &self.weight {
+            Weight::Dense(w) => w.dtype(),
+            Weight::Quantized { dtype, .. } => *dtype,
+        }
+    }
+
+    /// Quantizes the weight (`q8_0`, `q4k`) and drops the full-precision tensor. k-quants work
+    /// on rows of 256: a layer of another width takes llama.cpp's fallback (`q4k` → `q5_0`,
+    /// `q5k` → `q5_1`, `q6k` → `q8_0`); one no format fits stays in full precision (returns
+    /// false). Inference runs candle's quantized matmul; training dequantizes the frozen weight
+    /// on the fly, forward and backward, as QLoRA does.
+    pub fn quantize(&mut self, dtype: GgmlDType) -> Result<bool> {
+        let Weight::Dense(w) = &self.weight else { return Ok(true) };
+        let fits = |d: GgmlDType| self.in_dim().is_multiple_of(d.block_size());
+        let fallback = match dtype {
+            GgmlDType::Q4K => Some(GgmlDType::Q5_0),
+            GgmlDType::Q5K => Some(GgmlDType::Q5_1),
+            GgmlDType::Q6K => Some(GgmlDType::Q8_0),
+            _ => None,
+        };
+        let Some(dtype) = Some(dtype).filter(|&d| fits(d)).or(fallback.filter(|&d| fits(d))) else {
+            return Ok(false);
+        };
+        let q = Arc::new(QTensor::quantize(&w.to_dtype(DType::F32)?, dtype)?);
+        self.weight = Weight::Quantized { mm: QMatMul::from_arc(q.clone())?, q, dtype: w.dtype() };
         Ok(true)
     }
 
+    /// The GGML format of a quantized layer's weight.
+    pub fn quant_format(&self) -> Option<GgmlDType> {
+        match &self.weight {
+            Weight::Dense(_) => None,
+            Weight::Quantized { q, .. } => Some(q.dtype()),
+        }
+    }
+
+    /// Replaces the weight with a full-precision `[out, in]` tensor of the same shape.
+    pub fn set_weight(&mut self, weight: Tensor) -> Result<()> {
+        if weight.dims() != [self.out_dim(), self.in_dim()] {
+            return Err(Error::Load(format!(
+                "{}: weight of shape {:?} for a {}×{} layer",
+                self.path,
+                weight.dims(),
+                self.out_dim(),
+                self.in_dim()
+            )));
+        }
+        self.weight = Weight::Dense(weight);
+        Ok(())
+    }
+
     pub fn is_quantized(&self) -> bool {
-        self.quantized.is_some()
+        self.quant_format().is_some()
     }
 
     /// Puts `lora` in adapter slot `slot` (replacing what was there).
@@ -197,30 +283,32 @@ impl Linear {
         self.adapters.read().expect("adapter lock").get(slot).cloned().flatten()
     }
 
-    /// Folds adapter `slot` into the weight (PEFT's merge) and removes it.
+    /// Folds adapter `slot` into the weight (PEFT's merge) and removes it; a quantized layer
+    /// becomes a full-precision one.
     pub fn merge_adapter(&mut self, slot: usize) -> Result<()> {
         let Some(l) = self.adapter(slot) else { return Ok(()) };
-        let merged = (&self.weight + l.delta()?)?;
-        self.weight = match &l.magnitude {
+        let weight = self.weight()?;
+        let merged = (&weight + l.delta()?)?;
+        let merged = match &l.magnitude {
             None => merged,
             Some(m) => {
-                let g = (m / l.weight_norm(&self.weight, Mode::Train)?)?;
+                let g = (m / l.weight_norm(&weight, Mode::Train)?)?;
                 merged.broadcast_mul(&g.unsqueeze(1)?)?
             }
         };
-        self.quantized = None;
+        self.weight = Weight::Dense(merged);
         self.set_adapter(slot, None);
         Ok(())
     }
 
     fn base(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        match &self.quantized {
-            Some(q) => Ok(q.forward(x)?),
-            None if mode == Mode::Train && x.track_op() && x.device().is_cpu() => {
-                let y = x.detach().matmul(&self.weight.t()?)?;
-                Ok(x.apply_op2(&y, FrozenMatmul { weight: self.weight.clone() })?)
+        match (&self.weight, mode) {
+            (Weight::Quantized { mm, .. }, Mode::Infer) => Ok(mm.forward(x)?),
+            (w, Mode::Train) if x.track_op() && x.device().is_cpu() => {
+                let y = x.detach().matmul(&w.dense()?.t()?)?;
+                Ok(x.apply_op1(FrozenMatmul { weight: w.clone(), product: Handover::new(y) })?)
             }
-            None => Ok(x.matmul(&self.weight.t()?)?),
+            (w, _) => Ok(x.matmul(&w.dense()?.t()?)?),
         }
     }
 
@@ -258,11 +346,12 @@ impl Linear {
     fn adapted(&self, x: &Tensor, base: &Tensor, l: &LoraWeights, mode: Mode) -> Result<Tensor> {
         let dropped = if mode == Mode::Train { l.drop(x, &self.path)? } else { None };
         let xd = dropped.as_ref().unwrap_or(x);
-        let lora = (xd.matmul(&l.a.t()?)?.matmul(&l.b.t()?)? * l.scale)?;
+        // The scale goes on the rank-r product, the smallest tensor of the chain.
+        let lora = (xd.matmul(&l.a.t()?)? * l.scale)?.matmul(&l.b.t()?)?;
         match &l.magnitude {
             None => Ok((base + lora)?),
             Some(m) => {
-                let g = (m / l.weight_norm(&self.weight, mode)?)?;
+                let g = (m / l.weight_norm(&self.weight()?, mode)?)?;
                 match &dropped {
                     None => Ok((base + lora)?.broadcast_mul(&g)?),
                     Some(xd) => {
@@ -278,46 +367,49 @@ impl Linear {
 /// `xWᵀ` for a frozen `W` on the training path: autograd gets the input's gradient
 /// (`grad · W`) and nothing else. candle's matmul backward would also compute `xᵀ · grad`, the
 /// weight's gradient, and keep a `[out, in]` tensor per layer until the step ends, which
-/// nothing reads. The op's second operand is `xWᵀ` computed outside the graph; the forward
-/// passes it through.
+/// nothing reads. The product is computed outside the graph and handed to the op, which the
+/// graph keeps with its input only. A quantized weight is dequantized again for the backward
+/// pass (QLoRA's way: the full-precision tensor exists one layer at a time).
 struct FrozenMatmul {
-    /// `[out, in]`
-    weight: Tensor,
+    weight: Weight,
+    product: Handover,
 }
 
-impl CustomOp2 for FrozenMatmul {
+impl CustomOp1 for FrozenMatmul {
     fn name(&self) -> &'static str {
         "frozen-matmul"
     }
 
-    fn cpu_fwd(
-        &self,
-        _x: &CpuStorage,
-        _x_layout: &Layout,
-        y: &CpuStorage,
-        y_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = y_layout.contiguous_offsets() else {
-            candle_core::bail!("frozen-matmul: the product is not contiguous")
-        };
-        let out = match y {
-            CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
-            CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
-            CpuStorage::BF16(v) => CpuStorage::BF16(v[start..end].to_vec()),
-            CpuStorage::F16(v) => CpuStorage::F16(v[start..end].to_vec()),
-            _ => candle_core::bail!("frozen-matmul: the product is not a float tensor"),
-        };
-        Ok((out, y_layout.shape().clone()))
+    fn cpu_fwd(&self, _x: &CpuStorage, _layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.product.take("frozen-matmul")
     }
 
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _y: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(&self.weight)?), None))
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight.dense()?)?))
+    }
+}
+
+/// A result computed outside the autograd graph, handed to a custom op's forward pass once
+/// (so the graph does not keep a second copy of it as an operand).
+struct Handover(std::sync::Mutex<Option<Tensor>>);
+
+impl Handover {
+    fn new(t: Tensor) -> Handover {
+        Handover(std::sync::Mutex::new(Some(t)))
+    }
+
+    fn take(&self, op: &str) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some(t) = self.0.lock().expect("handover").take() else { candle_core::bail!("{op}: the op ran twice") };
+        let shape = t.shape().clone();
+        let flat = t.flatten_all()?;
+        let storage = match t.dtype() {
+            DType::F32 => CpuStorage::F32(flat.to_vec1()?),
+            DType::F64 => CpuStorage::F64(flat.to_vec1()?),
+            DType::BF16 => CpuStorage::BF16(flat.to_vec1()?),
+            DType::F16 => CpuStorage::F16(flat.to_vec1()?),
+            other => candle_core::bail!("{op}: {other:?} is not a float dtype"),
+        };
+        Ok((storage, shape))
     }
 }
 
@@ -461,6 +553,85 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&T
     Ok(softmax_last(&scores, mode)?.matmul(v)?)
 }
 
+/// Causal attention for training: `q` `[groups, rep·n, d]` (the `rep` query heads that share a
+/// key head, each `n` rows), `k`, `v` `[groups, total, d]`; query row `i` of a head sees keys up
+/// to `total − n + i`. Autograd would keep every head's `[n, total]` scores and probabilities
+/// (several copies each) until the backward pass — O(n²) per layer, tens of GiB for a batch
+/// of tiled images. This is one op that keeps only its inputs and output and recomputes the
+/// probabilities in its backward pass, as flash attention does.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, n: usize, scale: f64, mode: Mode) -> Result<Tensor> {
+    let (groups, rows, d) = q.dims3()?;
+    let total = k.dim(1)?;
+    let rep = rows / n;
+    let mask = causal_mask(n, total, q.device())?.to_dtype(q.dtype())?;
+    let probs = |q: &Tensor, k: &Tensor| -> candle_core::Result<Tensor> {
+        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((groups, rep, n, total))?;
+        crate::kernels::softmax_last_dim(&scores.broadcast_add(&mask)?)?.reshape((groups, rows, total))
+    };
+    let train = mode == Mode::Train && q.device().is_cpu() && q.dtype() == DType::F32;
+    if !train || !(q.track_op() || k.track_op() || v.track_op()) {
+        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((groups, rep, n, total))?;
+        let p = softmax_last(&scores.broadcast_add(&mask)?, mode)?.reshape((groups, rows, total))?;
+        return Ok(p.matmul(v)?);
+    }
+    let out = probs(&q.detach(), &k.detach())?.matmul(&v.detach())?;
+    debug_assert_eq!(out.dims(), [groups, rows, d]);
+    let op = CausalAttention { out: Handover::new(out), mask, n, scale };
+    Ok(q.apply_op3(k, v, op)?)
+}
+
+/// [`causal_attention`]'s op: the output computed outside the graph is handed over in the
+/// forward pass; the backward pass recomputes `P = softmax(q·kᵀ·scale + mask)` and returns
+/// `dq = dS·k·scale`, `dk = dSᵀ·q·scale`, `dv = Pᵀ·dO` with `dS = P ⊙ (dO·vᵀ − rowsum(dO ⊙ O))`.
+struct CausalAttention {
+    out: Handover,
+    /// `[n, total]`
+    mask: Tensor,
+    n: usize,
+    scale: f64,
+}
+
+impl candle_core::CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _q: &CpuStorage,
+        _ql: &Layout,
+        _k: &CpuStorage,
+        _kl: &Layout,
+        _v: &CpuStorage,
+        _vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.out.take("causal-attention")
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v, out, grad) = (q.detach(), k.detach(), v.detach(), out.detach(), grad.detach());
+        let (groups, rows, _) = q.dims3()?;
+        let total = k.dim(1)?;
+        let rep = rows / self.n;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?.reshape((groups, rep, self.n, total))?;
+        let p = crate::kernels::softmax_last_dim(&scores.broadcast_add(&self.mask)?)?.reshape((groups, rows, total))?;
+        let dv = p.t()?.matmul(&grad)?;
+        let dp = grad.matmul(&v.t()?)?;
+        let delta = (&grad * &out)?.sum_keepdim(D::Minus1)?;
+        let ds = (p * dp.broadcast_sub(&delta)?)?;
+        let dq = (ds.matmul(&k)? * self.scale)?;
+        let dk = (ds.t()?.matmul(&q)? * self.scale)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
 /// Non-causal attention within each segment of `lens` rows (one image, one window): `q`,
 /// `k`, `v` are `[heads, rows, d]`; returns `[rows, heads·d]`.
 pub fn segment_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], scale: f64, mode: Mode) -> Result<Tensor> {
@@ -508,6 +679,43 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The attention op that recomputes its probabilities in the backward pass gives autograd's
+    /// output and gradients (grouped heads, keys before the queries' own rows).
+    #[test]
+    fn causal_attention_matches_autograd() {
+        use candle_core::Var;
+        let (groups, rep, n, total, d) = (2, 3, 5, 7, 4);
+        let q = Var::from_tensor(&rand(&[groups, rep * n, d], 3)).unwrap();
+        let k = Var::from_tensor(&rand(&[groups, total, d], 4)).unwrap();
+        let v = Var::from_tensor(&rand(&[groups, total, d], 5)).unwrap();
+        let w = rand(&[groups, rep * n, d], 6);
+        let fused = causal_attention(&q, &k, &v, n, 0.5, Mode::Train).unwrap();
+        let plain = {
+            let scores = (q.matmul(&k.t().unwrap()).unwrap() * 0.5).unwrap().reshape((groups, rep, n, total)).unwrap();
+            let mask = causal_mask(n, total, &Device::Cpu).unwrap();
+            let p = softmax_last(&scores.broadcast_add(&mask).unwrap(), Mode::Train).unwrap();
+            p.reshape((groups, rep * n, total)).unwrap().matmul(&v).unwrap()
+        };
+        assert!(max_diff(&fused, &plain) < 1e-6);
+        let gf = (&fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (&plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
+            let (a, b) = (gf.get(t.as_tensor()).unwrap(), gp.get(t.as_tensor()).unwrap());
+            assert!(max_diff(a, b) < 1e-5, "d{name}: {}", max_diff(a, b));
+        }
+        // Inference takes the same numbers without the op.
+        let infer = causal_attention(
+            &q.as_tensor().detach(),
+            &k.as_tensor().detach(),
+            &v.as_tensor().detach(),
+            n,
+            0.5,
+            Mode::Infer,
+        )
+        .unwrap();
+        assert!(max_diff(&infer, &plain) < 1e-6);
     }
 
     /// The fused inference kernels and the differentiable training ops agree.

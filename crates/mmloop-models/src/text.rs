@@ -10,9 +10,10 @@
 //! Positions are three numbers per token (temporal, height, width): M-RoPE for the Qwen VL
 //! families, the same number three times for plain 1-D rope.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, IndexOp, Tensor};
 
-use crate::nn::{Act, Ctx, Embedding, Linear, Mode, RmsNorm, Span, attention, causal_mask, rope};
+use crate::nn::{Act, Ctx, Embedding, Linear, Mode, RmsNorm, Span, attention, causal_attention, rope};
 use crate::weights::Weights;
 use crate::{Error, Result};
 
@@ -172,6 +173,32 @@ pub struct SeqStep<'a> {
     pub adapter: Option<usize>,
 }
 
+/// A packed step's input rows and what every decoder layer reads besides them.
+pub(crate) struct Packed {
+    /// `[rows, hidden]`: every sequence's embeddings, in order.
+    pub x: Tensor,
+    lens: Vec<usize>,
+    offsets: Vec<usize>,
+    cos: Tensor,
+    sin: Tensor,
+    /// Deepstack rows (packed coordinates) and their features per layer.
+    deepstack: Vec<(Tensor, Vec<Tensor>)>,
+    spans: Vec<Span>,
+    mode: Mode,
+}
+
+impl Packed {
+    fn ctx(&self) -> Ctx<'_> {
+        let adapted = self.spans.iter().any(|s| s.adapter.is_some());
+        Ctx { mode: self.mode, spans: if adapted { &self.spans } else { &[] } }
+    }
+
+    /// Sequences in the step.
+    pub fn sequences(&self) -> usize {
+        self.lens.len()
+    }
+}
+
 /// What a step returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
@@ -208,7 +235,9 @@ pub struct TextModel {
 }
 
 impl TextModel {
-    pub fn load(w: &Weights, cfg: TextConfig) -> Result<TextModel> {
+    /// Loads the language model; with `quant`, each decoder layer's linear layers are quantized
+    /// as soon as the layer is read, so the full-precision model never sits in memory whole.
+    pub fn load(w: &Weights, cfg: TextConfig, quant: Option<GgmlDType>) -> Result<TextModel> {
         let p = cfg.prefix.clone();
         let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let embed = Embedding { weight: w.get(&format!("{p}.embed_tokens.weight"), &[cfg.vocab_size, h])? };
@@ -235,6 +264,19 @@ impl TextModel {
                 up: Linear::load(w, &format!("{lp}.mlp.up_proj"), h, i, false)?,
                 down: Linear::load(w, &format!("{lp}.mlp.down_proj"), i, h, false)?,
             });
+            if let (Some(q), Some(layer)) = (quant, layers.last_mut()) {
+                for l in [
+                    &mut layer.q,
+                    &mut layer.k,
+                    &mut layer.v,
+                    &mut layer.o,
+                    &mut layer.gate,
+                    &mut layer.up,
+                    &mut layer.down,
+                ] {
+                    l.quantize(q)?;
+                }
+            }
         }
         let norm = RmsNorm::load(w, &format!("{p}.norm"), h, cfg.rms_norm_eps)?;
         let lm_head = match w.maybe("lm_head.weight", &[cfg.vocab_size, h])? {
@@ -324,19 +366,29 @@ impl TextModel {
     }
 
     /// One packed step over `seqs`; the caches grow by each sequence's rows.
-    pub fn forward(&self, seqs: &mut [SeqStep], ctx_mode: Mode, output: Output) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let (heads, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+    pub fn forward(&self, seqs: &mut [SeqStep], mode: Mode, output: Output) -> Result<Tensor> {
+        let packed = self.pack(seqs, mode)?;
+        let mut x = packed.x.clone();
+        for li in 0..self.layers.len() {
+            let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
+            x = self.layer(li, &x, &packed, &mut caches)?;
+        }
+        for (s, n) in seqs.iter_mut().zip(&packed.lens) {
+            s.cache.commit(*n);
+        }
+        self.head(&x, &packed, output)
+    }
+
+    /// The rows of `seqs` packed into one `[rows, hidden]` input, with what every layer reads.
+    pub(crate) fn pack(&self, seqs: &[SeqStep], mode: Mode) -> Result<Packed> {
         let lens: Vec<usize> = seqs.iter().map(|s| s.positions.len()).collect();
-        let rows: usize = lens.iter().sum();
         for (s, n) in seqs.iter().zip(&lens) {
             if s.embeds.dim(0)? != *n {
                 return Err(Error::Input(format!("{} embeddings for {n} positions", s.embeds.dim(0)?)));
             }
         }
         let spans: Vec<Span> = seqs.iter().map(|s| Span { rows: s.positions.len(), adapter: s.adapter }).collect();
-        let ctx = Ctx { mode: ctx_mode, spans: if spans.iter().all(|s| s.adapter.is_none()) { &[] } else { &spans } };
-        let mut x = Tensor::cat(&seqs.iter().map(|s| s.embeds.clone()).collect::<Vec<_>>(), 0)?;
+        let x = Tensor::cat(&seqs.iter().map(|s| s.embeds.clone()).collect::<Vec<_>>(), 0)?;
         let positions: Vec<[i64; 3]> = seqs.iter().flat_map(|s| s.positions.iter().copied()).collect();
         let (cos, sin) = self.rope_tables(&positions, x.dtype())?;
         let offsets: Vec<usize> = lens
@@ -355,67 +407,72 @@ impl TextModel {
                 deepstack.push((Tensor::new(rows.as_slice(), self.device())?, d.features.clone()));
             }
         }
+        Ok(Packed { x, lens, offsets, cos, sin, deepstack, spans, mode })
+    }
+
+    /// Decoder layer `li` over the packed rows `x`; each sequence's keys and values go into
+    /// its cache (`caches` in sequence order).
+    pub(crate) fn layer(&self, li: usize, x: &Tensor, p: &Packed, caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let layer = &self.layers[li];
+        let (heads, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let rows = x.dim(0)?;
+        let ctx = p.ctx();
         let scale = 1.0 / (hd as f64).sqrt();
-        for (li, layer) in self.layers.iter().enumerate() {
-            let residual = x.clone();
-            let h = layer.input_norm.forward(&x, ctx.mode)?;
-            let q = layer.q.forward(&h, &ctx)?.reshape((rows, heads, hd))?;
-            let k = layer.k.forward(&h, &ctx)?.reshape((rows, kvh, hd))?;
-            let v = layer.v.forward(&h, &ctx)?.reshape((rows, kvh, hd))?;
-            let (q, k) = match (&layer.q_norm, &layer.k_norm) {
-                (Some(qn), Some(kn)) => (qn.forward(&q, ctx.mode)?, kn.forward(&k, ctx.mode)?),
-                _ => (q, k),
+        let residual = x.clone();
+        let h = layer.input_norm.forward(x, ctx.mode)?;
+        let q = layer.q.forward(&h, &ctx)?.reshape((rows, heads, hd))?;
+        let k = layer.k.forward(&h, &ctx)?.reshape((rows, kvh, hd))?;
+        let v = layer.v.forward(&h, &ctx)?.reshape((rows, kvh, hd))?;
+        let (q, k) = match (&layer.q_norm, &layer.k_norm) {
+            (Some(qn), Some(kn)) => (qn.forward(&q, ctx.mode)?, kn.forward(&k, ctx.mode)?),
+            _ => (q, k),
+        };
+        // [1, heads, rows, d] for the rotary kernel.
+        let q = rope(&q.transpose(0, 1)?.unsqueeze(0)?, &p.cos, &p.sin, ctx.mode)?.squeeze(0)?;
+        let k = rope(&k.transpose(0, 1)?.unsqueeze(0)?, &p.cos, &p.sin, ctx.mode)?.squeeze(0)?;
+        let v = v.transpose(0, 1)?;
+        let mut outs = Vec::with_capacity(caches.len());
+        for (si, cache) in caches.iter_mut().enumerate() {
+            let (off, n) = (p.offsets[si], p.lens[si]);
+            let qi = q.narrow(1, off, n)?;
+            let (ks, vs) = cache.append(li, &k.narrow(1, off, n)?, &v.narrow(1, off, n)?, ctx.mode)?;
+            let rep = heads / kvh;
+            let qg = qi.contiguous()?.reshape((kvh, rep * n, hd))?;
+            let o = if n > 1 {
+                causal_attention(&qg, &ks, &vs.contiguous()?, n, scale, ctx.mode)?
+            } else {
+                attention(&qg, &ks, &vs.contiguous()?, scale, None, ctx.mode)?
             };
-            // [1, heads, rows, d] for the rotary kernel.
-            let q = rope(&q.transpose(0, 1)?.unsqueeze(0)?, &cos, &sin, ctx.mode)?.squeeze(0)?;
-            let k = rope(&k.transpose(0, 1)?.unsqueeze(0)?, &cos, &sin, ctx.mode)?.squeeze(0)?;
-            let v = v.transpose(0, 1)?;
-            let mut outs = Vec::with_capacity(seqs.len());
-            for (si, s) in seqs.iter_mut().enumerate() {
-                let (off, n) = (offsets[si], lens[si]);
-                let qi = q.narrow(1, off, n)?;
-                let (ks, vs) = s.cache.append(li, &k.narrow(1, off, n)?, &v.narrow(1, off, n)?, ctx.mode)?;
-                let total = ks.dim(1)?;
-                let rep = heads / kvh;
-                let qg = qi.contiguous()?.reshape((kvh, rep * n, hd))?;
-                let mask = if n > 1 { Some(causal_mask(n, total, self.device())?.to_dtype(x.dtype())?) } else { None };
-                let o = match &mask {
-                    Some(m) => {
-                        let scores = (qg.matmul(&ks.t()?)? * scale)?.reshape((kvh, rep, n, total))?;
-                        let p = crate::nn::softmax_last(&scores.broadcast_add(m)?, ctx.mode)?;
-                        p.reshape((kvh, rep * n, total))?.matmul(&vs.contiguous()?)?
-                    }
-                    None => attention(&qg, &ks, &vs.contiguous()?, scale, None, ctx.mode)?,
-                };
-                // [kvh, rep*n, d] → [heads, n, d] → [n, heads*d]
-                outs.push(o.reshape((heads, n, hd))?.transpose(0, 1)?.reshape((n, heads * hd))?);
-            }
-            let attn = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? };
-            x = (residual + layer.o.forward(&attn, &ctx)?)?;
-            let residual = x.clone();
-            let h = layer.post_norm.forward(&x, ctx.mode)?;
-            let mlp =
-                (cfg.hidden_act.forward(&layer.gate.forward(&h, &ctx)?, ctx.mode)? * layer.up.forward(&h, &ctx)?)?;
-            x = (residual + layer.down.forward(&mlp, &ctx)?)?;
-            for (rows_t, feats) in &deepstack {
-                if let Some(f) = feats.get(li) {
-                    x = x.index_add(rows_t, f, 0)?;
-                }
+            // [kvh, rep*n, d] → [heads, n, d] → [n, heads*d]
+            outs.push(o.reshape((heads, n, hd))?.transpose(0, 1)?.reshape((n, heads * hd))?);
+        }
+        let attn = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? };
+        let x = (residual + layer.o.forward(&attn, &ctx)?)?;
+        let residual = x.clone();
+        let h = layer.post_norm.forward(&x, ctx.mode)?;
+        let mlp = (cfg.hidden_act.forward(&layer.gate.forward(&h, &ctx)?, ctx.mode)? * layer.up.forward(&h, &ctx)?)?;
+        let mut x = (residual + layer.down.forward(&mlp, &ctx)?)?;
+        for (rows_t, feats) in &p.deepstack {
+            if let Some(f) = feats.get(li) {
+                x = x.index_add(rows_t, f, 0)?;
             }
         }
-        for (s, n) in seqs.iter_mut().zip(&lens) {
-            s.cache.commit(*n);
-        }
+        Ok(x)
+    }
+
+    /// The final norm and the output head over the rows `output` names of the last layer's `x`.
+    pub(crate) fn head(&self, x: &Tensor, p: &Packed, output: Output) -> Result<Tensor> {
         let x = match output {
-            Output::AllLogits => x,
+            Output::AllLogits => x.clone(),
             Output::Rows(rows) => x.index_select(&Tensor::new(rows.as_slice(), self.device())?, 0)?,
             Output::LastLogits => {
-                let last: Vec<u32> = offsets.iter().zip(&lens).map(|(o, n)| (o + n - 1) as u32).collect();
+                let last: Vec<u32> = p.offsets.iter().zip(&p.lens).map(|(o, n)| (o + n - 1) as u32).collect();
                 x.index_select(&Tensor::new(last.as_slice(), self.device())?, 0)?
             }
         };
-        let x = self.norm.forward(&x, ctx.mode)?;
-        let head_ctx = Ctx { mode: ctx.mode, spans: &[] };
+        let x = self.norm.forward(&x, p.mode)?;
+        let head_ctx = Ctx { mode: p.mode, spans: &[] };
         self.lm_head.forward(&x, &head_ctx)
     }
 

@@ -142,6 +142,10 @@ pub struct TrainOptions {
     pub lora_dropout: f64,
     /// Seeds the dropout masks (with the step and micro-batch).
     pub seed: u64,
+    /// Keep only each decoder layer's input through the forward pass and recompute the layer's
+    /// activations during the backward pass (transformers' gradient checkpointing): activation
+    /// memory of one layer instead of all, for about one more forward pass of compute.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainOptions {
@@ -158,6 +162,7 @@ impl Default for TrainOptions {
             total_steps: 1,
             lora_dropout: 0.0,
             seed: 42,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -291,9 +296,22 @@ impl<'m> Trainer<'m> {
     }
 
     fn loss_in(&self, batch: &[&Example], mode: Mode) -> Result<(Tensor, usize)> {
+        let mut caches: Vec<KvCache> = batch.iter().map(|_| KvCache::new(self.model.text.num_layers())).collect();
+        let (mut steps, rows, targets) = self.inputs(batch, &mut caches)?;
+        let n = rows.len();
+        let picked = self.model.text.forward(&mut steps, mode, Output::Rows(rows))?;
+        Ok((nll_sum(&picked, &targets)?, n))
+    }
+
+    /// `batch` as one packed step (image features from the kept ones or the frozen vision
+    /// tower), and the rows before labelled tokens with the tokens they predict.
+    fn inputs<'c>(
+        &self,
+        batch: &[&Example],
+        caches: &'c mut [KvCache],
+    ) -> Result<(Vec<SeqStep<'c>>, Vec<u32>, Vec<u32>)> {
         let model = self.model;
         let frozen = crate::nn::Ctx::infer();
-        let mut caches: Vec<KvCache> = batch.iter().map(|_| KvCache::new(model.text.num_layers())).collect();
         let mut steps = Vec::with_capacity(batch.len());
         for (ex, cache) in batch.iter().zip(caches.iter_mut()) {
             let features = match (&ex.features, &ex.pixels) {
@@ -321,15 +339,77 @@ impl<'m> Trainer<'m> {
             }
             offset += ex.input_ids.len();
         }
-        let n = rows.len();
-        let dev = model.device();
-        let picked = model.text.forward(&mut steps, mode, Output::Rows(rows))?.to_dtype(DType::F32)?;
-        let max = picked.max_keepdim(D::Minus1)?.detach();
-        let shifted = picked.broadcast_sub(&max)?;
-        let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let target = Tensor::new(targets.as_slice(), dev)?.unsqueeze(1)?;
-        let nll = (log_z - shifted.gather(&target, 1)?)?;
-        Ok((nll.sum_all()?, n))
+        Ok((steps, rows, targets))
+    }
+
+    /// The loss of `batch` divided by `n` and its gradient for every parameter (in order),
+    /// one forward and one backward pass.
+    fn gradients(&self, batch: &[&Example], n: usize) -> Result<(f64, Vec<Option<Tensor>>)> {
+        let (sum, _) = self.loss_sum(batch)?;
+        let part = (sum / n as f64)?;
+        let grads = part.backward()?;
+        let mut out = vec![None; self.params.len()];
+        self.collect(&grads, &mut out)?;
+        Ok((part.to_scalar::<f32>()? as f64, out))
+    }
+
+    /// As [`Trainer::gradients`], with gradient checkpointing: the forward pass keeps only
+    /// each decoder layer's input; the backward pass then goes layer by layer from the top,
+    /// recomputing a layer's forward pass from its input and backpropagating the gradient
+    /// of its output, `∂(out · g)/∂θ = gᵀ ∂out/∂θ`. At most one layer's graph is alive.
+    fn gradients_checkpointed(&self, batch: &[&Example], n: usize) -> Result<(f64, Vec<Option<Tensor>>)> {
+        let text = &self.model.text;
+        let layers = text.num_layers();
+        let mut caches: Vec<KvCache> = batch.iter().map(|_| KvCache::new(layers)).collect();
+        let (steps, rows, targets) = self.inputs(batch, &mut caches)?;
+        let packed = text.pack(&steps, Mode::Train)?;
+        drop(steps);
+        // Each call gets empty caches of its own: a sequence's keys are its own rows' (training
+        // starts every sequence from nothing), and nothing keeps a layer's graph alive.
+        let layer = |li: usize, x: &Tensor| -> Result<Tensor> {
+            let mut fresh: Vec<KvCache> = (0..packed.sequences()).map(|_| KvCache::new(layers)).collect();
+            let mut refs: Vec<&mut KvCache> = fresh.iter_mut().collect();
+            text.layer(li, x, &packed, &mut refs)
+        };
+        let mut kept = Vec::with_capacity(layers);
+        let mut x = packed.x.detach();
+        for li in 0..layers {
+            let out = layer(li, &x)?.detach();
+            kept.push(x);
+            x = out;
+        }
+        let top = Var::from_tensor(&x)?;
+        let sum = nll_sum(&text.head(top.as_tensor(), &packed, Output::Rows(rows))?, &targets)?;
+        let part = (sum / n as f64)?;
+        let loss = part.to_scalar::<f32>()? as f64;
+        let grads = part.backward()?;
+        let mut out = vec![None; self.params.len()];
+        self.collect(&grads, &mut out)?;
+        let mut g = grads.get(top.as_tensor()).cloned();
+        drop(grads);
+        for li in (0..layers).rev() {
+            let Some(upstream) = g.take() else { break };
+            // The bottom layer's input is the frozen embeddings: no gradient needed there.
+            let input = if li == 0 { None } else { Some(Var::from_tensor(&kept[li])?) };
+            let x = input.as_ref().map_or(&kept[li], |v| v.as_tensor());
+            let grads = (layer(li, x)? * upstream)?.sum_all()?.backward()?;
+            self.collect(&grads, &mut out)?;
+            g = input.and_then(|v| grads.get(v.as_tensor()).cloned());
+        }
+        Ok((loss, out))
+    }
+
+    /// Adds the parameters' gradients in `grads` to `acc`.
+    fn collect(&self, grads: &candle_core::backprop::GradStore, acc: &mut [Option<Tensor>]) -> Result<()> {
+        for (p, a) in self.params.iter().zip(acc.iter_mut()) {
+            if let Some(t) = grads.get(p.var.as_tensor()) {
+                *a = Some(match a.take() {
+                    Some(prev) => (prev + t)?,
+                    None => t.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// One optimizer step over `batch`.
@@ -352,17 +432,17 @@ impl<'m> Trainer<'m> {
             for l in &self.layers {
                 l.set_dropout_seed(seed);
             }
-            let (sum, _) = self.loss_sum(batch)?;
-            let part = (sum / n as f64)?;
-            loss += part.to_scalar::<f32>()? as f64;
-            let grads = part.backward()?;
-            for (p, acc) in self.params.iter().zip(g.iter_mut()) {
-                if let Some(t) = grads.get(p.var.as_tensor()) {
-                    *acc = Some(match acc.take() {
-                        Some(a) => (a + t)?,
-                        None => t.clone(),
-                    });
-                }
+            let (part, grads) = if self.opts.gradient_checkpointing {
+                self.gradients_checkpointed(batch, n)?
+            } else {
+                self.gradients(batch, n)?
+            };
+            loss += part;
+            for (acc, t) in g.iter_mut().zip(grads) {
+                *acc = match (acc.take(), t) {
+                    (Some(a), Some(t)) => Some((a + t)?),
+                    (a, t) => a.or(t),
+                };
             }
         }
         let mut g: Vec<Tensor> = g
@@ -443,6 +523,16 @@ impl<'m> Trainer<'m> {
         self.step = steps;
         Ok(())
     }
+}
+
+/// The summed next-token cross-entropy of the output head's rows `logits` against `targets`.
+fn nll_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let picked = logits.to_dtype(DType::F32)?;
+    let max = picked.max_keepdim(D::Minus1)?.detach();
+    let shifted = picked.broadcast_sub(&max)?;
+    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let target = Tensor::new(targets, picked.device())?.unsqueeze(1)?;
+    Ok((log_z - shifted.gather(&target, 1)?)?.sum_all()?)
 }
 
 /// Mixes `v` into the seed `h` (SplitMix64's finaliser).

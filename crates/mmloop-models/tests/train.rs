@@ -272,3 +272,94 @@ fn a_new_adapter_starts_at_the_base_model_and_dropout_follows_the_seed() {
         assert_eq!(t.to_vec2::<f32>().unwrap(), tb[k].to_vec2::<f32>().unwrap(), "{k}");
     }
 }
+
+/// QLoRA: with the base quantized (`q8_0`, and `q4k`, whose rows of 256 the tiny layers do not
+/// fill, so they take llama.cpp's `q5_0` fallback), training runs the frozen weights
+/// dequantized, forward and backward: the steps equal those of full-precision training on the
+/// dequantized weights, for LoRA and DoRA (whose magnitude norm reads the dequantized weight,
+/// as PEFT's `dequantize_module_weight`).
+#[test]
+fn qlora_trains_as_on_the_dequantized_base() {
+    use candle_core::quantized::GgmlDType;
+    use mmloop_models::model::Quant;
+    let family = fixtures().join("qwen2_vl");
+    let train = |model: &VlModel, kind: &str| {
+        let slot = model.load_adapter(kind, &family.join("adapters").join(kind)).unwrap();
+        let exs = qwen_examples(model);
+        let opts = TrainOptions { learning_rate: 1e-2, total_steps: 3, ..TrainOptions::default() };
+        let mut t = Trainer::new(model, slot, opts).unwrap();
+        let losses: Vec<f64> = (0..3).map(|i| t.step(&[&exs[i]]).unwrap().loss).collect();
+        (losses, t.tensors())
+    };
+    let (full, _) = train(&VlModel::load(&family, &LoadOptions::default()).unwrap(), "lora");
+    for (quant, format) in [(Quant::Q8_0, GgmlDType::Q8_0), (Quant::Q4K, GgmlDType::Q5_0)] {
+        let quantized = VlModel::load(&family, &LoadOptions { quant: Some(quant), ..LoadOptions::default() }).unwrap();
+        assert!(quantized.text.linears().iter().all(|l| l.quant_format() == Some(format)));
+        let mut dequantized = VlModel::load(&family, &LoadOptions::default()).unwrap();
+        for (d, q) in dequantized.text.linears_mut().into_iter().zip(quantized.text.linears()) {
+            d.set_weight(q.weight().unwrap()).unwrap();
+        }
+        for kind in ["lora", "dora"] {
+            let (a, ta) = train(&quantized, kind);
+            let (b, tb) = train(&dequantized, kind);
+            for (la, lb) in a.iter().zip(&b) {
+                assert!((la - lb).abs() < 1e-5, "{quant:?} {kind}: loss {la} against {lb}");
+            }
+            for (k, t) in &ta {
+                let d = (t - &tb[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(d < 1e-5, "{quant:?} {kind} {k}: {d}");
+            }
+            if kind == "lora" {
+                assert_ne!(a, full, "{quant:?}: the quantized base changes the losses");
+            }
+        }
+    }
+}
+
+/// Gradient checkpointing recomputes each layer in the backward pass from its kept input: the
+/// steps equal those with every activation kept, on every family (Qwen3-VL's deepstack rows,
+/// Idefics3's tiles), two packed examples per step, LoRA and DoRA with dropout (the recomputed
+/// pass draws the same masks).
+#[test]
+fn gradient_checkpointing_gives_the_same_steps() {
+    for family in ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3"] {
+        let dir = fixtures().join(family);
+        for kind in ["lora", "dora"] {
+            let run = |checkpointing: bool| {
+                let model = VlModel::load(&dir, &LoadOptions::default()).unwrap();
+                let slot = model.load_adapter("train", &dir.join("adapters").join(kind)).unwrap();
+                let data = dir.join("train").join(kind);
+                let reference: Value =
+                    serde_json::from_str(&std::fs::read_to_string(data.join("reference.json")).unwrap()).unwrap();
+                let exs = examples(&model, &data, &reference);
+                let opts = TrainOptions {
+                    learning_rate: 1e-2,
+                    total_steps: 3,
+                    lora_dropout: 0.1,
+                    gradient_checkpointing: checkpointing,
+                    ..TrainOptions::default()
+                };
+                let mut t = Trainer::new(&model, slot, opts).unwrap();
+                let reports: Vec<(f64, f64)> = (0..3)
+                    .map(|i| {
+                        let r = t.step(&[&exs[i % exs.len()], &exs[(i + 1) % exs.len()]]).unwrap();
+                        (r.loss, r.grad_norm)
+                    })
+                    .collect();
+                (reports, t.tensors())
+            };
+            let (a, ta) = run(true);
+            let (b, tb) = run(false);
+            for ((la, ga), (lb, gb)) in a.iter().zip(&b) {
+                assert!(
+                    (la - lb).abs() < 1e-6 && (ga - gb).abs() < 1e-5 * gb.max(1.0),
+                    "{family} {kind}: loss {la} grad norm {ga} against {lb} {gb}"
+                );
+            }
+            for (k, t) in &ta {
+                let d = (t - &tb[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(d < 1e-6, "{family} {kind} {k}: {d}");
+            }
+        }
+    }
+}

@@ -29,6 +29,7 @@ use mmloop_engine::Prompt;
 use mmloop_engine::embedded::{Checkpoint, prompt_messages};
 pub use mmloop_models::DType;
 use mmloop_models::adapter::{AdapterConfig, PeftAdapter, Targets};
+pub use mmloop_models::model::Quant;
 use mmloop_models::model::{LoadOptions, VlModel};
 pub use mmloop_models::train::Schedule;
 use mmloop_models::train::{Example, StepReport, TrainOptions, Trainer};
@@ -88,6 +89,10 @@ pub struct SftOptions {
     pub resume_from_checkpoint: Option<PathBuf>,
     /// Image features of the frozen vision tower kept between epochs, in bytes.
     pub feature_cache_bytes: usize,
+    /// QLoRA: the frozen language model quantized at load.
+    pub quant: Option<Quant>,
+    /// Recompute each decoder layer's activations in the backward pass instead of keeping them.
+    pub gradient_checkpointing: bool,
     /// Written as `args.json` in every checkpoint (the command's arguments as given).
     pub args_json: Value,
 }
@@ -126,6 +131,8 @@ impl SftOptions {
             train_dataloader_shuffle: true,
             resume_from_checkpoint: None,
             feature_cache_bytes: 1 << 30,
+            quant: None,
+            gradient_checkpointing: true,
             args_json: Value::Null,
         }
     }
@@ -353,7 +360,8 @@ pub fn train(
     let started = Instant::now();
     let out = &opts.output_dir;
     std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
-    let model = VlModel::load(model_dir, &LoadOptions::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let load = LoadOptions { quant: opts.quant, ..LoadOptions::default() };
+    let model = VlModel::load(model_dir, &load).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // The adapter: resumed, given, or new.
     let (adapter, config) = match (&opts.resume_from_checkpoint, &opts.adapter) {
@@ -427,6 +435,7 @@ pub fn train(
         total_steps: max_steps,
         lora_dropout: opts.lora_dropout,
         seed: opts.seed,
+        gradient_checkpointing: opts.gradient_checkpointing,
     };
     let mut trainer = Trainer::new(&model, slot, topts).map_err(|e| anyhow::anyhow!("{e}"))?;
 
