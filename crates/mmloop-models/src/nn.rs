@@ -562,22 +562,32 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&T
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, n: usize, scale: f64, mode: Mode) -> Result<Tensor> {
     let (groups, rows, d) = q.dims3()?;
     let total = k.dim(1)?;
-    let rep = rows / n;
     let mask = causal_mask(n, total, q.device())?.to_dtype(q.dtype())?;
-    let probs = |q: &Tensor, k: &Tensor| -> candle_core::Result<Tensor> {
-        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((groups, rep, n, total))?;
-        crate::kernels::softmax_last_dim(&scores.broadcast_add(&mask)?)?.reshape((groups, rows, total))
-    };
     let train = mode == Mode::Train && q.device().is_cpu() && q.dtype() == DType::F32;
     if !train || !(q.track_op() || k.track_op() || v.track_op()) {
-        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((groups, rep, n, total))?;
-        let p = softmax_last(&scores.broadcast_add(&mask)?, mode)?.reshape((groups, rows, total))?;
-        return Ok(p.matmul(v)?);
+        return Ok(causal_probs(q, k, &mask, n, scale, mode)?.matmul(v)?);
     }
-    let out = probs(&q.detach(), &k.detach())?.matmul(&v.detach())?;
+    // Outside the graph, so the fused kernels serve.
+    let out = causal_probs(&q.detach(), &k.detach(), &mask, n, scale, Mode::Infer)?.matmul(&v.detach())?;
     debug_assert_eq!(out.dims(), [groups, rows, d]);
     let op = CausalAttention { out: Handover::new(out), mask, n, scale };
     Ok(q.apply_op3(k, v, op)?)
+}
+
+/// `softmax(q·kᵀ·scale + mask)` over [`causal_attention`]'s grouped rows, `[groups, rep·n, total]`;
+/// candle's error type, as the op's backward pass calls it too.
+fn causal_probs(
+    q: &Tensor,
+    k: &Tensor,
+    mask: &Tensor,
+    n: usize,
+    scale: f64,
+    mode: Mode,
+) -> candle_core::Result<Tensor> {
+    let (groups, rows, _) = q.dims3()?;
+    let total = k.dim(1)?;
+    let scores = (q.matmul(&k.t()?)? * scale)?.reshape((groups, rows / n, n, total))?;
+    softmax_last(&scores.broadcast_add(mask)?, mode).map_err(candle_core::Error::wrap)?.reshape((groups, rows, total))
 }
 
 /// [`causal_attention`]'s op: the output computed outside the graph is handed over in the
@@ -617,11 +627,7 @@ impl candle_core::CustomOp3 for CausalAttention {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (q, k, v, out, grad) = (q.detach(), k.detach(), v.detach(), out.detach(), grad.detach());
-        let (groups, rows, _) = q.dims3()?;
-        let total = k.dim(1)?;
-        let rep = rows / self.n;
-        let scores = (q.matmul(&k.t()?)? * self.scale)?.reshape((groups, rep, self.n, total))?;
-        let p = crate::kernels::softmax_last_dim(&scores.broadcast_add(&self.mask)?)?.reshape((groups, rows, total))?;
+        let p = causal_probs(&q, &k, &self.mask, self.n, self.scale, Mode::Infer)?;
         let dv = p.t()?.matmul(&grad)?;
         let dp = grad.matmul(&v.t()?)?;
         let delta = (&grad * &out)?.sum_keepdim(D::Minus1)?;

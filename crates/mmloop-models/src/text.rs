@@ -225,6 +225,12 @@ struct Layer {
     down: Linear,
 }
 
+impl Layer {
+    fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.o, &mut self.gate, &mut self.up, &mut self.down]
+    }
+}
+
 pub struct TextModel {
     pub cfg: TextConfig,
     pub embed: Embedding,
@@ -265,15 +271,7 @@ impl TextModel {
                 down: Linear::load(w, &format!("{lp}.mlp.down_proj"), i, h, false)?,
             });
             if let (Some(q), Some(layer)) = (quant, layers.last_mut()) {
-                for l in [
-                    &mut layer.q,
-                    &mut layer.k,
-                    &mut layer.v,
-                    &mut layer.o,
-                    &mut layer.gate,
-                    &mut layer.up,
-                    &mut layer.down,
-                ] {
+                for l in layer.linears_mut() {
                     l.quantize(q)?;
                 }
             }
@@ -296,7 +294,7 @@ impl TextModel {
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut out = Vec::new();
         for l in &mut self.layers {
-            out.extend([&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down]);
+            out.extend(l.linears_mut());
         }
         out
     }

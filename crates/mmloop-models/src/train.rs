@@ -342,22 +342,32 @@ impl<'m> Trainer<'m> {
         Ok((steps, rows, targets))
     }
 
-    /// The loss of `batch` divided by `n` and its gradient for every parameter (in order),
-    /// one forward and one backward pass.
-    fn gradients(&self, batch: &[&Example], n: usize) -> Result<(f64, Vec<Option<Tensor>>)> {
-        let (sum, _) = self.loss_sum(batch)?;
+    /// Backpropagates `sum / n` and adds the parameters' gradients to `acc` (in parameter
+    /// order); returns the loss and the gradients for anything else `sum` depends on.
+    fn backward_mean(
+        &self,
+        sum: Tensor,
+        n: usize,
+        acc: &mut [Option<Tensor>],
+    ) -> Result<(f64, candle_core::backprop::GradStore)> {
         let part = (sum / n as f64)?;
         let grads = part.backward()?;
-        let mut out = vec![None; self.params.len()];
-        self.collect(&grads, &mut out)?;
-        Ok((part.to_scalar::<f32>()? as f64, out))
+        self.collect(&grads, acc)?;
+        Ok((part.to_scalar::<f32>()? as f64, grads))
+    }
+
+    /// The loss of `batch` divided by `n`, its gradients added to `acc`: one forward and one
+    /// backward pass.
+    fn gradients(&self, batch: &[&Example], n: usize, acc: &mut [Option<Tensor>]) -> Result<f64> {
+        let (sum, _) = self.loss_sum(batch)?;
+        Ok(self.backward_mean(sum, n, acc)?.0)
     }
 
     /// As [`Trainer::gradients`], with gradient checkpointing: the forward pass keeps only
     /// each decoder layer's input; the backward pass then goes layer by layer from the top,
     /// recomputing a layer's forward pass from its input and backpropagating the gradient
     /// of its output, `∂(out · g)/∂θ = gᵀ ∂out/∂θ`. At most one layer's graph is alive.
-    fn gradients_checkpointed(&self, batch: &[&Example], n: usize) -> Result<(f64, Vec<Option<Tensor>>)> {
+    fn gradients_checkpointed(&self, batch: &[&Example], n: usize, acc: &mut [Option<Tensor>]) -> Result<f64> {
         let text = &self.model.text;
         let layers = text.num_layers();
         let mut caches: Vec<KvCache> = batch.iter().map(|_| KvCache::new(layers)).collect();
@@ -380,11 +390,7 @@ impl<'m> Trainer<'m> {
         }
         let top = Var::from_tensor(&x)?;
         let sum = nll_sum(&text.head(top.as_tensor(), &packed, Output::Rows(rows))?, &targets)?;
-        let part = (sum / n as f64)?;
-        let loss = part.to_scalar::<f32>()? as f64;
-        let grads = part.backward()?;
-        let mut out = vec![None; self.params.len()];
-        self.collect(&grads, &mut out)?;
+        let (loss, grads) = self.backward_mean(sum, n, acc)?;
         let mut g = grads.get(top.as_tensor()).cloned();
         drop(grads);
         for li in (0..layers).rev() {
@@ -393,10 +399,10 @@ impl<'m> Trainer<'m> {
             let input = if li == 0 { None } else { Some(Var::from_tensor(&kept[li])?) };
             let x = input.as_ref().map_or(&kept[li], |v| v.as_tensor());
             let grads = (layer(li, x)? * upstream)?.sum_all()?.backward()?;
-            self.collect(&grads, &mut out)?;
+            self.collect(&grads, acc)?;
             g = input.and_then(|v| grads.get(v.as_tensor()).cloned());
         }
-        Ok((loss, out))
+        Ok(loss)
     }
 
     /// Adds the parameters' gradients in `grads` to `acc`.
@@ -432,18 +438,11 @@ impl<'m> Trainer<'m> {
             for l in &self.layers {
                 l.set_dropout_seed(seed);
             }
-            let (part, grads) = if self.opts.gradient_checkpointing {
-                self.gradients_checkpointed(batch, n)?
+            loss += if self.opts.gradient_checkpointing {
+                self.gradients_checkpointed(batch, n, &mut g)?
             } else {
-                self.gradients(batch, n)?
+                self.gradients(batch, n, &mut g)?
             };
-            loss += part;
-            for (acc, t) in g.iter_mut().zip(grads) {
-                *acc = match (acc.take(), t) {
-                    (Some(a), Some(t)) => Some((a + t)?),
-                    (a, t) => a.or(t),
-                };
-            }
         }
         let mut g: Vec<Tensor> = g
             .into_iter()
