@@ -484,6 +484,11 @@ pub struct InitArgs {
     /// Fill the project with a small generated sample (12 images, VQA and captions).
     #[arg(long)]
     pub example: bool,
+    /// Keep the project's database on a PostgreSQL server (postgres://user@host/db, an empty
+    /// database of its own) instead of SQLite in DIR/.mmloop/. The password, when one is
+    /// needed, is best left to PGPASSWORD. Recorded in DIR/mmloop.toml.
+    #[arg(long, env = "MMLOOP_DATABASE_URL", value_name = "URL")]
+    pub database: Option<String>,
 }
 
 #[derive(Args, Debug)]

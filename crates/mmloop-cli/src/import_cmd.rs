@@ -13,8 +13,11 @@ use crate::cli::{ImportArgs, InitArgs};
 use crate::ui;
 
 pub async fn init(a: InitArgs, actor: &str) -> anyhow::Result<()> {
-    let store = Store::init(&a.dir, a.name.as_deref(), actor).await?;
-    ui::ok(format!("created project {}", store.paths().root.display()));
+    let store = Store::init_with(&a.dir, a.name.as_deref(), actor, a.database.as_deref()).await?;
+    match &store.config().project.database {
+        Some(_) => ui::ok(format!("created project {} (database: PostgreSQL)", store.paths().root.display())),
+        None => ui::ok(format!("created project {}", store.paths().root.display())),
+    }
     if a.example {
         let files = crate::example::write(&store.paths().root).context("writing the example data")?;
         for f in &files {

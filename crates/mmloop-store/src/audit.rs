@@ -5,13 +5,13 @@
 //! caught by the head anchor kept outside the database (`.mmloop/audit-head`) and by the
 //! chain positions recorded in versions.
 
-use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use mmloop_core::{Digest, canonical_json};
 
+use crate::sql::{Conn, Dialect, Row};
 use crate::{Store, StoreError};
 
 /// One audit event as stored.
@@ -142,18 +142,21 @@ fn event_hash(e: &EventFields) -> [u8; 32] {
 }
 
 /// Appends an event inside the caller's transaction; returns its sequence number.
-pub(crate) fn append(
-    tx: &Connection,
+///
+/// The chain stays single with many writers: on SQLite the caller holds the database's one
+/// write lock; on PostgreSQL every writing transaction holds the write lock (see `pg.rs`), so
+/// no two transactions read the same head. The database's own head anchor (PostgreSQL's
+/// `audit_head`, which only moves forward) follows in the same transaction.
+pub(crate) fn append<'c>(
+    conn: impl Into<Conn<'c>>,
     actor: &str,
     action: &str,
     entity: &str,
     before: Option<&Value>,
     after: Option<&Value>,
 ) -> Result<i64, StoreError> {
-    let last: Option<(i64, Vec<u8>)> = tx
-        .query_row("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let (seq, prev) = match last {
+    let conn = conn.into();
+    let (seq, prev) = match head(conn)? {
         Some((s, h)) => (s + 1, h),
         None => (1, vec![0u8; 32]),
     };
@@ -170,22 +173,28 @@ pub(crate) fn append(
         before: before.as_deref(),
         after: after.as_deref(),
     });
-    tx.prepare_cached(
+    let hash = hash.to_vec();
+    conn.execute(
         "INSERT INTO events (seq, at, actor, action, entity, before, after, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(rusqlite::params![seq, at, actor, action, entity, before, after, prev, hash.as_slice()])?;
+        &[&seq, &at, &actor, &action, &entity, &before, &after, &prev, &hash],
+    )?;
+    if conn.dialect() == Dialect::Postgres {
+        conn.execute(
+            "INSERT INTO audit_head (one, seq, hash) VALUES (1, ?1, ?2)
+             ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            &[&seq, &hash],
+        )?;
+    }
     Ok(seq)
 }
 
 /// The newest event: its sequence number and hash.
-pub(crate) fn head(conn: &Connection) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
-    Ok(conn
-        .query_row("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?)
+pub(crate) fn head<'c>(conn: impl Into<Conn<'c>>) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+    conn.into().optional("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1", &[], |r| Ok((r.get(0)?, r.get(1)?)))
 }
 
-fn row_event(r: &rusqlite::Row) -> rusqlite::Result<AuditEvent> {
+fn row_event(r: &Row) -> Result<AuditEvent, StoreError> {
     let parse = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
     Ok(AuditEvent {
         seq: r.get(0)?,
@@ -195,7 +204,7 @@ fn row_event(r: &rusqlite::Row) -> rusqlite::Result<AuditEvent> {
         entity: r.get(4)?,
         before: parse(r.get(5)?),
         after: parse(r.get(6)?),
-        hash: hex::encode(r.get::<_, Vec<u8>>(7)?),
+        hash: hex::encode(r.get::<Vec<u8>>(7)?),
     })
 }
 
@@ -213,7 +222,7 @@ impl Store {
         }
         let upto = anchor.requested.load(SeqCst);
         let path = self.paths().audit_head.clone();
-        let head = self.db().read(head).await?;
+        let head = self.db().read_sql(|c| head(c)).await?;
         if let Some((seq, hash)) = head {
             let text = format!("{seq} {}\n", hex::encode(hash));
             tokio::task::spawn_blocking(move || crate::fs::write_atomic(&path, text.as_bytes()))
@@ -227,12 +236,22 @@ impl Store {
     /// Events, newest first, optionally only those about one entity (e.g. `item:42`).
     pub async fn audit_log(&self, entity: Option<String>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
         self.db()
-            .read(move |c| {
-                let sql = "SELECT seq, at, actor, action, entity, before, after, hash FROM events
-                           WHERE (?1 IS NULL OR entity = ?1) ORDER BY seq DESC LIMIT ?2";
-                let mut st = c.prepare(sql)?;
-                let rows = st.query_map(rusqlite::params![entity, limit as i64], row_event)?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            .read_sql(move |c| {
+                let limit = limit as i64;
+                match entity {
+                    Some(entity) => c.query(
+                        "SELECT seq, at, actor, action, entity, before, after, hash FROM events
+                         WHERE entity = ?1 ORDER BY seq DESC LIMIT ?2",
+                        &[&entity, &limit],
+                        row_event,
+                    ),
+                    None => c.query(
+                        "SELECT seq, at, actor, action, entity, before, after, hash FROM events
+                         ORDER BY seq DESC LIMIT ?1",
+                        &[&limit],
+                        row_event,
+                    ),
+                }
             })
             .await
     }
@@ -257,16 +276,14 @@ impl Store {
             )));
         }
         self.db()
-            .read(move |c| {
+            .read_sql(move |c| {
                 let mut report = AuditReport::default();
-                let mut st = c.prepare(
-                    "SELECT seq, at, actor, action, entity, before, after, prev_hash, hash FROM events ORDER BY seq",
-                )?;
-                let mut rows = st.query([])?;
                 let mut prev_seq = 0i64;
                 let mut prev_hash = vec![0u8; 32];
                 let mut hashes = std::collections::HashMap::new();
-                while let Some(r) = rows.next()? {
+                let sql =
+                    "SELECT seq, at, actor, action, entity, before, after, prev_hash, hash FROM events ORDER BY seq";
+                c.each(sql, &[], |r| {
                     let seq: i64 = r.get(0)?;
                     let (at, actor, action, entity): (String, String, String, String) =
                         (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
@@ -295,20 +312,31 @@ impl Store {
                     hashes.insert(seq, hash.clone());
                     prev_seq = seq;
                     prev_hash = hash;
-                }
+                    Ok(())
+                })?;
                 report.head = (prev_seq > 0).then(|| (prev_seq, hex::encode(&prev_hash)));
                 let mut anchors: Vec<(i64, Vec<u8>, String)> = Vec::new();
                 if let Some((seq, hash)) = anchor {
                     anchors.push((seq, hash, ".mmloop/audit-head".into()));
                 }
-                let mut vs = c.prepare("SELECT seq, audit_seq, audit_hash FROM versions ORDER BY seq")?;
-                for v in
-                    vs.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)))?
-                {
-                    let (vseq, aseq, ahash) = v?;
-                    anchors.push((aseq, ahash, format!("version v{vseq}")));
+                // On PostgreSQL the database keeps an anchor of its own (the folder's file only
+                // knows the writes of the servers that share the folder).
+                let kept = match c.dialect() {
+                    Dialect::Postgres => {
+                        c.optional("SELECT seq, hash FROM audit_head", &[], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    }
+                    Dialect::Sqlite => None,
+                };
+                let anchored_in_db = kept.is_some();
+                if let Some((seq, hash)) = kept {
+                    anchors.push((seq, hash, "the database's audit_head table".into()));
                 }
-                if !anchor_present && prev_seq > 0 {
+                c.each("SELECT seq, audit_seq, audit_hash FROM versions ORDER BY seq", &[], |r| {
+                    let vseq: i64 = r.get(0)?;
+                    anchors.push((r.get(1)?, r.get(2)?, format!("version v{vseq}")));
+                    Ok(())
+                })?;
+                if !anchor_present && !anchored_in_db && prev_seq > 0 {
                     report.problems.push(AuditProblem::AnchorMissing { last_seq: prev_seq });
                 }
                 for (seq, hash, source) in anchors {
@@ -340,7 +368,7 @@ pub(crate) struct AnchorSync {
 }
 
 /// The digest of the newest event, for versions to record.
-pub(crate) fn head_digest(conn: &Connection) -> Result<(i64, Digest), StoreError> {
+pub(crate) fn head_digest<'c>(conn: impl Into<Conn<'c>>) -> Result<(i64, Digest), StoreError> {
     let (seq, hash) = head(conn)?.unwrap_or((0, vec![0u8; 32]));
     Ok((seq, Digest::from_slice(&hash).unwrap_or_default()))
 }

@@ -10,6 +10,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
+use crate::pg::PgDb;
+use crate::sql::Conn;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
@@ -36,7 +38,13 @@ enum Job {
 /// At most this many queued writes share one commit (one fsync).
 const GROUP_MAX: usize = 64;
 
-pub(crate) struct Db {
+/// The project's database: SQLite in the project folder, or a PostgreSQL server (`pg.rs`).
+pub(crate) enum Db {
+    Lite(Lite),
+    Pg(PgDb),
+}
+
+pub(crate) struct Lite {
     path: PathBuf,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -179,8 +187,101 @@ impl Checkpoints {
 }
 
 impl Db {
-    /// Opens (creating when `create`) the database file and brings its schema up to date.
+    /// Opens (creating when `create`) the SQLite database file and brings its schema up to date.
     pub(crate) fn open(path: &Path, create: bool) -> Result<Arc<Db>, StoreError> {
+        Ok(Arc::new(Db::Lite(Lite::open(path, create)?)))
+    }
+
+    /// Connects to the PostgreSQL database at `url` and brings its schema up to date.
+    pub(crate) fn open_postgres(url: &str, create: bool) -> Result<Arc<Db>, StoreError> {
+        Ok(Arc::new(Db::Pg(PgDb::open(url, create)?)))
+    }
+
+    fn lite(&self) -> Result<&Lite, StoreError> {
+        match self {
+            Db::Lite(l) => Ok(l),
+            Db::Pg(_) => Err(StoreError::Unsupported("this operation is not available on PostgreSQL yet")),
+        }
+    }
+
+    /// Runs `f` in a write transaction on either database, after (SQLite) or beside
+    /// (PostgreSQL, under the write lock) the writes queued before it; returns once its changes
+    /// are committed. `f` opens a savepoint ([`Conn::savepoint`]) for changes that stand or fall
+    /// together, never a transaction.
+    pub(crate) async fn write_sql<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        match self {
+            Db::Lite(l) => l.queue(move |c| f(Conn::Lite(c)), Job::Grouped).await,
+            Db::Pg(pg) => pg.write(f).await,
+        }
+    }
+
+    /// Runs `f` on a read connection of either database (one snapshot), off the async threads.
+    pub(crate) async fn read_sql<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        match &**self {
+            Db::Lite(_) => self.read(move |c| f(Conn::Lite(c))).await,
+            Db::Pg(pg) => pg.read(f).await,
+        }
+    }
+
+    /// Runs `f` on the SQLite writer connection (see [`Db::write_sql`]).
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.lite()?.queue(f, Job::Grouped).await
+    }
+
+    /// Like [`Db::write`] for a large write (an import): `f` runs with no transaction open,
+    /// opens its own with `conn.transaction()` and commits it; writes queued meanwhile wait.
+    pub(crate) async fn write_alone<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.lite()?.queue(f, Job::Alone).await
+    }
+
+    /// Runs `f` on an SQLite read connection, off the async threads.
+    pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.lite()?;
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.read_blocking(f))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    /// Runs `f` on an SQLite read connection on the calling thread.
+    pub(crate) fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.lite()?.read_blocking(f)
+    }
+
+    /// Waits for queued writes and closes the connections.
+    pub(crate) fn close(&self) {
+        match self {
+            Db::Lite(l) => l.close(),
+            Db::Pg(pg) => pg.close(),
+        }
+    }
+}
+
+impl Lite {
+    fn open(path: &Path, create: bool) -> Result<Lite, StoreError> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -243,33 +344,12 @@ impl Db {
                 }
             })
             .map_err(StoreError::Io)?;
-        Ok(Arc::new(Db {
+        Ok(Lite {
             path: path.to_path_buf(),
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             readers: Mutex::new(Vec::new()),
-        }))
-    }
-
-    /// Runs `f` on the writer connection, after every write queued before it, and returns once
-    /// its changes are committed. `f` runs inside the writer's transaction: it opens a savepoint
-    /// (`conn.savepoint()`) for changes that stand or fall together, never a transaction.
-    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.queue(f, Job::Grouped).await
-    }
-
-    /// Like [`Db::write`] for a large write (an import): `f` runs with no transaction open,
-    /// opens its own with `conn.transaction()` and commits it; writes queued meanwhile wait.
-    pub(crate) async fn write_alone<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.queue(f, Job::Alone).await
+        })
     }
 
     async fn queue<T, F>(&self, f: F, kind: fn(Work) -> Job) -> Result<T, StoreError>
@@ -296,18 +376,6 @@ impl Db {
             .send(kind(work))
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Runs `f` on a read connection, off the async threads.
-    pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let db = self.clone();
-        tokio::task::spawn_blocking(move || db.read_blocking(f))
-            .await
-            .map_err(|e| StoreError::Internal(e.to_string()))?
     }
 
     /// Runs `f` on a read connection on the calling thread.
@@ -338,7 +406,7 @@ impl Db {
     }
 
     /// Waits for queued writes and closes the writer connection.
-    pub(crate) fn close(&self) {
+    fn close(&self) {
         self.jobs.lock().expect("writer lock").take();
         if let Some(h) = self.writer.lock().expect("writer handle").take() {
             let _ = h.join();
@@ -347,7 +415,7 @@ impl Db {
     }
 }
 
-impl Drop for Db {
+impl Drop for Lite {
     fn drop(&mut self) {
         self.close();
     }

@@ -18,11 +18,13 @@ mod fs;
 mod images;
 mod import;
 mod labels;
+mod pg;
 mod project;
 pub mod review;
 pub mod route_plan;
 mod routing;
 mod splits;
+mod sql;
 mod stats;
 #[cfg(test)]
 mod test_support;
@@ -57,6 +59,11 @@ pub enum StoreError {
     IoPath { path: PathBuf, source: std::io::Error },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database: {}", pg_message(.0))]
+    Postgres(#[from] postgres::Error),
+    /// An operation the project's database backend cannot do (yet).
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("{0} is not an mmloop project\n  hint: create one with `mmloop init {0}`")]
     NotAProject(PathBuf),
     #[error("{0} is already an mmloop project")]
@@ -99,6 +106,17 @@ impl StoreError {
             }
             _ => false,
         }
+    }
+}
+
+/// A PostgreSQL error with the server's own message and detail, when it sent one.
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({})", db.message(), detail),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
     }
 }
 

@@ -51,6 +51,10 @@ pub struct Config {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProjectSection {
     pub name: String,
+    /// A PostgreSQL URL (`postgres://user@host/db`) when the project's database is on a
+    /// server; unset: SQLite in `.mmloop/mmloop.db`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,7 +81,7 @@ const CONFIG_TEMPLATE: &str = r#"# mmloop project settings.
 
 [project]
 name = "{name}"
-
+{database}
 [import]
 # Copy images into .mmloop/blobs instead of referencing them where they are.
 copy_images = false
@@ -98,11 +102,41 @@ impl Config {
 }
 
 impl Store {
-    /// Creates a project in `dir` (made if missing).
+    /// Creates a project in `dir` (made if missing), its database in `.mmloop/`.
     pub async fn init(dir: &Path, name: Option<&str>, actor: &str) -> Result<Store, StoreError> {
+        Store::init_with(dir, name, actor, None).await
+    }
+
+    /// Creates a project in `dir` (made if missing) whose database is `database` (a
+    /// PostgreSQL URL; `None`: SQLite in `.mmloop/`). `mmloop.toml` records it.
+    pub async fn init_with(
+        dir: &Path,
+        name: Option<&str>,
+        actor: &str,
+        database: Option<&str>,
+    ) -> Result<Store, StoreError> {
         let paths = ProjectPaths::new(dir);
         if paths.db.exists() {
             return Err(StoreError::AlreadyExists(paths.root));
+        }
+        if let Some(url) = database {
+            check_database_url(url)?;
+            if paths.config.exists() && Config::load(&paths.config)?.project.database.is_some() {
+                return Err(StoreError::AlreadyExists(paths.root));
+            }
+        }
+        if let Some(url) = database {
+            // The server must take the project before its folder is made or says it lives there.
+            let db = db::Db::open_postgres(url, true)?;
+            let taken =
+                db.read_sql(|c| c.one("SELECT count(*) FROM project", &[], |r| r.get::<i64>(0))).await.map(|n| n > 0);
+            db.close();
+            if taken? {
+                return Err(StoreError::Config(format!(
+                    "{} already holds an mmloop project\n  hint: give each project a database of its own",
+                    crate::pg::redact(url)
+                )));
+            }
         }
         for d in [&paths.root, &paths.dot, &paths.blobs, &paths.reports] {
             std::fs::create_dir_all(d).map_err(|e| StoreError::IoPath { path: d.clone(), source: e })?;
@@ -111,8 +145,19 @@ impl Store {
             .map(String::from)
             .or_else(|| paths.root.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "mmloop".into());
-        if !paths.config.exists() {
-            let text = CONFIG_TEMPLATE.replace("{name}", &name.replace('"', "'"));
+        let database_line = match database {
+            Some(url) => {
+                format!("# The project's database (unset: SQLite in .mmloop/).\ndatabase = {}\n", toml_string(url))
+            }
+            None => String::new(),
+        };
+        let template = CONFIG_TEMPLATE.replace("{name}", &name.replace('"', "'")).replace("{database}", &database_line);
+        let config_text = match std::fs::read_to_string(&paths.config) {
+            Ok(text) if database.is_some() => Some(with_database(&text, &database_line)),
+            Ok(_) => None,
+            Err(_) => Some(template),
+        };
+        if let Some(text) = config_text {
             crate::fs::write_atomic(&paths.config, text.as_bytes())?;
         }
         let store = Store::open_paths(paths, true)?;
@@ -120,11 +165,14 @@ impl Store {
         let actor = actor.to_string();
         store
             .db()
-            .write(move |conn| {
+            .write_sql(move |conn| {
                 let tx = conn.savepoint()?;
-                tx.execute("INSERT INTO project (key, value) VALUES ('name', ?1), ('created', ?2)", (&name, &created))?;
+                conn.execute(
+                    "INSERT INTO project (key, value) VALUES ('name', ?1), ('created', ?2)",
+                    &[&name, &created],
+                )?;
                 crate::audit::append(
-                    &tx,
+                    conn,
                     &actor,
                     "project.init",
                     "project",
@@ -142,7 +190,8 @@ impl Store {
     /// Opens the project in `dir`.
     pub async fn open(dir: &Path) -> Result<Store, StoreError> {
         let paths = ProjectPaths::new(dir);
-        if !paths.db.exists() {
+        let on_server = paths.config.exists() && Config::load(&paths.config)?.project.database.is_some();
+        if !on_server && !paths.db.exists() {
             return Err(StoreError::NotAProject(dir.to_path_buf()));
         }
         Store::open_paths(paths, false)
@@ -150,9 +199,59 @@ impl Store {
 
     fn open_paths(paths: ProjectPaths, create: bool) -> Result<Store, StoreError> {
         let config = Config::load(&paths.config)?;
-        let db = db::Db::open(&paths.db, create)?;
+        let db = match &config.project.database {
+            Some(url) => db::Db::open_postgres(url, create)?,
+            None => db::Db::open(&paths.db, create)?,
+        };
         Ok(Store {
             inner: Arc::new(Inner { paths, config, db, anchor: Default::default(), route_preview: Default::default() }),
         })
     }
+}
+
+/// Refuses a database URL this build cannot use, naming what it can.
+fn check_database_url(url: &str) -> Result<(), StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err(StoreError::Config(format!(
+            "{}: not a database this build can use\n  hint: give a PostgreSQL URL (postgres://user@host/db), or leave --database out for SQLite",
+            crate::pg::redact(url)
+        )))
+    }
+}
+
+/// `s` as a TOML string.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// An existing `mmloop.toml` with the project's database set to `line` (replacing any).
+fn with_database(text: &str, line: &str) -> String {
+    let mut out = String::new();
+    let mut in_project = false;
+    let mut placed = false;
+    for l in text.lines() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            if in_project && !placed {
+                out.push_str(line);
+                placed = true;
+            }
+            in_project = t == "[project]";
+        } else if in_project && (t.starts_with("database ") || t.starts_with("database=")) {
+            continue;
+        }
+        out.push_str(l);
+        out.push('\n');
+        if in_project && t == "[project]" && !placed {
+            out.push_str(line);
+            placed = true;
+        }
+    }
+    if !placed {
+        out.push_str("\n[project]\n");
+        out.push_str(line);
+    }
+    out
 }

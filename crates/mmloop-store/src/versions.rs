@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::audit::AuditProblem;
 use crate::labels::{LabelView, label_by_id, parse_answers};
+use crate::sql::Conn;
 use crate::{Store, StoreError};
 
 /// Pages end after an item whose mixed id has these low bits zero (~256 entries).
@@ -298,65 +299,77 @@ impl Found<'_> {
 /// version page's hash, and every version's id from its manifest: a row edited in the
 /// database (an answer rewritten with SQL, say) no longer matches the digest recorded when
 /// it was written, and a version whose rows changed no longer matches its id.
-pub(crate) fn verify_content(conn: &Connection) -> Result<Vec<AuditProblem>, StoreError> {
+pub(crate) fn verify_content<'c>(conn: impl Into<Conn<'c>>) -> Result<Vec<AuditProblem>, StoreError> {
+    let conn = conn.into();
     let mut problems = Vec::new();
-    // Item digests, from the fields and the images' sha256 in position order.
+    // Item digests, from the fields and the images' sha256 in position order: one row per
+    // (item, image), an item's rows together.
     let mut item_digests: std::collections::HashMap<i64, Digest> = std::collections::HashMap::new();
     {
         let mut found = Found { what: "items changed", listed: 0, more: 0, out: &mut problems };
-        let mut imgs = conn.prepare(
-            "SELECT ii.item_id, im.sha256 FROM item_images ii JOIN images im ON im.id = ii.image_id
-             ORDER BY ii.item_id, ii.pos",
-        )?;
-        let mut imgs = imgs.query([])?;
-        let mut pending_img: Option<(i64, Vec<u8>)> = None;
-        let mut st = conn.prepare(
-            "SELECT id, task, source_id, question, context, turn, tags, meta, content FROM items ORDER BY id",
-        )?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let id: i64 = r.get(0)?;
-            let task: String = r.get(1)?;
-            let source_id: Option<String> = r.get(2)?;
-            let question: String = r.get(3)?;
-            let context: Option<String> = r.get(4)?;
-            let turn: i64 = r.get(5)?;
-            let tags: Option<String> = r.get(6)?;
-            let meta: Option<String> = r.get(7)?;
-            let stored: Vec<u8> = r.get(8)?;
-            let mut shas = Vec::new();
-            loop {
-                if pending_img.is_none() {
-                    pending_img = match imgs.next()? {
-                        Some(ir) => Some((ir.get(0)?, ir.get(1)?)),
-                        None => None,
-                    };
-                }
-                match &pending_img {
-                    Some((item, sha)) if *item == id => {
-                        shas.push(Digest::from_slice(sha).unwrap_or_default());
-                        pending_img = None;
-                    }
-                    Some((item, _)) if *item < id => pending_img = None, // an orphan row
-                    _ => break,
-                }
-            }
-            let tags: Vec<String> = tags.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        struct Fields {
+            id: i64,
+            task: String,
+            source_id: Option<String>,
+            question: String,
+            context: Option<String>,
+            turn: i64,
+            tags: Option<String>,
+            meta: Option<String>,
+            stored: Vec<u8>,
+            shas: Vec<Digest>,
+        }
+        let mut check = |f: Fields| {
+            let tags: Vec<String> = f.tags.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
             let digest = ItemContent {
-                task: task.parse().unwrap_or(Task::Vqa),
-                source_id: source_id.as_deref(),
-                question: &question,
-                context_json: context.as_deref(),
-                turn: turn as u32,
-                images: &shas,
+                task: f.task.parse().unwrap_or(Task::Vqa),
+                source_id: f.source_id.as_deref(),
+                question: &f.question,
+                context_json: f.context.as_deref(),
+                turn: f.turn as u32,
+                images: &f.shas,
                 tags: &tags,
-                meta_json: meta.as_deref(),
+                meta_json: f.meta.as_deref(),
             }
             .digest();
-            if digest.as_bytes().as_slice() != stored.as_slice() || task.parse::<Task>().is_err() {
-                found.push(AuditProblem::ItemChanged { item: id });
+            if digest.as_bytes().as_slice() != f.stored.as_slice() || f.task.parse::<Task>().is_err() {
+                found.push(AuditProblem::ItemChanged { item: f.id });
             }
-            item_digests.insert(id, digest);
+            item_digests.insert(f.id, digest);
+        };
+        let mut current: Option<Fields> = None;
+        conn.each(
+            "SELECT i.id, i.task, i.source_id, i.question, i.context, i.turn, i.tags, i.meta, i.content, im.sha256
+             FROM items i LEFT JOIN item_images ii ON ii.item_id = i.id LEFT JOIN images im ON im.id = ii.image_id
+             ORDER BY i.id, ii.pos",
+            &[],
+            |r| {
+                let id: i64 = r.get(0)?;
+                if current.as_ref().is_none_or(|f| f.id != id) {
+                    if let Some(done) = current.take() {
+                        check(done);
+                    }
+                    current = Some(Fields {
+                        id,
+                        task: r.get(1)?,
+                        source_id: r.get(2)?,
+                        question: r.get(3)?,
+                        context: r.get(4)?,
+                        turn: r.get(5)?,
+                        tags: r.get(6)?,
+                        meta: r.get(7)?,
+                        stored: r.get(8)?,
+                        shas: Vec::new(),
+                    });
+                }
+                if let (Some(f), Some(sha)) = (current.as_mut(), r.get::<Option<Vec<u8>>>(9)?) {
+                    f.shas.push(Digest::from_slice(&sha).unwrap_or_default());
+                }
+                Ok(())
+            },
+        )?;
+        if let Some(done) = current.take() {
+            check(done);
         }
         found.finish();
     }
@@ -364,9 +377,7 @@ pub(crate) fn verify_content(conn: &Connection) -> Result<Vec<AuditProblem>, Sto
     let mut label_digests: std::collections::HashMap<i64, Digest> = std::collections::HashMap::new();
     {
         let mut found = Found { what: "labels changed", listed: 0, more: 0, out: &mut problems };
-        let mut st = conn.prepare("SELECT id, item_id, status, answer, answers, content FROM labels ORDER BY id")?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
+        conn.each("SELECT id, item_id, status, answer, answers, content FROM labels ORDER BY id", &[], |r| {
             let id: i64 = r.get(0)?;
             let item: i64 = r.get(1)?;
             let status: String = r.get(2)?;
@@ -378,22 +389,19 @@ pub(crate) fn verify_content(conn: &Connection) -> Result<Vec<AuditProblem>, Sto
                 found.push(AuditProblem::LabelChanged { label: id, item });
             }
             label_digests.insert(id, digest);
-        }
+            Ok(())
+        })?;
         found.finish();
     }
     // Versions: pages intact, and the id recomputed from the recomputed row digests.
     let mut found = Found { what: "versions changed", listed: 0, more: 0, out: &mut problems };
-    let mut st = conn.prepare("SELECT seq, id, pages FROM versions ORDER BY seq")?;
-    let mut versions = st.query([])?;
-    let mut page = conn.prepare_cached("SELECT data FROM pages WHERE hash = ?1")?;
-    while let Some(v) = versions.next()? {
-        let seq: i64 = v.get(0)?;
-        let id: Vec<u8> = v.get(1)?;
-        let pages: Vec<u8> = v.get(2)?;
+    let versions: Vec<(i64, Vec<u8>, Vec<u8>)> =
+        conn.query("SELECT seq, id, pages FROM versions ORDER BY seq", &[], |v| Ok((v.get(0)?, v.get(1)?, v.get(2)?)))?;
+    for (seq, id, pages) in versions {
         let mut m = Manifest { splits: Vec::new(), entries: Vec::new() };
         let mut why = None;
         for h in page_hashes(&pages) {
-            let data: Option<Vec<u8>> = page.query_row([h], |r| r.get(0)).optional()?;
+            let data: Option<Vec<u8>> = conn.optional("SELECT data FROM pages WHERE hash = ?1", &[&h], |r| r.get(0))?;
             match data {
                 None => why = Some("a manifest page is missing".to_string()),
                 Some(d) if Digest::of(&d).as_bytes().as_slice() != h => {

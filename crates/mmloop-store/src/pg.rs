@@ -1,0 +1,336 @@
+//! PostgreSQL access: a pool of connections, each write in a transaction of its own.
+//!
+//! Where SQLite has one writer per file (queued in-process, see `db.rs`), PostgreSQL takes
+//! writers from any number of processes on any number of machines. What must stay single —
+//! the audit chain, whose every event names the one before — is kept single by a
+//! transaction-scoped advisory lock every write takes first: writes serialize on the server,
+//! across all of them, exactly as SQLite's write lock serializes them in one file. Reads
+//! never take it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use tokio::sync::oneshot;
+
+use crate::StoreError;
+use crate::sql::{Conn, PgConn};
+
+/// Migrations of the PostgreSQL schema, numbered on their own (SQLite's are in `db.rs`).
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+
+/// The advisory lock key every writing transaction holds (any fixed 64-bit number; this one
+/// spells "mmloop" in ASCII).
+const WRITE_LOCK: i64 = 0x6d6d_6c6f_6f70;
+
+/// Connections one process opens at most. PostgreSQL's default limit is 100 for the whole
+/// server, shared by every review server and command.
+const MAX_CONNECTIONS: usize = 16;
+
+/// Work for a connection: runs on its thread, answers through its own channel.
+type Job = Box<dyn FnOnce(&mut Option<PgConn>) + Send>;
+
+/// Connections, each owned by a thread of its own that takes jobs from one shared queue. The
+/// `postgres` client drives its own small runtime and must never block an async thread (nor
+/// be dropped on one), so no client ever leaves its thread; callers wait on a channel.
+pub(crate) struct PgDb {
+    config: Arc<postgres::Config>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Jobs queued or running, to know when another connection would help.
+    pending: Arc<AtomicUsize>,
+}
+
+impl PgDb {
+    /// Connects to `url` and brings the schema up to date (creating it when `create`).
+    pub(crate) fn open(url: &str, create: bool) -> Result<PgDb, StoreError> {
+        let mut config: postgres::Config =
+            url.parse().map_err(|e| StoreError::Config(format!("{}: not a PostgreSQL URL: {e}", redact(url))))?;
+        if config.get_password().is_none()
+            && let Ok(password) = std::env::var("PGPASSWORD")
+        {
+            config.password(password);
+        }
+        config.application_name("mmloop");
+        let (tx, rx) = mpsc::channel();
+        let db = PgDb {
+            config: Arc::new(config),
+            jobs: Mutex::new(Some(tx)),
+            queue: Arc::new(Mutex::new(rx)),
+            workers: Mutex::new(Vec::new()),
+            pending: Arc::new(AtomicUsize::new(0)),
+        };
+        let url = url.to_string();
+        db.run_blocking_with(move |conn| {
+            let conn = conn.as_ref().expect("connected");
+            migrate(conn, create)
+        })
+        .map_err(|e| match e {
+            StoreError::Postgres(e) if e.as_db_error().is_none() => {
+                let why = match std::error::Error::source(&e) {
+                    Some(source) => format!("{e}: {source}"),
+                    None => e.to_string(),
+                };
+                StoreError::Config(format!(
+                    "cannot connect to {}: {why}\n  hint: is the server running, and may this user connect?",
+                    redact(&url)
+                ))
+            }
+            e => e,
+        })?;
+        Ok(db)
+    }
+
+    /// Queues `job`, starting another connection when every one is busy.
+    fn submit(&self, job: Job) -> Result<(), StoreError> {
+        let pending = self.pending.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut workers = self.workers.lock().expect("workers");
+        if pending > workers.len() && workers.len() < MAX_CONNECTIONS {
+            let (queue, config, left) = (self.queue.clone(), self.config.clone(), self.pending.clone());
+            let worker = std::thread::Builder::new()
+                .name("mmloop-postgres".into())
+                .spawn(move || {
+                    let mut conn: Option<PgConn> = None;
+                    loop {
+                        let job = match queue.lock().expect("queue").recv() {
+                            Ok(job) => job,
+                            Err(_) => break,
+                        };
+                        if conn.as_ref().is_none_or(PgConn::is_closed) {
+                            conn = config.connect(postgres::NoTls).ok().map(PgConn::new);
+                        }
+                        job(&mut conn);
+                        left.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+                .map_err(StoreError::Io)?;
+            workers.push(worker);
+        }
+        drop(workers);
+        let sent = self.jobs.lock().expect("jobs").as_ref().map(|tx| tx.send(job));
+        if !matches!(sent, Some(Ok(()))) {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
+    /// A job that runs `f` on a connected connection (connecting once more when the worker's
+    /// connection failed) and sends its result to `reply`.
+    fn job<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Option<PgConn>) -> Result<T, StoreError> + Send + 'static,
+        reply: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) -> Job {
+        let config = self.config.clone();
+        Box::new(move |conn: &mut Option<PgConn>| {
+            if conn.is_none() {
+                match config.connect(postgres::NoTls) {
+                    Ok(c) => *conn = Some(PgConn::new(c)),
+                    Err(e) => return reply(Err(e.into())),
+                }
+            }
+            reply(f(conn))
+        })
+    }
+
+    async fn run<T, F>(&self, write: bool, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job = self.job(
+            move |conn| transaction(conn.as_ref().expect("connected"), write, f),
+            move |out| {
+                let _ = tx.send(out);
+            },
+        );
+        self.submit(job)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn run_blocking_with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Option<PgConn>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        let job = self.job(f, move |out| {
+            let _ = tx.send(out);
+        });
+        self.submit(job)?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` in a transaction of its own that holds the write lock; commits when it
+    /// returns `Ok`, rolls back otherwise.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(true, f).await
+    }
+
+    /// Runs `f` in a read-only transaction (one snapshot for all its statements).
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(false, f).await
+    }
+
+    /// Lets the connections finish their jobs and close.
+    pub(crate) fn close(&self) {
+        self.jobs.lock().expect("jobs").take();
+        for w in self.workers.lock().expect("workers").drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn transaction<T>(conn: &PgConn, write: bool, f: impl FnOnce(Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let c = Conn::Pg(conn);
+    if write {
+        c.batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))?;
+    } else {
+        c.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+    }
+    match f(c) {
+        Ok(v) => {
+            c.batch("COMMIT")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = c.batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Brings the schema up to date under the write lock, so two servers starting at once do not
+/// both migrate. A database with no mmloop schema is refused unless `create`.
+fn migrate(conn: &PgConn, create: bool) -> Result<(), StoreError> {
+    transaction(conn, true, |c| {
+        let exists: bool = c.one("SELECT to_regclass('mmloop_schema') IS NOT NULL", &[], |r| r.get(0))?;
+        let version = if exists {
+            c.one("SELECT version FROM mmloop_schema", &[], |r| r.get::<i64>(0))? as usize
+        } else if create {
+            c.batch("CREATE TABLE mmloop_schema (version BIGINT NOT NULL); INSERT INTO mmloop_schema VALUES (0)")?;
+            0
+        } else {
+            return Err(StoreError::Config(
+                "the database holds no mmloop project\n  hint: create one with `mmloop init DIR --database URL`".into(),
+            ));
+        };
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::TooNew { found: version, supported: MIGRATIONS.len() });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            c.batch(sql)?;
+            c.execute("UPDATE mmloop_schema SET version = ?1", &[&((i + 1) as i64)])?;
+        }
+        Ok(())
+    })
+}
+
+/// `url` without its password, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user_pass = &url[s + 3..at];
+            match user_pass.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+    use crate::test_support::{pg_admin, postgres};
+
+    /// A project whose database is on a PostgreSQL server: created, written, verified,
+    /// reopened from its folder; the database takes no second project, and a schema newer
+    /// than the binary is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_project_lives_on_a_postgres_server() {
+        let Some(pg) = postgres() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("p");
+        let store = Store::init_with(&root, Some("remote"), "ann", Some(&pg.url)).await.unwrap();
+        assert!(!store.paths().db.exists(), "no SQLite file beside a PostgreSQL project");
+        let text = std::fs::read_to_string(&store.paths().config).unwrap();
+        assert!(text.contains(&format!("database = \"{}\"", pg.url)), "{text}");
+        let report = store.audit_verify().await.unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
+        assert_eq!(report.events, 1);
+        store.close();
+
+        let store = Store::open(&root).await.unwrap();
+        let log = store.audit_log(None, 10).await.unwrap();
+        assert_eq!((log.len(), log[0].action.as_str(), log[0].actor.as_str()), (1, "project.init", "ann"));
+        store.close();
+
+        let again = Store::init_with(&dir.path().join("q"), None, "bob", Some(&pg.url)).await;
+        assert!(
+            again.as_ref().is_err_and(|e| e.to_string().contains("already holds an mmloop project")),
+            "{:?}",
+            again.err()
+        );
+
+        pg_admin(&pg.url, "UPDATE mmloop_schema SET version = 99").unwrap();
+        let newer = Store::open(&root).await;
+        assert!(matches!(newer, Err(crate::StoreError::TooNew { found: 99, .. })), "{:?}", newer.err());
+    }
+
+    /// The database's own anchor only moves forward and cannot be deleted; deleting the newest
+    /// events is caught by it even without the folder's `.mmloop/audit-head`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_database_anchor_catches_deleted_events() {
+        let Some(pg) = postgres() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init_with(&dir.path().join("p"), None, "ann", Some(&pg.url)).await.unwrap();
+        store
+            .db()
+            .write_sql(|c| {
+                crate::audit::append(c, "ann", "note", "project", None, None)?;
+                crate::audit::append(c, "ann", "note", "project", None, None)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        std::fs::remove_file(&store.paths().audit_head).ok();
+        assert!(store.audit_verify().await.unwrap().ok());
+        for refused in ["DELETE FROM audit_head", "UPDATE audit_head SET seq = 1", "TRUNCATE audit_head"] {
+            let e = pg_admin(&pg.url, refused).unwrap_err();
+            assert!(crate::pg_message(&e).contains("audit head anchor"), "{refused}: {e}");
+        }
+        pg_admin(&pg.url, "DELETE FROM events WHERE seq = 3").unwrap();
+        let report = store.audit_verify().await.unwrap();
+        assert!(
+            report.problems.contains(&crate::AuditProblem::Truncated { anchored_seq: 3, last_seq: 2 }),
+            "{:?}",
+            report.problems
+        );
+        store.close();
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redact("postgres://ann:secret@db:5432/p"), "postgres://ann:***@db:5432/p");
+        assert_eq!(redact("postgres://ann@db/p"), "postgres://ann@db/p");
+        assert_eq!(redact("host=db user=ann"), "host=db user=ann");
+    }
+}

@@ -1,0 +1,386 @@
+//! One SQL surface over both databases the store runs on, SQLite (embedded, the default) and
+//! PostgreSQL (networked, for many reviewers and several servers).
+//!
+//! Store code writes one statement for both: parameters as `?1`, `?2`, ... (rewritten to
+//! `$1`, `$2`, ... for PostgreSQL), standard SQL both accept (`ON CONFLICT`, `RETURNING`,
+//! `CAST`), and branches on [`Conn::dialect`] only where the two genuinely differ (JSON
+//! functions, locking). Integers are 64-bit on both sides: the PostgreSQL schema declares
+//! every integer column `BIGINT`, and callers bind `i64`, never `i32` or `bool`.
+//!
+//! Statements are prepared once per connection and cached (rusqlite's statement cache; a map
+//! of prepared statements on each PostgreSQL connection).
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use crate::StoreError;
+
+/// Which SQL a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A value bound to a statement parameter: anything both drivers can bind.
+pub(crate) trait Param: Sync {
+    fn lite(&self) -> &dyn rusqlite::ToSql;
+    fn pg(&self) -> &(dyn postgres::types::ToSql + Sync);
+}
+
+impl<T: rusqlite::ToSql + postgres::types::ToSql + Sync> Param for T {
+    fn lite(&self) -> &dyn rusqlite::ToSql {
+        self
+    }
+    fn pg(&self) -> &(dyn postgres::types::ToSql + Sync) {
+        self
+    }
+}
+
+/// A connection to either database, as store code sees it.
+#[derive(Clone, Copy)]
+pub(crate) enum Conn<'c> {
+    Lite(&'c rusqlite::Connection),
+    Pg(&'c PgConn),
+}
+
+impl<'c> From<&'c rusqlite::Connection> for Conn<'c> {
+    fn from(c: &'c rusqlite::Connection) -> Self {
+        Conn::Lite(c)
+    }
+}
+
+impl<'c> From<&'c rusqlite::Savepoint<'_>> for Conn<'c> {
+    fn from(c: &'c rusqlite::Savepoint<'_>) -> Self {
+        Conn::Lite(c)
+    }
+}
+
+impl<'c> From<&'c rusqlite::Transaction<'_>> for Conn<'c> {
+    fn from(c: &'c rusqlite::Transaction<'_>) -> Self {
+        Conn::Lite(c)
+    }
+}
+
+/// A PostgreSQL connection with the statements prepared on it.
+pub(crate) struct PgConn {
+    client: RefCell<postgres::Client>,
+    statements: RefCell<HashMap<String, postgres::Statement>>,
+}
+
+impl PgConn {
+    pub(crate) fn new(client: postgres::Client) -> PgConn {
+        PgConn { client: RefCell::new(client), statements: RefCell::new(HashMap::new()) }
+    }
+
+    /// Whether the server closed this connection (restarted, or the connection broke).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.client.borrow().is_closed()
+    }
+
+    fn prepared(&self, sql: &str) -> Result<postgres::Statement, StoreError> {
+        if let Some(st) = self.statements.borrow().get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.client.borrow_mut().prepare(&pg_sql(sql))?;
+        self.statements.borrow_mut().insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+
+    fn rows(&self, sql: &str, params: &[&dyn Param]) -> Result<Vec<postgres::Row>, StoreError> {
+        let st = self.prepared(sql)?;
+        let params: Vec<_> = params.iter().map(|p| p.pg()).collect();
+        Ok(self.client.borrow_mut().query(&st, &params)?)
+    }
+}
+
+/// Rewrites SQLite's numbered parameters (`?1`, and `?` for "one more than the last") into
+/// PostgreSQL's `$1`, leaving string literals, quoted names and comments alone.
+pub(crate) fn pg_sql(sql: &str) -> Cow<'_, str> {
+    if !sql.contains('?') {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.char_indices().peekable();
+    let mut last = 0u32;
+    while let Some((_, c)) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                out.push(c);
+                for (_, d) in chars.by_ref() {
+                    out.push(d);
+                    if d == c {
+                        break;
+                    }
+                }
+            }
+            '-' if chars.peek().is_some_and(|&(_, d)| d == '-') => {
+                out.push(c);
+                for (_, d) in chars.by_ref() {
+                    out.push(d);
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            '?' => {
+                let mut digits = String::new();
+                while let Some(&(_, d)) = chars.peek().filter(|(_, d)| d.is_ascii_digit()) {
+                    digits.push(d);
+                    chars.next();
+                }
+                let n = if digits.is_empty() { last + 1 } else { digits.parse().unwrap_or(last + 1) };
+                last = last.max(n);
+                out.push('$');
+                out.push_str(&n.to_string());
+            }
+            _ => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+impl<'c> Conn<'c> {
+    pub(crate) fn dialect(&self) -> Dialect {
+        match self {
+            Conn::Lite(_) => Dialect::Sqlite,
+            Conn::Pg(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Runs one statement; returns the number of rows it changed.
+    pub(crate) fn execute(&self, sql: &str, params: &[&dyn Param]) -> Result<u64, StoreError> {
+        match self {
+            Conn::Lite(c) => {
+                let n = c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params.iter().map(|p| p.lite())))?;
+                Ok(n as u64)
+            }
+            Conn::Pg(c) => {
+                let st = c.prepared(sql)?;
+                let params: Vec<_> = params.iter().map(|p| p.pg()).collect();
+                Ok(c.client.borrow_mut().execute(&st, &params)?)
+            }
+        }
+    }
+
+    /// Runs statements without parameters (schema changes, transaction control).
+    pub(crate) fn batch(&self, sql: &str) -> Result<(), StoreError> {
+        match self {
+            Conn::Lite(c) => Ok(c.execute_batch(sql)?),
+            Conn::Pg(c) => Ok(c.client.borrow_mut().batch_execute(sql)?),
+        }
+    }
+
+    /// Calls `f` on every row, in order. `f` may run other statements on this connection.
+    pub(crate) fn each(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+        mut f: impl FnMut(&Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Conn::Lite(c) => {
+                let mut st = c.prepare_cached(sql)?;
+                let mut rows = st.query(rusqlite::params_from_iter(params.iter().map(|p| p.lite())))?;
+                while let Some(r) = rows.next()? {
+                    f(&Row::Lite(r))?;
+                }
+                Ok(())
+            }
+            Conn::Pg(c) => {
+                for r in c.rows(sql, params)? {
+                    f(&Row::Pg(&r))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Every row, mapped by `f`.
+    pub(crate) fn query<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+        mut f: impl FnMut(&Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        self.each(sql, params, |r| {
+            out.push(f(r)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The first row mapped by `f`, or `None` when there is none.
+    pub(crate) fn optional<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+        f: impl FnOnce(&Row) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        match self {
+            Conn::Lite(c) => {
+                let mut st = c.prepare_cached(sql)?;
+                let mut rows = st.query(rusqlite::params_from_iter(params.iter().map(|p| p.lite())))?;
+                rows.next()?.map(|r| f(&Row::Lite(r))).transpose()
+            }
+            Conn::Pg(c) => c.rows(sql, params)?.first().map(|r| f(&Row::Pg(r))).transpose(),
+        }
+    }
+
+    /// The first row mapped by `f`; an error when there is none.
+    pub(crate) fn one<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+        f: impl FnOnce(&Row) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.optional(sql, params, f)?.ok_or_else(|| {
+            StoreError::Internal(format!("no row from: {}", sql.split_whitespace().collect::<Vec<_>>().join(" ")))
+        })
+    }
+
+    /// Opens a savepoint: its changes stand or fall together. Dropped without
+    /// [`Savepoint::commit`], it rolls them back.
+    pub(crate) fn savepoint(&self) -> Result<Savepoint<'c>, StoreError> {
+        self.batch("SAVEPOINT mmloop")?;
+        Ok(Savepoint { conn: *self, done: false })
+    }
+}
+
+/// See [`Conn::savepoint`]. Savepoints of the same name nest: each release or rollback
+/// applies to the newest one open.
+pub(crate) struct Savepoint<'c> {
+    conn: Conn<'c>,
+    done: bool,
+}
+
+impl<'c> Savepoint<'c> {
+    pub(crate) fn commit(mut self) -> Result<(), StoreError> {
+        self.done = true;
+        self.conn.batch("RELEASE SAVEPOINT mmloop")
+    }
+}
+
+impl Drop for Savepoint<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.conn.batch("ROLLBACK TO SAVEPOINT mmloop; RELEASE SAVEPOINT mmloop");
+        }
+    }
+}
+
+/// One result row of either database.
+pub(crate) enum Row<'r> {
+    Lite(&'r rusqlite::Row<'r>),
+    Pg(&'r postgres::Row),
+}
+
+impl Row<'_> {
+    /// Column `i` (from 0) as a `T`.
+    pub(crate) fn get<T: Column>(&self, i: usize) -> Result<T, StoreError> {
+        match self {
+            Row::Lite(r) => Ok(T::lite(r, i)?),
+            Row::Pg(r) => T::pg(r, i),
+        }
+    }
+}
+
+/// A Rust type a column reads into, from either database. PostgreSQL's narrower integer and
+/// float types read into `i64` and `f64` as SQLite's do.
+pub(crate) trait Column: Sized {
+    fn lite(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Self>;
+    fn pg_opt(r: &postgres::Row, i: usize) -> Result<Option<Self>, StoreError>;
+    fn pg(r: &postgres::Row, i: usize) -> Result<Self, StoreError> {
+        Self::pg_opt(r, i)?.ok_or_else(|| {
+            StoreError::Internal(format!("column {:?} is NULL", r.columns().get(i).map_or("?", |c| c.name())))
+        })
+    }
+}
+
+impl<T: Column + rusqlite::types::FromSql> Column for Option<T> {
+    fn lite(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Self> {
+        r.get(i)
+    }
+    fn pg_opt(r: &postgres::Row, i: usize) -> Result<Option<Self>, StoreError> {
+        Ok(Some(T::pg_opt(r, i)?))
+    }
+}
+
+fn pg_type(r: &postgres::Row, i: usize) -> Result<&postgres::types::Type, StoreError> {
+    r.columns().get(i).map(|c| c.type_()).ok_or_else(|| StoreError::Internal(format!("no column {i} in the row")))
+}
+
+impl Column for i64 {
+    fn lite(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Self> {
+        r.get(i)
+    }
+    fn pg_opt(r: &postgres::Row, i: usize) -> Result<Option<Self>, StoreError> {
+        use postgres::types::Type;
+        Ok(match *pg_type(r, i)? {
+            Type::INT4 => r.try_get::<_, Option<i32>>(i)?.map(i64::from),
+            Type::INT2 => r.try_get::<_, Option<i16>>(i)?.map(i64::from),
+            Type::BOOL => r.try_get::<_, Option<bool>>(i)?.map(i64::from),
+            _ => r.try_get(i)?,
+        })
+    }
+}
+
+impl Column for f64 {
+    fn lite(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Self> {
+        r.get(i)
+    }
+    fn pg_opt(r: &postgres::Row, i: usize) -> Result<Option<Self>, StoreError> {
+        use postgres::types::Type;
+        Ok(match *pg_type(r, i)? {
+            Type::FLOAT4 => r.try_get::<_, Option<f32>>(i)?.map(f64::from),
+            Type::INT8 | Type::INT4 | Type::INT2 => i64::pg_opt(r, i)?.map(|v| v as f64),
+            _ => r.try_get(i)?,
+        })
+    }
+}
+
+impl Column for bool {
+    fn lite(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Self> {
+        r.get(i)
+    }
+    fn pg_opt(r: &postgres::Row, i: usize) -> Result<Option<Self>, StoreError> {
+        Ok(match *pg_type(r, i)? {
+            postgres::types::Type::BOOL => r.try_get(i)?,
+            _ => i64::pg_opt(r, i)?.map(|v| v != 0),
+        })
+    }
+}
+
+impl Column for String {
+    fn lite(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Self> {
+        r.get(i)
+    }
+    fn pg_opt(r: &postgres::Row, i: usize) -> Result<Option<Self>, StoreError> {
+        Ok(r.try_get(i)?)
+    }
+}
+
+impl Column for Vec<u8> {
+    fn lite(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Self> {
+        r.get(i)
+    }
+    fn pg_opt(r: &postgres::Row, i: usize) -> Result<Option<Self>, StoreError> {
+        Ok(r.try_get(i)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_parameters_become_dollars_outside_literals() {
+        assert_eq!(pg_sql("SELECT 1"), "SELECT 1");
+        assert_eq!(pg_sql("SELECT ?1, ?2 WHERE a = ?1"), "SELECT $1, $2 WHERE a = $1");
+        assert_eq!(pg_sql("VALUES (?, ?, ?5, ?)"), "VALUES ($1, $2, $5, $6)");
+        assert_eq!(pg_sql("SELECT '?1', \"a?\" -- why?\n, ?1"), "SELECT '?1', \"a?\" -- why?\n, $1");
+        assert_eq!(pg_sql("SELECT 'it''s ?' || ?3"), "SELECT 'it''s ?' || $3");
+    }
+}
