@@ -219,15 +219,48 @@ impl Db {
         }
     }
 
-    /// Runs `f` on a read connection of either database (one snapshot), off the async threads.
+    /// Like [`Db::write_sql`] for a large write (an import): in a transaction of its own,
+    /// which `f` must not open or close.
+    pub(crate) async fn write_sql_alone<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        match self {
+            Db::Lite(l) => {
+                let work = move |c: &mut Connection| {
+                    let tx = c.transaction()?;
+                    let out = f(Conn::Lite(&tx))?;
+                    tx.commit()?;
+                    Ok(out)
+                };
+                l.queue(work, Job::Alone).await
+            }
+            Db::Pg(pg) => pg.write(f).await,
+        }
+    }
+
+    /// Runs `f` in a read transaction (one snapshot for all its statements) on either
+    /// database, off the async threads.
     pub(crate) async fn read_sql<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
     {
         match &**self {
-            Db::Lite(_) => self.read(move |c| f(Conn::Lite(c))).await,
+            Db::Lite(_) => self.read(move |c| read_transaction(c, f)).await,
             Db::Pg(pg) => pg.read(f).await,
+        }
+    }
+
+    /// Like [`Db::read_sql`], waiting on the calling thread (never an async one).
+    pub(crate) fn read_sql_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        match self {
+            Db::Lite(l) => l.read_blocking(|c| read_transaction(c, f)),
+            Db::Pg(pg) => pg.run_blocking(false, f),
         }
     }
 
@@ -238,16 +271,6 @@ impl Db {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         self.lite()?.queue(f, Job::Grouped).await
-    }
-
-    /// Like [`Db::write`] for a large write (an import): `f` runs with no transaction open,
-    /// opens its own with `conn.transaction()` and commits it; writes queued meanwhile wait.
-    pub(crate) async fn write_alone<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.lite()?.queue(f, Job::Alone).await
     }
 
     /// Runs `f` on an SQLite read connection, off the async threads.
@@ -278,6 +301,14 @@ impl Db {
             Db::Pg(pg) => pg.close(),
         }
     }
+}
+
+/// Runs `f` on an SQLite read connection inside one read transaction.
+fn read_transaction<T>(c: &Connection, f: impl FnOnce(Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    c.execute_batch("BEGIN")?;
+    let out = f(Conn::Lite(c));
+    c.execute_batch("COMMIT")?;
+    out
 }
 
 impl Lite {
@@ -480,28 +511,20 @@ mod tests {
             tokio::spawn(async move { db.write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [i])?)).await })
         });
         let grouped: Vec<_> = grouped.collect();
-        let alone = db.write_alone(|c| {
-            let tx = c.transaction()?;
+        let alone = db.write_sql_alone(|c| {
             for x in 100..200i64 {
-                tx.execute("INSERT INTO t VALUES (?1)", [x])?;
+                c.execute("INSERT INTO t VALUES (?1)", &[&x])?;
             }
-            tx.commit()?;
             Ok(())
         });
-        let failing = db.write_alone(|c| {
-            let tx = c.transaction()?;
-            tx.execute("INSERT INTO t VALUES (300)", [])?;
-            tx.execute("INSERT INTO t VALUES (100)", [])?;
-            tx.commit()?;
+        let failing = db.write_sql_alone(|c| {
+            c.execute("INSERT INTO t VALUES (300)", &[])?;
+            c.execute("INSERT INTO t VALUES (100)", &[])?;
             Ok(())
         });
-        let left_open = db.write_alone(|c| {
-            c.execute_batch("BEGIN; INSERT INTO t VALUES (400);")?;
-            Ok(())
-        });
-        let (alone, failing, left_open) = tokio::join!(alone, failing, left_open);
+        let (alone, failing) = tokio::join!(alone, failing);
         alone.unwrap();
-        assert!(failing.is_err() && left_open.is_err(), "{failing:?} {left_open:?}");
+        assert!(failing.is_err(), "{failing:?}");
         for g in grouped {
             g.await.unwrap().unwrap();
         }

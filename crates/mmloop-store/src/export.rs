@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use mmloop_core::{ImageInfo, ImageSource, LabelStatus, Location, Prediction, Record, Task};
-use rusqlite::Connection;
 use serde::Serialize;
 
+use crate::sql::{Conn, Dialect};
 use crate::versions::{Entry, Manifest, VersionInfo, load_manifest, resolve};
 use crate::{Store, StoreError};
 
@@ -53,11 +53,9 @@ pub struct ExportInfo {
     pub items: u64,
 }
 
-fn working_manifest(conn: &Connection) -> Result<Manifest, StoreError> {
-    let mut st = conn.prepare("SELECT id, label_id, split FROM items ORDER BY id")?;
-    let mut rows = st.query([])?;
+fn working_manifest(conn: Conn) -> Result<Manifest, StoreError> {
     let mut m = Manifest { splits: Vec::new(), entries: Vec::new() };
-    while let Some(r) = rows.next()? {
+    conn.each("SELECT id, label_id, split FROM items ORDER BY id", &[], |r| {
         let split: Option<String> = r.get(2)?;
         let split = split.map(|s| match m.splits.iter().position(|x| *x == s) {
             Some(i) => i as u32,
@@ -67,7 +65,8 @@ fn working_manifest(conn: &Connection) -> Result<Manifest, StoreError> {
             }
         });
         m.entries.push(Entry { item: r.get(0)?, label: r.get(1)?, split });
-    }
+        Ok(())
+    })?;
     Ok(m)
 }
 
@@ -82,24 +81,28 @@ struct Label {
 /// the export selects (version, split, task), so the same export always writes the same ids,
 /// and an export of one source alone keeps its ids as they were (COCO's integers, say).
 fn shared_source_ids(
-    conn: &Connection,
+    conn: Conn,
     wanted: &[Entry],
     task: Option<Task>,
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    let mut st = conn.prepare(
+    // The format of a key `id:<format>:<source id>`.
+    let format = match conn.dialect() {
+        Dialect::Sqlite => "substr(key, 4, instr(substr(key, 4), ':') - 1)",
+        Dialect::Postgres => "split_part(key, ':', 2)",
+    };
+    let sql = format!(
         "SELECT id, source_id, key, task FROM items WHERE source_id IN (
              SELECT source_id FROM items WHERE source_id IS NOT NULL AND key LIKE 'id:%' GROUP BY source_id
-             HAVING COUNT(DISTINCT substr(key, 4, instr(substr(key, 4), ':') - 1)) > 1)",
-    )?;
-    let mut rows = st.query([])?;
+             HAVING COUNT(DISTINCT {format}) > 1)"
+    );
     let mut candidates: Vec<(i64, String, String)> = Vec::new();
-    while let Some(r) = rows.next()? {
+    conn.each(&sql, &[], |r| {
         let item_task: String = r.get(3)?;
-        if task.is_some_and(|t| t.as_str() != item_task) {
-            continue;
+        if task.is_none_or(|t| t.as_str() == item_task) {
+            candidates.push((r.get(0)?, r.get(1)?, r.get(2)?));
         }
-        candidates.push((r.get(0)?, r.get(1)?, r.get(2)?));
-    }
+        Ok(())
+    })?;
     if candidates.is_empty() {
         return Ok(Default::default());
     }
@@ -128,7 +131,7 @@ fn export_id(source_id: Option<String>, key: &str, shared: &std::collections::Ha
 }
 
 fn fetch_chunk(
-    conn: &Connection,
+    conn: Conn,
     dot: &std::path::Path,
     m: &Manifest,
     chunk: &[Entry],
@@ -140,12 +143,8 @@ fn fetch_chunk(
     let label_ids: Vec<String> = chunk.iter().filter_map(|e| e.label).map(|l| l.to_string()).collect();
     let mut labels: HashMap<i64, Label> = HashMap::with_capacity(label_ids.len());
     if !label_ids.is_empty() {
-        let mut st = conn.prepare(&format!(
-            "SELECT id, status, answer, answers FROM labels WHERE id IN ({})",
-            label_ids.join(",")
-        ))?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
+        let sql = format!("SELECT id, status, answer, answers FROM labels WHERE id IN ({})", label_ids.join(","));
+        conn.each_once(&sql, |r| {
             let status: String = r.get(1)?;
             labels.insert(
                 r.get(0)?,
@@ -154,48 +153,48 @@ fn fetch_chunk(
                     answer: crate::labels::parse_answers(r.get(2)?, r.get(3)?),
                 },
             );
-        }
+            Ok(())
+        })?;
     }
     let mut images: HashMap<i64, Vec<(ImageSource, ImageInfo)>> = HashMap::new();
     {
-        let mut st = conn.prepare(&format!(
+        let sql = format!(
             "SELECT ii.item_id, im.id, im.sha256, im.path, im.copied, im.width, im.height, im.format, im.bytes
              FROM item_images ii JOIN images im ON im.id = ii.image_id
              WHERE ii.item_id IN ({id_list}) ORDER BY ii.item_id, ii.pos"
-        ))?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
+        );
+        conn.each_once(&sql, |r| {
             let item: i64 = r.get(0)?;
             let img = crate::labels::row_image_at(r, 1, dot)?;
             images.entry(item).or_default().push((
                 ImageSource::Path(img.path.to_string_lossy().into_owned()),
                 ImageInfo { sha256: img.sha256, width: img.width, height: img.height, format: img.format },
             ));
-        }
+            Ok(())
+        })?;
     }
     let mut preds: HashMap<i64, Vec<Prediction>> = HashMap::new();
     if filter.candidates {
-        let mut st = conn.prepare(&format!(
+        let sql = format!(
             "SELECT item_id, model, answer, confidence FROM candidates
              WHERE item_id IN ({id_list}) AND answer IS NOT NULL AND error IS NULL ORDER BY item_id, id"
-        ))?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
+        );
+        conn.each_once(&sql, |r| {
             preds.entry(r.get(0)?).or_default().push(Prediction {
                 model: r.get(1)?,
                 answer: r.get(2)?,
                 score: r.get(3)?,
             });
-        }
+            Ok(())
+        })?;
     }
     let mut items: HashMap<i64, Record> = HashMap::with_capacity(chunk.len());
     {
-        let mut st = conn.prepare(&format!(
+        let sql = format!(
             "SELECT id, source_id, task, question, context, conversation, turn, tags, meta, source_file, source_line, key
              FROM items WHERE id IN ({id_list})"
-        ))?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
+        );
+        conn.each_once(&sql, |r| {
             let id: i64 = r.get(0)?;
             let task: String = r.get(2)?;
             let file: Option<String> = r.get(9)?;
@@ -203,18 +202,18 @@ fn fetch_chunk(
             let file = std::sync::Arc::new(std::path::PathBuf::from(file.unwrap_or_default()));
             let mut rec = Record::new(
                 task.parse().unwrap_or(Task::Vqa),
-                r.get::<_, String>(3)?,
+                r.get::<String>(3)?,
                 Location { file, line: line.map(|l| l as u64), index: None },
             );
-            rec.id = export_id(r.get(1)?, &r.get::<_, String>(11)?, shared);
-            rec.context =
-                r.get::<_, Option<String>>(4)?.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
+            rec.id = export_id(r.get(1)?, &r.get::<String>(11)?, shared);
+            rec.context = r.get::<Option<String>>(4)?.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
             rec.conversation = r.get(5)?;
-            rec.turn = r.get(6)?;
-            rec.tags = r.get::<_, Option<String>>(7)?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-            rec.meta = r.get::<_, Option<String>>(8)?.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default();
+            rec.turn = r.get::<i64>(6)? as u32;
+            rec.tags = r.get::<Option<String>>(7)?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+            rec.meta = r.get::<Option<String>>(8)?.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default();
             items.insert(id, rec);
-        }
+            Ok(())
+        })?;
     }
     let mut out = Vec::with_capacity(chunk.len());
     for e in chunk {
@@ -244,7 +243,7 @@ fn fetch_chunk(
 }
 
 fn stream(
-    conn: &Connection,
+    conn: Conn,
     dot: &std::path::Path,
     m: &Manifest,
     filter: &ExportFilter,
@@ -285,8 +284,8 @@ impl Store {
         std::thread::Builder::new()
             .name("mmloop-export".into())
             .spawn(move || {
-                let res = db.read_blocking(|c| {
-                    c.execute_batch("BEGIN")?;
+                let records = tx.clone();
+                let res = db.read_sql_blocking(move |c| {
                     let (info, m) = match &version {
                         VersionSpec::Working => (None, working_manifest(c)?),
                         VersionSpec::Named(spec) => {
@@ -295,9 +294,7 @@ impl Store {
                         }
                     };
                     let _ = info_tx.send(Ok(ExportInfo { version: info, items: m.entries.len() as u64 }));
-                    let res = stream(c, &dot, &m, &filter, &tx);
-                    c.execute_batch("COMMIT")?;
-                    res
+                    stream(c, &dot, &m, &filter, &records)
                 });
                 if let Err(e) = res {
                     let _ = tx.send(Err(e));

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 
+use crate::sql::Conn;
 use mmloop_core::{Answer, Digest, ItemContent, LabelContent, LabelStatus, Record, RecordError, canonical_json};
 use rayon::prelude::*;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -221,9 +221,8 @@ impl Store {
         progress.phase("importing");
         let report = self
             .db()
-            .write_alone(move |conn| {
-                let tx = conn.transaction()?;
-                let mut job = Job::start(&tx, &opts, sha, &dot, limits, checked)?;
+            .write_sql_alone(move |tx| {
+                let mut job = Job::start(tx, &opts, sha, &dot, limits, checked)?;
                 let mut batch = Vec::with_capacity(BATCH);
                 let mut done = 0u64;
                 let mut ended = false;
@@ -254,7 +253,7 @@ impl Store {
                         next = records.try_recv().ok();
                     }
                     done += batch.len() as u64;
-                    job.batch(&tx, std::mem::take(&mut batch))?;
+                    job.batch(tx, std::mem::take(&mut batch))?;
                     if !opts.skip_bad
                         && let Some(e) = job.bad.first()
                     {
@@ -264,9 +263,7 @@ impl Store {
                     }
                     progress.records(done);
                 }
-                let report = job.finish(&tx, &reports)?;
-                tx.commit()?;
-                Ok(report)
+                job.finish(tx, &reports)
             })
             .await?;
         self.sync_audit_head().await?;
@@ -294,7 +291,7 @@ struct Job<'o> {
 
 impl<'o> Job<'o> {
     fn start(
-        tx: &Connection,
+        tx: Conn,
         opts: &'o ImportOptions,
         sha: Option<Digest>,
         dot: &Path,
@@ -307,12 +304,13 @@ impl<'o> Job<'o> {
             m.insert("file".into(), json!(opts.file.display().to_string()));
             m.insert("sha256".into(), json!(sha.map(|d| d.to_hex())));
         }
-        tx.execute(
-            "INSERT INTO runs (kind, actor, started_at, status, config) VALUES ('import', ?1, ?2, 'running', ?3)",
-            params![opts.actor, now, canonical_json(&config)],
+        let run_id: i64 = tx.one(
+            "INSERT INTO runs (kind, actor, started_at, status, config) VALUES ('import', ?1, ?2, 'running', ?3)
+             RETURNING id",
+            &[&opts.actor, &now, &canonical_json(&config)],
+            |r| r.get(0),
         )?;
-        let run_id = tx.last_insert_rowid();
-        let next_item: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM items", [], |r| r.get(0))?;
+        let next_item: i64 = tx.one("SELECT COALESCE(MAX(id), 0) + 1 FROM items", &[], |r| r.get(0))?;
         Ok(Job {
             opts,
             dot: dot.to_path_buf(),
@@ -329,7 +327,7 @@ impl<'o> Job<'o> {
         })
     }
 
-    fn batch(&mut self, tx: &Connection, batch: Vec<Result<Record, RecordError>>) -> Result<(), StoreError> {
+    fn batch(&mut self, tx: Conn, batch: Vec<Result<Record, RecordError>>) -> Result<(), StoreError> {
         // Read and hash the images this batch sees for the first time, in parallel.
         let mut fresh: Vec<(String, &mmloop_core::ImageSource)> = Vec::new();
         let mut probed: Vec<(String, Result<Probed, ImageError>)> = Vec::new();
@@ -369,14 +367,12 @@ impl<'o> Job<'o> {
     }
 
     /// Stores a probed image once per content; returns its id.
-    fn store_image(&mut self, tx: &Connection, p: Probed) -> Result<Result<(i64, Digest), String>, StoreError> {
+    fn store_image(&mut self, tx: Conn, p: Probed) -> Result<Result<(i64, Digest), String>, StoreError> {
         if let Some(&id) = self.by_sha.get(&p.sha256) {
             return Ok(Ok((id, p.sha256)));
         }
-        let existing: Option<i64> = tx
-            .prepare_cached("SELECT id FROM images WHERE sha256 = ?1")?
-            .query_row([p.sha256.as_bytes().as_slice()], |r| r.get(0))
-            .optional()?;
+        let existing: Option<i64> =
+            tx.optional("SELECT id FROM images WHERE sha256 = ?1", &[&p.sha256.as_bytes().as_slice()], |r| r.get(0))?;
         let id = match existing {
             Some(id) => id,
             None => {
@@ -391,12 +387,22 @@ impl<'o> Job<'o> {
                         Origin::Inline(_) => unreachable!("inline images are always copied"),
                     }
                 };
-                tx.prepare_cached(
-                    "INSERT INTO images (sha256, path, copied, width, height, format, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![p.sha256.as_bytes().as_slice(), path, copied, p.width, p.height, p.format, p.bytes as i64])?;
+                let id = tx.one(
+                    "INSERT INTO images (sha256, path, copied, width, height, format, bytes)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                    &[
+                        &p.sha256.as_bytes().as_slice(),
+                        &path,
+                        &i64::from(copied),
+                        &i64::from(p.width),
+                        &i64::from(p.height),
+                        &p.format,
+                        &(p.bytes as i64),
+                    ],
+                    |r| r.get(0),
+                )?;
                 self.report.images_added += 1;
-                tx.last_insert_rowid()
+                id
             }
         };
         self.by_sha.insert(p.sha256, id);
@@ -404,7 +410,7 @@ impl<'o> Job<'o> {
     }
 
     /// Inserts one record's item, label and candidates; a record error when it is refused.
-    fn item(&mut self, tx: &Connection, r: Record) -> Result<Result<(), RecordError>, StoreError> {
+    fn item(&mut self, tx: Conn, r: Record) -> Result<Result<(), RecordError>, StoreError> {
         let mut image_ids = Vec::with_capacity(r.images.len());
         let mut shas = Vec::with_capacity(r.images.len());
         for src in &r.images {
@@ -455,9 +461,10 @@ impl<'o> Job<'o> {
         };
         // Two lookups rather than a LEFT JOIN: SQLite re-prepares that join on every
         // binding, which cost a quarter of the import time.
-        let mut existing: Option<Existing> = tx
-            .prepare_cached("SELECT id, content, run_id, source_file, source_line, label_id FROM items WHERE key = ?1")?
-            .query_row([&key], |row| {
+        let mut existing: Option<Existing> = tx.optional(
+            "SELECT id, content, run_id, source_file, source_line, label_id FROM items WHERE key = ?1",
+            &[&key],
+            |row| {
                 Ok(Existing {
                     id: row.get(0)?,
                     content: row.get(1)?,
@@ -468,14 +475,15 @@ impl<'o> Job<'o> {
                     label_content: None,
                     label_status: None,
                 })
-            })
-            .optional()?;
+            },
+        )?;
         if let Some(e) = existing.as_mut()
             && let Some(l) = e.label_id
         {
-            (e.label_content, e.label_status) = tx
-                .prepare_cached("SELECT content, status FROM labels WHERE id = ?1")?
-                .query_row([l], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            (e.label_content, e.label_status) =
+                tx.one("SELECT content, status FROM labels WHERE id = ?1", &[&l], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
         }
         if let Some(old) = existing {
             let same_run = old.run == self.run_id;
@@ -524,7 +532,7 @@ impl<'o> Job<'o> {
             match (&label, untouched) {
                 (Some((status, answer)), true) => {
                     let id = self.label(tx, old.id, old.label_id, *status, answer)?;
-                    tx.prepare_cached("UPDATE items SET label_id = ?1 WHERE id = ?2")?.execute([id, old.id])?;
+                    tx.execute("UPDATE items SET label_id = ?1 WHERE id = ?2", &[&id, &old.id])?;
                     self.report.updated += 1;
                 }
                 _ => self.report.kept_reviewed += 1,
@@ -538,44 +546,43 @@ impl<'o> Job<'o> {
             Some((status, answer)) => Some(self.label(tx, item_id, None, *status, answer)?),
             None => None,
         };
-        tx.prepare_cached(
+        let source_file = self.source_file(&r.source.file);
+        tx.execute(
             "INSERT INTO items (id, key, source_id, task, question, context, conversation, turn, tags, meta,
                                 source_file, source_line, run_id, content, split, label_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        )?
-        .execute(params![
-            item_id,
-            key,
-            r.id,
-            r.task.as_str(),
-            r.question,
-            context,
-            r.conversation,
-            r.turn,
-            tags,
-            meta,
-            self.source_file(&r.source.file),
-            r.source.line.or(r.source.index).map(|n| n as i64),
-            self.run_id,
-            content.as_bytes().as_slice(),
-            r.split,
-            label_id,
-        ])?;
-        {
-            let mut st = tx.prepare_cached("INSERT INTO item_images (item_id, pos, image_id) VALUES (?1, ?2, ?3)")?;
-            for (pos, id) in image_ids.iter().enumerate() {
-                st.execute(params![item_id, pos as i64, id])?;
-            }
+            &[
+                &item_id,
+                &key,
+                &r.id,
+                &r.task.as_str(),
+                &r.question,
+                &context,
+                &r.conversation,
+                &i64::from(r.turn),
+                &tags,
+                &meta,
+                &source_file,
+                &r.source.line.or(r.source.index).map(|n| n as i64),
+                &self.run_id,
+                &content.as_bytes().as_slice(),
+                &r.split,
+                &label_id,
+            ],
+        )?;
+        for (pos, id) in image_ids.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO item_images (item_id, pos, image_id) VALUES (?1, ?2, ?3)",
+                &[&item_id, &(pos as i64), id],
+            )?;
         }
         self.report.images_referenced += image_ids.len() as u64;
-        if !r.predictions.is_empty() {
-            let mut st = tx.prepare_cached(
+        for p in &r.predictions {
+            tx.execute(
                 "INSERT INTO candidates (item_id, run_id, model, answer, confidence, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &[&item_id, &self.run_id, &p.model, &p.answer, &p.score, &self.now],
             )?;
-            for p in &r.predictions {
-                st.execute(params![item_id, self.run_id, p.model, p.answer, p.score, self.now])?;
-                self.report.candidates += 1;
-            }
+            self.report.candidates += 1;
         }
         self.report.added += 1;
         Ok(Ok(()))
@@ -583,7 +590,7 @@ impl<'o> Job<'o> {
 
     fn label(
         &mut self,
-        tx: &Connection,
+        tx: Conn,
         item_id: i64,
         prev: Option<i64>,
         status: LabelStatus,
@@ -591,22 +598,23 @@ impl<'o> Job<'o> {
     ) -> Result<i64, StoreError> {
         let digest = LabelContent { status, answer: a }.digest();
         let answers = (!a.all.is_empty()).then(|| serde_json::to_string(&a.all).expect("answers serialize"));
-        tx.prepare_cached(
+        let id = tx.one(
             "INSERT INTO labels (item_id, prev_id, status, answer, answers, actor, at, action, content)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'import', ?8)",
-        )?
-        .execute(params![
-            item_id,
-            prev,
-            status.as_str(),
-            a.text,
-            answers,
-            self.opts.actor,
-            self.now,
-            digest.as_bytes().as_slice()
-        ])?;
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'import', ?8) RETURNING id",
+            &[
+                &item_id,
+                &prev,
+                &status.as_str(),
+                &a.text,
+                &answers,
+                &self.opts.actor,
+                &self.now,
+                &digest.as_bytes().as_slice(),
+            ],
+            |r| r.get(0),
+        )?;
         self.report.labels += 1;
-        Ok(tx.last_insert_rowid())
+        Ok(id)
     }
 
     /// The display text of a record's file, rendered once per file.
@@ -617,7 +625,7 @@ impl<'o> Job<'o> {
         self.last_file.1.clone()
     }
 
-    fn finish(mut self, tx: &Connection, reports: &Path) -> Result<ImportReport, StoreError> {
+    fn finish(mut self, tx: Conn, reports: &Path) -> Result<ImportReport, StoreError> {
         self.report.bad = self.bad.len() as u64;
         if !self.bad.is_empty() {
             std::fs::create_dir_all(reports).map_err(|e| StoreError::IoPath { path: reports.into(), source: e })?;
@@ -633,9 +641,9 @@ impl<'o> Job<'o> {
         let summary = serde_json::to_value(&self.report).expect("report serializes");
         tx.execute(
             "UPDATE runs SET status = 'done', finished_at = ?1, summary = ?2 WHERE id = ?3",
-            params![crate::now(), canonical_json(&summary), self.run_id],
+            &[&crate::now(), &canonical_json(&summary), &self.run_id],
         )?;
-        let config: String = tx.query_row("SELECT config FROM runs WHERE id = ?1", [self.run_id], |r| r.get(0))?;
+        let config: String = tx.one("SELECT config FROM runs WHERE id = ?1", &[&self.run_id], |r| r.get(0))?;
         let before = None;
         let after = json!({
             "run": self.run_id,

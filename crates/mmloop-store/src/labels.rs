@@ -6,11 +6,11 @@
 use std::path::Path;
 
 use mmloop_core::{Answer, HumanAnswer, LabelContent, LabelStatus, Message, Task};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::images::StoredImage;
+use crate::sql::{Conn, Row};
 use crate::{Store, StoreError};
 
 /// A label as stored.
@@ -82,16 +82,15 @@ pub(crate) fn parse_answers(answer: Option<String>, answers: Option<String>) -> 
     Answer { text: answer, all }
 }
 
-pub(crate) fn label_by_id(conn: &Connection, id: i64) -> Result<Option<LabelView>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT id, status, answer, answers, actor, at, action, lead_time_ms FROM labels WHERE id = ?1",
-        )?
-        .query_row([id], row_label)
-        .optional()?)
+pub(crate) fn label_by_id<'c>(conn: impl Into<Conn<'c>>, id: i64) -> Result<Option<LabelView>, StoreError> {
+    conn.into().optional(
+        "SELECT id, status, answer, answers, actor, at, action, lead_time_ms FROM labels WHERE id = ?1",
+        &[&id],
+        row_label,
+    )
 }
 
-pub(crate) fn row_label(r: &rusqlite::Row) -> rusqlite::Result<LabelView> {
+pub(crate) fn row_label(r: &Row) -> Result<LabelView, StoreError> {
     let status: String = r.get(1)?;
     Ok(LabelView {
         id: r.get(0)?,
@@ -104,22 +103,26 @@ pub(crate) fn row_label(r: &rusqlite::Row) -> rusqlite::Result<LabelView> {
     })
 }
 
-pub(crate) fn images_of(conn: &Connection, dot: &Path, item_id: i64) -> Result<Vec<StoredImage>, StoreError> {
-    let mut st = conn.prepare_cached(
+pub(crate) fn images_of<'c>(
+    conn: impl Into<Conn<'c>>,
+    dot: &Path,
+    item_id: i64,
+) -> Result<Vec<StoredImage>, StoreError> {
+    conn.into().query(
         "SELECT im.id, im.sha256, im.path, im.copied, im.width, im.height, im.format, im.bytes
          FROM item_images ii JOIN images im ON im.id = ii.image_id WHERE ii.item_id = ?1 ORDER BY ii.pos",
-    )?;
-    let rows = st.query_map([item_id], |r| row_image(r, dot))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        &[&item_id],
+        |r| row_image(r, dot),
+    )
 }
 
-pub(crate) fn row_image(r: &rusqlite::Row, dot: &Path) -> rusqlite::Result<StoredImage> {
+pub(crate) fn row_image(r: &Row, dot: &Path) -> Result<StoredImage, StoreError> {
     row_image_at(r, 0, dot)
 }
 
 /// An image from 8 columns starting at `at`: id, sha256, path, copied, width, height,
 /// format, bytes.
-pub(crate) fn row_image_at(r: &rusqlite::Row, at: usize, dot: &Path) -> rusqlite::Result<StoredImage> {
+pub(crate) fn row_image_at(r: &Row, at: usize, dot: &Path) -> Result<StoredImage, StoreError> {
     let sha: Vec<u8> = r.get(at + 1)?;
     let path: String = r.get(at + 2)?;
     let copied: bool = r.get(at + 3)?;
@@ -128,91 +131,73 @@ pub(crate) fn row_image_at(r: &rusqlite::Row, at: usize, dot: &Path) -> rusqlite
         sha256: mmloop_core::Digest::from_slice(&sha).unwrap_or_default(),
         path: if copied { dot.join(path) } else { path.into() },
         copied,
-        width: r.get(at + 4)?,
-        height: r.get(at + 5)?,
+        width: r.get::<i64>(at + 4)? as u32,
+        height: r.get::<i64>(at + 5)? as u32,
         format: r.get(at + 6)?,
-        bytes: r.get::<_, i64>(at + 7)? as u64,
+        bytes: r.get::<i64>(at + 7)? as u64,
     })
 }
 
-pub(crate) fn item_view(conn: &Connection, dot: &Path, id: i64) -> Result<ItemView, StoreError> {
-    let row = conn
-        .prepare_cached(
+pub(crate) fn item_view<'c>(conn: impl Into<Conn<'c>>, dot: &Path, id: i64) -> Result<ItemView, StoreError> {
+    let conn = conn.into();
+    let view = conn
+        .optional(
             "SELECT id, source_id, task, question, context, conversation, turn, tags, meta, split,
                     source_file, source_line, label_id FROM items WHERE id = ?1",
+            &[&id],
+            |r| {
+                let task: String = r.get(2)?;
+                let context: Option<String> = r.get(4)?;
+                let tags: Option<String> = r.get(7)?;
+                let meta: Option<String> = r.get(8)?;
+                Ok((
+                    ItemView {
+                        id: r.get(0)?,
+                        source_id: r.get(1)?,
+                        task: task.parse().unwrap_or(Task::Vqa),
+                        question: r.get(3)?,
+                        context: context.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default(),
+                        conversation: r.get(5)?,
+                        turn: r.get::<i64>(6)? as u32,
+                        tags: tags.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
+                        meta: meta.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default(),
+                        split: r.get(9)?,
+                        source_file: r.get(10)?,
+                        source_line: r.get(11)?,
+                        images: Vec::new(),
+                        label: None,
+                    },
+                    r.get::<Option<i64>>(12)?,
+                ))
+            },
         )?
-        .query_row([id], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, Option<String>>(5)?,
-                r.get::<_, u32>(6)?,
-                r.get::<_, Option<String>>(7)?,
-                r.get::<_, Option<String>>(8)?,
-                r.get::<_, Option<String>>(9)?,
-                r.get::<_, Option<String>>(10)?,
-                r.get::<_, Option<i64>>(11)?,
-                r.get::<_, Option<i64>>(12)?,
-            ))
-        })
-        .optional()?
-        .ok_or(StoreError::ItemNotFound(id))?;
-    let (
-        id,
-        source_id,
-        task,
-        question,
-        context,
-        conversation,
-        turn,
-        tags,
-        meta,
-        split,
-        source_file,
-        source_line,
-        label_id,
-    ) = row;
-    Ok(ItemView {
-        id,
-        source_id,
-        task: task.parse().unwrap_or(Task::Vqa),
-        question,
-        context: context.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default(),
-        conversation,
-        turn,
-        tags: tags.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
-        meta: meta.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default(),
-        split,
-        source_file,
-        source_line,
-        images: images_of(conn, dot, id)?,
-        label: match label_id {
-            Some(l) => label_by_id(conn, l)?,
-            None => None,
-        },
-    })
+        .ok_or(StoreError::ItemNotFound(id));
+    let (mut view, label_id) = view?;
+    view.images = images_of(conn, dot, id)?;
+    view.label = match label_id {
+        Some(l) => label_by_id(conn, l)?,
+        None => None,
+    };
+    Ok(view)
 }
 
 impl Store {
     /// One item with its images and current label.
     pub async fn item(&self, id: i64) -> Result<ItemView, StoreError> {
         let dot = self.paths().dot.clone();
-        self.db().read(move |c| item_view(c, &dot, id)).await
+        self.db().read_sql(move |c| item_view(c, &dot, id)).await
     }
 
     /// One image by id (the only way images are served).
     pub async fn image(&self, id: i64) -> Result<Option<StoredImage>, StoreError> {
         let dot = self.paths().dot.clone();
         self.db()
-            .read(move |c| {
-                Ok(c.prepare_cached(
+            .read_sql(move |c| {
+                c.optional(
                     "SELECT id, sha256, path, copied, width, height, format, bytes FROM images WHERE id = ?1",
-                )?
-                .query_row([id], |r| row_image(r, &dot))
-                .optional()?)
+                    &[&id],
+                    |r| row_image(r, &dot),
+                )
             })
             .await
     }
@@ -234,12 +219,12 @@ impl Store {
             Err(source) => {
                 let items = self
                     .db()
-                    .read(move |c| {
-                        let mut st = c.prepare_cached(
+                    .read_sql(move |c| {
+                        c.query(
                             "SELECT DISTINCT item_id FROM item_images WHERE image_id = ?1 ORDER BY item_id LIMIT 5",
-                        )?;
-                        let rows = st.query_map([id], |r| r.get(0))?;
-                        Ok(rows.collect::<Result<Vec<i64>, _>>()?)
+                            &[&id],
+                            |r| r.get(0),
+                        )
                     })
                     .await?;
                 Err(StoreError::Image { image: id, items, source })
@@ -250,13 +235,13 @@ impl Store {
     /// Every label an item has had, newest first.
     pub async fn label_history(&self, item_id: i64) -> Result<Vec<LabelView>, StoreError> {
         self.db()
-            .read(move |c| {
-                let mut st = c.prepare_cached(
+            .read_sql(move |c| {
+                c.query(
                     "SELECT id, status, answer, answers, actor, at, action, lead_time_ms FROM labels
                      WHERE item_id = ?1 ORDER BY id DESC",
-                )?;
-                let rows = st.query_map([item_id], row_label)?;
-                Ok(rows.collect::<Result<_, _>>()?)
+                    &[&item_id],
+                    row_label,
+                )
             })
             .await
     }
@@ -265,9 +250,9 @@ impl Store {
     pub async fn save_label(&self, item_id: i64, save: LabelSave) -> Result<SaveOutcome, StoreError> {
         let out = self
             .db()
-            .write(move |conn| {
+            .write_sql(move |conn| {
                 let tx = conn.savepoint()?;
-                let out = save_in_tx(&tx, item_id, save)?;
+                let out = save_in_tx(conn, item_id, save)?;
                 if matches!(out, SaveOutcome::Saved { .. }) {
                     tx.commit()?;
                 }
@@ -283,9 +268,14 @@ impl Store {
 
 /// The save inside the caller's transaction (which commits it): the label row, the item's
 /// pointer and the audit event. Writes nothing on a conflict.
-pub(crate) fn save_in_tx(tx: &Connection, item_id: i64, save: LabelSave) -> Result<SaveOutcome, StoreError> {
+pub(crate) fn save_in_tx<'c>(
+    tx: impl Into<Conn<'c>>,
+    item_id: i64,
+    save: LabelSave,
+) -> Result<SaveOutcome, StoreError> {
+    let tx = tx.into();
     let current: Option<Option<i64>> =
-        tx.prepare_cached("SELECT label_id FROM items WHERE id = ?1")?.query_row([item_id], |r| r.get(0)).optional()?;
+        tx.optional("SELECT label_id FROM items WHERE id = ?1", &[&item_id], |r| r.get(0))?;
     let Some(current) = current else { return Err(StoreError::ItemNotFound(item_id)) };
     let before = match current {
         Some(l) => label_by_id(tx, l)?,
@@ -298,24 +288,24 @@ pub(crate) fn save_in_tx(tx: &Connection, item_id: i64, save: LabelSave) -> Resu
     let answers =
         (!save.answer.all.is_empty()).then(|| serde_json::to_string(&save.answer.all).expect("answers serialize"));
     let at = crate::now();
-    tx.prepare_cached(
+    let id: i64 = tx.one(
         "INSERT INTO labels (item_id, prev_id, status, answer, answers, actor, at, action, lead_time_ms, content)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        item_id,
-        current,
-        save.status.as_str(),
-        save.answer.text,
-        answers,
-        save.actor,
-        at,
-        save.action,
-        save.lead_time_ms,
-        digest.as_bytes().as_slice(),
-    ])?;
-    let id = tx.last_insert_rowid();
-    tx.prepare_cached("UPDATE items SET label_id = ?1 WHERE id = ?2")?.execute([id, item_id])?;
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+        &[
+            &item_id,
+            &current,
+            &save.status.as_str(),
+            &save.answer.text,
+            &answers,
+            &save.actor,
+            &at,
+            &save.action,
+            &save.lead_time_ms,
+            &digest.as_bytes().as_slice(),
+        ],
+        |r| r.get(0),
+    )?;
+    tx.execute("UPDATE items SET label_id = ?1 WHERE id = ?2", &[&id, &item_id])?;
     let label = LabelView {
         id,
         status: save.status,

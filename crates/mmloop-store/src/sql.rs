@@ -197,6 +197,32 @@ impl<'c> Conn<'c> {
         }
     }
 
+    /// Like [`Conn::each`] for a statement built for one use (an `IN (...)` list of ids):
+    /// prepared without entering the statement cache.
+    pub(crate) fn each_once(
+        &self,
+        sql: &str,
+        mut f: impl FnMut(&Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Conn::Lite(c) => {
+                let mut st = c.prepare(sql)?;
+                let mut rows = st.query([])?;
+                while let Some(r) = rows.next()? {
+                    f(&Row::Lite(r))?;
+                }
+                Ok(())
+            }
+            Conn::Pg(c) => {
+                let rows = c.client.borrow_mut().query(sql, &[])?;
+                for r in rows {
+                    f(&Row::Pg(&r))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Every row, mapped by `f`.
     pub(crate) fn query<T>(
         &self,

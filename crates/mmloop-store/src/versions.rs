@@ -9,13 +9,12 @@
 use std::collections::BTreeMap;
 
 use mmloop_core::{Digest, ItemContent, LabelContent, LabelStatus, Task, row_digest, version_digest};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::audit::AuditProblem;
 use crate::labels::{LabelView, label_by_id, parse_answers};
-use crate::sql::Conn;
+use crate::sql::{Conn, Row as SqlRow};
 use crate::{Store, StoreError};
 
 /// Pages end after an item whose mixed id has these low bits zero (~256 entries).
@@ -169,17 +168,17 @@ fn page_hashes(pages: &[u8]) -> impl Iterator<Item = &[u8]> {
     pages.chunks_exact(32)
 }
 
-pub(crate) fn load_manifest(conn: &Connection, pages: &[u8]) -> Result<Manifest, StoreError> {
+pub(crate) fn load_manifest<'c>(conn: impl Into<Conn<'c>>, pages: &[u8]) -> Result<Manifest, StoreError> {
+    let conn = conn.into();
     let mut m = Manifest { splits: Vec::new(), entries: Vec::new() };
-    let mut st = conn.prepare_cached("SELECT data FROM pages WHERE hash = ?1")?;
     for h in page_hashes(pages) {
-        let data: Vec<u8> = st.query_row([h], |r| r.get(0))?;
+        let data: Vec<u8> = conn.one("SELECT data FROM pages WHERE hash = ?1", &[&h], |r| r.get(0))?;
         decode_page(&data, &mut m.splits, &mut m.entries)?;
     }
     Ok(m)
 }
 
-fn row_version(r: &rusqlite::Row) -> rusqlite::Result<(VersionInfo, Vec<u8>)> {
+fn row_version(r: &SqlRow) -> Result<(VersionInfo, Vec<u8>), StoreError> {
     let id: Vec<u8> = r.get(1)?;
     let stats: String = r.get(7)?;
     Ok((
@@ -190,7 +189,7 @@ fn row_version(r: &rusqlite::Row) -> rusqlite::Result<(VersionInfo, Vec<u8>)> {
             message: r.get(3)?,
             author: r.get(4)?,
             at: r.get(5)?,
-            items: r.get::<_, i64>(6)? as u64,
+            items: r.get::<i64>(6)? as u64,
             stats: serde_json::from_str(&stats).unwrap_or(Value::Null),
         },
         r.get(8)?,
@@ -200,14 +199,14 @@ fn row_version(r: &rusqlite::Row) -> rusqlite::Result<(VersionInfo, Vec<u8>)> {
 const VERSION_COLS: &str = "seq, id, parent, message, author, at, items, stats, pages";
 
 /// Finds a version by `v3`, `3`, `HEAD`, `HEAD~2`, or a prefix of its id.
-pub(crate) fn resolve(conn: &Connection, spec: &str) -> Result<(VersionInfo, Vec<u8>), StoreError> {
+pub(crate) fn resolve<'c>(conn: impl Into<Conn<'c>>, spec: &str) -> Result<(VersionInfo, Vec<u8>), StoreError> {
+    let conn = conn.into();
     let unknown = || StoreError::UnknownVersion(spec.to_string());
     let by_seq = |seq: i64| -> Result<(VersionInfo, Vec<u8>), StoreError> {
-        conn.query_row(&format!("SELECT {VERSION_COLS} FROM versions WHERE seq = ?1"), [seq], row_version)
-            .optional()?
+        conn.optional(&format!("SELECT {VERSION_COLS} FROM versions WHERE seq = ?1"), &[&seq], row_version)?
             .ok_or_else(unknown)
     };
-    let head: Option<i64> = conn.query_row("SELECT MAX(seq) FROM versions", [], |r| r.get(0))?;
+    let head: Option<i64> = conn.one("SELECT MAX(seq) FROM versions", &[], |r| r.get(0))?;
     let s = spec.trim();
     let upper = s.to_ascii_uppercase();
     if upper == "HEAD" || upper == "LATEST" {
@@ -222,11 +221,10 @@ pub(crate) fn resolve(conn: &Connection, spec: &str) -> Result<(VersionInfo, Vec
         return by_seq(digits.parse().map_err(|_| unknown())?);
     }
     if s.len() >= 4 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let mut st = conn.prepare(&format!("SELECT {VERSION_COLS} FROM versions ORDER BY seq DESC"))?;
         let prefix = s.to_ascii_lowercase();
-        let found: Vec<(VersionInfo, Vec<u8>)> = st
-            .query_map([], row_version)?
-            .filter_map(Result::ok)
+        let found: Vec<(VersionInfo, Vec<u8>)> = conn
+            .query(&format!("SELECT {VERSION_COLS} FROM versions ORDER BY seq DESC"), &[], row_version)?
+            .into_iter()
             .filter(|(v, _)| v.id.to_hex().starts_with(&prefix))
             .collect();
         // Several versions may share an id (same content); the newest names it.
@@ -239,17 +237,14 @@ pub(crate) fn resolve(conn: &Connection, spec: &str) -> Result<(VersionInfo, Vec
 /// Manifest rows before pagination: (item id, label id, split).
 type Row = (i64, Option<i64>, Option<String>);
 
-fn working_rows(conn: &Connection) -> Result<(Vec<Row>, Vec<Digest>, Value), StoreError> {
-    let mut st = conn.prepare(
-        "SELECT i.id, i.content, i.split, i.label_id, l.content, l.status
-         FROM items i LEFT JOIN labels l ON l.id = i.label_id ORDER BY i.id",
-    )?;
-    let mut rows = st.query([])?;
+fn working_rows(conn: Conn) -> Result<(Vec<Row>, Vec<Digest>, Value), StoreError> {
     let mut entries = Vec::new();
     let mut digests = Vec::new();
     let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_split: BTreeMap<String, u64> = BTreeMap::new();
-    while let Some(r) = rows.next()? {
+    let sql = "SELECT i.id, i.content, i.split, i.label_id, l.content, l.status
+               FROM items i LEFT JOIN labels l ON l.id = i.label_id ORDER BY i.id";
+    conn.each(sql, &[], |r| {
         let item: i64 = r.get(0)?;
         let content: Vec<u8> = r.get(1)?;
         let split: Option<String> = r.get(2)?;
@@ -263,7 +258,8 @@ fn working_rows(conn: &Connection) -> Result<(Vec<Row>, Vec<Digest>, Value), Sto
         *by_status.entry(status.unwrap_or_else(|| LabelStatus::Pending.to_string())).or_default() += 1;
         *by_split.entry(split.clone().unwrap_or_else(|| "-".into())).or_default() += 1;
         entries.push((item, label, split));
-    }
+        Ok(())
+    })?;
     Ok((entries, digests, json!({"status": by_status, "split": by_split})))
 }
 
@@ -504,13 +500,15 @@ impl Store {
         let (message, author) = (message.to_string(), author.to_string());
         let out = self
             .db()
-            .write(move |conn| {
+            .write_sql(move |conn| {
                 let tx = conn.savepoint()?;
-                let (entries, mut digests, stats) = working_rows(&tx)?;
+                let (entries, mut digests, stats) = working_rows(conn)?;
                 let id = version_digest(&mut digests);
-                let head: Option<(i64, Vec<u8>)> = tx
-                    .query_row("SELECT seq, id FROM versions ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
+                let head: Option<(i64, Vec<u8>)> = conn.optional(
+                    "SELECT seq, id FROM versions ORDER BY seq DESC LIMIT 1",
+                    &[],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
                 if let Some((seq, hid)) = &head
                     && hid.as_slice() == id.as_bytes()
                 {
@@ -519,34 +517,34 @@ impl Store {
                 let pages = paginate(&entries);
                 let mut list = Vec::with_capacity(pages.len() * 32);
                 let mut new_pages = 0u64;
-                {
-                    let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO pages (hash, data) VALUES (?1, ?2)")?;
-                    for p in &pages {
-                        let h = Digest::of(p);
-                        new_pages += ins.execute(params![h.as_bytes().as_slice(), p])? as u64;
-                        list.extend_from_slice(h.as_bytes());
-                    }
+                for p in &pages {
+                    let h = Digest::of(p);
+                    new_pages += conn.execute(
+                        "INSERT INTO pages (hash, data) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                        &[&h.as_bytes().as_slice(), p],
+                    )?;
+                    list.extend_from_slice(h.as_bytes());
                 }
-                let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions", [], |r| r.get(0))?;
+                let seq: i64 = conn.one("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions", &[], |r| r.get(0))?;
                 let after = json!({"version": format!("v{seq}"), "id": id.to_hex(), "items": entries.len(), "message": message});
-                let audit_seq = crate::audit::append(&tx, &author, "commit", &format!("version:v{seq}"), None, Some(&after))?;
-                let (_, audit_hash) = crate::audit::head_digest(&tx)?;
+                let audit_seq = crate::audit::append(conn, &author, "commit", &format!("version:v{seq}"), None, Some(&after))?;
+                let (_, audit_hash) = crate::audit::head_digest(conn)?;
                 let at = crate::now();
-                tx.execute(
+                conn.execute(
                     "INSERT INTO versions (seq, id, parent, message, author, at, items, pages, stats, audit_seq, audit_hash)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    params![
-                        seq,
-                        id.as_bytes().as_slice(),
-                        head.as_ref().map(|h| h.0),
-                        message,
-                        author,
-                        at,
-                        entries.len() as i64,
-                        list,
-                        stats.to_string(),
-                        audit_seq,
-                        audit_hash.as_bytes().as_slice(),
+                    &[
+                        &seq,
+                        &id.as_bytes().as_slice(),
+                        &head.as_ref().map(|h| h.0),
+                        &message,
+                        &author,
+                        &at,
+                        &(entries.len() as i64),
+                        &list,
+                        &stats.to_string(),
+                        &audit_seq,
+                        &audit_hash.as_bytes().as_slice(),
                     ],
                 )?;
                 tx.commit()?;
@@ -573,10 +571,10 @@ impl Store {
     /// Versions, newest first.
     pub async fn log(&self) -> Result<Vec<VersionInfo>, StoreError> {
         self.db()
-            .read(|c| {
-                let mut st = c.prepare(&format!("SELECT {VERSION_COLS} FROM versions ORDER BY seq DESC"))?;
-                let rows = st.query_map([], row_version)?;
-                Ok(rows.map(|r| r.map(|(v, _)| v)).collect::<Result<_, _>>()?)
+            .read_sql(|c| {
+                c.query(&format!("SELECT {VERSION_COLS} FROM versions ORDER BY seq DESC"), &[], |r| {
+                    Ok(row_version(r)?.0)
+                })
             })
             .await
     }
@@ -584,7 +582,7 @@ impl Store {
     /// One version by name (`v2`, `HEAD`, `HEAD~1`, id prefix).
     pub async fn version(&self, spec: &str) -> Result<VersionInfo, StoreError> {
         let spec = spec.to_string();
-        self.db().read(move |c| Ok(resolve(c, &spec)?.0)).await
+        self.db().read_sql(move |c| Ok(resolve(c, &spec)?.0)).await
     }
 
     /// What changed from version `a` to version `b`. The first `detail` entries carry the
@@ -592,7 +590,7 @@ impl Store {
     pub async fn diff(&self, a: &str, b: &str, detail: usize) -> Result<Diff, StoreError> {
         let (a, b) = (a.to_string(), b.to_string());
         self.db()
-            .read(move |c| {
+            .read_sql(move |c| {
                 let (va, pa) = resolve(c, &a)?;
                 let (vb, pb) = resolve(c, &b)?;
                 let ha: Vec<&[u8]> = page_hashes(&pa).collect();
@@ -609,10 +607,7 @@ impl Store {
                 let label_digest = |l: Option<i64>| -> Result<Option<Vec<u8>>, StoreError> {
                     match l {
                         None => Ok(None),
-                        Some(l) => Ok(c
-                            .prepare_cached("SELECT content FROM labels WHERE id = ?1")?
-                            .query_row([l], |r| r.get(0))
-                            .optional()?),
+                        Some(l) => c.optional("SELECT content FROM labels WHERE id = ?1", &[&l], |r| r.get(0)),
                     }
                 };
                 let mut push = |kind, item: i64, ea: Option<&Entry>, eb: Option<&Entry>| {
@@ -661,10 +656,7 @@ impl Store {
                     }
                 }
                 for (e, (la, lb)) in entries.iter_mut().zip(labels).take(detail) {
-                    e.question = c
-                        .prepare_cached("SELECT question FROM items WHERE id = ?1")?
-                        .query_row([e.item], |r| r.get(0))
-                        .optional()?;
+                    e.question = c.optional("SELECT question FROM items WHERE id = ?1", &[&e.item], |r| r.get(0))?;
                     e.before = match la {
                         Some(l) => label_by_id(c, l)?,
                         None => None,

@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::accounts::{Permission, User};
 use super::{ReviewError, ReviewResult, now_ms, write_tx};
 use crate::labels::{ItemView, LabelSave, LabelView, SaveOutcome, item_view, label_by_id, save_in_tx};
+use crate::sql::Conn;
 use crate::{Store, StoreError};
 
 /// Which items a reviewer wants next. Empty strings count as "any".
@@ -323,36 +324,36 @@ fn current_label_id(c: &Connection, item_id: i64) -> ReviewResult<Option<i64>> {
 
 /// Adds items the queue has not seen yet (ids only grow: imports append); the import calls
 /// it in its own transaction, so readers never find an item missing from the queue.
-pub(crate) fn sync_queue(tx: &Connection) -> ReviewResult<u64> {
-    let seen: i64 =
-        tx.prepare_cached("SELECT COALESCE(MAX(item_id), 0) FROM review_queue")?.query_row([], |r| r.get(0))?;
-    let last: i64 = tx.prepare_cached("SELECT COALESCE(MAX(id), 0) FROM items")?.query_row([], |r| r.get(0))?;
+pub(crate) fn sync_queue<'c>(tx: impl Into<Conn<'c>>) -> ReviewResult<u64> {
+    let tx = tx.into();
+    let seen: i64 = tx.one("SELECT COALESCE(MAX(item_id), 0) FROM review_queue", &[], |r| r.get(0))?;
+    let last: i64 = tx.one("SELECT COALESCE(MAX(id), 0) FROM items", &[], |r| r.get(0))?;
     if last <= seen {
         return Ok(0);
     }
     // The new rows are tallied at the end in one pass, not row by row by the triggers.
-    tx.prepare_cached("INSERT INTO tally_paused (one) VALUES (1)")?.execute([])?;
+    tx.execute("INSERT INTO tally_paused (one) VALUES (1)", &[])?;
     let added = tx.execute(
         "INSERT INTO review_queue (item_id, status, label_id)
          SELECT i.id, COALESCE(l.status, 'pending'), i.label_id
          FROM items i LEFT JOIN labels l ON l.id = i.label_id WHERE i.id > ?1",
-        [seen],
+        &[&seen],
     )?;
     tx.execute(
         "UPDATE review_queue SET (has_cand, conf, nflags, flags, model) =
              (SELECT 1, p.conf, p.nflags, p.flags, p.model FROM primary_candidate p WHERE p.item_id = review_queue.item_id)
          WHERE item_id > ?1 AND item_id IN (SELECT item_id FROM candidates WHERE item_id > ?1)",
-        [seen],
+        &[&seen],
     )?;
     tx.execute(
         "INSERT INTO queue_tally (status, has_cand, bucket, flags, n)
          SELECT status, COALESCE(has_cand, 0), bucket, COALESCE(flags, ''), COUNT(*) FROM review_queue
          WHERE item_id > ?1 GROUP BY 1, 2, 3, 4
-         ON CONFLICT DO UPDATE SET n = n + excluded.n",
-        [seen],
+         ON CONFLICT (status, has_cand, bucket, flags) DO UPDATE SET n = queue_tally.n + excluded.n",
+        &[&seen],
     )?;
-    tx.prepare_cached("DELETE FROM tally_paused")?.execute([])?;
-    Ok(added as u64)
+    tx.execute("DELETE FROM tally_paused", &[])?;
+    Ok(added)
 }
 
 fn need_label(user: &User) -> ReviewResult<()> {
