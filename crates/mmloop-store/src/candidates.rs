@@ -6,12 +6,12 @@
 //! error and is not retried unless asked.
 
 use mmloop_core::{Candidate, Digest, Finish, RiskFlag, RunStatus, Task, canonical_json};
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use crate::labels::{ItemView, item_view};
+use crate::sql::{Conn, Row};
 use crate::{Store, StoreError};
 
 /// Which items a run answers.
@@ -107,18 +107,18 @@ fn parse_json(s: Option<String>) -> Option<Value> {
 }
 
 /// A candidate's risk flags, in the order the rules raised them.
-pub(crate) fn flags_of(c: &rusqlite::Connection, candidate_id: i64) -> rusqlite::Result<Vec<RiskFlag>> {
-    let mut st = c.prepare_cached(
+pub(crate) fn flags_of<'c>(c: impl Into<Conn<'c>>, candidate_id: i64) -> Result<Vec<RiskFlag>, StoreError> {
+    c.into().query(
         "SELECT flag, why, span_start, span_end FROM candidate_flags WHERE candidate_id = ?1 ORDER BY pos",
-    )?;
-    let rows = st.query_map([candidate_id], |r| {
-        let span = match (r.get::<_, Option<i64>>(2)?, r.get::<_, Option<i64>>(3)?) {
-            (Some(a), Some(b)) => Some([a as usize, b as usize]),
-            _ => None,
-        };
-        Ok(RiskFlag { flag: r.get(0)?, why: r.get(1)?, span })
-    })?;
-    rows.collect()
+        &[&candidate_id],
+        |r| {
+            let span = match (r.get::<Option<i64>>(2)?, r.get::<Option<i64>>(3)?) {
+                (Some(a), Some(b)) => Some([a as usize, b as usize]),
+                _ => None,
+            };
+            Ok(RiskFlag { flag: r.get(0)?, why: r.get(1)?, span })
+        },
+    )
 }
 
 /// SQL: the names of candidate `c`'s flags joined by [`FLAG_SEP`], NULL without flags.
@@ -134,13 +134,13 @@ pub(crate) fn flag_names(joined: Option<String>) -> Vec<String> {
 const CANDIDATE_COLS: &str =
     "id, item_id, run_id, model, answer, confidence, confidence_detail, logprobs, error, created_at";
 
-fn row_candidate(c: &rusqlite::Connection, r: &rusqlite::Row) -> rusqlite::Result<StoredCandidate> {
+fn row_candidate(c: Conn, r: &Row) -> Result<StoredCandidate, StoreError> {
     let id: i64 = r.get(0)?;
     let detail: Option<Value> = parse_json(r.get(6)?);
-    let outcome = match r.get::<_, Option<String>>(8)? {
+    let outcome = match r.get::<Option<String>>(8)? {
         Some(error) => Err(error),
         None => Ok(Candidate {
-            answer: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+            answer: r.get::<Option<String>>(4)?.unwrap_or_default(),
             confidence: r.get(5)?,
             detail: detail.clone().and_then(|d| serde_json::from_value(d).ok()),
             flags: flags_of(c, id)?,
@@ -160,16 +160,17 @@ fn row_candidate(c: &rusqlite::Connection, r: &rusqlite::Row) -> rusqlite::Resul
 
 const RUN_COLUMNS: &str = "id, kind, actor, started_at, finished_at, status, config, summary, version";
 
-fn run_view(r: &rusqlite::Row) -> rusqlite::Result<RunView> {
+fn run_view(r: &Row) -> Result<RunView, StoreError> {
     Ok(RunView {
         id: r.get(0)?,
         kind: r.get(1)?,
         actor: r.get(2)?,
         started_at: r.get(3)?,
         finished_at: r.get(4)?,
-        status: r.get::<_, String>(5)?.parse().map_err(|e: mmloop_core::ParseEnumError| {
-            rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, e.into())
-        })?,
+        status: r
+            .get::<String>(5)?
+            .parse()
+            .map_err(|e: mmloop_core::ParseEnumError| StoreError::Internal(format!("runs.status: {e}")))?,
         config: parse_json(r.get(6)?).unwrap_or(Value::Null),
         summary: parse_json(r.get(7)?),
         version: r.get(8)?,
@@ -196,19 +197,19 @@ impl Store {
         let config = mmloop_core::redact::value(&config);
         let id = self
             .db()
-            .write(move |conn| {
+            .write_sql(move |conn| {
                 let tx = conn.savepoint()?;
-                tx.execute(
+                let id: i64 = conn.one(
                     "INSERT INTO runs (kind, actor, started_at, status, config, version)
-                     VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
-                    params![kind, actor, crate::now(), canonical_json(&config), version],
+                     VALUES (?1, ?2, ?3, 'running', ?4, ?5) RETURNING id",
+                    &[&kind, &actor, &crate::now(), &canonical_json(&config), &version],
+                    |r| r.get(0),
                 )?;
-                let id = tx.last_insert_rowid();
                 let after = match &version {
                     Some(v) => json!({"run": id, "kind": kind, "config": config, "version": v}),
                     None => json!({"run": id, "kind": kind, "config": config}),
                 };
-                crate::audit::append(&tx, &actor, &format!("{kind}.start"), &format!("run:{id}"), None, Some(&after))?;
+                crate::audit::append(conn, &actor, &format!("{kind}.start"), &format!("run:{id}"), None, Some(&after))?;
                 tx.commit()?;
                 Ok(id)
             })
@@ -228,18 +229,18 @@ impl Store {
         let actor = actor.to_string();
         let summary = mmloop_core::redact::value(&summary);
         self.db()
-            .write(move |conn| {
+            .write_sql(move |conn| {
                 let tx = conn.savepoint()?;
                 let kind: Option<String> =
-                    tx.query_row("SELECT kind FROM runs WHERE id = ?1", [run_id], |r| r.get(0)).optional()?;
+                    conn.optional("SELECT kind FROM runs WHERE id = ?1", &[&run_id], |r| r.get(0))?;
                 let kind = kind.ok_or_else(|| StoreError::Internal(format!("run {run_id} not found")))?;
-                tx.execute(
+                conn.execute(
                     "UPDATE runs SET status = ?1, finished_at = ?2, summary = ?3 WHERE id = ?4",
-                    params![status.as_str(), crate::now(), canonical_json(&summary), run_id],
+                    &[&status.as_str(), &crate::now(), &canonical_json(&summary), &run_id],
                 )?;
                 let after = json!({"run": run_id, "status": status, "summary": summary});
                 crate::audit::append(
-                    &tx,
+                    conn,
                     &actor,
                     &format!("{kind}.finish"),
                     &format!("run:{run_id}"),
@@ -256,9 +257,8 @@ impl Store {
     /// A run by id.
     pub async fn run(&self, run_id: i64) -> Result<Option<RunView>, StoreError> {
         self.db()
-            .read(move |c| {
-                Ok(c.query_row(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), [run_id], run_view)
-                    .optional()?)
+            .read_sql(move |c| {
+                c.optional(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), &[&run_id], run_view)
             })
             .await
     }
@@ -267,12 +267,12 @@ impl Store {
     pub async fn runs(&self, kind: Option<&str>) -> Result<Vec<RunView>, StoreError> {
         let kind = kind.map(String::from);
         self.db()
-            .read(move |c| {
-                let mut st = c.prepare(&format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE ?1 IS NULL OR kind = ?1 ORDER BY id DESC"
-                ))?;
-                let rows = st.query_map([kind], run_view)?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            .read_sql(move |c| {
+                c.query(
+                    &format!("SELECT {RUN_COLUMNS} FROM runs WHERE ?1 IS NULL OR kind = ?1 ORDER BY id DESC"),
+                    &[&kind],
+                    run_view,
+                )
             })
             .await
     }
@@ -285,17 +285,18 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let f = filter.clone();
         self.db()
-            .read(move |c| {
-                let sql = format!("SELECT COUNT(*) FROM ({})", PENDING_SQL.replace("ORDER BY i.id LIMIT ?7", ""));
-                let mut st = c.prepare_cached(&sql)?;
-                let n: i64 = st.query_row(
-                    params![
-                        0i64,
-                        params_hash.0.to_vec(),
-                        f.retry_errors,
-                        f.all,
-                        f.split,
-                        f.task.map(|t| t.to_string())
+            .read_sql(move |c| {
+                let sql =
+                    format!("SELECT COUNT(*) FROM ({}) AS pending", PENDING_SQL.replace("ORDER BY i.id LIMIT ?7", ""));
+                let n: i64 = c.one(
+                    &sql,
+                    &[
+                        &0i64,
+                        &params_hash.0.to_vec(),
+                        &f.retry_errors,
+                        &f.all,
+                        &f.split,
+                        &f.task.map(|t| t.to_string()),
                     ],
                     |r| r.get(0),
                 )?;
@@ -316,22 +317,20 @@ impl Store {
         let f = filter.clone();
         let dot = self.paths().dot.clone();
         self.db()
-            .read(move |c| {
-                let mut st = c.prepare_cached(PENDING_SQL)?;
-                let ids: Vec<i64> = st
-                    .query_map(
-                        params![
-                            after_id,
-                            params_hash.0.to_vec(),
-                            f.retry_errors,
-                            f.all,
-                            f.split,
-                            f.task.map(|t| t.to_string()),
-                            limit as i64
-                        ],
-                        |r| r.get(0),
-                    )?
-                    .collect::<Result<_, _>>()?;
+            .read_sql(move |c| {
+                let ids: Vec<i64> = c.query(
+                    PENDING_SQL,
+                    &[
+                        &after_id,
+                        &params_hash.0.to_vec(),
+                        &f.retry_errors,
+                        &f.all,
+                        &f.split,
+                        &f.task.map(|t| t.to_string()),
+                        &(limit as i64),
+                    ],
+                    |r| r.get(0),
+                )?;
                 ids.into_iter().map(|id| item_view(c, &dot, id)).collect()
             })
             .await
@@ -353,51 +352,50 @@ impl Store {
         let (model, actor) = (model.to_string(), actor.to_string());
         let n = self
             .db()
-            .write(move |conn| {
+            .write_sql(move |conn| {
                 let tx = conn.savepoint()?;
                 let now = crate::now();
                 let mut digest = sha2::Sha256::new();
                 {
-                    let mut st = tx.prepare_cached(
-                        "INSERT INTO candidates (item_id, run_id, model, params_hash, answer, confidence,
-                             confidence_detail, logprobs, error, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    )?;
-                    let mut flag_st = tx.prepare_cached(
-                        "INSERT INTO candidate_flags (candidate_id, pos, flag, why, span_start, span_end)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?;
                     for r in &rows {
-                        let exists: bool = tx
-                            .prepare_cached("SELECT EXISTS (SELECT 1 FROM items WHERE id = ?1)")?
-                            .query_row([r.item_id], |x| x.get(0))?;
+                        let exists: bool =
+                            conn.one("SELECT EXISTS (SELECT 1 FROM items WHERE id = ?1)", &[&r.item_id], |x| x.get(0))?;
                         if !exists {
                             return Err(StoreError::ItemNotFound(r.item_id));
                         }
                         let answer = r.outcome.as_ref().ok();
-                        st.execute(params![
-                            r.item_id,
-                            run_id,
-                            model,
-                            params_hash.0.to_vec(),
-                            answer.map(|a| &a.answer),
-                            answer.and_then(|a| a.confidence),
-                            r.detail_json(),
-                            json_text(&r.logprobs),
-                            r.outcome.as_ref().err(),
-                            now,
-                        ])?;
-                        let candidate_id = tx.last_insert_rowid();
+                        let candidate_id: i64 = conn.one(
+                            "INSERT INTO candidates (item_id, run_id, model, params_hash, answer, confidence,
+                                 confidence_detail, logprobs, error, created_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+                            &[
+                                &r.item_id,
+                                &run_id,
+                                &model,
+                                &params_hash.0.to_vec(),
+                                &answer.map(|a| &a.answer),
+                                &answer.and_then(|a| a.confidence),
+                                &r.detail_json(),
+                                &json_text(&r.logprobs),
+                                &r.outcome.as_ref().err(),
+                                &now,
+                            ],
+                            |row| row.get(0),
+                        )?;
                         for (pos, f) in answer.map_or(&[][..], |a| &a.flags).iter().enumerate() {
                             let span = f.span.map(|[a, b]| (a as i64, b as i64));
-                            flag_st.execute(params![
-                                candidate_id,
-                                pos as i64,
-                                f.flag,
-                                f.why,
-                                span.map(|s| s.0),
-                                span.map(|s| s.1)
-                            ])?;
+                            conn.execute(
+                                "INSERT INTO candidate_flags (candidate_id, pos, flag, why, span_start, span_end)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                                &[
+                                    &candidate_id,
+                                    &(pos as i64),
+                                    &f.flag,
+                                    &f.why,
+                                    &span.map(|s| s.0),
+                                    &span.map(|s| s.1),
+                                ],
+                            )?;
                         }
                         digest.update(canonical_json(&serde_json::to_value(r).expect("candidate serializes")));
                         digest.update(b"\n");
@@ -417,7 +415,7 @@ impl Store {
                     Some(r) => format!("run:{r}"),
                     None => "candidates".into(),
                 };
-                crate::audit::append(&tx, &actor, "candidates.add", &entity, None, Some(&after))?;
+                crate::audit::append(conn, &actor, "candidates.add", &entity, None, Some(&after))?;
                 tx.commit()?;
                 Ok(rows.len())
             })
@@ -429,12 +427,12 @@ impl Store {
     /// An item's candidates, newest first.
     pub async fn candidates_of(&self, item_id: i64) -> Result<Vec<StoredCandidate>, StoreError> {
         self.db()
-            .read(move |c| {
-                let mut st = c.prepare_cached(&format!(
-                    "SELECT {CANDIDATE_COLS} FROM candidates WHERE item_id = ?1 ORDER BY id DESC"
-                ))?;
-                let rows = st.query_map([item_id], |r| row_candidate(c, r))?;
-                Ok(rows.collect::<Result<_, _>>()?)
+            .read_sql(move |c| {
+                c.query(
+                    &format!("SELECT {CANDIDATE_COLS} FROM candidates WHERE item_id = ?1 ORDER BY id DESC"),
+                    &[&item_id],
+                    |r| row_candidate(c, r),
+                )
             })
             .await
     }
@@ -442,12 +440,12 @@ impl Store {
     /// Candidates from one run, in item order.
     pub async fn run_candidates(&self, run_id: i64) -> Result<Vec<StoredCandidate>, StoreError> {
         self.db()
-            .read(move |c| {
-                let mut st = c.prepare_cached(&format!(
-                    "SELECT {CANDIDATE_COLS} FROM candidates WHERE run_id = ?1 ORDER BY item_id, id"
-                ))?;
-                let rows = st.query_map([run_id], |r| row_candidate(c, r))?;
-                Ok(rows.collect::<Result<_, _>>()?)
+            .read_sql(move |c| {
+                c.query(
+                    &format!("SELECT {CANDIDATE_COLS} FROM candidates WHERE run_id = ?1 ORDER BY item_id, id"),
+                    &[&run_id],
+                    |r| row_candidate(c, r),
+                )
             })
             .await
     }

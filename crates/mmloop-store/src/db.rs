@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::StoreError;
 use crate::pg::PgDb;
-use crate::sql::Conn;
+use crate::sql::{Conn, Dialect};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
@@ -195,6 +195,14 @@ impl Db {
     /// Connects to the PostgreSQL database at `url` and brings its schema up to date.
     pub(crate) fn open_postgres(url: &str, create: bool) -> Result<Arc<Db>, StoreError> {
         Ok(Arc::new(Db::Pg(PgDb::open(url, create)?)))
+    }
+
+    /// Which SQL the database speaks.
+    pub(crate) fn dialect(&self) -> Dialect {
+        match self {
+            Db::Lite(_) => Dialect::Sqlite,
+            Db::Pg(_) => Dialect::Postgres,
+        }
     }
 
     fn lite(&self) -> Result<&Lite, StoreError> {

@@ -379,6 +379,74 @@ mod tests {
         store.close();
     }
 
+    /// Two stores on one PostgreSQL database (as two review servers): 12 reviewers, half on
+    /// each, take items and decide until the queue is empty. No item is handed to two reviewers
+    /// at once, every decision is kept, and the audit chain is one chain that verifies.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn reviewers_on_two_servers_share_one_queue() {
+        use mmloop_core::Answer;
+
+        use crate::review::{Decision, DecisionAction, QueueFilter, Role};
+        use crate::test_support::{import, record};
+
+        let Some(pg) = postgres() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::init_with(&dir.path().join("a"), None, "ann", Some(&pg.url)).await.unwrap();
+        let n = 60;
+        let records = (0..n).map(|i| record(dir.path(), i, &format!("q{i}"), None)).collect();
+        import(&a, dir.path(), records).await.unwrap();
+        // The second server: another folder whose mmloop.toml names the same database.
+        let b_dir = dir.path().join("b");
+        std::fs::create_dir_all(&b_dir).unwrap();
+        std::fs::copy(&a.paths().config, b_dir.join("mmloop.toml")).unwrap();
+        let b = Store::open(&b_dir).await.unwrap();
+        let mut users = Vec::new();
+        for i in 0..12 {
+            users.push(a.create_user(&format!("r{i}"), Role::Reviewer, None, "ann").await.unwrap());
+        }
+        let held = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<i64, String>::new()));
+        let mut tasks = Vec::new();
+        for (i, user) in users.into_iter().enumerate() {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let held = held.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut decided = Vec::new();
+                while let Some(item) = store.next_item(&user, &QueueFilter::default(), 60_000).await.unwrap() {
+                    let id = item.item.id;
+                    if let Some(other) = held.lock().unwrap().insert(id, user.name.clone()) {
+                        panic!("item {id} handed to {} while {other} held it", user.name);
+                    }
+                    let d = Decision {
+                        action: DecisionAction::Edit,
+                        base: item.item.label.as_ref().map(|l| l.id),
+                        answer: Some(Answer::text(format!("by {}", user.name))),
+                        candidate_id: None,
+                        lead_time_ms: Some(100),
+                    };
+                    held.lock().unwrap().remove(&id);
+                    store.decide(id, &user, d).await.unwrap();
+                    decided.push(id);
+                }
+                decided
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=n as i64).collect::<Vec<_>>(), "every item decided exactly once");
+        for id in [1, n as i64 / 2, n as i64] {
+            let item = b.item(id).await.unwrap();
+            assert!(item.label.is_some_and(|l| l.answer.text.is_some_and(|t| t.starts_with("by r"))));
+        }
+        let report = b.audit_verify().await.unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
+        assert_eq!(report.events, 1 + 1 + 12 + n as u64, "init, import, users, decisions");
+        a.close();
+        b.close();
+    }
+
     /// The database's own anchor only moves forward and cannot be deleted; deleting the newest
     /// events is caught by it even without the folder's `.mmloop/audit-head`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

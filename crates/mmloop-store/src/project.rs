@@ -200,7 +200,14 @@ impl Store {
     fn open_paths(paths: ProjectPaths, create: bool) -> Result<Store, StoreError> {
         let config = Config::load(&paths.config)?;
         let db = match &config.project.database {
-            Some(url) => db::Db::open_postgres(url, create)?,
+            Some(url) => {
+                // A second server's folder may hold only mmloop.toml: its own files (the audit
+                // anchor it writes, reports) go under .mmloop/ as on the first.
+                for d in [&paths.dot, &paths.blobs, &paths.reports] {
+                    std::fs::create_dir_all(d).map_err(|e| StoreError::IoPath { path: d.clone(), source: e })?;
+                }
+                db::Db::open_postgres(url, create)?
+            }
             None => db::Db::open(&paths.db, create)?,
         };
         Ok(Store {

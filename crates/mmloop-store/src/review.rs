@@ -17,8 +17,7 @@ pub use queue::{
 };
 pub use stats::{BucketStats, ReviewStats, ReviewerStats};
 
-use rusqlite::Connection;
-
+use crate::sql::Conn;
 use crate::{Store, StoreError};
 
 /// What went wrong with a review request, in words a reviewer or a script can act on.
@@ -59,13 +58,13 @@ pub(crate) fn now_ms() -> i64 {
 /// says so.
 async fn write_tx<T: Send + 'static>(
     store: &Store,
-    f: impl FnOnce(&Connection) -> ReviewResult<(T, bool)> + Send + 'static,
+    f: impl FnOnce(Conn) -> ReviewResult<(T, bool)> + Send + 'static,
 ) -> ReviewResult<T> {
     store
         .db()
-        .write(move |conn| {
+        .write_sql(move |conn| {
             let tx = conn.savepoint()?;
-            match f(&tx) {
+            match f(conn) {
                 Ok((v, commit)) => {
                     if commit {
                         tx.commit()?;

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::candidates::{FLAG_NAMES, flag_names};
 use crate::labels::{LabelSave, SaveOutcome, label_by_id, save_in_tx};
+use crate::sql::Conn;
 use crate::{Store, StoreError};
 
 /// Why a sample was drawn.
@@ -241,34 +242,33 @@ pub(crate) fn audited(c: &Connection, kind: Option<SampleKind>) -> Result<Vec<Au
 
 /// The open audit item `user_id` should review next: one they hold first, else the first
 /// free one of the oldest open sample in its random order.
-pub(crate) fn next_audit_item(tx: &Connection, user_id: i64, now: i64) -> Result<Option<i64>, StoreError> {
-    Ok(tx
-        .prepare_cached(
-            "SELECT a.item_id FROM audit_items a
-             JOIN audit_samples s ON s.id = a.sample_id AND s.closed_at IS NULL
-             JOIN items i ON i.id = a.item_id AND i.label_id IS a.base_label
-             LEFT JOIN leases l ON l.item_id = a.item_id AND l.until_ms > ?2
-             WHERE l.item_id IS NULL OR l.user_id = ?1
-             ORDER BY l.user_id IS NULL, a.sample_id, a.pos LIMIT 1",
-        )?
-        .query_row([user_id, now], |r| r.get(0))
-        .optional()?)
+pub(crate) fn next_audit_item(tx: Conn, user_id: i64, now: i64) -> Result<Option<i64>, StoreError> {
+    tx.optional(
+        "SELECT a.item_id FROM audit_items a
+         JOIN audit_samples s ON s.id = a.sample_id AND s.closed_at IS NULL
+         JOIN items i ON i.id = a.item_id AND i.label_id IS NOT DISTINCT FROM a.base_label
+         LEFT JOIN leases l ON l.item_id = a.item_id AND l.until_ms > ?2
+         WHERE l.item_id IS NULL OR l.user_id = ?1
+         ORDER BY l.user_id IS NULL, a.sample_id, a.pos LIMIT 1",
+        &[&user_id, &now],
+        |r| r.get(0),
+    )
 }
 
 /// The open audit sample an item is waiting in, undecided: its confidence and flags are
 /// not shown to the reviewer.
-pub(crate) fn open_audit_of(c: &Connection, item_id: i64) -> Result<Option<(i64, SampleKind)>, StoreError> {
-    Ok(c.prepare_cached(
+pub(crate) fn open_audit_of(c: Conn, item_id: i64) -> Result<Option<(i64, SampleKind)>, StoreError> {
+    c.optional(
         "SELECT s.id, s.kind FROM audit_items a
          JOIN audit_samples s ON s.id = a.sample_id AND s.closed_at IS NULL
-         JOIN items i ON i.id = a.item_id AND i.label_id IS a.base_label
+         JOIN items i ON i.id = a.item_id AND i.label_id IS NOT DISTINCT FROM a.base_label
          WHERE a.item_id = ?1 LIMIT 1",
-    )?
-    .query_row([item_id], |r| {
-        let kind: String = r.get(1)?;
-        Ok((r.get(0)?, if kind == "drift" { SampleKind::Drift } else { SampleKind::Calibration }))
-    })
-    .optional()?)
+        &[&item_id],
+        |r| {
+            let kind: String = r.get(1)?;
+            Ok((r.get(0)?, if kind == "drift" { SampleKind::Drift } else { SampleKind::Calibration }))
+        },
+    )
 }
 
 /// A sample about to be written: what it audits and the items drawn (item, candidate,

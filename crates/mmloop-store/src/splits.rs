@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use mmloop_core::Digest;
-use rusqlite::params;
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -67,37 +66,27 @@ impl Store {
         let actor = actor.to_string();
         let report = self
             .db()
-            .write(move |conn| {
+            .write_sql(move |conn| {
                 let tx = conn.savepoint()?;
                 // Items and their images.
-                let mut items: Vec<(i64, Option<String>, Vec<u8>)> = Vec::new();
-                {
-                    let mut st = tx.prepare("SELECT id, split, content FROM items ORDER BY id")?;
-                    let mut rows = st.query([])?;
-                    while let Some(r) = rows.next()? {
-                        items.push((r.get(0)?, r.get(1)?, r.get(2)?));
-                    }
-                }
+                let items: Vec<(i64, Option<String>, Vec<u8>)> =
+                    conn.query("SELECT id, split, content FROM items ORDER BY id", &[], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?;
                 let index: HashMap<i64, usize> = items.iter().enumerate().map(|(i, it)| (it.0, i)).collect();
                 let mut image_digest: HashMap<i64, Digest> = HashMap::new();
-                {
-                    let mut st = tx.prepare("SELECT id, sha256 FROM images")?;
-                    let mut rows = st.query([])?;
-                    while let Some(r) = rows.next()? {
-                        let b: Vec<u8> = r.get(1)?;
-                        image_digest.insert(r.get(0)?, Digest::from_slice(&b).unwrap_or_default());
-                    }
-                }
+                conn.each("SELECT id, sha256 FROM images", &[], |r| {
+                    let b: Vec<u8> = r.get(1)?;
+                    image_digest.insert(r.get(0)?, Digest::from_slice(&b).unwrap_or_default());
+                    Ok(())
+                })?;
                 // Union items sharing an image (through the image's first item).
                 let mut uf = UnionFind((0..items.len()).collect());
                 let mut first_item_of_image: HashMap<i64, usize> = HashMap::new();
                 let mut key: Vec<Option<Digest>> = vec![None; items.len()];
-                {
-                    let mut st = tx.prepare("SELECT item_id, image_id FROM item_images")?;
-                    let mut rows = st.query([])?;
-                    while let Some(r) = rows.next()? {
-                        let (item, image): (i64, i64) = (r.get(0)?, r.get(1)?);
-                        let Some(&i) = index.get(&item) else { continue };
+                conn.each("SELECT item_id, image_id FROM item_images", &[], |r| {
+                    let (item, image): (i64, i64) = (r.get(0)?, r.get(1)?);
+                    if let Some(&i) = index.get(&item) {
                         let d = image_digest.get(&image).copied().unwrap_or_default();
                         if key[i].is_none_or(|k| d < k) {
                             key[i] = Some(d);
@@ -109,7 +98,8 @@ impl Store {
                             }
                         }
                     }
-                }
+                    Ok(())
+                })?;
                 // Groups: root → (smallest image digest, members).
                 let mut groups: HashMap<usize, (Digest, Vec<usize>)> = HashMap::new();
                 for i in 0..items.len() {
@@ -166,18 +156,15 @@ impl Store {
                     }
                     placed += members.len();
                 }
-                {
-                    let mut st = tx.prepare_cached("UPDATE items SET split = ?1 WHERE id = ?2")?;
-                    for (i, it) in items.iter().enumerate() {
-                        if new_split[i] != it.1 {
-                            st.execute(params![new_split[i], it.0])?;
-                            report.assigned += 1;
-                        } else if it.1.is_some() {
-                            report.kept += 1;
-                        }
-                        if let Some(s) = &new_split[i] {
-                            *report.counts.entry(s.clone()).or_default() += 1;
-                        }
+                for (i, it) in items.iter().enumerate() {
+                    if new_split[i] != it.1 {
+                        conn.execute("UPDATE items SET split = ?1 WHERE id = ?2", &[&new_split[i], &it.0])?;
+                        report.assigned += 1;
+                    } else if it.1.is_some() {
+                        report.kept += 1;
+                    }
+                    if let Some(s) = &new_split[i] {
+                        *report.counts.entry(s.clone()).or_default() += 1;
                     }
                 }
                 let after = json!({
@@ -186,7 +173,7 @@ impl Store {
                     "reassign": plan.reassign,
                     "report": report,
                 });
-                crate::audit::append(&tx, &actor, "split", "project", None, Some(&after))?;
+                crate::audit::append(conn, &actor, "split", "project", None, Some(&after))?;
                 tx.commit()?;
                 Ok(report)
             })

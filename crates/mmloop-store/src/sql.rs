@@ -23,19 +23,153 @@ pub(crate) enum Dialect {
     Postgres,
 }
 
-/// A value bound to a statement parameter: anything both drivers can bind.
-pub(crate) trait Param: Sync {
-    fn lite(&self) -> &dyn rusqlite::ToSql;
-    fn pg(&self) -> &(dyn postgres::types::ToSql + Sync);
+/// A value bound to a statement parameter, as either driver takes it.
+///
+/// PostgreSQL types every parameter from its context, and narrower than SQLite would: `?1 = 0`
+/// makes `?1` an `int4`, `SELECT ?1` a `text`. An [`Arg`] converts to whatever type the server
+/// chose (an integer into `int4`, `int2`, `float8`, `bool` or `text`), so one statement binds
+/// the same Rust values on both databases; a value that does not fit is an error, never a
+/// silent truncation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(&'a str),
+    Blob(&'a [u8]),
 }
 
-impl<T: rusqlite::ToSql + postgres::types::ToSql + Sync> Param for T {
-    fn lite(&self) -> &dyn rusqlite::ToSql {
-        self
+/// Anything a statement parameter can be bound to.
+pub(crate) trait Param: Sync {
+    fn arg(&self) -> Arg<'_>;
+}
+
+macro_rules! int_param {
+    ($($t:ty),*) => {$(
+        impl Param for $t {
+            fn arg(&self) -> Arg<'_> {
+                Arg::Int(i64::from(*self))
+            }
+        }
+    )*};
+}
+int_param!(i64, i32, u32, u16, u8, bool);
+
+impl Param for f64 {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Real(*self)
     }
-    fn pg(&self) -> &(dyn postgres::types::ToSql + Sync) {
-        self
+}
+
+impl Param for f32 {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Real(f64::from(*self))
     }
+}
+
+impl Param for str {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Text(self)
+    }
+}
+
+impl Param for String {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Text(self)
+    }
+}
+
+impl Param for [u8] {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Blob(self)
+    }
+}
+
+impl Param for Vec<u8> {
+    fn arg(&self) -> Arg<'_> {
+        Arg::Blob(self)
+    }
+}
+
+impl<T: Param + ?Sized> Param for &T {
+    fn arg(&self) -> Arg<'_> {
+        (**self).arg()
+    }
+}
+
+impl<T: Param> Param for Option<T> {
+    fn arg(&self) -> Arg<'_> {
+        self.as_ref().map_or(Arg::Null, Param::arg)
+    }
+}
+
+/// An owned parameter, for statements whose parameters are gathered at run time (filters).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Value {
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+impl Param for Value {
+    fn arg(&self) -> Arg<'_> {
+        match self {
+            Value::Int(v) => Arg::Int(*v),
+            Value::Real(v) => Arg::Real(*v),
+            Value::Text(s) => Arg::Text(s),
+        }
+    }
+}
+
+impl rusqlite::ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Arg::Null => ValueRef::Null,
+            Arg::Int(v) => ValueRef::Integer(v),
+            Arg::Real(v) => ValueRef::Real(v),
+            Arg::Text(s) => ValueRef::Text(s.as_bytes()),
+            Arg::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+impl postgres::types::ToSql for Arg<'_> {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use postgres::types::{IsNull, Type};
+        let text_like = matches!(*ty, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN);
+        match *self {
+            Arg::Null => Ok(IsNull::Yes),
+            Arg::Int(v) => match *ty {
+                Type::INT8 => v.to_sql(ty, out),
+                Type::INT4 => i32::try_from(v)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(v)?.to_sql(ty, out),
+                Type::FLOAT8 => (v as f64).to_sql(ty, out),
+                Type::FLOAT4 => (v as f32).to_sql(ty, out),
+                Type::BOOL => (v != 0).to_sql(ty, out),
+                _ if text_like => v.to_string().as_str().to_sql(ty, out),
+                _ => Err(format!("an integer cannot be bound to a {ty} parameter").into()),
+            },
+            Arg::Real(v) => match *ty {
+                Type::FLOAT8 => v.to_sql(ty, out),
+                Type::FLOAT4 => (v as f32).to_sql(ty, out),
+                _ if text_like => v.to_string().as_str().to_sql(ty, out),
+                _ => Err(format!("a number cannot be bound to a {ty} parameter").into()),
+            },
+            Arg::Text(s) => s.to_sql(ty, out),
+            Arg::Blob(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
 }
 
 /// A connection to either database, as store code sees it.
@@ -90,9 +224,13 @@ impl PgConn {
 
     fn rows(&self, sql: &str, params: &[&dyn Param]) -> Result<Vec<postgres::Row>, StoreError> {
         let st = self.prepared(sql)?;
-        let params: Vec<_> = params.iter().map(|p| p.pg()).collect();
-        Ok(self.client.borrow_mut().query(&st, &params)?)
+        let args: Vec<Arg> = params.iter().map(|p| p.arg()).collect();
+        Ok(self.client.borrow_mut().query(&st, &pg_args(&args))?)
     }
+}
+
+fn pg_args<'a>(args: &'a [Arg<'a>]) -> Vec<&'a (dyn postgres::types::ToSql + Sync)> {
+    args.iter().map(|a| a as &(dyn postgres::types::ToSql + Sync)).collect()
 }
 
 /// Rewrites SQLite's numbered parameters (`?1`, and `?` for "one more than the last") into
@@ -153,13 +291,13 @@ impl<'c> Conn<'c> {
     pub(crate) fn execute(&self, sql: &str, params: &[&dyn Param]) -> Result<u64, StoreError> {
         match self {
             Conn::Lite(c) => {
-                let n = c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params.iter().map(|p| p.lite())))?;
+                let n = c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params.iter().map(|p| p.arg())))?;
                 Ok(n as u64)
             }
             Conn::Pg(c) => {
                 let st = c.prepared(sql)?;
-                let params: Vec<_> = params.iter().map(|p| p.pg()).collect();
-                Ok(c.client.borrow_mut().execute(&st, &params)?)
+                let args: Vec<Arg> = params.iter().map(|p| p.arg()).collect();
+                Ok(c.client.borrow_mut().execute(&st, &pg_args(&args))?)
             }
         }
     }
@@ -182,7 +320,7 @@ impl<'c> Conn<'c> {
         match self {
             Conn::Lite(c) => {
                 let mut st = c.prepare_cached(sql)?;
-                let mut rows = st.query(rusqlite::params_from_iter(params.iter().map(|p| p.lite())))?;
+                let mut rows = st.query(rusqlite::params_from_iter(params.iter().map(|p| p.arg())))?;
                 while let Some(r) = rows.next()? {
                     f(&Row::Lite(r))?;
                 }
@@ -248,7 +386,7 @@ impl<'c> Conn<'c> {
         match self {
             Conn::Lite(c) => {
                 let mut st = c.prepare_cached(sql)?;
-                let mut rows = st.query(rusqlite::params_from_iter(params.iter().map(|p| p.lite())))?;
+                let mut rows = st.query(rusqlite::params_from_iter(params.iter().map(|p| p.arg())))?;
                 rows.next()?.map(|r| f(&Row::Lite(r))).transpose()
             }
             Conn::Pg(c) => c.rows(sql, params)?.first().map(|r| f(&Row::Pg(r))).transpose(),
@@ -408,5 +546,47 @@ mod tests {
         assert_eq!(pg_sql("VALUES (?, ?, ?5, ?)"), "VALUES ($1, $2, $5, $6)");
         assert_eq!(pg_sql("SELECT '?1', \"a?\" -- why?\n, ?1"), "SELECT '?1', \"a?\" -- why?\n, $1");
         assert_eq!(pg_sql("SELECT 'it''s ?' || ?3"), "SELECT 'it''s ?' || $3");
+    }
+
+    /// The same values bind to both databases, whatever type PostgreSQL gives a parameter;
+    /// one that does not fit is an error. (A parameter with no context, `?4 IS NULL` alone,
+    /// has no type on PostgreSQL: statements give it one with a CAST.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn values_bind_alike_on_both_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dbs = vec![crate::db::Db::open(&dir.path().join("t.db"), true).unwrap()];
+        let pg = crate::test_support::postgres();
+        if let Some(pg) = &pg {
+            dbs.push(crate::db::Db::open_postgres(&pg.url, true).unwrap());
+        }
+        for db in dbs {
+            let got = db
+                .read_sql(|c| {
+                    c.one(
+                        "SELECT ?1 = 0, ?2 + 1, CAST(?3 AS TEXT), CAST(?4 AS BIGINT) IS NULL, CAST(?5 AS BIGINT), CAST(?6 AS DOUBLE PRECISION) * 2",
+                        &[&0i64, &41i64, &"x", &None::<i64>, &true, &1.5f64],
+                        |r| {
+                            Ok((
+                                r.get::<bool>(0)?,
+                                r.get::<i64>(1)?,
+                                r.get::<String>(2)?,
+                                r.get::<bool>(3)?,
+                                r.get::<i64>(4)?,
+                                r.get::<f64>(5)?,
+                            ))
+                        },
+                    )
+                })
+                .await
+                .unwrap();
+            assert_eq!(got, (true, 42, "x".to_string(), true, 1, 3.0), "{:?}", db.dialect());
+            db.close();
+        }
+        if let Some(pg) = &pg {
+            let db = crate::db::Db::open_postgres(&pg.url, false).unwrap();
+            let e = db.read_sql(|c| c.one("SELECT ?1 = 0", &[&(1i64 << 40)], |r| r.get::<bool>(0))).await;
+            assert!(e.is_err(), "an i64 too wide for int4 is refused: {e:?}");
+            db.close();
+        }
     }
 }

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::OptionalExtension;
 use serde::Serialize;
 
+use crate::sql::Conn;
 use crate::versions::VersionInfo;
 use crate::{Store, StoreError};
 
@@ -27,12 +27,11 @@ pub struct Stats {
     pub audit_events: u64,
 }
 
-fn counts(c: &rusqlite::Connection, sql: &str) -> Result<BTreeMap<String, u64>, StoreError> {
-    let mut st = c.prepare(sql)?;
-    let rows = st.query_map([], |r| {
-        Ok((r.get::<_, Option<String>>(0)?.unwrap_or_else(|| "-".into()), r.get::<_, i64>(1)? as u64))
+fn counts(c: Conn, sql: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+    let rows = c.query(sql, &[], |r| {
+        Ok((r.get::<Option<String>>(0)?.unwrap_or_else(|| "-".into()), r.get::<i64>(1)? as u64))
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows.into_iter().collect())
 }
 
 impl Store {
@@ -43,16 +42,14 @@ impl Store {
             Err(e) => return Err(e),
         };
         self.db()
-            .read(move |c| {
-                let one = |sql: &str| -> Result<u64, StoreError> { Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
-                let name: String = c
-                    .query_row("SELECT value FROM project WHERE key = 'name'", [], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or_default();
-                let head_seq: i64 = c.query_row("SELECT COALESCE(MAX(audit_seq), 0) FROM versions", [], |r| r.get(0))?;
-                let changes: i64 = c.query_row(
+            .read_sql(move |c| {
+                let one = |sql: &str| -> Result<u64, StoreError> { Ok(c.one(sql, &[], |r| r.get::<i64>(0))? as u64) };
+                let name: String =
+                    c.optional("SELECT value FROM project WHERE key = 'name'", &[], |r| r.get(0))?.unwrap_or_default();
+                let head_seq: i64 = c.one("SELECT COALESCE(MAX(audit_seq), 0) FROM versions", &[], |r| r.get(0))?;
+                let changes: i64 = c.one(
                     "SELECT COUNT(*) FROM events WHERE seq > ?1 AND action NOT IN ('commit', 'project.init')",
-                    [head_seq],
+                    &[&head_seq],
                     |r| r.get(0),
                 )?;
                 Ok(Stats {
@@ -65,7 +62,7 @@ impl Store {
                     )?,
                     by_split: counts(c, "SELECT split, COUNT(*) FROM items GROUP BY split")?,
                     images: one("SELECT COUNT(*) FROM images")?,
-                    image_bytes: one("SELECT COALESCE(SUM(bytes), 0) FROM images")?,
+                    image_bytes: one("SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM images")?,
                     images_copied: one("SELECT COUNT(*) FROM images WHERE copied = 1")?,
                     candidates: one("SELECT COUNT(*) FROM candidates")?,
                     items_with_candidates: one("SELECT COUNT(DISTINCT item_id) FROM candidates")?,

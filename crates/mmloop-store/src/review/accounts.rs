@@ -12,12 +12,12 @@ use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use mmloop_core::ParseEnumError;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use super::{ReviewError, ReviewResult, now_ms, write_tx};
+use crate::sql::{Conn, Row};
 use crate::{Store, StoreError};
 
 /// What a user may do. Ordered from least to most.
@@ -202,7 +202,7 @@ fn random_hex(bytes: usize) -> String {
 
 const USER_COLS: &str = "id, name, role, disabled, created_at, created_by";
 
-pub(crate) fn row_user(r: &rusqlite::Row) -> rusqlite::Result<User> {
+pub(crate) fn row_user(r: &Row) -> Result<User, StoreError> {
     let role: String = r.get(2)?;
     Ok(User {
         id: r.get(0)?,
@@ -214,17 +214,15 @@ pub(crate) fn row_user(r: &rusqlite::Row) -> rusqlite::Result<User> {
     })
 }
 
-fn user_by_name(c: &Connection, name: &str) -> ReviewResult<Option<User>> {
-    Ok(c.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE name = ?1"))?
-        .query_row([name], row_user)
-        .optional()?)
+fn user_by_name(c: Conn, name: &str) -> ReviewResult<Option<User>> {
+    Ok(c.optional(&format!("SELECT {USER_COLS} FROM users WHERE name = ?1"), &[&name], row_user)?)
 }
 
-fn active_admins(c: &Connection) -> ReviewResult<i64> {
-    Ok(c.query_row("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0", [], |r| r.get(0))?)
+fn active_admins(c: Conn) -> ReviewResult<i64> {
+    Ok(c.one("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0", &[], |r| r.get(0))?)
 }
 
-fn row_token(r: &rusqlite::Row) -> rusqlite::Result<TokenInfo> {
+fn row_token(r: &Row) -> Result<TokenInfo, StoreError> {
     Ok(TokenInfo {
         id: r.get(0)?,
         user: r.get(1)?,
@@ -239,22 +237,18 @@ fn row_token(r: &rusqlite::Row) -> rusqlite::Result<TokenInfo> {
 
 const TOKEN_COLS: &str = "t.id, u.name, t.name, t.prefix, t.created_at, t.created_by, t.expires_ms, t.revoked_at";
 
-fn token_by_id(c: &Connection, id: i64) -> rusqlite::Result<Option<TokenInfo>> {
-    c.query_row(
+fn token_by_id(c: Conn, id: i64) -> Result<Option<TokenInfo>, StoreError> {
+    c.optional(
         &format!("SELECT {TOKEN_COLS} FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?1"),
-        [id],
+        &[&id],
         row_token,
     )
-    .optional()
 }
 
 impl Store {
     /// How many users exist (zero before the first admin is made).
     pub async fn user_count(&self) -> ReviewResult<u64> {
-        Ok(self
-            .db()
-            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0))? as u64))
-            .await?)
+        Ok(self.db().read_sql(|c| Ok(c.one("SELECT COUNT(*) FROM users", &[], |r| r.get::<i64>(0))? as u64)).await?)
     }
 
     /// Creates a user. `password: None` makes an account that can only use API tokens.
@@ -270,7 +264,7 @@ impl Store {
 
     /// Whether some enabled user is an admin (someone can manage users from the browser).
     pub async fn has_active_admin(&self) -> ReviewResult<bool> {
-        Ok(self.db().read(|c| active_admins(c).map_err(into_store)).await? > 0)
+        Ok(self.db().read_sql(|c| active_admins(c).map_err(into_store)).await? > 0)
     }
 
     async fn create_user_inner(
@@ -302,7 +296,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO users (name, role, password_hash, disabled, created_at, created_by)
                  VALUES (?1, ?2, ?3, 0, ?4, ?5)",
-                params![name, role.as_str(), hash, crate::now(), actor],
+                &[&name, &role.as_str(), &hash, &crate::now(), &actor],
             )?;
             crate::audit::append(
                 tx,
@@ -323,17 +317,13 @@ impl Store {
 
     pub async fn user(&self, name: &str) -> ReviewResult<Option<User>> {
         let name = name.to_string();
-        self.db().read(move |c| user_by_name(c, &name).map_err(into_store)).await.map_err(from_store)
+        self.db().read_sql(move |c| user_by_name(c, &name).map_err(into_store)).await.map_err(from_store)
     }
 
     pub async fn users(&self) -> ReviewResult<Vec<User>> {
         Ok(self
             .db()
-            .read(|c| {
-                let mut st = c.prepare(&format!("SELECT {USER_COLS} FROM users ORDER BY name"))?;
-                let rows = st.query_map([], row_user)?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
+            .read_sql(|c| c.query(&format!("SELECT {USER_COLS} FROM users ORDER BY name"), &[], row_user))
             .await?)
     }
 
@@ -360,7 +350,7 @@ impl Store {
                         "{name} is the last admin\n  hint: make another user admin first"
                     )));
                 }
-                tx.execute("UPDATE users SET role = ?1 WHERE id = ?2", params![role.as_str(), u.id])?;
+                tx.execute("UPDATE users SET role = ?1 WHERE id = ?2", &[&role.as_str(), &u.id])?;
                 crate::audit::append(
                     tx,
                     &actor,
@@ -376,10 +366,10 @@ impl Store {
                         "{name} is the last admin\n  hint: make another user admin first"
                     )));
                 }
-                tx.execute("UPDATE users SET disabled = ?1 WHERE id = ?2", params![disabled, u.id])?;
+                tx.execute("UPDATE users SET disabled = ?1 WHERE id = ?2", &[&disabled, &u.id])?;
                 if disabled {
-                    tx.execute("DELETE FROM sessions WHERE user_id = ?1", [u.id])?;
-                    tx.execute("DELETE FROM leases WHERE user_id = ?1", [u.id])?;
+                    tx.execute("DELETE FROM sessions WHERE user_id = ?1", &[&u.id])?;
+                    tx.execute("DELETE FROM leases WHERE user_id = ?1", &[&u.id])?;
                 }
                 let action = if disabled { "user.disable" } else { "user.enable" };
                 crate::audit::append(
@@ -392,12 +382,12 @@ impl Store {
                 )?;
             }
             if let Some(hash) = &hash {
-                tx.execute("UPDATE users SET password_hash = ?1 WHERE id = ?2", params![hash, u.id])?;
-                tx.execute("DELETE FROM sessions WHERE user_id = ?1", [u.id])?;
+                tx.execute("UPDATE users SET password_hash = ?1 WHERE id = ?2", &[&hash, &u.id])?;
+                tx.execute("DELETE FROM sessions WHERE user_id = ?1", &[&u.id])?;
                 // A new password is the answer to a leak: credentials made with the old one go too.
                 let revoked = tx.execute(
                     "UPDATE api_tokens SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL",
-                    params![crate::now(), u.id],
+                    &[&crate::now(), &u.id],
                 )?;
                 crate::audit::append(
                     tx,
@@ -422,10 +412,10 @@ impl Store {
         let n = name.to_string();
         let found: Option<(User, Option<String>)> = self
             .db()
-            .read(move |c| {
-                Ok(c.prepare_cached(&format!("SELECT {USER_COLS}, password_hash FROM users WHERE name = ?1"))?
-                    .query_row([&n], |r| Ok((row_user(r)?, r.get::<_, Option<String>>(6)?)))
-                    .optional()?)
+            .read_sql(move |c| {
+                c.optional(&format!("SELECT {USER_COLS}, password_hash FROM users WHERE name = ?1"), &[&n], |r| {
+                    Ok((row_user(r)?, r.get::<Option<String>>(6)?))
+                })
             })
             .await?;
         let pw = password.to_string();
@@ -449,14 +439,14 @@ impl Store {
         let expires = now + ttl_ms;
         let (uid, name) = (user.id, user.name.clone());
         self.db()
-            .write(move |conn| {
+            .write_sql(move |conn| {
                 let tx = conn.savepoint()?;
-                tx.execute("DELETE FROM sessions WHERE expires_ms < ?1", [now])?;
-                tx.execute(
+                conn.execute("DELETE FROM sessions WHERE expires_ms < ?1", &[&now])?;
+                conn.execute(
                     "INSERT INTO sessions (token_hash, user_id, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-                    params![hash, uid, now, expires],
+                    &[&hash, &uid, &now, &expires],
                 )?;
-                crate::audit::append(&tx, &name, "user.login", &format!("user:{name}"), None, None)?;
+                crate::audit::append(conn, &name, "user.login", &format!("user:{name}"), None, None)?;
                 tx.commit()?;
                 Ok(())
             })
@@ -470,13 +460,13 @@ impl Store {
         let hash = secret_hash(secret);
         Ok(self
             .db()
-            .read(move |c| {
-                Ok(c.prepare_cached(
+            .read_sql(move |c| {
+                c.optional(
                     "SELECT u.id, u.name, u.role, u.disabled, u.created_at, u.created_by, s.expires_ms
                      FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1",
-                )?
-                .query_row([hash], |r| Ok(Session { user: row_user(r)?, expires_ms: r.get(6)? }))
-                .optional()?)
+                    &[&hash],
+                    |r| Ok(Session { user: row_user(r)?, expires_ms: r.get(6)? }),
+                )
             })
             .await?
             .filter(|s| !s.user.disabled && s.expires_ms > now_ms()))
@@ -485,8 +475,8 @@ impl Store {
     pub async fn end_session(&self, secret: &str) -> ReviewResult<()> {
         let hash = secret_hash(secret);
         self.db()
-            .write(move |c| {
-                c.execute("DELETE FROM sessions WHERE token_hash = ?1", [hash])?;
+            .write_sql(move |c| {
+                c.execute("DELETE FROM sessions WHERE token_hash = ?1", &[&hash])?;
                 Ok(())
             })
             .await?;
@@ -513,12 +503,12 @@ impl Store {
         let (owner, name, actor) = (owner.to_string(), name.to_string(), actor.to_string());
         let info = write_tx(self, move |tx| {
             let u = user_by_name(tx, &owner)?.ok_or_else(|| ReviewError::NotFound(format!("user {owner:?}")))?;
-            tx.execute(
+            let id: i64 = tx.one(
                 "INSERT INTO api_tokens (user_id, name, token_hash, prefix, created_at, created_by, expires_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![u.id, name, hash, prefix, crate::now(), actor, expires_ms],
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                &[&u.id, &name, &hash, &prefix, &crate::now(), &actor, &expires_ms],
+                |r| r.get(0),
             )?;
-            let id = tx.last_insert_rowid();
             crate::audit::append(
                 tx,
                 &actor,
@@ -541,13 +531,15 @@ impl Store {
         let owner = owner.map(String::from);
         Ok(self
             .db()
-            .read(move |c| {
-                let mut st = c.prepare(&format!(
-                    "SELECT {TOKEN_COLS} FROM api_tokens t JOIN users u ON u.id = t.user_id
-                     WHERE (?1 IS NULL OR u.name = ?1) ORDER BY t.id DESC"
-                ))?;
-                let rows = st.query_map([owner], row_token)?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            .read_sql(move |c| {
+                c.query(
+                    &format!(
+                        "SELECT {TOKEN_COLS} FROM api_tokens t JOIN users u ON u.id = t.user_id
+                         WHERE (?1 IS NULL OR u.name = ?1) ORDER BY t.id DESC"
+                    ),
+                    &[&owner],
+                    row_token,
+                )
             })
             .await?)
     }
@@ -562,7 +554,7 @@ impl Store {
                 return Err(ReviewError::NotFound(format!("token {id}")));
             }
             if t.revoked_at.is_none() {
-                tx.execute("UPDATE api_tokens SET revoked_at = ?1 WHERE id = ?2", params![crate::now(), id])?;
+                tx.execute("UPDATE api_tokens SET revoked_at = ?1 WHERE id = ?2", &[&crate::now(), &id])?;
                 crate::audit::append(
                     tx,
                     &by.name,
@@ -589,14 +581,14 @@ impl Store {
         let now = now_ms();
         Ok(self
             .db()
-            .read(move |c| {
-                Ok(c.prepare_cached(
+            .read_sql(move |c| {
+                c.optional(
                     "SELECT u.id, u.name, u.role, u.disabled, u.created_at, u.created_by
                      FROM api_tokens t JOIN users u ON u.id = t.user_id
                      WHERE t.token_hash = ?1 AND t.revoked_at IS NULL AND (t.expires_ms IS NULL OR t.expires_ms > ?2)",
-                )?
-                .query_row(params![hash, now], row_user)
-                .optional()?)
+                    &[&hash, &now],
+                    row_user,
+                )
             })
             .await?
             .filter(|u| !u.disabled))

@@ -9,15 +9,13 @@
 //! Nothing here knows about HTTP or how a page looks.
 
 use mmloop_core::{Answer, LabelStatus, Task};
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::accounts::{Permission, User};
 use super::{ReviewError, ReviewResult, now_ms, write_tx};
 use crate::labels::{ItemView, LabelSave, LabelView, SaveOutcome, item_view, label_by_id, save_in_tx};
-use crate::sql::Conn;
+use crate::sql::{Conn, Dialect, Param, Row, Value as SqlValue};
 use crate::{Store, StoreError};
 
 /// Which items a reviewer wants next. Empty strings count as "any".
@@ -57,7 +55,7 @@ impl QueueFilter {
     }
 
     /// Conditions on `q` (review_queue) other than the status.
-    fn conditions(&self, params: &mut Vec<SqlValue>) -> ReviewResult<Vec<&'static str>> {
+    fn conditions(&self, dialect: Dialect, params: &mut Vec<SqlValue>) -> ReviewResult<Vec<&'static str>> {
         let mut out = Vec::new();
         for (v, what) in [(self.min_conf, "min_conf"), (self.max_conf, "max_conf")] {
             if v.is_some_and(|v| !v.is_finite()) {
@@ -81,7 +79,11 @@ impl QueueFilter {
             params.push(SqlValue::Real(hi));
         }
         if let Some(f) = given(&self.flag) {
-            out.push("instr(q.flags, ?) > 0");
+            // `flags` is ',a,b,': the flag's own name between commas, matched literally.
+            out.push(match dialect {
+                Dialect::Sqlite => "instr(q.flags, ?) > 0",
+                Dialect::Postgres => "strpos(q.flags, ?) > 0",
+            });
             params.push(SqlValue::Text(format!(",{f},")));
         }
         if let Some(m) = given(&self.model) {
@@ -98,16 +100,22 @@ impl QueueFilter {
             params.push(SqlValue::Text(t.as_str().into()));
         }
         if let Some(t) = given(&self.tag) {
-            out.push(
-                "EXISTS (SELECT 1 FROM items i, json_each(i.tags) t WHERE i.id = q.item_id AND i.tags IS NOT NULL AND t.value = ?)",
-            );
+            out.push(match dialect {
+                Dialect::Sqlite => {
+                    "EXISTS (SELECT 1 FROM items i, json_each(i.tags) t WHERE i.id = q.item_id AND i.tags IS NOT NULL AND t.value = ?)"
+                }
+                Dialect::Postgres => {
+                    "EXISTS (SELECT 1 FROM items i WHERE i.id = q.item_id AND i.tags IS NOT NULL
+                             AND CAST(i.tags AS jsonb) @> jsonb_build_array(CAST(? AS TEXT)))"
+                }
+            });
             params.push(SqlValue::Text(t.into()));
         }
         Ok(out)
     }
 
     /// The WHERE clause and ORDER BY of this queue, without the lease condition.
-    fn queue_sql(&self, params: &mut Vec<SqlValue>) -> ReviewResult<(String, &'static str)> {
+    fn queue_sql(&self, dialect: Dialect, params: &mut Vec<SqlValue>) -> ReviewResult<(String, &'static str)> {
         let status = self.status()?;
         let mut conds = Vec::new();
         let order = match status {
@@ -129,7 +137,7 @@ impl QueueFilter {
                 "ORDER BY q.status, q.label_id"
             }
         };
-        conds.extend(self.conditions(params)?);
+        conds.extend(self.conditions(dialect, params)?);
         Ok((conds.join(" AND "), order))
     }
 }
@@ -264,7 +272,7 @@ fn check_answer(a: &Answer) -> ReviewResult<()> {
 
 const CANDIDATE_COLS: &str = "id, run_id, model, answer, confidence, confidence_detail, error, created_at, item_id";
 
-fn row_candidate(c: &Connection, r: &rusqlite::Row) -> rusqlite::Result<CandidateView> {
+fn row_candidate(c: Conn, r: &Row) -> Result<CandidateView, StoreError> {
     let id = r.get(0)?;
     Ok(CandidateView {
         id,
@@ -272,32 +280,32 @@ fn row_candidate(c: &Connection, r: &rusqlite::Row) -> rusqlite::Result<Candidat
         model: r.get(2)?,
         answer: r.get(3)?,
         confidence: r.get(4)?,
-        confidence_detail: r.get::<_, Option<String>>(5)?.and_then(|t| serde_json::from_str(&t).ok()),
+        confidence_detail: r.get::<Option<String>>(5)?.and_then(|t| serde_json::from_str(&t).ok()),
         flags: crate::candidates::flags_of(c, id)?,
         error: r.get(6)?,
         created_at: r.get(7)?,
     })
 }
 
-fn candidates_of(c: &Connection, item_id: i64) -> ReviewResult<Vec<CandidateView>> {
-    let mut st = c.prepare_cached(&format!(
-        "SELECT {CANDIDATE_COLS} FROM candidates WHERE item_id = ?1 ORDER BY error IS NULL DESC, id DESC"
-    ))?;
-    let rows = st.query_map([item_id], |r| row_candidate(c, r))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+fn candidates_of(c: Conn, item_id: i64) -> ReviewResult<Vec<CandidateView>> {
+    Ok(c.query(
+        &format!("SELECT {CANDIDATE_COLS} FROM candidates WHERE item_id = ?1 ORDER BY error IS NULL DESC, id DESC"),
+        &[&item_id],
+        |r| row_candidate(c, r),
+    )?)
 }
 
-fn live_lease(c: &Connection, item_id: i64, now: i64) -> ReviewResult<Option<(i64, Lease)>> {
-    Ok(c.prepare_cached(
+fn live_lease(c: Conn, item_id: i64, now: i64) -> ReviewResult<Option<(i64, Lease)>> {
+    Ok(c.optional(
         "SELECT l.user_id, COALESCE(u.name, '?'), l.until_ms FROM leases l LEFT JOIN users u ON u.id = l.user_id
          WHERE l.item_id = ?1 AND l.until_ms > ?2",
-    )?
-    .query_row([item_id, now], |r| Ok((r.get(0)?, Lease { item_id, user: r.get(1)?, until_ms: r.get(2)? })))
-    .optional()?)
+        &[&item_id, &now],
+        |r| Ok((r.get(0)?, Lease { item_id, user: r.get(1)?, until_ms: r.get(2)? })),
+    )?)
 }
 
 /// Refuses when someone else holds a live lease on the item.
-fn check_lease(c: &Connection, item_id: i64, user: &User, now: i64) -> ReviewResult<()> {
+fn check_lease(c: Conn, item_id: i64, user: &User, now: i64) -> ReviewResult<()> {
     match live_lease(c, item_id, now)? {
         Some((uid, l)) if uid != user.id => {
             Err(ReviewError::Leased { item: item_id, user: l.user, seconds_left: (l.until_ms - now + 999) / 1000 })
@@ -306,19 +314,19 @@ fn check_lease(c: &Connection, item_id: i64, user: &User, now: i64) -> ReviewRes
     }
 }
 
-fn grant(tx: &Connection, item_id: i64, user: &User, now: i64, lease_ms: i64) -> ReviewResult<Lease> {
+fn grant(tx: Conn, item_id: i64, user: &User, now: i64, lease_ms: i64) -> ReviewResult<Lease> {
     let until = now + lease_ms;
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO leases (item_id, user_id, until_ms, granted_ms) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute([item_id, user.id, until, now])?;
+    tx.execute(
+        "INSERT INTO leases (item_id, user_id, until_ms, granted_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (item_id) DO UPDATE SET user_id = excluded.user_id, until_ms = excluded.until_ms,
+                                            granted_ms = excluded.granted_ms",
+        &[&item_id, &user.id, &until, &now],
+    )?;
     Ok(Lease { item_id, user: user.name.clone(), until_ms: until })
 }
 
-fn current_label_id(c: &Connection, item_id: i64) -> ReviewResult<Option<i64>> {
-    c.prepare_cached("SELECT label_id FROM items WHERE id = ?1")?
-        .query_row([item_id], |r| r.get::<_, Option<i64>>(0))
-        .optional()?
+fn current_label_id(c: Conn, item_id: i64) -> ReviewResult<Option<i64>> {
+    c.optional("SELECT label_id FROM items WHERE id = ?1", &[&item_id], |r| r.get::<Option<i64>>(0))?
         .ok_or(ReviewError::NotFound(format!("item {item_id}")))
 }
 
@@ -376,7 +384,8 @@ impl Store {
     ) -> ReviewResult<Option<ReviewItem>> {
         need_label(user)?;
         let mut params = Vec::new();
-        let (cond, order) = filter.queue_sql(&mut params)?;
+        let dialect = self.db().dialect();
+        let (cond, order) = filter.queue_sql(dialect, &mut params)?;
         let audit_first = filter.is_default();
         let user2 = user.clone();
         let picked = write_tx(self, move |tx| {
@@ -384,31 +393,36 @@ impl Store {
             // An open audit sample is served first, in its random order: its point is an
             // unbiased estimate, which a risk-ordered pick would not give.
             if audit_first && let Some(id) = crate::routing::next_audit_item(tx, user2.id, now)? {
-                tx.prepare_cached("DELETE FROM leases WHERE user_id = ?1 AND item_id != ?2")?
-                    .execute([user2.id, id])?;
+                tx.execute("DELETE FROM leases WHERE user_id = ?1 AND item_id != ?2", &[&user2.id, &id])?;
                 return Ok((Some(grant(tx, id, &user2, now, lease_ms)?), true));
             }
             let mine_sql = format!(
                 "SELECT q.item_id FROM review_queue q JOIN leases l ON l.item_id = q.item_id
                  WHERE l.user_id = ? AND l.until_ms > ? AND {cond} {order} LIMIT 1"
             );
-            let mut p = vec![SqlValue::Integer(user2.id), SqlValue::Integer(now)];
+            let mut p = vec![SqlValue::Int(user2.id), SqlValue::Int(now)];
             p.extend(params.iter().cloned());
-            let mine: Option<i64> =
-                tx.prepare_cached(&mine_sql)?.query_row(params_from_iter(p), |r| r.get(0)).optional()?;
+            let mine: Option<i64> = tx.optional(&mine_sql, &params_of(&p), |r| r.get(0))?;
             if let Some(id) = mine {
                 return Ok((Some(grant(tx, id, &user2, now, lease_ms)?), true));
             }
-            tx.prepare_cached("DELETE FROM leases WHERE user_id = ?1")?.execute([user2.id])?;
+            tx.execute("DELETE FROM leases WHERE user_id = ?1", &[&user2.id])?;
+            // PostgreSQL: rows another transaction has locked (a reviewer on another server
+            // taking that item right now) are skipped, not waited for. The write lock already
+            // keeps two picks apart; SKIP LOCKED keeps a pick from queueing behind a row held by
+            // a reader that locked it (`FOR UPDATE` elsewhere).
+            let lock = match dialect {
+                Dialect::Sqlite => "",
+                Dialect::Postgres => "FOR UPDATE OF q SKIP LOCKED",
+            };
             let pick_sql = format!(
                 "SELECT q.item_id FROM review_queue q
                  WHERE {cond} AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.item_id = q.item_id AND l.until_ms > ?)
-                 {order} LIMIT 1"
+                 {order} LIMIT 1 {lock}"
             );
             let mut p = params;
-            p.push(SqlValue::Integer(now));
-            let id: Option<i64> =
-                tx.prepare_cached(&pick_sql)?.query_row(params_from_iter(p), |r| r.get(0)).optional()?;
+            p.push(SqlValue::Int(now));
+            let id: Option<i64> = tx.optional(&pick_sql, &params_of(&p), |r| r.get(0))?;
             match id {
                 Some(id) => Ok((Some(grant(tx, id, &user2, now, lease_ms)?), true)),
                 None => Ok((None, true)),
@@ -425,7 +439,7 @@ impl Store {
     pub async fn review_item(&self, id: i64) -> ReviewResult<ReviewItem> {
         let dot = self.paths().dot.clone();
         self.db()
-            .read(move |c| {
+            .read_sql(move |c| {
                 let r = (|| -> ReviewResult<ReviewItem> {
                     let item = match item_view(c, &dot, id) {
                         Ok(i) => i,
@@ -433,9 +447,9 @@ impl Store {
                         Err(e) => return Err(e.into()),
                     };
                     let can_undo = match &item.label {
-                        Some(l) => c
-                            .prepare_cached("SELECT prev_id IS NOT NULL FROM labels WHERE id = ?1")?
-                            .query_row([l.id], |r| r.get(0))?,
+                        Some(l) => {
+                            c.one("SELECT prev_id IS NOT NULL FROM labels WHERE id = ?1", &[&l.id], |r| r.get(0))?
+                        }
                         None => false,
                     };
                     let audit = crate::routing::open_audit_of(c, id)?.map(|(sample, kind)| AuditMark { sample, kind });
@@ -478,7 +492,7 @@ impl Store {
         let uid = user.id;
         write_tx(self, move |tx| {
             current_label_id(tx, id)?;
-            tx.prepare_cached("DELETE FROM leases WHERE item_id = ?1 AND user_id = ?2")?.execute([id, uid])?;
+            tx.execute("DELETE FROM leases WHERE item_id = ?1 AND user_id = ?2", &[&id, &uid])?;
             Ok(((), true))
         })
         .await
@@ -525,11 +539,11 @@ impl Store {
             }
             let candidate = match d.candidate_id {
                 Some(cid) => Some(
-                    tx.prepare_cached(&format!(
-                        "SELECT {CANDIDATE_COLS} FROM candidates WHERE id = ?1 AND item_id = ?2"
-                    ))?
-                    .query_row([cid, id], |r| row_candidate(tx, r))
-                    .optional()?
+                    tx.optional(
+                        &format!("SELECT {CANDIDATE_COLS} FROM candidates WHERE id = ?1 AND item_id = ?2"),
+                        &[&cid, &id],
+                        |r| row_candidate(tx, r),
+                    )?
                     .ok_or_else(|| {
                         ReviewError::BadRequest(format!("candidate {cid} is not a candidate of item {id}"))
                     })?,
@@ -576,7 +590,7 @@ impl Store {
             let out = save_in_tx(tx, id, save)?;
             let saved = matches!(out, SaveOutcome::Saved { .. });
             if saved {
-                tx.prepare_cached("DELETE FROM leases WHERE item_id = ?1")?.execute([id])?;
+                tx.execute("DELETE FROM leases WHERE item_id = ?1", &[&id])?;
             }
             Ok((out, saved))
         })
@@ -611,8 +625,7 @@ impl Store {
                     cur.actor
                 )));
             }
-            let prev: Option<i64> =
-                tx.prepare_cached("SELECT prev_id FROM labels WHERE id = ?1")?.query_row([cur.id], |r| r.get(0))?;
+            let prev: Option<i64> = tx.one("SELECT prev_id FROM labels WHERE id = ?1", &[&cur.id], |r| r.get(0))?;
             let Some(prev) = prev.and_then(|p| label_by_id(tx, p).transpose()).transpose()? else {
                 return Err(ReviewError::BadRequest(format!("nothing to undo: item {id} has had only this label")));
             };
@@ -631,7 +644,7 @@ impl Store {
             if matches!(status, LabelStatus::Pending | LabelStatus::Imported) {
                 grant(tx, id, &user, now, lease_ms)?;
             } else {
-                tx.prepare_cached("DELETE FROM leases WHERE item_id = ?1")?.execute([id])?;
+                tx.execute("DELETE FROM leases WHERE item_id = ?1", &[&id])?;
             }
             Ok((out, true))
         })
@@ -642,14 +655,14 @@ impl Store {
 
     /// Items in id order after `after`, for browsing (any status unless filtered).
     pub async fn list_items(&self, filter: &QueueFilter, after: i64, limit: usize) -> ReviewResult<Vec<ItemSummary>> {
-        let mut params = vec![SqlValue::Integer(after)];
+        let mut params = vec![SqlValue::Int(after)];
         let mut conds = vec!["q.item_id > ?"];
         if let Some(s) = filter.status()? {
             conds.push("q.status = ?");
             params.push(SqlValue::Text(s.as_str().into()));
         }
-        conds.extend(filter.conditions(&mut params)?);
-        params.push(SqlValue::Integer(limit.clamp(1, 500) as i64));
+        conds.extend(filter.conditions(self.db().dialect(), &mut params)?);
+        params.push(SqlValue::Int(limit.clamp(1, 500) as i64));
         let sql = format!(
             "SELECT q.item_id, i.task, substr(i.question, 1, 300), q.status, q.label_id, q.conf, q.flags, q.model
              FROM review_queue q JOIN items i ON i.id = q.item_id
@@ -658,9 +671,8 @@ impl Store {
         );
         Ok(self
             .db()
-            .read(move |c| {
-                let mut st = c.prepare_cached(&sql)?;
-                let rows = st.query_map(params_from_iter(params), |r| {
+            .read_sql(move |c| {
+                c.query(&sql, &params_of(&params), |r| {
                     Ok(ItemSummary {
                         id: r.get(0)?,
                         task: r.get(1)?,
@@ -668,11 +680,10 @@ impl Store {
                         status: r.get(3)?,
                         label_id: r.get(4)?,
                         confidence: r.get(5)?,
-                        flags: split_flags(r.get::<_, Option<String>>(6)?.as_deref()),
+                        flags: split_flags(r.get::<Option<String>>(6)?.as_deref()),
                         model: r.get(7)?,
                     })
-                })?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })
             })
             .await?)
     }
@@ -681,12 +692,8 @@ impl Store {
     pub async fn review_facets(&self) -> ReviewResult<Facets> {
         Ok(self
             .db()
-            .read(|c| {
-                let strings = |sql: &str| -> Result<Vec<String>, StoreError> {
-                    let mut st = c.prepare(sql)?;
-                    let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-                };
+            .read_sql(|c| {
+                let strings = |sql: &str| -> Result<Vec<String>, StoreError> { c.query(sql, &[], |r| r.get(0)) };
                 let mut flags: Vec<String> = strings(
                     "SELECT DISTINCT flags FROM review_queue WHERE flags IS NOT NULL AND flags != ',,' LIMIT 1000",
                 )?
@@ -695,10 +702,16 @@ impl Store {
                 .collect();
                 flags.sort();
                 flags.dedup();
-                let mut tags = strings(
-                    "SELECT DISTINCT t.value FROM items i, json_each(i.tags) t
-                     WHERE i.tags IS NOT NULL AND t.type = 'text' LIMIT 200",
-                )?;
+                let mut tags = strings(match c.dialect() {
+                    Dialect::Sqlite => {
+                        "SELECT DISTINCT t.value FROM items i, json_each(i.tags) t
+                         WHERE i.tags IS NOT NULL AND t.type = 'text' LIMIT 200"
+                    }
+                    Dialect::Postgres => {
+                        "SELECT DISTINCT t #>> '{}' FROM items i, jsonb_array_elements(CAST(i.tags AS jsonb)) t
+                         WHERE i.tags IS NOT NULL AND jsonb_typeof(t) = 'string' LIMIT 200"
+                    }
+                })?;
                 tags.sort();
                 Ok(Facets {
                     statuses: LabelStatus::ALL.iter().map(|s| s.as_str().to_string()).collect(),
@@ -715,9 +728,14 @@ impl Store {
     /// Every label an item has had, newest first, as `LabelView`s (re-exported for the
     /// item history; the audit events come from `audit_log`).
     pub async fn item_labels(&self, id: i64) -> ReviewResult<Vec<LabelView>> {
-        self.db().read(move |c| Ok(current_label_id(c, id))).await??;
+        self.db().read_sql(move |c| Ok(current_label_id(c, id))).await??;
         Ok(self.label_history(id).await?)
     }
+}
+
+/// Gathered parameters as a statement takes them.
+fn params_of(values: &[SqlValue]) -> Vec<&dyn Param> {
+    values.iter().map(|v| v as &dyn Param).collect()
 }
 
 pub(crate) fn split_flags(f: Option<&str>) -> Vec<String> {
@@ -731,14 +749,14 @@ mod tests {
     #[test]
     fn filters_refuse_nonsense() {
         let bad = QueueFilter { status: Some("done".into()), ..Default::default() };
-        assert!(matches!(bad.queue_sql(&mut Vec::new()), Err(ReviewError::BadRequest(_))));
+        assert!(matches!(bad.queue_sql(Dialect::Sqlite, &mut Vec::new()), Err(ReviewError::BadRequest(_))));
         let bad = QueueFilter { min_conf: Some(0.9), max_conf: Some(0.1), ..Default::default() };
-        assert!(matches!(bad.queue_sql(&mut Vec::new()), Err(ReviewError::BadRequest(_))));
+        assert!(matches!(bad.queue_sql(Dialect::Sqlite, &mut Vec::new()), Err(ReviewError::BadRequest(_))));
         let bad = QueueFilter { task: Some("detect".into()), ..Default::default() };
-        assert!(matches!(bad.queue_sql(&mut Vec::new()), Err(ReviewError::BadRequest(_))));
+        assert!(matches!(bad.queue_sql(Dialect::Sqlite, &mut Vec::new()), Err(ReviewError::BadRequest(_))));
         let empty = QueueFilter { status: Some(" ".into()), split: Some(String::new()), ..Default::default() };
         let mut p = Vec::new();
-        let (cond, _) = empty.queue_sql(&mut p).unwrap();
+        let (cond, _) = empty.queue_sql(Dialect::Sqlite, &mut p).unwrap();
         assert_eq!(cond, "q.need = 1");
         assert!(p.is_empty());
     }
