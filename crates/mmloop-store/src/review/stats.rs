@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::Connection;
+use crate::sql::Conn;
 use serde::Serialize;
 
 use super::queue::split_flags;
@@ -87,26 +87,22 @@ fn hour_ago() -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
-fn reviewers(c: &Connection) -> Result<Vec<ReviewerStats>, StoreError> {
+fn reviewers(c: Conn) -> Result<Vec<ReviewerStats>, StoreError> {
     let mut recent: BTreeMap<String, u64> = BTreeMap::new();
-    {
-        let mut st = c.prepare_cached(
-            "SELECT actor, COUNT(*) FROM labels
-             WHERE at >= ?1 AND action IN ('accept', 'edit', 'reject', 'skip') GROUP BY actor",
-        )?;
-        let mut rows = st.query([hour_ago()])?;
-        while let Some(r) = rows.next()? {
-            recent.insert(r.get(0)?, r.get::<_, i64>(1)? as u64);
-        }
-    }
-    let mut st =
-        c.prepare_cached("SELECT actor, action, n, lead_sum, lead_n, first_at, last_at FROM reviewer_tally")?;
+    c.each(
+        "SELECT actor, COUNT(*) FROM labels
+         WHERE at >= ?1 AND action IN ('accept', 'edit', 'reject', 'skip') GROUP BY actor",
+        &[&hour_ago()],
+        |r| {
+            recent.insert(r.get(0)?, r.get::<i64>(1)? as u64);
+            Ok(())
+        },
+    )?;
     let mut by: BTreeMap<String, (ReviewerStats, i64, i64)> = BTreeMap::new();
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
+    c.each("SELECT actor, action, n, lead_sum, lead_n, first_at, last_at FROM reviewer_tally", &[], |r| {
         let actor: String = r.get(0)?;
         let action: String = r.get(1)?;
-        let n = r.get::<_, i64>(2)? as u64;
+        let n = r.get::<i64>(2)? as u64;
         let (lead_sum, lead_n): (i64, i64) = (r.get(3)?, r.get(4)?);
         let (first, last): (String, String) = (r.get(5)?, r.get(6)?);
         let e = by.entry(actor.clone()).or_insert_with(|| {
@@ -141,7 +137,8 @@ fn reviewers(c: &Connection) -> Result<Vec<ReviewerStats>, StoreError> {
         if last > e.0.last_at {
             e.0.last_at = last;
         }
-    }
+        Ok(())
+    })?;
     Ok(by
         .into_values()
         .map(|(mut s, lead_sum, lead_n)| {
@@ -160,7 +157,7 @@ impl Store {
     pub async fn review_stats(&self) -> ReviewResult<ReviewStats> {
         Ok(self
             .db()
-            .read(|c| {
+            .read_sql(|c| {
                 let mut by_status = BTreeMap::new();
                 let (mut items, mut to_review, mut with_candidates) = (0u64, 0u64, 0u64);
                 let mut buckets: Vec<BucketStats> = (0..10)
@@ -174,25 +171,22 @@ impl Store {
                 let mut unknown = BucketStats { key: "unknown".into(), ..Default::default() };
                 let mut flags: BTreeMap<String, BucketStats> = BTreeMap::new();
                 // Kept by triggers as the queue changes: a few hundred rows whatever the project's size.
-                let mut st = c.prepare_cached(
-                    "SELECT status, status IN ('pending', 'imported'), has_cand, bucket, flags, n
-                     FROM queue_tally WHERE n > 0",
-                )?;
-                let mut rows = st.query([])?;
-                while let Some(r) = rows.next()? {
+                let sql = "SELECT status, status IN ('pending', 'imported'), has_cand, bucket, flags, n
+                           FROM queue_tally WHERE n > 0";
+                c.each(sql, &[], |r| {
                     let status: String = r.get(0)?;
                     let (need, has_cand): (bool, bool) = (r.get(1)?, r.get(2)?);
                     let (bucket, flag_list): (i64, String) = (r.get(3)?, r.get(4)?);
-                    let n = r.get::<_, i64>(5)? as u64;
+                    let n = r.get::<i64>(5)? as u64;
                     *by_status.entry(status.clone()).or_insert(0) += n;
                     items += n;
                     to_review += if need { n } else { 0 };
                     if !has_cand {
-                        continue;
+                        return Ok(());
                     }
                     with_candidates += n;
                     if !matches!(status.as_str(), "accepted" | "edited" | "rejected") {
-                        continue;
+                        return Ok(());
                     }
                     match usize::try_from(bucket).ok().and_then(|b| buckets.get_mut(b)) {
                         Some(bucket) => bucket.add(&status, n),
@@ -208,10 +202,11 @@ impl Store {
                             .or_insert_with(|| BucketStats { key: name, ..Default::default() })
                             .add(&status, n);
                     }
-                }
+                    Ok(())
+                })?;
                 buckets.push(unknown);
                 let leased: i64 =
-                    c.query_row("SELECT COUNT(*) FROM leases WHERE until_ms > ?1", [now_ms()], |r| r.get(0))?;
+                    c.one("SELECT COUNT(*) FROM leases WHERE until_ms > ?1", &[&now_ms()], |r| r.get(0))?;
                 Ok(ReviewStats {
                     items,
                     by_status,
