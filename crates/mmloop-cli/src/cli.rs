@@ -74,6 +74,9 @@ pub enum Command {
     Sft(Box<SftArgs>),
     /// List a project's recorded runs (pre-annotation, training, routing), newest first.
     Runs(RunsArgs),
+    /// Move a project's database between SQLite and PostgreSQL (verified before the folder
+    /// switches; the old SQLite file is kept as a backup).
+    Migrate(MigrateArgs),
     /// Fold a LoRA / DoRA adapter into the model's weights and write the checkpoint in its
     /// published layout (like `swift export --merge_lora true`).
     ExportModel(ExportModelArgs),
@@ -563,6 +566,17 @@ pub struct CommitArgs {
 #[derive(Args, Debug)]
 pub struct LogArgs {
     pub project: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// The project folder (stop its review servers first).
+    pub project: PathBuf,
+    /// Where the database goes: a PostgreSQL URL (an empty database) or `sqlite`.
+    #[arg(long, value_name = "URL|sqlite")]
+    pub to: String,
     #[arg(long)]
     pub json: bool,
 }

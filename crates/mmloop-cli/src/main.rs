@@ -39,6 +39,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Split(a) => info::split(a, &actor).await,
         Command::Commit(a) => versions_cmd::commit(a, &actor).await,
         Command::Log(a) => versions_cmd::log(a).await,
+        Command::Migrate(a) => versions_cmd::migrate(a).await,
         Command::Diff(a) => versions_cmd::diff(a).await,
         Command::Export(a) => export_cmd::export(a).await,
         Command::Audit(a) => info::audit(a).await,

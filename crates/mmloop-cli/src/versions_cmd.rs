@@ -3,7 +3,7 @@
 use console::style;
 use mmloop_store::{DiffKind, Store};
 
-use crate::cli::{CommitArgs, DiffArgs, LogArgs};
+use crate::cli::{CommitArgs, DiffArgs, LogArgs, MigrateArgs};
 use crate::ui;
 
 pub async fn commit(a: CommitArgs, actor: &str) -> anyhow::Result<()> {
@@ -46,6 +46,32 @@ pub async fn log(a: LogArgs) -> anyhow::Result<()> {
             ui::count(v.items),
             v.message
         );
+    }
+    Ok(())
+}
+
+pub async fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
+    let target: mmloop_store::MigrateTarget = a.to.parse()?;
+    let pb = ui::spinner("copying");
+    let rows = pb.clone();
+    let report = mmloop_store::migrate(&a.project, target, Box::new(move |n| rows.set_position(n))).await;
+    pb.finish_and_clear();
+    let report = report?;
+    if a.json {
+        return ui::json(&report);
+    }
+    let copied: u64 = report.tables.iter().map(|(_, n)| n).sum();
+    ui::ok(format!(
+        "moved {} from {} to {}: {} rows, {} audit events verified{}",
+        a.project.display(),
+        report.from,
+        report.to,
+        ui::count(copied),
+        ui::count(report.events),
+        report.head.as_ref().map(|(seq, h)| format!(", head {seq} {}", &h[..12])).unwrap_or_default()
+    ));
+    if let Some(b) = &report.backup {
+        ui::hint(format!("the SQLite database before the move is kept as {}", b.display()));
     }
     Ok(())
 }

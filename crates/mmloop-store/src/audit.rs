@@ -259,103 +259,108 @@ impl Store {
     /// Recomputes the whole chain and checks it against the anchors, then recomputes
     /// every item, label and version digest (see `versions::verify_content`).
     pub async fn audit_verify(&self) -> Result<AuditReport, StoreError> {
-        let anchor_text = match std::fs::read_to_string(&self.paths().audit_head) {
-            Ok(s) => Some(s),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(StoreError::IoPath { path: self.paths().audit_head.clone(), source: e }),
-        };
-        let anchor_present = anchor_text.is_some();
-        let anchor = anchor_text.as_deref().and_then(|s| {
-            let (seq, hash) = s.trim().split_once(' ')?;
-            Some((seq.parse::<i64>().ok()?, hex::decode(hash).ok()?))
-        });
-        if anchor_present && anchor.is_none() {
-            return Err(StoreError::Config(format!(
-                "{} is not an audit anchor (expected `<seq> <hex hash>`)",
-                self.paths().audit_head.display()
-            )));
-        }
-        self.db()
-            .read_sql(move |c| {
-                let mut report = AuditReport::default();
-                let mut prev_seq = 0i64;
-                let mut prev_hash = vec![0u8; 32];
-                let mut hashes = std::collections::HashMap::new();
-                let sql =
-                    "SELECT seq, at, actor, action, entity, before, after, prev_hash, hash FROM events ORDER BY seq";
-                c.each(sql, &[], |r| {
-                    let seq: i64 = r.get(0)?;
-                    let (at, actor, action, entity): (String, String, String, String) =
-                        (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
-                    let (before, after): (Option<String>, Option<String>) = (r.get(5)?, r.get(6)?);
-                    let stored_prev: Vec<u8> = r.get(7)?;
-                    let hash: Vec<u8> = r.get(8)?;
-                    report.events += 1;
-                    if seq != prev_seq + 1 {
-                        report.problems.push(AuditProblem::Missing { after_seq: prev_seq, next_seq: seq });
-                    }
-                    let expect = event_hash(&EventFields {
-                        seq,
-                        prev: &stored_prev,
-                        at: &at,
-                        actor: &actor,
-                        action: &action,
-                        entity: &entity,
-                        before: before.as_deref(),
-                        after: after.as_deref(),
-                    });
-                    if expect.as_slice() != hash.as_slice() {
-                        report.problems.push(AuditProblem::Edited { seq });
-                    } else if stored_prev != prev_hash && seq == prev_seq + 1 {
-                        report.problems.push(AuditProblem::Broken { seq });
-                    }
-                    hashes.insert(seq, hash.clone());
-                    prev_seq = seq;
-                    prev_hash = hash;
-                    Ok(())
-                })?;
-                report.head = (prev_seq > 0).then(|| (prev_seq, hex::encode(&prev_hash)));
-                let mut anchors: Vec<(i64, Vec<u8>, String)> = Vec::new();
-                if let Some((seq, hash)) = anchor {
-                    anchors.push((seq, hash, ".mmloop/audit-head".into()));
-                }
-                // On PostgreSQL the database keeps an anchor of its own (the folder's file only
-                // knows the writes of the servers that share the folder).
-                let kept = match c.dialect() {
-                    Dialect::Postgres => {
-                        c.optional("SELECT seq, hash FROM audit_head", &[], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    }
-                    Dialect::Sqlite => None,
-                };
-                let anchored_in_db = kept.is_some();
-                if let Some((seq, hash)) = kept {
-                    anchors.push((seq, hash, "the database's audit_head table".into()));
-                }
-                c.each("SELECT seq, audit_seq, audit_hash FROM versions ORDER BY seq", &[], |r| {
-                    let vseq: i64 = r.get(0)?;
-                    anchors.push((r.get(1)?, r.get(2)?, format!("version v{vseq}")));
-                    Ok(())
-                })?;
-                if !anchor_present && !anchored_in_db && prev_seq > 0 {
-                    report.problems.push(AuditProblem::AnchorMissing { last_seq: prev_seq });
-                }
-                for (seq, hash, source) in anchors {
-                    match hashes.get(&seq) {
-                        Some(h) if *h == hash => {}
-                        Some(_) => report.problems.push(AuditProblem::AnchorMismatch { seq, source }),
-                        None if seq > prev_seq
-                            && !report.problems.iter().any(|p| matches!(p, AuditProblem::Truncated { .. })) =>
-                        {
-                            report.problems.push(AuditProblem::Truncated { anchored_seq: seq, last_seq: prev_seq });
-                        }
-                        None => {} // reported already (missing, or truncated)
-                    }
-                }
-                report.problems.extend(crate::versions::verify_content(c)?);
-                Ok(report)
-            })
-            .await
+        let anchor = self.file_anchor()?;
+        self.db().read_sql(move |c| verify_chain(c, anchor)).await
     }
+
+    /// The head anchor in `.mmloop/audit-head`: `None` when the file is missing.
+    pub(crate) fn file_anchor(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        let path = &self.paths().audit_head;
+        let text = match std::fs::read_to_string(path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::IoPath { path: path.clone(), source: e }),
+        };
+        let parsed = text
+            .trim()
+            .split_once(' ')
+            .and_then(|(seq, hash)| Some((seq.parse::<i64>().ok()?, hex::decode(hash).ok()?)));
+        match parsed {
+            Some(a) => Ok(Some(a)),
+            None => Err(StoreError::Config(format!(
+                "{} is not an audit anchor (expected `<seq> <hex hash>`)",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// Recomputes the chain in `c` and checks it against `anchor` (the folder's file, when
+/// present), the database's own anchor and the versions' positions, then every item, label
+/// and version digest.
+pub(crate) fn verify_chain(c: Conn, anchor: Option<(i64, Vec<u8>)>) -> Result<AuditReport, StoreError> {
+    let anchor_present = anchor.is_some();
+    let mut report = AuditReport::default();
+    let mut prev_seq = 0i64;
+    let mut prev_hash = vec![0u8; 32];
+    let mut hashes = std::collections::HashMap::new();
+    let sql = "SELECT seq, at, actor, action, entity, before, after, prev_hash, hash FROM events ORDER BY seq";
+    c.each(sql, &[], |r| {
+        let seq: i64 = r.get(0)?;
+        let (at, actor, action, entity): (String, String, String, String) =
+            (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        let (before, after): (Option<String>, Option<String>) = (r.get(5)?, r.get(6)?);
+        let stored_prev: Vec<u8> = r.get(7)?;
+        let hash: Vec<u8> = r.get(8)?;
+        report.events += 1;
+        if seq != prev_seq + 1 {
+            report.problems.push(AuditProblem::Missing { after_seq: prev_seq, next_seq: seq });
+        }
+        let expect = event_hash(&EventFields {
+            seq,
+            prev: &stored_prev,
+            at: &at,
+            actor: &actor,
+            action: &action,
+            entity: &entity,
+            before: before.as_deref(),
+            after: after.as_deref(),
+        });
+        if expect.as_slice() != hash.as_slice() {
+            report.problems.push(AuditProblem::Edited { seq });
+        } else if stored_prev != prev_hash && seq == prev_seq + 1 {
+            report.problems.push(AuditProblem::Broken { seq });
+        }
+        hashes.insert(seq, hash.clone());
+        prev_seq = seq;
+        prev_hash = hash;
+        Ok(())
+    })?;
+    report.head = (prev_seq > 0).then(|| (prev_seq, hex::encode(&prev_hash)));
+    let mut anchors: Vec<(i64, Vec<u8>, String)> = Vec::new();
+    if let Some((seq, hash)) = anchor {
+        anchors.push((seq, hash, ".mmloop/audit-head".into()));
+    }
+    // On PostgreSQL the database keeps an anchor of its own (the folder's file only
+    // knows the writes of the servers that share the folder).
+    let kept = match c.dialect() {
+        Dialect::Postgres => c.optional("SELECT seq, hash FROM audit_head", &[], |r| Ok((r.get(0)?, r.get(1)?)))?,
+        Dialect::Sqlite => None,
+    };
+    let anchored_in_db = kept.is_some();
+    if let Some((seq, hash)) = kept {
+        anchors.push((seq, hash, "the database's audit_head table".into()));
+    }
+    c.each("SELECT seq, audit_seq, audit_hash FROM versions ORDER BY seq", &[], |r| {
+        let vseq: i64 = r.get(0)?;
+        anchors.push((r.get(1)?, r.get(2)?, format!("version v{vseq}")));
+        Ok(())
+    })?;
+    if !anchor_present && !anchored_in_db && prev_seq > 0 {
+        report.problems.push(AuditProblem::AnchorMissing { last_seq: prev_seq });
+    }
+    for (seq, hash, source) in anchors {
+        match hashes.get(&seq) {
+            Some(h) if *h == hash => {}
+            Some(_) => report.problems.push(AuditProblem::AnchorMismatch { seq, source }),
+            None if seq > prev_seq && !report.problems.iter().any(|p| matches!(p, AuditProblem::Truncated { .. })) => {
+                report.problems.push(AuditProblem::Truncated { anchored_seq: seq, last_seq: prev_seq });
+            }
+            None => {} // reported already (missing, or truncated)
+        }
+    }
+    report.problems.extend(crate::versions::verify_content(c)?);
+    Ok(report)
 }
 
 /// Coalesces rewrites of the head anchor (see `Store::sync_audit_head`).

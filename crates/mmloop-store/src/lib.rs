@@ -18,6 +18,7 @@ mod fs;
 mod images;
 mod import;
 mod labels;
+mod migrate;
 mod pg;
 mod project;
 pub mod review;
@@ -39,6 +40,7 @@ pub use export::{ExportFilter, ExportInfo, VersionSpec};
 pub use images::{ImageError, ImageLimits, StoredImage, read_checked};
 pub use import::{CheckedImages, ImportOptions, ImportProgress, ImportReport, Incoming};
 pub use labels::{ItemView, LabelSave, LabelView, SaveOutcome};
+pub use migrate::{MigrateReport, MigrateTarget, migrate};
 pub use project::{Config, ProjectPaths};
 pub use review::{ReviewError, ReviewResult};
 pub use routing::{

@@ -229,12 +229,12 @@ fn check_database_url(url: &str) -> Result<(), StoreError> {
 }
 
 /// `s` as a TOML string.
-fn toml_string(s: &str) -> String {
+pub(crate) fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
 /// An existing `mmloop.toml` with the project's database set to `line` (replacing any).
-fn with_database(text: &str, line: &str) -> String {
+pub(crate) fn with_database(text: &str, line: &str) -> String {
     let mut out = String::new();
     let mut in_project = false;
     let mut placed = false;
@@ -246,7 +246,9 @@ fn with_database(text: &str, line: &str) -> String {
                 placed = true;
             }
             in_project = t == "[project]";
-        } else if in_project && (t.starts_with("database ") || t.starts_with("database=")) {
+        } else if in_project
+            && (t.starts_with("database ") || t.starts_with("database=") || t.starts_with("# The project's database"))
+        {
             continue;
         }
         out.push_str(l);

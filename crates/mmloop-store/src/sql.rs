@@ -121,6 +121,79 @@ impl Param for Value {
     }
 }
 
+/// A value of any column type, as stored: what `mmloop migrate` carries from one database to
+/// the other.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Cell {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Param for Cell {
+    fn arg(&self) -> Arg<'_> {
+        match self {
+            Cell::Null => Arg::Null,
+            Cell::Int(v) => Arg::Int(*v),
+            Cell::Real(v) => Arg::Real(*v),
+            Cell::Text(s) => Arg::Text(s),
+            Cell::Blob(b) => Arg::Blob(b),
+        }
+    }
+}
+
+impl Cell {
+    /// Writes the cell as a field of PostgreSQL's `COPY ... FROM STDIN` text format.
+    fn write_copy_field(&self, out: &mut Vec<u8>) {
+        match self {
+            Cell::Null => out.extend_from_slice(b"\\N"),
+            Cell::Int(v) => out.extend_from_slice(v.to_string().as_bytes()),
+            Cell::Real(v) => out.extend_from_slice(v.to_string().as_bytes()),
+            Cell::Text(s) => {
+                for b in s.bytes() {
+                    match b {
+                        b'\\' => out.extend_from_slice(b"\\\\"),
+                        b'\t' => out.extend_from_slice(b"\\t"),
+                        b'\n' => out.extend_from_slice(b"\\n"),
+                        b'\r' => out.extend_from_slice(b"\\r"),
+                        _ => out.push(b),
+                    }
+                }
+            }
+            // bytea's hex input `\x...`, its backslash escaped for the text format.
+            Cell::Blob(b) => {
+                out.extend_from_slice(b"\\\\x");
+                out.extend_from_slice(hex::encode(b).as_bytes());
+            }
+        }
+    }
+}
+
+impl Column for Cell {
+    fn lite(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Self> {
+        use rusqlite::types::ValueRef;
+        Ok(match r.get_ref(i)? {
+            ValueRef::Null => Cell::Null,
+            ValueRef::Integer(v) => Cell::Int(v),
+            ValueRef::Real(v) => Cell::Real(v),
+            ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => Cell::Blob(b.to_vec()),
+        })
+    }
+    fn pg_opt(r: &postgres::Row, i: usize) -> Result<Option<Self>, StoreError> {
+        use postgres::types::Type;
+        let cell = match *pg_type(r, i)? {
+            Type::INT8 | Type::INT4 | Type::INT2 | Type::BOOL => i64::pg_opt(r, i)?.map(Cell::Int),
+            Type::FLOAT8 | Type::FLOAT4 => f64::pg_opt(r, i)?.map(Cell::Real),
+            Type::BYTEA => Vec::<u8>::pg_opt(r, i)?.map(Cell::Blob),
+            _ => String::pg_opt(r, i)?.map(Cell::Text),
+        };
+        Ok(Some(cell.unwrap_or(Cell::Null)))
+    }
+}
+
 impl rusqlite::ToSql for Arg<'_> {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -403,6 +476,40 @@ impl<'c> Conn<'c> {
         self.optional(sql, params, f)?.ok_or_else(|| {
             StoreError::Internal(format!("no row from: {}", sql.split_whitespace().collect::<Vec<_>>().join(" ")))
         })
+    }
+
+    /// Appends `rows` to `table` (its `columns`, in order): PostgreSQL's `COPY`, or prepared
+    /// inserts on SQLite.
+    pub(crate) fn copy_in(&self, table: &str, columns: &[&str], rows: &[Vec<Cell>]) -> Result<(), StoreError> {
+        match self {
+            Conn::Lite(_) => {
+                let marks: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+                let sql = format!("INSERT INTO {table} ({}) VALUES ({})", columns.join(", "), marks.join(", "));
+                for row in rows {
+                    let params: Vec<&dyn Param> = row.iter().map(|c| c as &dyn Param).collect();
+                    self.execute(&sql, &params)?;
+                }
+                Ok(())
+            }
+            Conn::Pg(c) => {
+                use std::io::Write as _;
+                let mut data = Vec::with_capacity(rows.len() * 64);
+                for row in rows {
+                    for (i, cell) in row.iter().enumerate() {
+                        if i > 0 {
+                            data.push(b'\t');
+                        }
+                        cell.write_copy_field(&mut data);
+                    }
+                    data.push(b'\n');
+                }
+                let mut client = c.client.borrow_mut();
+                let mut w = client.copy_in(&format!("COPY {table} ({}) FROM STDIN", columns.join(", ")))?;
+                w.write_all(&data).map_err(StoreError::Io)?;
+                w.finish()?;
+                Ok(())
+            }
+        }
     }
 
     /// Opens a savepoint: its changes stand or fall together. Dropped without
