@@ -1,7 +1,6 @@
 //! Online A/B experiments: their definition, the exposures `mmloop serve` records and the
 //! outcomes clients report, each audited; and the per-arm summary `mmloop ab status` reads.
 
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -89,11 +88,10 @@ impl Store {
             .db()
             .write(move |conn| {
                 let tx = conn.savepoint()?;
-                let existing: Option<(String, String, String)> = tx
-                    .query_row("SELECT seed, arms, weights FROM ab_experiments WHERE name = ?1", [&e.name], |r| {
+                let existing: Option<(String, String, String)> =
+                    conn.optional("SELECT seed, arms, weights FROM ab_experiments WHERE name = ?1", &[&e.name], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
-                    .optional()?;
+                    })?;
                 if let Some((seed, arms, weights)) = existing {
                     let old = Experiment {
                         name: e.name.clone(),
@@ -109,19 +107,12 @@ impl Store {
                     }
                     return Ok(old);
                 }
-                tx.execute(
+                conn.execute(
                     "INSERT INTO ab_experiments (name, seed, arms, weights, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        e.name,
-                        e.seed,
-                        serde_json::to_string(&e.arms).unwrap_or_default(),
-                        serde_json::to_string(&e.weights).unwrap_or_default(),
-                        crate::now(),
-                        actor
-                    ],
+                    &[&e.name, &e.seed, &serde_json::to_string(&e.arms).unwrap_or_default(), &serde_json::to_string(&e.weights).unwrap_or_default(), &crate::now(), &actor],
                 )?;
                 let after = serde_json::to_value(&e).unwrap_or_default();
-                crate::audit::append(&tx, &actor, "ab.start", &format!("experiment:{}", e.name), None, Some(&after))?;
+                crate::audit::append(conn, &actor, "ab.start", &format!("experiment:{}", e.name), None, Some(&after))?;
                 tx.commit()?;
                 Ok(e)
             })
@@ -134,11 +125,10 @@ impl Store {
         let name = name.to_string();
         self.db()
             .read(move |c| {
-                let row: Option<(String, String, String)> = c
-                    .query_row("SELECT seed, arms, weights FROM ab_experiments WHERE name = ?1", [&name], |r| {
+                let row: Option<(String, String, String)> =
+                    c.optional("SELECT seed, arms, weights FROM ab_experiments WHERE name = ?1", &[&name], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
-                    .optional()?;
+                    })?;
                 row.map(|(seed, arms, weights)| {
                     Ok(Experiment {
                         name: name.clone(),
@@ -167,25 +157,25 @@ impl Store {
             .write(move |conn| {
                 let tx = conn.savepoint()?;
                 for x in &xs {
-                    tx.prepare_cached(
+                    conn.execute(
                         "INSERT INTO ab_exposures (experiment, request_id, user_id, arm, latency_ms, prompt_tokens,
                                                    completion_tokens, confidence, created_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    )?
-                    .execute(params![
-                        x.experiment,
-                        x.request_id,
-                        x.user_id,
-                        x.arm,
-                        x.latency_ms,
-                        x.prompt_tokens as i64,
-                        x.completion_tokens as i64,
-                        x.confidence,
-                        crate::now()
-                    ])?;
+                        &[
+                            &x.experiment,
+                            &x.request_id,
+                            &x.user_id,
+                            &x.arm,
+                            &x.latency_ms,
+                            &(x.prompt_tokens as i64),
+                            &(x.completion_tokens as i64),
+                            &x.confidence,
+                            &crate::now(),
+                        ],
+                    )?;
                     let after = serde_json::to_value(x).unwrap_or_default();
                     let entity = format!("experiment:{}", x.experiment);
-                    crate::audit::append(&tx, "serve", "ab.exposure", &entity, None, Some(&after))?;
+                    crate::audit::append(conn, "serve", "ab.exposure", &entity, None, Some(&after))?;
                 }
                 tx.commit()?;
                 Ok(())
@@ -209,18 +199,19 @@ impl Store {
             .db()
             .write(move |conn| {
                 let tx = conn.savepoint()?;
-                let experiment: Option<String> = tx
-                    .query_row("SELECT experiment FROM ab_exposures WHERE request_id = ?1", [&request_id], |r| r.get(0))
-                    .optional()?;
+                let experiment: Option<String> =
+                    conn.optional("SELECT experiment FROM ab_exposures WHERE request_id = ?1", &[&request_id], |r| {
+                        r.get(0)
+                    })?;
                 let Some(experiment) = experiment else {
                     return Err(StoreError::NotFound(format!("no experiment request {request_id:?}")));
                 };
-                tx.execute(
+                conn.execute(
                     "INSERT INTO ab_outcomes (request_id, outcome, value, created_at, actor) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![request_id, serde_json::to_value(outcome).unwrap_or_default().as_str(), v, crate::now(), actor],
+                    &[&request_id, &serde_json::to_value(outcome).unwrap_or_default().as_str(), &v, &crate::now(), &actor],
                 )?;
                 let after = json!({"request_id": request_id, "outcome": outcome, "value": v});
-                crate::audit::append(&tx, &actor, "ab.outcome", &format!("experiment:{experiment}"), None, Some(&after))?;
+                crate::audit::append(conn, &actor, "ab.outcome", &format!("experiment:{experiment}"), None, Some(&after))?;
                 tx.commit()?;
                 Ok(experiment)
             })
@@ -239,28 +230,28 @@ impl Store {
             .read(move |c| {
                 let mut out = Vec::with_capacity(e.arms.len());
                 for arm in &e.arms {
-                    let (exposures, latency, confidence): (i64, Option<f64>, Option<f64>) = c.query_row(
+                    let (exposures, latency, confidence): (i64, Option<f64>, Option<f64>) = c.one(
                         "SELECT COUNT(*), AVG(latency_ms), AVG(confidence) FROM ab_exposures WHERE experiment = ?1 AND arm = ?2",
-                        params![name, arm.name],
+                        &[&name, &arm.name],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )?;
-                    let (units, outcomes): (i64, i64) = c.query_row(
+                    let (units, outcomes): (i64, i64) = c.one(
                         "SELECT COUNT(DISTINCT COALESCE(user_id, request_id)),
                                 (SELECT COUNT(*) FROM ab_exposures x WHERE x.experiment = ?1 AND x.arm = ?2
                                    AND EXISTS (SELECT 1 FROM ab_outcomes o WHERE o.request_id = x.request_id))
                          FROM ab_exposures WHERE experiment = ?1 AND arm = ?2",
-                        params![name, arm.name],
+                        &[&name, &arm.name],
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )?;
                     // Each unit's mean over its requests' latest outcomes.
-                    let (with, sum, sum_sq): (i64, Option<f64>, Option<f64>) = c.query_row(
+                    let (with, sum, sum_sq): (i64, Option<f64>, Option<f64>) = c.one(
                         "SELECT COUNT(*), SUM(m), SUM(m * m) FROM (
                            SELECT AVG(o.value) AS m
                            FROM ab_exposures x JOIN ab_outcomes o ON o.id =
                                 (SELECT MAX(id) FROM ab_outcomes WHERE request_id = x.request_id)
                            WHERE x.experiment = ?1 AND x.arm = ?2
-                           GROUP BY COALESCE(x.user_id, x.request_id))",
-                        params![name, arm.name],
+                           GROUP BY COALESCE(x.user_id, x.request_id)) AS units",
+                        &[&name, &arm.name],
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )?;
                     out.push(ArmSummary {
@@ -334,11 +325,7 @@ impl Store {
     /// The experiments of the project, oldest first.
     pub async fn ab_experiments(&self) -> Result<Vec<String>, StoreError> {
         self.db()
-            .read(|c| {
-                let mut st = c.prepare("SELECT name FROM ab_experiments ORDER BY created_at, name")?;
-                let names = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
-                Ok(names)
-            })
+            .read(|c| c.query("SELECT name FROM ab_experiments ORDER BY created_at, name", &[], |r| r.get(0)))
             .await
     }
 
@@ -349,18 +336,18 @@ impl Store {
         let (name, arms) = (e.name.clone(), e.arms.iter().map(|a| a.name.clone()).collect::<Vec<_>>());
         self.db()
             .read(move |c| {
-                let mut st = c.prepare(
+                let rows = c.query(
                     "SELECT x.arm, AVG(o.value), MIN(o.id) AS first
                      FROM ab_exposures x JOIN ab_outcomes o ON o.id =
                           (SELECT MAX(id) FROM ab_outcomes WHERE request_id = x.request_id)
                      WHERE x.experiment = ?1
                      GROUP BY x.arm, COALESCE(x.user_id, x.request_id)
                      ORDER BY first",
+                    &[&name],
+                    |r| Ok((r.get::<String>(0)?, r.get::<f64>(1)?)),
                 )?;
-                let rows = st.query_map([&name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?)))?;
                 let mut out = Vec::new();
-                for row in rows {
-                    let (arm, mean) = row?;
+                for (arm, mean) in rows {
                     if let Some(i) = arms.iter().position(|a| *a == arm) {
                         out.push((i, mean));
                     }

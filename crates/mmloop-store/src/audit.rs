@@ -222,7 +222,7 @@ impl Store {
         }
         let upto = anchor.requested.load(SeqCst);
         let path = self.paths().audit_head.clone();
-        let head = self.db().read_sql(|c| head(c)).await?;
+        let head = self.db().read(|c| head(c)).await?;
         if let Some((seq, hash)) = head {
             let text = format!("{seq} {}\n", hex::encode(hash));
             tokio::task::spawn_blocking(move || crate::fs::write_atomic(&path, text.as_bytes()))
@@ -236,7 +236,7 @@ impl Store {
     /// Events, newest first, optionally only those about one entity (e.g. `item:42`).
     pub async fn audit_log(&self, entity: Option<String>, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
         self.db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 let limit = limit as i64;
                 match entity {
                     Some(entity) => c.query(
@@ -260,7 +260,7 @@ impl Store {
     /// every item, label and version digest (see `versions::verify_content`).
     pub async fn audit_verify(&self) -> Result<AuditReport, StoreError> {
         let anchor = self.file_anchor()?;
-        self.db().read_sql(move |c| verify_chain(c, anchor)).await
+        self.db().read(move |c| verify_chain(c, anchor)).await
     }
 
     /// The head anchor in `.mmloop/audit-head`: `None` when the file is missing.

@@ -122,8 +122,16 @@ pub(crate) fn flags_of<'c>(c: impl Into<Conn<'c>>, candidate_id: i64) -> Result<
 }
 
 /// SQL: the names of candidate `c`'s flags joined by [`FLAG_SEP`], NULL without flags.
-pub(crate) const FLAG_NAMES: &str =
-    "(SELECT group_concat(f.flag, char(31) ORDER BY f.pos) FROM candidate_flags f WHERE f.candidate_id = c.id)";
+pub(crate) fn flag_names_sql(d: crate::sql::Dialect) -> &'static str {
+    match d {
+        crate::sql::Dialect::Sqlite => {
+            "(SELECT group_concat(f.flag, char(31) ORDER BY f.pos) FROM candidate_flags f WHERE f.candidate_id = c.id)"
+        }
+        crate::sql::Dialect::Postgres => {
+            "(SELECT string_agg(f.flag, chr(31) ORDER BY f.pos) FROM candidate_flags f WHERE f.candidate_id = c.id)"
+        }
+    }
+}
 const FLAG_SEP: char = '\u{1f}';
 
 /// The flag names of a [`FLAG_NAMES`] column.
@@ -197,7 +205,7 @@ impl Store {
         let config = mmloop_core::redact::value(&config);
         let id = self
             .db()
-            .write_sql(move |conn| {
+            .write(move |conn| {
                 let tx = conn.savepoint()?;
                 let id: i64 = conn.one(
                     "INSERT INTO runs (kind, actor, started_at, status, config, version)
@@ -229,7 +237,7 @@ impl Store {
         let actor = actor.to_string();
         let summary = mmloop_core::redact::value(&summary);
         self.db()
-            .write_sql(move |conn| {
+            .write(move |conn| {
                 let tx = conn.savepoint()?;
                 let kind: Option<String> =
                     conn.optional("SELECT kind FROM runs WHERE id = ?1", &[&run_id], |r| r.get(0))?;
@@ -257,9 +265,7 @@ impl Store {
     /// A run by id.
     pub async fn run(&self, run_id: i64) -> Result<Option<RunView>, StoreError> {
         self.db()
-            .read_sql(move |c| {
-                c.optional(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), &[&run_id], run_view)
-            })
+            .read(move |c| c.optional(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"), &[&run_id], run_view))
             .await
     }
 
@@ -267,7 +273,7 @@ impl Store {
     pub async fn runs(&self, kind: Option<&str>) -> Result<Vec<RunView>, StoreError> {
         let kind = kind.map(String::from);
         self.db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 c.query(
                     &format!("SELECT {RUN_COLUMNS} FROM runs WHERE ?1 IS NULL OR kind = ?1 ORDER BY id DESC"),
                     &[&kind],
@@ -285,7 +291,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let f = filter.clone();
         self.db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 let sql =
                     format!("SELECT COUNT(*) FROM ({}) AS pending", PENDING_SQL.replace("ORDER BY i.id LIMIT ?7", ""));
                 let n: i64 = c.one(
@@ -317,7 +323,7 @@ impl Store {
         let f = filter.clone();
         let dot = self.paths().dot.clone();
         self.db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 let ids: Vec<i64> = c.query(
                     PENDING_SQL,
                     &[
@@ -352,7 +358,7 @@ impl Store {
         let (model, actor) = (model.to_string(), actor.to_string());
         let n = self
             .db()
-            .write_sql(move |conn| {
+            .write(move |conn| {
                 let tx = conn.savepoint()?;
                 let now = crate::now();
                 let mut digest = sha2::Sha256::new();
@@ -427,7 +433,7 @@ impl Store {
     /// An item's candidates, newest first.
     pub async fn candidates_of(&self, item_id: i64) -> Result<Vec<StoredCandidate>, StoreError> {
         self.db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 c.query(
                     &format!("SELECT {CANDIDATE_COLS} FROM candidates WHERE item_id = ?1 ORDER BY id DESC"),
                     &[&item_id],
@@ -440,7 +446,7 @@ impl Store {
     /// Candidates from one run, in item order.
     pub async fn run_candidates(&self, run_id: i64) -> Result<Vec<StoredCandidate>, StoreError> {
         self.db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 c.query(
                     &format!("SELECT {CANDIDATE_COLS} FROM candidates WHERE run_id = ?1 ORDER BY item_id, id"),
                     &[&run_id],

@@ -205,10 +205,11 @@ impl Db {
         }
     }
 
+    #[cfg(test)]
     fn lite(&self) -> Result<&Lite, StoreError> {
         match self {
             Db::Lite(l) => Ok(l),
-            Db::Pg(_) => Err(StoreError::Unsupported("this operation is not available on PostgreSQL yet")),
+            Db::Pg(_) => Err(StoreError::Internal("an SQLite-only test hook on a PostgreSQL database".into())),
         }
     }
 
@@ -216,7 +217,7 @@ impl Db {
     /// (PostgreSQL, under the write lock) the writes queued before it; returns once its changes
     /// are committed. `f` opens a savepoint ([`Conn::savepoint`]) for changes that stand or fall
     /// together, never a transaction.
-    pub(crate) async fn write_sql<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
@@ -227,9 +228,9 @@ impl Db {
         }
     }
 
-    /// Like [`Db::write_sql`] for a large write (an import): in a transaction of its own,
+    /// Like [`Db::write`] for a large write (an import): in a transaction of its own,
     /// which `f` must not open or close.
-    pub(crate) async fn write_sql_alone<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn write_alone<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
@@ -250,19 +251,24 @@ impl Db {
 
     /// Runs `f` in a read transaction (one snapshot for all its statements) on either
     /// database, off the async threads.
-    pub(crate) async fn read_sql<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
     {
         match &**self {
-            Db::Lite(_) => self.read(move |c| read_transaction(c, f)).await,
+            Db::Lite(_) => {
+                let db = self.clone();
+                tokio::task::spawn_blocking(move || db.read_blocking(f))
+                    .await
+                    .map_err(|e| StoreError::Internal(e.to_string()))?
+            }
             Db::Pg(pg) => pg.read(f).await,
         }
     }
 
-    /// Like [`Db::read_sql`], waiting on the calling thread (never an async one).
-    pub(crate) fn read_sql_blocking<T: Send + 'static>(
+    /// Like [`Db::read`], waiting on the calling thread (never an async one).
+    pub(crate) fn read_blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -272,8 +278,10 @@ impl Db {
         }
     }
 
-    /// Runs `f` on the SQLite writer connection (see [`Db::write_sql`]).
-    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs `f` on the SQLite writer connection, as the writes of [`Db::write`] run: for
+    /// tests of SQLite's own behaviour (commit groups, checkpoints, migrations).
+    #[cfg(test)]
+    pub(crate) async fn sqlite_write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -281,25 +289,17 @@ impl Db {
         self.lite()?.queue(f, Job::Grouped).await
     }
 
-    /// Runs `f` on an SQLite read connection, off the async threads.
-    pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    /// Runs `f` on an SQLite read connection: for tests of SQLite's own behaviour.
+    #[cfg(test)]
+    pub(crate) async fn sqlite_read<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.lite()?;
         let db = self.clone();
-        tokio::task::spawn_blocking(move || db.read_blocking(f))
+        tokio::task::spawn_blocking(move || db.lite()?.read_blocking(f))
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))?
-    }
-
-    /// Runs `f` on an SQLite read connection on the calling thread.
-    pub(crate) fn read_blocking<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.lite()?.read_blocking(f)
     }
 
     /// Waits for queued writes and closes the connections.
@@ -471,11 +471,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let db = Db::open(&path, true).unwrap();
-        db.write(|c| Ok(c.execute_batch("CREATE TABLE t (x BLOB)")?)).await.unwrap();
+        db.sqlite_write(|c| Ok(c.execute_batch("CREATE TABLE t (x BLOB)")?)).await.unwrap();
         // 400 commits of 16 KiB each, with a pause after each so the writer finds its queue
         // empty (back to back, the next write may already be queued: see the next test).
         for _ in 0..400 {
-            db.write(|c| Ok(c.execute("INSERT INTO t (x) VALUES (zeroblob(16384))", [])?)).await.unwrap();
+            db.sqlite_write(|c| Ok(c.execute("INSERT INTO t (x) VALUES (zeroblob(16384))", [])?)).await.unwrap();
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         let wal = std::fs::metadata(dir.path().join("t.db-wal")).unwrap().len();
@@ -489,9 +489,9 @@ mod tests {
     async fn the_log_is_bounded_when_the_writer_is_never_idle() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.db"), true).unwrap();
-        db.write(|c| Ok(c.execute_batch("CREATE TABLE t (x BLOB)")?)).await.unwrap();
+        db.sqlite_write(|c| Ok(c.execute_batch("CREATE TABLE t (x BLOB)")?)).await.unwrap();
         let wal_len = || std::fs::metadata(dir.path().join("t.db-wal")).unwrap().len();
-        let insert = || db.write(|c| Ok(c.execute("INSERT INTO t (x) VALUES (zeroblob(16384))", [])?));
+        let insert = || db.sqlite_write(|c| Ok(c.execute("INSERT INTO t (x) VALUES (zeroblob(16384))", [])?));
         insert().await.unwrap();
         let before = wal_len();
         insert().await.unwrap();
@@ -513,19 +513,21 @@ mod tests {
     async fn a_write_alone_commits_on_its_own_and_fails_on_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.db"), true).unwrap();
-        db.write(|c| Ok(c.execute_batch("CREATE TABLE t (x INTEGER UNIQUE)")?)).await.unwrap();
+        db.sqlite_write(|c| Ok(c.execute_batch("CREATE TABLE t (x INTEGER UNIQUE)")?)).await.unwrap();
         let grouped = (0..50i64).map(|i| {
             let db = db.clone();
-            tokio::spawn(async move { db.write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [i])?)).await })
+            tokio::spawn(
+                async move { db.sqlite_write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [i])?)).await },
+            )
         });
         let grouped: Vec<_> = grouped.collect();
-        let alone = db.write_sql_alone(|c| {
+        let alone = db.write_alone(|c| {
             for x in 100..200i64 {
                 c.execute("INSERT INTO t VALUES (?1)", &[&x])?;
             }
             Ok(())
         });
-        let failing = db.write_sql_alone(|c| {
+        let failing = db.write_alone(|c| {
             c.execute("INSERT INTO t VALUES (300)", &[])?;
             c.execute("INSERT INTO t VALUES (100)", &[])?;
             Ok(())
@@ -536,9 +538,11 @@ mod tests {
         for g in grouped {
             g.await.unwrap().unwrap();
         }
-        let n: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?)).await.unwrap();
-        let stray: i64 =
-            db.read(|c| Ok(c.query_row("SELECT count(*) FROM t WHERE x >= 300", [], |r| r.get(0))?)).await.unwrap();
+        let n: i64 = db.sqlite_read(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?)).await.unwrap();
+        let stray: i64 = db
+            .sqlite_read(|c| Ok(c.query_row("SELECT count(*) FROM t WHERE x >= 300", [], |r| r.get(0))?))
+            .await
+            .unwrap();
         assert_eq!((n, stray), (150, 0));
         db.close();
     }
@@ -549,11 +553,11 @@ mod tests {
     async fn concurrent_writes_share_commits_and_a_failing_one_is_undone_alone() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.db"), true).unwrap();
-        db.write(|c| Ok(c.execute_batch("CREATE TABLE t (x INTEGER UNIQUE, note TEXT)")?)).await.unwrap();
+        db.sqlite_write(|c| Ok(c.execute_batch("CREATE TABLE t (x INTEGER UNIQUE, note TEXT)")?)).await.unwrap();
         let writes = (0..200i64).map(|i| {
             let db = db.clone();
             tokio::spawn(async move {
-                db.write(move |c| {
+                db.sqlite_write(move |c| {
                     let sp = c.savepoint()?;
                     sp.execute("INSERT INTO t (x, note) VALUES (?1, 'first')", [i])?;
                     // Every tenth write inserts a duplicate after its first row: it fails, and
@@ -574,7 +578,7 @@ mod tests {
             results.iter().enumerate().filter(|(_, r)| r.as_ref().unwrap().is_err()).map(|(i, _)| i).collect();
         assert_eq!(failed, (0..200).step_by(10).collect::<Vec<_>>());
         let (rows, orphans): (i64, i64) = db
-            .read(|c| {
+            .sqlite_read(|c| {
                 Ok(c.query_row("SELECT COUNT(*), SUM(x < 1000 AND x % 10 = 0) FROM t", [], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?)

@@ -285,7 +285,7 @@ impl Store {
             .name("mmloop-export".into())
             .spawn(move || {
                 let records = tx.clone();
-                let res = db.read_sql_blocking(move |c| {
+                let res = db.read_blocking(move |c| {
                     let (info, m) = match &version {
                         VersionSpec::Working => (None, working_manifest(c)?),
                         VersionSpec::Named(spec) => {

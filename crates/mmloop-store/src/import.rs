@@ -221,7 +221,7 @@ impl Store {
         progress.phase("importing");
         let report = self
             .db()
-            .write_sql_alone(move |tx| {
+            .write_alone(move |tx| {
                 let mut job = Job::start(tx, &opts, sha, &dot, limits, checked)?;
                 let mut batch = Vec::with_capacity(BATCH);
                 let mut done = 0u64;

@@ -185,14 +185,14 @@ impl Store {
     /// One item with its images and current label.
     pub async fn item(&self, id: i64) -> Result<ItemView, StoreError> {
         let dot = self.paths().dot.clone();
-        self.db().read_sql(move |c| item_view(c, &dot, id)).await
+        self.db().read(move |c| item_view(c, &dot, id)).await
     }
 
     /// One image by id (the only way images are served).
     pub async fn image(&self, id: i64) -> Result<Option<StoredImage>, StoreError> {
         let dot = self.paths().dot.clone();
         self.db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 c.optional(
                     "SELECT id, sha256, path, copied, width, height, format, bytes FROM images WHERE id = ?1",
                     &[&id],
@@ -219,7 +219,7 @@ impl Store {
             Err(source) => {
                 let items = self
                     .db()
-                    .read_sql(move |c| {
+                    .read(move |c| {
                         c.query(
                             "SELECT DISTINCT item_id FROM item_images WHERE image_id = ?1 ORDER BY item_id LIMIT 5",
                             &[&id],
@@ -235,7 +235,7 @@ impl Store {
     /// Every label an item has had, newest first.
     pub async fn label_history(&self, item_id: i64) -> Result<Vec<LabelView>, StoreError> {
         self.db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 c.query(
                     "SELECT id, status, answer, answers, actor, at, action, lead_time_ms FROM labels
                      WHERE item_id = ?1 ORDER BY id DESC",
@@ -250,7 +250,7 @@ impl Store {
     pub async fn save_label(&self, item_id: i64, save: LabelSave) -> Result<SaveOutcome, StoreError> {
         let out = self
             .db()
-            .write_sql(move |conn| {
+            .write(move |conn| {
                 let tx = conn.savepoint()?;
                 let out = save_in_tx(conn, item_id, save)?;
                 if matches!(out, SaveOutcome::Saved { .. }) {

@@ -63,9 +63,6 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database: {}", pg_message(.0))]
     Postgres(#[from] postgres::Error),
-    /// An operation the project's database backend cannot do (yet).
-    #[error("{0}")]
-    Unsupported(&'static str),
     #[error("{0} is not an mmloop project\n  hint: create one with `mmloop init {0}`")]
     NotAProject(PathBuf),
     #[error("{0} is already an mmloop project")]
@@ -106,6 +103,23 @@ impl StoreError {
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
                 matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             }
+            // PostgreSQL: a transaction chosen to fail by a conflict, a lock or connection
+            // limit, or a server that is not reachable right now.
+            StoreError::Postgres(e) => match e.code() {
+                Some(code) => {
+                    use postgres::error::SqlState;
+                    [
+                        SqlState::T_R_SERIALIZATION_FAILURE,
+                        SqlState::T_R_DEADLOCK_DETECTED,
+                        SqlState::LOCK_NOT_AVAILABLE,
+                        SqlState::TOO_MANY_CONNECTIONS,
+                        SqlState::CANNOT_CONNECT_NOW,
+                        SqlState::ADMIN_SHUTDOWN,
+                    ]
+                    .contains(code)
+                }
+                None => e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+            },
             _ => false,
         }
     }

@@ -201,7 +201,7 @@ pub async fn migrate(
         }
         (MigrateTarget::Postgres(url), _) => {
             let db = Db::open_postgres(url, true)?;
-            let taken = db.read_sql(|c| c.one("SELECT count(*) FROM project", &[], |r| r.get::<i64>(0))).await;
+            let taken = db.read(|c| c.one("SELECT count(*) FROM project", &[], |r| r.get::<i64>(0))).await;
             if taken? > 0 {
                 db.close();
                 return Err(StoreError::Config(format!(
@@ -230,7 +230,7 @@ pub async fn migrate(
         MigrateTarget::Postgres(url) => crate::pg::redact(url),
     };
     let anchor = source.file_anchor()?;
-    let source_head = source.db().read_sql(|c| crate::audit::head(c)).await?;
+    let source_head = source.db().read(|c| crate::audit::head(c)).await?;
 
     // The reader: every table in one snapshot of the source, in batches.
     let (tx, rx) = sync_channel::<Msg>(4);
@@ -240,7 +240,7 @@ pub async fn migrate(
         std::thread::Builder::new()
             .name("mmloop-migrate".into())
             .spawn(move || {
-                db.read_sql_blocking(move |c| {
+                db.read_blocking(move |c| {
                     for (t, (table, columns)) in TABLES.iter().enumerate() {
                         let mut batch = Vec::with_capacity(BATCH);
                         let sql = format!("SELECT {} FROM {table} ORDER BY 1", columns.join(", "));
@@ -262,11 +262,10 @@ pub async fn migrate(
     drop(tx);
 
     let expect_head = source_head.clone();
-    let written =
-        dest.write_sql_alone(move |c| write_all(c, rx, progress, anchor, expect_head)).await.and_then(|out| {
-            reader.join().map_err(|_| StoreError::Internal("the migration reader panicked".into()))??;
-            Ok(out)
-        });
+    let written = dest.write_alone(move |c| write_all(c, rx, progress, anchor, expect_head)).await.and_then(|out| {
+        reader.join().map_err(|_| StoreError::Internal("the migration reader panicked".into()))??;
+        Ok(out)
+    });
     dest.close();
     source.close();
     let (tables, events) = match written {
@@ -482,7 +481,11 @@ mod tests {
         let root = dir.path().join("p");
         let store = busy_project(&root, dir.path()).await;
         // Someone edits an answer with SQL behind the store's back.
-        store.db().write(|c| Ok(c.execute("UPDATE labels SET answer = 'a fox' WHERE id = 1", [])?)).await.unwrap();
+        store
+            .db()
+            .sqlite_write(|c| Ok(c.execute("UPDATE labels SET answer = 'a fox' WHERE id = 1", [])?))
+            .await
+            .unwrap();
         store.close();
         let e = migrate(&root, MigrateTarget::Postgres(pg.url.clone()), Box::new(|_| {})).await.unwrap_err();
         assert!(e.to_string().contains("does not verify"), "{e}");

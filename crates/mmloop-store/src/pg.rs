@@ -456,7 +456,7 @@ mod tests {
         let store = Store::init_with(&dir.path().join("p"), None, "ann", Some(&pg.url)).await.unwrap();
         store
             .db()
-            .write_sql(|c| {
+            .write(|c| {
                 crate::audit::append(c, "ann", "note", "project", None, None)?;
                 crate::audit::append(c, "ann", "note", "project", None, None)?;
                 Ok(())

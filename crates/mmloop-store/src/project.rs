@@ -129,7 +129,7 @@ impl Store {
             // The server must take the project before its folder is made or says it lives there.
             let db = db::Db::open_postgres(url, true)?;
             let taken =
-                db.read_sql(|c| c.one("SELECT count(*) FROM project", &[], |r| r.get::<i64>(0))).await.map(|n| n > 0);
+                db.read(|c| c.one("SELECT count(*) FROM project", &[], |r| r.get::<i64>(0))).await.map(|n| n > 0);
             db.close();
             if taken? {
                 return Err(StoreError::Config(format!(
@@ -165,7 +165,7 @@ impl Store {
         let actor = actor.to_string();
         store
             .db()
-            .write_sql(move |conn| {
+            .write(move |conn| {
                 let tx = conn.savepoint()?;
                 conn.execute(
                     "INSERT INTO project (key, value) VALUES ('name', ?1), ('created', ?2)",

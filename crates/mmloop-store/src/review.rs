@@ -62,7 +62,7 @@ async fn write_tx<T: Send + 'static>(
 ) -> ReviewResult<T> {
     store
         .db()
-        .write_sql(move |conn| {
+        .write(move |conn| {
             let tx = conn.savepoint()?;
             match f(conn) {
                 Ok((v, commit)) => {

@@ -9,13 +9,12 @@
 use mmloop_core::{Answer, LabelStatus, RunStatus, Task};
 use mmloop_metrics::selective::SplitMix64;
 use mmloop_metrics::vqa::{VqaVariant, normalize_answer};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::candidates::{FLAG_NAMES, flag_names};
+use crate::candidates::{flag_names, flag_names_sql};
 use crate::labels::{LabelSave, SaveOutcome, label_by_id, save_in_tx};
-use crate::sql::Conn;
+use crate::sql::{Conn, Dialect, Row};
 use crate::{Store, StoreError};
 
 /// Why a sample was drawn.
@@ -170,7 +169,7 @@ fn verdict(task: Task, status: Option<LabelStatus>, saved: Option<&str>, model: 
 const SAMPLE_COLS: &str =
     "id, kind, route_run, task, seed, size, pool, max_candidate, created_at, created_by, closed_at";
 
-fn row_sample(r: &rusqlite::Row) -> rusqlite::Result<AuditSampleInfo> {
+fn row_sample(r: &Row) -> Result<AuditSampleInfo, StoreError> {
     let kind: String = r.get(1)?;
     let task: Option<String> = r.get(3)?;
     Ok(AuditSampleInfo {
@@ -178,9 +177,9 @@ fn row_sample(r: &rusqlite::Row) -> rusqlite::Result<AuditSampleInfo> {
         kind: if kind == "drift" { SampleKind::Drift } else { SampleKind::Calibration },
         route_run: r.get(2)?,
         task: task.and_then(|t| t.parse().ok()),
-        seed: r.get::<_, i64>(4)? as u64,
-        size: r.get::<_, i64>(5)? as u64,
-        pool: r.get::<_, i64>(6)? as u64,
+        seed: r.get::<i64>(4)? as u64,
+        size: r.get::<i64>(5)? as u64,
+        pool: r.get::<i64>(6)? as u64,
         max_candidate: r.get(7)?,
         created_at: r.get(8)?,
         created_by: r.get(9)?,
@@ -195,32 +194,42 @@ fn row_sample(r: &rusqlite::Row) -> rusqlite::Result<AuditSampleInfo> {
 /// pending items took 0.90 s instead of 0.69 s (the view looks the item's candidates up twice).
 const PRIMARY: &str = "SELECT id FROM candidates WHERE item_id = i.id ORDER BY error IS NULL DESC, id DESC LIMIT 1";
 
-pub(crate) fn audited(c: &Connection, kind: Option<SampleKind>) -> Result<Vec<Audited>, StoreError> {
-    let mut st = c.prepare_cached(&format!(
-        "SELECT a.sample_id, a.pos, a.item_id, a.candidate_id, i.task, json_extract(i.meta, '$.question_type'),
-                c.confidence, {FLAG_NAMES}, c.answer, i.label_id IS a.base_label, l.status, l.answer, l.answers, s.kind
+/// SQL: item `i`'s `question_type` (a key of its meta), as text.
+fn question_type_sql(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => "json_extract(i.meta, '$.question_type')",
+        Dialect::Postgres => "(CAST(i.meta AS jsonb) ->> 'question_type')",
+    }
+}
+
+pub(crate) fn audited(c: Conn, kind: Option<SampleKind>) -> Result<Vec<Audited>, StoreError> {
+    let sql = format!(
+        "SELECT a.sample_id, a.pos, a.item_id, a.candidate_id, i.task, {},
+                c.confidence, {}, c.answer, i.label_id IS NOT DISTINCT FROM a.base_label, l.status, l.answer,
+                l.answers, s.kind
          FROM audit_items a
          JOIN audit_samples s ON s.id = a.sample_id
          JOIN items i ON i.id = a.item_id
          JOIN candidates c ON c.id = a.candidate_id
          LEFT JOIN labels l ON l.id = i.label_id
-         ORDER BY a.sample_id, a.pos"
-    ))?;
-    let mut rows = st.query([])?;
+         ORDER BY a.sample_id, a.pos",
+        question_type_sql(c.dialect()),
+        flag_names_sql(c.dialect()),
+    );
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
+    c.each(&sql, &[], |r| {
         let sample_kind: String = r.get(13)?;
         if kind.is_some_and(|k| k.as_str() != sample_kind) {
-            continue;
+            return Ok(());
         }
-        let task: Task = r.get::<_, String>(4)?.parse().unwrap_or(Task::Vqa);
-        let question_type: Option<Value> = r.get::<_, Option<String>>(5)?.map(Value::String);
+        let task: Task = r.get::<String>(4)?.parse().unwrap_or(Task::Vqa);
+        let question_type: Option<Value> = r.get::<Option<String>>(5)?.map(Value::String);
         let answer: Option<String> = r.get(8)?;
         let unchanged: bool = r.get(9)?;
         let v = if unchanged {
             Verdict::Open
         } else {
-            let status: Option<LabelStatus> = r.get::<_, Option<String>>(10)?.and_then(|s| s.parse().ok());
+            let status: Option<LabelStatus> = r.get::<Option<String>>(10)?.and_then(|s| s.parse().ok());
             let saved = crate::labels::parse_answers(r.get(11)?, r.get(12)?);
             verdict(task, status, saved.best(), answer.as_deref())
         };
@@ -236,7 +245,8 @@ pub(crate) fn audited(c: &Connection, kind: Option<SampleKind>) -> Result<Vec<Au
             answer,
             verdict: v,
         });
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -282,31 +292,30 @@ struct NewSample<'a> {
     items: &'a [(i64, i64, Option<i64>)],
 }
 
-fn insert_sample(tx: &Connection, s: NewSample<'_>, actor: &str) -> Result<i64, StoreError> {
+fn insert_sample(tx: Conn, s: NewSample<'_>, actor: &str) -> Result<i64, StoreError> {
     let NewSample { kind, route_run, task, seed, pool, items } = s;
-    let max_candidate: i64 =
-        tx.prepare_cached("SELECT COALESCE(MAX(id), 0) FROM candidates")?.query_row([], |r| r.get(0))?;
-    tx.prepare_cached(
+    let max_candidate: i64 = tx.one("SELECT COALESCE(MAX(id), 0) FROM candidates", &[], |r| r.get(0))?;
+    let id: i64 = tx.one(
         "INSERT INTO audit_samples (kind, route_run, task, seed, size, pool, max_candidate, created_at, created_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        kind.as_str(),
-        route_run,
-        task.map(Task::as_str),
-        seed as i64,
-        items.len() as i64,
-        pool as i64,
-        max_candidate,
-        crate::now(),
-        actor,
-    ])?;
-    let id = tx.last_insert_rowid();
-    let mut ins = tx.prepare_cached(
-        "INSERT INTO audit_items (sample_id, pos, item_id, candidate_id, base_label) VALUES (?1, ?2, ?3, ?4, ?5)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+        &[
+            &kind.as_str(),
+            &route_run,
+            &task.map(Task::as_str),
+            &(seed as i64),
+            &(items.len() as i64),
+            &(pool as i64),
+            &max_candidate,
+            &crate::now(),
+            &actor,
+        ],
+        |r| r.get(0),
     )?;
     for (pos, (item, cand, base)) in items.iter().enumerate() {
-        ins.execute(params![id, pos as i64, item, cand, base])?;
+        tx.execute(
+            "INSERT INTO audit_items (sample_id, pos, item_id, candidate_id, base_label) VALUES (?1, ?2, ?3, ?4, ?5)",
+            &[&id, &(pos as i64), item, cand, base],
+        )?;
     }
     crate::audit::append(
         tx,
@@ -320,9 +329,8 @@ fn insert_sample(tx: &Connection, s: NewSample<'_>, actor: &str) -> Result<i64, 
     Ok(id)
 }
 
-fn samples(c: &Connection) -> Result<Vec<AuditSampleInfo>, StoreError> {
-    let mut st = c.prepare_cached(&format!("SELECT {SAMPLE_COLS} FROM audit_samples ORDER BY id"))?;
-    let mut out: Vec<AuditSampleInfo> = st.query_map([], row_sample)?.collect::<Result<_, _>>()?;
+fn samples(c: Conn) -> Result<Vec<AuditSampleInfo>, StoreError> {
+    let mut out = c.query(&format!("SELECT {SAMPLE_COLS} FROM audit_samples ORDER BY id"), &[], row_sample)?;
     for a in audited(c, None)? {
         if let Some(s) = out.iter_mut().find(|s| s.id == a.sample_id) {
             s.decided += u64::from(a.verdict != Verdict::Open);
@@ -345,18 +353,18 @@ impl Store {
             .db()
             .write(move |conn| {
                 let tx = conn.savepoint()?;
-                let pool: Vec<(i64, i64, Option<i64>)> = {
-                    let mut st = tx.prepare_cached(&format!(
+                let pool: Vec<(i64, i64, Option<i64>)> = conn.query(
+                    &format!(
                         "SELECT i.id, ({PRIMARY}), i.label_id FROM review_queue q JOIN items i ON i.id = q.item_id
                          WHERE q.status = 'pending' AND q.has_cand = 1 AND q.conf IS NOT NULL
                            AND (?1 IS NULL OR i.task = ?1)
                            AND NOT EXISTS (SELECT 1 FROM audit_items a JOIN audit_samples s ON s.id = a.sample_id
                                            WHERE a.item_id = i.id AND (s.kind = 'calibration' OR s.closed_at IS NULL))
                          ORDER BY i.id"
-                    ))?;
-                    let rows = st.query_map([opts.task.map(Task::as_str)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                    rows.collect::<Result<_, _>>()?
-                };
+                    ),
+                    &[&opts.task.map(Task::as_str)],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
                 if pool.is_empty() {
                     return Err(StoreError::Config(
                         "no pending items with a model answer to sample\n  hint: pre-annotate with `mmloop infer DIR` first"
@@ -366,7 +374,7 @@ impl Store {
                 let picked: Vec<(i64, i64, Option<i64>)> =
                     SplitMix64::new(seed).sample(pool.len(), opts.size).into_iter().map(|i| pool[i]).collect();
                 let id = insert_sample(
-                    &tx,
+                    conn,
                     NewSample {
                         kind: SampleKind::Calibration,
                         route_run: None,
@@ -400,14 +408,14 @@ impl Store {
         self.db()
             .write(move |conn| {
                 let tx = conn.savepoint()?;
-                let n = tx.execute(
+                let n = conn.execute(
                     "UPDATE audit_samples SET closed_at = ?1 WHERE id = ?2 AND closed_at IS NULL",
-                    params![crate::now(), id],
+                    &[&crate::now(), &id],
                 )?;
                 if n == 0 {
                     return Err(StoreError::Config(format!("no open audit sample {id}")));
                 }
-                crate::audit::append(&tx, &actor, "audit_sample.close", &format!("audit_sample:{id}"), None, None)?;
+                crate::audit::append(conn, &actor, "audit_sample.close", &format!("audit_sample:{id}"), None, None)?;
                 tx.commit()?;
                 Ok(())
             })
@@ -426,31 +434,31 @@ impl Store {
     pub async fn route_pool(&self, max_candidate: i64) -> Result<Vec<PoolItem>, StoreError> {
         self.db()
             .read(move |c| {
-                let mut st = c.prepare_cached(&format!(
-                    "SELECT i.id, i.label_id, i.task, json_extract(i.meta, '$.question_type'), c.id, c.confidence,
-                            {FLAG_NAMES}, c.answer
+                let sql = format!(
+                    "SELECT i.id, i.label_id, i.task, {}, c.id, c.confidence, {}, c.answer
                      FROM review_queue q JOIN items i ON i.id = q.item_id
                      JOIN candidates c ON c.id = ({PRIMARY})
                      WHERE q.status = 'pending' AND q.has_cand = 1 AND q.conf IS NOT NULL
                        AND c.error IS NULL AND c.answer IS NOT NULL AND c.confidence IS NOT NULL AND c.id <= ?1
                        AND NOT EXISTS (SELECT 1 FROM audit_items a JOIN audit_samples s ON s.id = a.sample_id
                                        WHERE a.item_id = i.id AND s.closed_at IS NULL)
-                     ORDER BY i.id"
-                ))?;
-                let rows = st.query_map([max_candidate], |r| {
-                    let qt: Option<Value> = r.get::<_, Option<String>>(3)?.map(Value::String);
+                     ORDER BY i.id",
+                    question_type_sql(c.dialect()),
+                    flag_names_sql(c.dialect()),
+                );
+                c.query(&sql, &[&max_candidate], |r| {
+                    let qt: Option<Value> = r.get::<Option<String>>(3)?.map(Value::String);
                     Ok(PoolItem {
                         item_id: r.get(0)?,
                         label_id: r.get(1)?,
-                        task: r.get::<_, String>(2)?.parse().unwrap_or(Task::Vqa),
+                        task: r.get::<String>(2)?.parse().unwrap_or(Task::Vqa),
                         question_type: qt.and_then(|v| v.as_str().map(String::from)),
                         candidate_id: r.get(4)?,
                         score: r.get(5)?,
                         flags: flag_names(r.get(6)?),
                         answer: r.get(7)?,
                     })
-                })?;
-                Ok(rows.collect::<Result<_, _>>()?)
+                })
             })
             .await
     }
@@ -466,33 +474,30 @@ impl Store {
                 let actor = format!("route:{}", plan.run_id);
                 let (mut accepted, mut changed) = (Vec::new(), 0u64);
                 for &(item, base, cand) in &plan.accept {
-                    let current: Option<Option<i64>> = tx
-                        .prepare_cached("SELECT label_id FROM items WHERE id = ?1")?
-                        .query_row([item], |r| r.get(0))
-                        .optional()?;
-                    let primary: Option<(i64, Option<String>)> = tx
-                        .prepare_cached(
-                            "SELECT id, answer FROM candidates WHERE item_id = ?1 ORDER BY error IS NULL DESC, id DESC LIMIT 1",
-                        )?
-                        .query_row([item], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()?;
+                    let current: Option<Option<i64>> =
+                        conn.optional("SELECT label_id FROM items WHERE id = ?1", &[&item], |r| r.get(0))?;
+                    let primary: Option<(i64, Option<String>)> = conn.optional(
+                        "SELECT id, answer FROM candidates WHERE item_id = ?1 ORDER BY error IS NULL DESC, id DESC LIMIT 1",
+                        &[&item],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
                     let (Some(current), Some((primary, Some(text)))) = (current, primary) else {
                         changed += 1;
                         continue;
                     };
                     // Changed since the plan, or drawn into an audit meanwhile: left to people.
-                    let audited: bool = tx
-                        .prepare_cached(
-                            "SELECT EXISTS (SELECT 1 FROM audit_items a JOIN audit_samples s ON s.id = a.sample_id
-                                            WHERE a.item_id = ?1 AND s.closed_at IS NULL)",
-                        )?
-                        .query_row([item], |r| r.get(0))?;
+                    let audited: bool = conn.one(
+                        "SELECT EXISTS (SELECT 1 FROM audit_items a JOIN audit_samples s ON s.id = a.sample_id
+                                        WHERE a.item_id = ?1 AND s.closed_at IS NULL)",
+                        &[&item],
+                        |r| r.get(0),
+                    )?;
                     if current != base || primary != cand || audited {
                         changed += 1;
                         continue;
                     }
                     let all = match current {
-                        Some(l) => label_by_id(&tx, l)?.map(|l| l.answer.all).unwrap_or_default(),
+                        Some(l) => label_by_id(conn, l)?.map(|l| l.answer.all).unwrap_or_default(),
                         None => Vec::new(),
                     };
                     let save = LabelSave {
@@ -503,7 +508,7 @@ impl Store {
                         action: "auto_accept".into(),
                         lead_time_ms: None,
                     };
-                    match save_in_tx(&tx, item, save)? {
+                    match save_in_tx(conn, item, save)? {
                         SaveOutcome::Saved { label } => accepted.push((item, cand, Some(label.id))),
                         SaveOutcome::Conflict { .. } => changed += 1,
                     }
@@ -520,7 +525,7 @@ impl Store {
                         .map(|i| accepted[i])
                         .collect();
                     Some(insert_sample(
-                        &tx,
+                        conn,
                         NewSample {
                             kind: SampleKind::Drift,
                             route_run: Some(plan.run_id),
@@ -543,7 +548,7 @@ impl Store {
                 };
                 let mut after = plan.certificate.clone();
                 after["applied"] = serde_json::to_value(&out).unwrap_or_default();
-                crate::audit::append(&tx, &actor, "route.apply", &format!("run:{}", plan.run_id), None, Some(&after))?;
+                crate::audit::append(conn, &actor, "route.apply", &format!("run:{}", plan.run_id), None, Some(&after))?;
                 tx.commit()?;
                 Ok(out)
             })
@@ -562,21 +567,18 @@ impl Store {
             .write(move |conn| {
                 let tx = conn.savepoint()?;
                 let kind: Option<String> =
-                    tx.query_row("SELECT kind FROM runs WHERE id = ?1", [run_id], |r| r.get(0)).optional()?;
+                    conn.optional("SELECT kind FROM runs WHERE id = ?1", &[&run_id], |r| r.get(0))?;
                 if kind.as_deref() != Some("route") {
                     return Err(StoreError::Config(format!(
                         "run {run_id} is not a route run\n  hint: `mmloop route DIR` prints the run id it writes"
                     )));
                 }
-                let labels: Vec<(i64, i64, Option<i64>, bool)> = {
-                    let mut st = tx.prepare_cached(
-                        "SELECT l.id, l.item_id, l.prev_id, i.label_id = l.id FROM labels l JOIN items i ON i.id = l.item_id
-                         WHERE l.actor = ?1 AND l.action = 'auto_accept' ORDER BY l.id",
-                    )?;
-                    let rows =
-                        st.query_map([format!("route:{run_id}")], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-                    rows.collect::<Result<_, _>>()?
-                };
+                let labels: Vec<(i64, i64, Option<i64>, bool)> = conn.query(
+                    "SELECT l.id, l.item_id, l.prev_id, i.label_id = l.id FROM labels l JOIN items i ON i.id = l.item_id
+                     WHERE l.actor = ?1 AND l.action = 'auto_accept' ORDER BY l.id",
+                    &[&format!("route:{run_id}")],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?;
                 let (mut reverted, mut kept) = (0u64, 0u64);
                 for (label, item, prev, current) in labels {
                     if !current {
@@ -584,7 +586,7 @@ impl Store {
                         continue;
                     }
                     let (status, answer) = match prev {
-                        Some(p) => label_by_id(&tx, p)?
+                        Some(p) => label_by_id(conn, p)?
                             .map(|l| (l.status, l.answer))
                             .unwrap_or((LabelStatus::Pending, Answer::default())),
                         None => (LabelStatus::Pending, Answer::default()),
@@ -597,17 +599,17 @@ impl Store {
                         action: "route_undo".into(),
                         lead_time_ms: None,
                     };
-                    if matches!(save_in_tx(&tx, item, save)?, SaveOutcome::Saved { .. }) {
+                    if matches!(save_in_tx(conn, item, save)?, SaveOutcome::Saved { .. }) {
                         reverted += 1;
                     }
                 }
-                tx.execute(
+                conn.execute(
                     "UPDATE audit_samples SET closed_at = ?1 WHERE route_run = ?2 AND closed_at IS NULL",
-                    params![crate::now(), run_id],
+                    &[&crate::now(), &run_id],
                 )?;
                 let out = RouteUndone { run_id, reverted, kept };
                 crate::audit::append(
-                    &tx,
+                    conn,
                     &actor,
                     "route.undo",
                     &format!("run:{run_id}"),
@@ -626,9 +628,7 @@ impl Store {
     pub async fn route_runs(&self) -> Result<Vec<(i64, Value, Option<Value>, String)>, StoreError> {
         self.db()
             .read(|c| {
-                let mut st =
-                    c.prepare_cached("SELECT id, config, summary, status FROM runs WHERE kind = 'route' ORDER BY id")?;
-                let rows = st.query_map([], |r| {
+                c.query("SELECT id, config, summary, status FROM runs WHERE kind = 'route' ORDER BY id", &[], |r| {
                     let config: String = r.get(1)?;
                     let summary: Option<String> = r.get(2)?;
                     Ok((
@@ -637,8 +637,7 @@ impl Store {
                         summary.and_then(|s| serde_json::from_str(&s).ok()),
                         r.get(3)?,
                     ))
-                })?;
-                Ok(rows.collect::<Result<_, _>>()?)
+                })
             })
             .await
     }
@@ -647,10 +646,10 @@ impl Store {
     pub async fn route_accepted_now(&self, run_id: i64) -> Result<u64, StoreError> {
         self.db()
             .read(move |c| {
-                Ok(c.query_row(
+                Ok(c.one(
                     "SELECT COUNT(*) FROM labels l JOIN items i ON i.label_id = l.id WHERE l.actor = ?1 AND l.action = 'auto_accept'",
-                    [format!("route:{run_id}")],
-                    |r| r.get::<_, i64>(0),
+                    &[&format!("route:{run_id}")],
+                    |r| r.get::<i64>(0),
                 )? as u64)
             })
             .await

@@ -66,7 +66,7 @@ impl Store {
         let actor = actor.to_string();
         let report = self
             .db()
-            .write_sql(move |conn| {
+            .write(move |conn| {
                 let tx = conn.savepoint()?;
                 // Items and their images.
                 let items: Vec<(i64, Option<String>, Vec<u8>)> =

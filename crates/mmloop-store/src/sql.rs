@@ -668,7 +668,7 @@ mod tests {
         }
         for db in dbs {
             let got = db
-                .read_sql(|c| {
+                .read(|c| {
                     c.one(
                         "SELECT ?1 = 0, ?2 + 1, CAST(?3 AS TEXT), CAST(?4 AS BIGINT) IS NULL, CAST(?5 AS BIGINT), CAST(?6 AS DOUBLE PRECISION) * 2",
                         &[&0i64, &41i64, &"x", &None::<i64>, &true, &1.5f64],
@@ -691,7 +691,7 @@ mod tests {
         }
         if let Some(pg) = &pg {
             let db = crate::db::Db::open_postgres(&pg.url, false).unwrap();
-            let e = db.read_sql(|c| c.one("SELECT ?1 = 0", &[&(1i64 << 40)], |r| r.get::<bool>(0))).await;
+            let e = db.read(|c| c.one("SELECT ?1 = 0", &[&(1i64 << 40)], |r| r.get::<bool>(0))).await;
             assert!(e.is_err(), "an i64 too wide for int4 is refused: {e:?}");
             db.close();
         }

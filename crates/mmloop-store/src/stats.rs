@@ -42,7 +42,7 @@ impl Store {
             Err(e) => return Err(e),
         };
         self.db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 let one = |sql: &str| -> Result<u64, StoreError> { Ok(c.one(sql, &[], |r| r.get::<i64>(0))? as u64) };
                 let name: String =
                     c.optional("SELECT value FROM project WHERE key = 'name'", &[], |r| r.get(0))?.unwrap_or_default();

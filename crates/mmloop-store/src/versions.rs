@@ -500,7 +500,7 @@ impl Store {
         let (message, author) = (message.to_string(), author.to_string());
         let out = self
             .db()
-            .write_sql(move |conn| {
+            .write(move |conn| {
                 let tx = conn.savepoint()?;
                 let (entries, mut digests, stats) = working_rows(conn)?;
                 let id = version_digest(&mut digests);
@@ -571,7 +571,7 @@ impl Store {
     /// Versions, newest first.
     pub async fn log(&self) -> Result<Vec<VersionInfo>, StoreError> {
         self.db()
-            .read_sql(|c| {
+            .read(|c| {
                 c.query(&format!("SELECT {VERSION_COLS} FROM versions ORDER BY seq DESC"), &[], |r| {
                     Ok(row_version(r)?.0)
                 })
@@ -582,7 +582,7 @@ impl Store {
     /// One version by name (`v2`, `HEAD`, `HEAD~1`, id prefix).
     pub async fn version(&self, spec: &str) -> Result<VersionInfo, StoreError> {
         let spec = spec.to_string();
-        self.db().read_sql(move |c| Ok(resolve(c, &spec)?.0)).await
+        self.db().read(move |c| Ok(resolve(c, &spec)?.0)).await
     }
 
     /// What changed from version `a` to version `b`. The first `detail` entries carry the
@@ -590,7 +590,7 @@ impl Store {
     pub async fn diff(&self, a: &str, b: &str, detail: usize) -> Result<Diff, StoreError> {
         let (a, b) = (a.to_string(), b.to_string());
         self.db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 let (va, pa) = resolve(c, &a)?;
                 let (vb, pb) = resolve(c, &b)?;
                 let ha: Vec<&[u8]> = page_hashes(&pa).collect();

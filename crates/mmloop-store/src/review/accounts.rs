@@ -248,7 +248,7 @@ fn token_by_id(c: Conn, id: i64) -> Result<Option<TokenInfo>, StoreError> {
 impl Store {
     /// How many users exist (zero before the first admin is made).
     pub async fn user_count(&self) -> ReviewResult<u64> {
-        Ok(self.db().read_sql(|c| Ok(c.one("SELECT COUNT(*) FROM users", &[], |r| r.get::<i64>(0))? as u64)).await?)
+        Ok(self.db().read(|c| Ok(c.one("SELECT COUNT(*) FROM users", &[], |r| r.get::<i64>(0))? as u64)).await?)
     }
 
     /// Creates a user. `password: None` makes an account that can only use API tokens.
@@ -264,7 +264,7 @@ impl Store {
 
     /// Whether some enabled user is an admin (someone can manage users from the browser).
     pub async fn has_active_admin(&self) -> ReviewResult<bool> {
-        Ok(self.db().read_sql(|c| active_admins(c).map_err(into_store)).await? > 0)
+        Ok(self.db().read(|c| active_admins(c).map_err(into_store)).await? > 0)
     }
 
     async fn create_user_inner(
@@ -317,14 +317,11 @@ impl Store {
 
     pub async fn user(&self, name: &str) -> ReviewResult<Option<User>> {
         let name = name.to_string();
-        self.db().read_sql(move |c| user_by_name(c, &name).map_err(into_store)).await.map_err(from_store)
+        self.db().read(move |c| user_by_name(c, &name).map_err(into_store)).await.map_err(from_store)
     }
 
     pub async fn users(&self) -> ReviewResult<Vec<User>> {
-        Ok(self
-            .db()
-            .read_sql(|c| c.query(&format!("SELECT {USER_COLS} FROM users ORDER BY name"), &[], row_user))
-            .await?)
+        Ok(self.db().read(|c| c.query(&format!("SELECT {USER_COLS} FROM users ORDER BY name"), &[], row_user)).await?)
     }
 
     /// Changes a user's role, disabled flag or password, each an audit event. Disabling a
@@ -412,7 +409,7 @@ impl Store {
         let n = name.to_string();
         let found: Option<(User, Option<String>)> = self
             .db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 c.optional(&format!("SELECT {USER_COLS}, password_hash FROM users WHERE name = ?1"), &[&n], |r| {
                     Ok((row_user(r)?, r.get::<Option<String>>(6)?))
                 })
@@ -439,7 +436,7 @@ impl Store {
         let expires = now + ttl_ms;
         let (uid, name) = (user.id, user.name.clone());
         self.db()
-            .write_sql(move |conn| {
+            .write(move |conn| {
                 let tx = conn.savepoint()?;
                 conn.execute("DELETE FROM sessions WHERE expires_ms < ?1", &[&now])?;
                 conn.execute(
@@ -460,7 +457,7 @@ impl Store {
         let hash = secret_hash(secret);
         Ok(self
             .db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 c.optional(
                     "SELECT u.id, u.name, u.role, u.disabled, u.created_at, u.created_by, s.expires_ms
                      FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1",
@@ -475,7 +472,7 @@ impl Store {
     pub async fn end_session(&self, secret: &str) -> ReviewResult<()> {
         let hash = secret_hash(secret);
         self.db()
-            .write_sql(move |c| {
+            .write(move |c| {
                 c.execute("DELETE FROM sessions WHERE token_hash = ?1", &[&hash])?;
                 Ok(())
             })
@@ -531,7 +528,7 @@ impl Store {
         let owner = owner.map(String::from);
         Ok(self
             .db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 c.query(
                     &format!(
                         "SELECT {TOKEN_COLS} FROM api_tokens t JOIN users u ON u.id = t.user_id
@@ -581,7 +578,7 @@ impl Store {
         let now = now_ms();
         Ok(self
             .db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 c.optional(
                     "SELECT u.id, u.name, u.role, u.disabled, u.created_at, u.created_by
                      FROM api_tokens t JOIN users u ON u.id = t.user_id

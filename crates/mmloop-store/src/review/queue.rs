@@ -439,7 +439,7 @@ impl Store {
     pub async fn review_item(&self, id: i64) -> ReviewResult<ReviewItem> {
         let dot = self.paths().dot.clone();
         self.db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 let r = (|| -> ReviewResult<ReviewItem> {
                     let item = match item_view(c, &dot, id) {
                         Ok(i) => i,
@@ -671,7 +671,7 @@ impl Store {
         );
         Ok(self
             .db()
-            .read_sql(move |c| {
+            .read(move |c| {
                 c.query(&sql, &params_of(&params), |r| {
                     Ok(ItemSummary {
                         id: r.get(0)?,
@@ -692,7 +692,7 @@ impl Store {
     pub async fn review_facets(&self) -> ReviewResult<Facets> {
         Ok(self
             .db()
-            .read_sql(|c| {
+            .read(|c| {
                 let strings = |sql: &str| -> Result<Vec<String>, StoreError> { c.query(sql, &[], |r| r.get(0)) };
                 let mut flags: Vec<String> = strings(
                     "SELECT DISTINCT flags FROM review_queue WHERE flags IS NOT NULL AND flags != ',,' LIMIT 1000",
@@ -728,7 +728,7 @@ impl Store {
     /// Every label an item has had, newest first, as `LabelView`s (re-exported for the
     /// item history; the audit events come from `audit_log`).
     pub async fn item_labels(&self, id: i64) -> ReviewResult<Vec<LabelView>> {
-        self.db().read_sql(move |c| Ok(current_label_id(c, id))).await??;
+        self.db().read(move |c| Ok(current_label_id(c, id))).await??;
         Ok(self.label_history(id).await?)
     }
 }

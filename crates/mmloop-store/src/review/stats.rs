@@ -157,7 +157,7 @@ impl Store {
     pub async fn review_stats(&self) -> ReviewResult<ReviewStats> {
         Ok(self
             .db()
-            .read_sql(|c| {
+            .read(|c| {
                 let mut by_status = BTreeMap::new();
                 let (mut items, mut to_review, mut with_candidates) = (0u64, 0u64, 0u64);
                 let mut buckets: Vec<BucketStats> = (0..10)
@@ -319,7 +319,8 @@ mod tests {
         }
         let base = store.item(5).await.unwrap().label.map(|l| l.id);
         store.undo(5, &bob, base, 60_000).await.unwrap();
-        let (scan, tally) = store.db().read(|c| Ok::<_, crate::StoreError>((scanned(c), kept(c)))).await.unwrap();
+        let (scan, tally) =
+            store.db().sqlite_read(|c| Ok::<_, crate::StoreError>((scanned(c), kept(c)))).await.unwrap();
         assert_eq!(tally, scan);
         let s = store.review_stats().await.unwrap();
         assert_eq!(s.items, 12);
