@@ -161,6 +161,89 @@ async fn kill_9_while_reviewing_loses_no_acknowledged_save() {
     assert!(saves >= acked.len(), "{saves} save events for {} acknowledged saves", acked.len());
 }
 
+/// Two `mmloop review` processes on one PostgreSQL database (two folders whose mmloop.toml
+/// names it), reviewers on both saving as fast as they can; one server is killed with SIGKILL
+/// mid-save. The other goes on serving; every save either server acknowledged is the item's
+/// label; no item was handed to two reviewers at once; the audit chain is one chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_on_postgres_and_kill_9_of_one_loses_no_acknowledged_save() {
+    let Some(pg) = common::postgres_database("kill") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a").display().to_string();
+    ok(&["init", &a, "--example", "--database", &pg.url]);
+    let b = dir.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::copy(dir.path().join("a/mmloop.toml"), b.join("mmloop.toml")).unwrap();
+    let b = b.display().to_string();
+    let tokens: Vec<String> = (0..6).map(|i| add_user(&a, &format!("r{i}"), "reviewer")).collect();
+    let (mut server_a, url_a) = start(&a, &[]);
+    let (mut server_b, url_b) = start(&b, &[]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<(i64, i64)>::new()));
+    let holding = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<i64, usize>::new()));
+    let mut tasks = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let api = Api::new(if i % 2 == 0 { &url_a } else { &url_b }, t);
+        let (stop, acked, holding) = (stop.clone(), acked.clone(), holding.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((200, item)) =
+                    api.call(reqwest::Method::POST, "/api/items/next", Some(serde_json::json!({}))).await
+                else {
+                    break;
+                };
+                let Some(id) = item["item"]["id"].as_i64() else { break };
+                if let Some(other) = holding.lock().unwrap().insert(id, i) {
+                    panic!("item {id} handed to reviewer {i} while reviewer {other} held it");
+                }
+                let body = json!({"action": "edit", "answer": {"text": format!("r{i}")},
+                                  "base": item["item"]["label"]["id"], "lead_time_ms": 10});
+                let saved = api.call(reqwest::Method::POST, &format!("/api/items/{id}/decision"), Some(body)).await;
+                holding.lock().unwrap().remove(&id);
+                match saved {
+                    Ok((200, r)) => acked.lock().unwrap().push((id, r["label"]["id"].as_i64().unwrap())),
+                    Ok((s, r)) => panic!("save refused: {s} {r}"),
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    let waited = std::time::Instant::now();
+    while acked.lock().unwrap().len() < 16 {
+        assert!(waited.elapsed() < Duration::from_secs(60), "reviewers made no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server_a.kill().unwrap(); // SIGKILL, with saves in flight
+    server_a.wait().unwrap();
+    // Server B keeps serving its reviewers.
+    let before = acked.lock().unwrap().len();
+    let waited = std::time::Instant::now();
+    while acked.lock().unwrap().len() < before + 6 {
+        assert!(waited.elapsed() < Duration::from_secs(60), "the other server stopped too");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let r0 = Api::new(&url_b, &tokens[1]);
+    for (item, label) in &acked {
+        let (s, v) = r0.call(reqwest::Method::GET, &format!("/api/items/{item}"), None).await.unwrap();
+        assert_eq!(s, 200);
+        assert_eq!(v["item"]["label"]["id"].as_i64(), Some(*label), "item {item}: acknowledged save lost");
+    }
+    let mut items: Vec<i64> = acked.iter().map(|(i, _)| *i).collect();
+    items.sort_unstable();
+    items.dedup();
+    assert_eq!(items.len(), acked.len(), "an item was decided twice from the default queue");
+    kill(&server_b, "-TERM");
+    assert!(server_b.wait().unwrap().success());
+    ok(&["audit", "verify", &a]);
+    ok(&["audit", "verify", &b]);
+}
+
 fn h_api(url: &str, token: &str) -> Api {
     Api::new(url, token)
 }

@@ -71,3 +71,50 @@ pub async fn import(store: &Store, file: &Path, images_dir: Option<PathBuf>) -> 
     req.read.images_dir = images_dir;
     import_file(store, &req, Box::new(())).await
 }
+
+/// A fresh PostgreSQL database on the server `MMLOOP_TEST_POSTGRES` names (see
+/// tools/pg_test_server.sh), dropped with the guard; `None` when no server is configured,
+/// unless `MMLOOP_REQUIRE_POSTGRES` is set (CI): then the test fails.
+#[allow(dead_code)]
+pub fn postgres_database(tag: &str) -> Option<PgDatabase> {
+    let Ok(server) = std::env::var("MMLOOP_TEST_POSTGRES") else {
+        assert!(
+            std::env::var_os("MMLOOP_REQUIRE_POSTGRES").is_none(),
+            "MMLOOP_REQUIRE_POSTGRES is set but MMLOOP_TEST_POSTGRES names no server (tools/pg_test_server.sh)"
+        );
+        eprintln!("skipped: no PostgreSQL server (set MMLOOP_TEST_POSTGRES, see tools/pg_test_server.sh)");
+        return None;
+    };
+    let name = format!("mmloop_cli_{tag}_{}", std::process::id());
+    pg_admin(&server, &format!("DROP DATABASE IF EXISTS {name}")).expect("the test PostgreSQL server");
+    pg_admin(&server, &format!("CREATE DATABASE {name}")).expect("a test database");
+    let base = server.rsplit_once('/').map(|(b, _)| b.to_string()).expect("a URL ending in /DATABASE");
+    Some(PgDatabase { url: format!("{base}/{name}"), server, name })
+}
+
+#[allow(dead_code)]
+pub struct PgDatabase {
+    pub url: String,
+    server: String,
+    name: String,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = pg_admin(&self.server, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// Runs `sql` on the database at `url` from a thread of its own (the `postgres` client must not
+/// run on an async thread).
+#[allow(dead_code)]
+fn pg_admin(url: &str, sql: &str) -> Result<(), String> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        postgres::Client::connect(&url, postgres::NoTls)
+            .and_then(|mut c| c.batch_execute(&sql))
+            .map_err(|e| format!("{sql}: {e}"))
+    })
+    .join()
+    .map_err(|_| "the admin thread panicked".to_string())?
+}
