@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 
-use crate::sql::Conn;
+use crate::sql::{Cell, Conn, Dialect, Param};
 use mmloop_core::{Answer, Digest, ItemContent, LabelContent, LabelStatus, Record, RecordError, canonical_json};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -278,6 +278,10 @@ struct Job<'o> {
     limits: ImageLimits,
     run_id: i64,
     next_item: i64,
+    next_label: i64,
+    next_image: i64,
+    /// Rows of the current batch, written together at its end (`COPY` on PostgreSQL).
+    rows: Rows,
     /// Resolved image sources: path text → (image id, digest) or why it was refused.
     paths: HashMap<String, Result<(i64, Digest), String>>,
     by_sha: HashMap<Digest, i64>,
@@ -310,13 +314,19 @@ impl<'o> Job<'o> {
             &[&opts.actor, &now, &canonical_json(&config)],
             |r| r.get(0),
         )?;
-        let next_item: i64 = tx.one("SELECT COALESCE(MAX(id), 0) + 1 FROM items", &[], |r| r.get(0))?;
+        // Ids are handed out here (the import holds the write lock throughout), so a batch's
+        // rows can be written together; PostgreSQL's identity sequences follow at the end.
+        let next = |table: &str| tx.one(&format!("SELECT COALESCE(MAX(id), 0) + 1 FROM {table}"), &[], |r| r.get(0));
+        let (next_item, next_label, next_image): (i64, i64, i64) = (next("items")?, next("labels")?, next("images")?);
         Ok(Job {
             opts,
             dot: dot.to_path_buf(),
             limits,
             run_id,
             next_item,
+            next_label,
+            next_image,
+            rows: Rows::default(),
             paths: HashMap::new(),
             by_sha: HashMap::new(),
             bad: Vec::new(),
@@ -346,71 +356,115 @@ impl<'o> Job<'o> {
         let root = &self.opts.images_dir;
         let limits = self.limits;
         probed.par_extend(fresh.into_par_iter().map(|(k, src)| (k, images::probe(src, root, limits))));
+        // Images already in the project, in one lookup for the batch.
+        let shas: Vec<Vec<u8>> = probed
+            .iter()
+            .filter_map(|(_, p)| p.as_ref().ok())
+            .filter(|p| !self.by_sha.contains_key(&p.sha256))
+            .map(|p| p.sha256.as_bytes().to_vec())
+            .collect();
+        for (id, sha) in lookup(tx, "SELECT id, sha256 FROM images WHERE sha256 IN", &shas, |r| {
+            Ok((r.get::<i64>(0)?, r.get::<Vec<u8>>(1)?))
+        })? {
+            self.by_sha.insert(Digest::from_slice(&sha).unwrap_or_default(), id);
+        }
         for (key, res) in probed {
             let stored = match res {
-                Ok(p) => self.store_image(tx, p),
-                Err(e) => Ok(Err(image_error_text(&e))),
+                Ok(p) => self.store_image(p)?,
+                Err(e) => Err(image_error_text(&e)),
             };
-            self.paths.insert(key, stored?);
+            self.paths.insert(key, stored);
         }
+        // Items already in the project under the batch's keys, in one lookup.
+        let mut prepared = Vec::with_capacity(batch.len());
         for rec in batch {
-            match rec {
-                Ok(r) => {
-                    if let Err(e) = self.item(tx, r)? {
-                        self.bad.push(e);
-                    }
-                }
-                Err(e) => self.bad.push(e),
+            prepared.push(match rec {
+                Ok(r) => self.prepare(r),
+                Err(e) => Err(e),
+            });
+        }
+        let keys: Vec<String> = prepared.iter().flatten().map(|p| p.key.clone()).collect();
+        let mut existing: HashMap<String, Existing> = HashMap::new();
+        for (key, e) in lookup(
+            tx,
+            "SELECT key, id, content, run_id, source_file, source_line, label_id FROM items WHERE key IN",
+            &keys,
+            |row| {
+                let e = Existing {
+                    id: row.get(1)?,
+                    content: row.get(2)?,
+                    run: row.get(3)?,
+                    file: row.get(4)?,
+                    line: row.get(5)?,
+                    label_id: row.get(6)?,
+                    label_content: None,
+                    label_status: None,
+                };
+                Ok((row.get::<String>(0)?, e))
+            },
+        )? {
+            existing.insert(key, e);
+        }
+        let label_ids: Vec<i64> = existing.values().filter_map(|e| e.label_id).collect();
+        let labels: HashMap<i64, (Vec<u8>, String)> =
+            lookup(tx, "SELECT id, content, status FROM labels WHERE id IN", &label_ids, |row| {
+                Ok((row.get::<i64>(0)?, (row.get(1)?, row.get(2)?)))
+            })?
+            .into_iter()
+            .collect();
+        for e in existing.values_mut() {
+            if let Some((content, status)) = e.label_id.and_then(|l| labels.get(&l)) {
+                (e.label_content, e.label_status) = (Some(content.clone()), Some(status.clone()));
             }
         }
-        Ok(())
+        for p in prepared {
+            let outcome = match p {
+                Ok(p) => self.item(p, &mut existing)?,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                self.bad.push(e);
+            }
+        }
+        self.rows.write(tx)
     }
 
-    /// Stores a probed image once per content; returns its id.
-    fn store_image(&mut self, tx: Conn, p: Probed) -> Result<Result<(i64, Digest), String>, StoreError> {
+    /// Stores a probed image once per content (its row written with the batch); returns its
+    /// id, or why it was refused.
+    fn store_image(&mut self, p: Probed) -> Result<Result<(i64, Digest), String>, StoreError> {
         if let Some(&id) = self.by_sha.get(&p.sha256) {
             return Ok(Ok((id, p.sha256)));
         }
-        let existing: Option<i64> =
-            tx.optional("SELECT id FROM images WHERE sha256 = ?1", &[&p.sha256.as_bytes().as_slice()], |r| r.get(0))?;
-        let id = match existing {
-            Some(id) => id,
-            None => {
-                let copy = self.opts.copy_images || matches!(p.origin, Origin::Inline(_));
-                let (path, copied) = if copy {
-                    let rel = images::write_blob(&self.dot, &p)
-                        .map_err(|e| StoreError::IoPath { path: self.dot.clone(), source: e })?;
-                    (rel.to_string_lossy().into_owned(), true)
-                } else {
-                    match &p.origin {
-                        Origin::File(f) => (f.to_string_lossy().into_owned(), false),
-                        Origin::Inline(_) => unreachable!("inline images are always copied"),
-                    }
-                };
-                let id = tx.one(
-                    "INSERT INTO images (sha256, path, copied, width, height, format, bytes)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
-                    &[
-                        &p.sha256.as_bytes().as_slice(),
-                        &path,
-                        &i64::from(copied),
-                        &i64::from(p.width),
-                        &i64::from(p.height),
-                        &p.format,
-                        &(p.bytes as i64),
-                    ],
-                    |r| r.get(0),
-                )?;
-                self.report.images_added += 1;
-                id
+        let copy = self.opts.copy_images || matches!(p.origin, Origin::Inline(_));
+        let (path, copied) = if copy {
+            let rel = images::write_blob(&self.dot, &p)
+                .map_err(|e| StoreError::IoPath { path: self.dot.clone(), source: e })?;
+            (rel.to_string_lossy().into_owned(), true)
+        } else {
+            match &p.origin {
+                Origin::File(f) => (f.to_string_lossy().into_owned(), false),
+                Origin::Inline(_) => unreachable!("inline images are always copied"),
             }
         };
+        let id = self.next_image;
+        self.next_image += 1;
+        self.rows.images.push(vec![
+            Cell::Int(id),
+            Cell::Blob(p.sha256.as_bytes().to_vec()),
+            Cell::Text(path),
+            Cell::Int(i64::from(copied)),
+            Cell::Int(i64::from(p.width)),
+            Cell::Int(i64::from(p.height)),
+            Cell::Text(p.format.to_string()),
+            Cell::Int(p.bytes as i64),
+        ]);
+        self.report.images_added += 1;
         self.by_sha.insert(p.sha256, id);
         Ok(Ok((id, p.sha256)))
     }
 
-    /// Inserts one record's item, label and candidates; a record error when it is refused.
-    fn item(&mut self, tx: Conn, r: Record) -> Result<Result<(), RecordError>, StoreError> {
+    /// A record's key, digests and images, or why it is refused (an image it names was).
+    fn prepare(&self, r: Record) -> Result<Prepared, RecordError> {
         let mut image_ids = Vec::with_capacity(r.images.len());
         let mut shas = Vec::with_capacity(r.images.len());
         for src in &r.images {
@@ -423,7 +477,7 @@ impl<'o> Job<'o> {
                     let (message, hint) = split_hint(msg);
                     let mut e = RecordError::new(r.source.clone(), message).id(r.id.clone());
                     e.hint = hint;
-                    return Ok(Err(e));
+                    return Err(e);
                 }
             }
         }
@@ -459,33 +513,19 @@ impl<'o> Job<'o> {
                 format!("sha:{}", Digest::of(&b).to_hex())
             }
         };
-        // Two lookups rather than a LEFT JOIN: SQLite re-prepares that join on every
-        // binding, which cost a quarter of the import time.
-        let mut existing: Option<Existing> = tx.optional(
-            "SELECT id, content, run_id, source_file, source_line, label_id FROM items WHERE key = ?1",
-            &[&key],
-            |row| {
-                Ok(Existing {
-                    id: row.get(0)?,
-                    content: row.get(1)?,
-                    run: row.get(2)?,
-                    file: row.get(3)?,
-                    line: row.get(4)?,
-                    label_id: row.get(5)?,
-                    label_content: None,
-                    label_status: None,
-                })
-            },
-        )?;
-        if let Some(e) = existing.as_mut()
-            && let Some(l) = e.label_id
-        {
-            (e.label_content, e.label_status) =
-                tx.one("SELECT content, status FROM labels WHERE id = ?1", &[&l], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?;
-        }
-        if let Some(old) = existing {
+        Ok(Prepared { r, key, content, context, tags, meta, label, label_digest, image_ids })
+    }
+
+    /// Decides what a prepared record does (a new item, an updated imported answer, nothing)
+    /// against the item stored under its key, if any, and queues its rows; a record error
+    /// when it is refused. Items this batch adds join `existing` as they are queued.
+    fn item(
+        &mut self,
+        p: Prepared,
+        existing: &mut HashMap<String, Existing>,
+    ) -> Result<Result<(), RecordError>, StoreError> {
+        let Prepared { r, key, content, context, tags, meta, label, label_digest, image_ids } = p;
+        if let Some(old) = existing.get(&key) {
             let same_run = old.run == self.run_id;
             if r.id.is_none() {
                 // Same key means same content: a repeated row.
@@ -531,8 +571,14 @@ impl<'o> Job<'o> {
             let untouched = old.label_status.as_deref().is_none_or(|s| s == LabelStatus::Imported.as_str());
             match (&label, untouched) {
                 (Some((status, answer)), true) => {
-                    let id = self.label(tx, old.id, old.label_id, *status, answer)?;
-                    tx.execute("UPDATE items SET label_id = ?1 WHERE id = ?2", &[&id, &old.id])?;
+                    let (item, prev) = (old.id, old.label_id);
+                    let id = self.label(item, prev, *status, answer);
+                    self.rows.moved.push((item, id));
+                    if let Some(old) = existing.get_mut(&key) {
+                        old.label_id = Some(id);
+                        old.label_content = label_digest.map(|d| d.as_bytes().to_vec());
+                        old.label_status = Some(status.as_str().to_string());
+                    }
                     self.report.updated += 1;
                 }
                 _ => self.report.kept_reviewed += 1,
@@ -542,79 +588,80 @@ impl<'o> Job<'o> {
 
         let item_id = self.next_item;
         self.next_item += 1;
-        let label_id = match &label {
-            Some((status, answer)) => Some(self.label(tx, item_id, None, *status, answer)?),
-            None => None,
-        };
+        let label_id = label.as_ref().map(|(status, answer)| self.label(item_id, None, *status, answer));
         let source_file = self.source_file(&r.source.file);
-        tx.execute(
-            "INSERT INTO items (id, key, source_id, task, question, context, conversation, turn, tags, meta,
-                                source_file, source_line, run_id, content, split, label_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            &[
-                &item_id,
-                &key,
-                &r.id,
-                &r.task.as_str(),
-                &r.question,
-                &context,
-                &r.conversation,
-                &i64::from(r.turn),
-                &tags,
-                &meta,
-                &source_file,
-                &r.source.line.or(r.source.index).map(|n| n as i64),
-                &self.run_id,
-                &content.as_bytes().as_slice(),
-                &r.split,
-                &label_id,
-            ],
-        )?;
+        let line = r.source.line.or(r.source.index).map(|n| n as i64);
+        existing.insert(
+            key.clone(),
+            Existing {
+                id: item_id,
+                content: content.as_bytes().to_vec(),
+                run: self.run_id,
+                file: Some(source_file.clone()),
+                line,
+                label_id,
+                label_content: label_digest.map(|d| d.as_bytes().to_vec()),
+                label_status: label.as_ref().map(|(s, _)| s.as_str().to_string()),
+            },
+        );
+        let text = |s: Option<String>| s.map_or(Cell::Null, Cell::Text);
+        self.rows.items.push(vec![
+            Cell::Int(item_id),
+            Cell::Text(key),
+            text(r.id.clone()),
+            Cell::Text(r.task.as_str().to_string()),
+            Cell::Text(r.question.clone()),
+            text(context),
+            text(r.conversation.clone()),
+            Cell::Int(i64::from(r.turn)),
+            text(tags),
+            text(meta),
+            Cell::Text(source_file),
+            line.map_or(Cell::Null, Cell::Int),
+            Cell::Int(self.run_id),
+            Cell::Blob(content.as_bytes().to_vec()),
+            text(r.split.clone()),
+            label_id.map_or(Cell::Null, Cell::Int),
+        ]);
         for (pos, id) in image_ids.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO item_images (item_id, pos, image_id) VALUES (?1, ?2, ?3)",
-                &[&item_id, &(pos as i64), id],
-            )?;
+            self.rows.item_images.push(vec![Cell::Int(item_id), Cell::Int(pos as i64), Cell::Int(*id)]);
         }
         self.report.images_referenced += image_ids.len() as u64;
         for p in &r.predictions {
-            tx.execute(
-                "INSERT INTO candidates (item_id, run_id, model, answer, confidence, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                &[&item_id, &self.run_id, &p.model, &p.answer, &p.score, &self.now],
-            )?;
+            self.rows.candidates.push(vec![
+                Cell::Int(item_id),
+                Cell::Int(self.run_id),
+                Cell::Text(p.model.clone()),
+                Cell::Text(p.answer.clone()),
+                p.score.map_or(Cell::Null, Cell::Real),
+                Cell::Text(self.now.clone()),
+            ]);
             self.report.candidates += 1;
         }
         self.report.added += 1;
         Ok(Ok(()))
     }
 
-    fn label(
-        &mut self,
-        tx: Conn,
-        item_id: i64,
-        prev: Option<i64>,
-        status: LabelStatus,
-        a: &Answer,
-    ) -> Result<i64, StoreError> {
+    /// Queues an imported label; returns its id.
+    fn label(&mut self, item_id: i64, prev: Option<i64>, status: LabelStatus, a: &Answer) -> i64 {
         let digest = LabelContent { status, answer: a }.digest();
         let answers = (!a.all.is_empty()).then(|| serde_json::to_string(&a.all).expect("answers serialize"));
-        let id = tx.one(
-            "INSERT INTO labels (item_id, prev_id, status, answer, answers, actor, at, action, content)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'import', ?8) RETURNING id",
-            &[
-                &item_id,
-                &prev,
-                &status.as_str(),
-                &a.text,
-                &answers,
-                &self.opts.actor,
-                &self.now,
-                &digest.as_bytes().as_slice(),
-            ],
-            |r| r.get(0),
-        )?;
+        let id = self.next_label;
+        self.next_label += 1;
+        self.rows.labels.push(vec![
+            Cell::Int(id),
+            Cell::Int(item_id),
+            prev.map_or(Cell::Null, Cell::Int),
+            Cell::Text(status.as_str().to_string()),
+            a.text.clone().map_or(Cell::Null, Cell::Text),
+            answers.map_or(Cell::Null, Cell::Text),
+            Cell::Text(self.opts.actor.clone()),
+            Cell::Text(self.now.clone()),
+            Cell::Text("import".into()),
+            Cell::Blob(digest.as_bytes().to_vec()),
+        ]);
         self.report.labels += 1;
-        Ok(id)
+        id
     }
 
     /// The display text of a record's file, rendered once per file.
@@ -626,6 +673,14 @@ impl<'o> Job<'o> {
     }
 
     fn finish(mut self, tx: Conn, reports: &Path) -> Result<ImportReport, StoreError> {
+        if tx.dialect() == Dialect::Postgres {
+            // The ids handed out here, past the identity sequences: the next writer's start.
+            for table in ["items", "labels", "images"] {
+                tx.batch(&format!(
+                    "SELECT setval(pg_get_serial_sequence('{table}', 'id'), GREATEST(MAX(id), 1), MAX(id) IS NOT NULL) FROM {table}"
+                ))?;
+            }
+        }
         self.report.bad = self.bad.len() as u64;
         if !self.bad.is_empty() {
             std::fs::create_dir_all(reports).map_err(|e| StoreError::IoPath { path: reports.into(), source: e })?;
@@ -658,6 +713,102 @@ impl<'o> Job<'o> {
         })?;
         Ok(self.report)
     }
+}
+
+/// A record ready to be stored: its key and digests, its rows' fields.
+struct Prepared {
+    r: Record,
+    key: String,
+    content: Digest,
+    context: Option<String>,
+    tags: Option<String>,
+    meta: Option<String>,
+    label: Option<(LabelStatus, Answer)>,
+    label_digest: Option<Digest>,
+    image_ids: Vec<i64>,
+}
+
+/// The rows of one batch, written together at its end: `COPY` on PostgreSQL (one round trip
+/// per table instead of one per row), prepared inserts on SQLite. Parents first; then the
+/// items whose imported answer moved to a new label (after that label exists, for the
+/// review queue's trigger to read its status).
+#[derive(Default)]
+struct Rows {
+    images: Vec<Vec<Cell>>,
+    labels: Vec<Vec<Cell>>,
+    items: Vec<Vec<Cell>>,
+    item_images: Vec<Vec<Cell>>,
+    candidates: Vec<Vec<Cell>>,
+    /// (item, new label).
+    moved: Vec<(i64, i64)>,
+}
+
+impl Rows {
+    fn write(&mut self, tx: Conn) -> Result<(), StoreError> {
+        const IMAGES: &[&str] = &["id", "sha256", "path", "copied", "width", "height", "format", "bytes"];
+        const LABELS: &[&str] =
+            &["id", "item_id", "prev_id", "status", "answer", "answers", "actor", "at", "action", "content"];
+        const ITEMS: &[&str] = &[
+            "id",
+            "key",
+            "source_id",
+            "task",
+            "question",
+            "context",
+            "conversation",
+            "turn",
+            "tags",
+            "meta",
+            "source_file",
+            "source_line",
+            "run_id",
+            "content",
+            "split",
+            "label_id",
+        ];
+        const CANDIDATES: &[&str] = &["item_id", "run_id", "model", "answer", "confidence", "created_at"];
+        for (table, columns, rows) in [
+            ("images", IMAGES, &mut self.images),
+            ("labels", LABELS, &mut self.labels),
+            ("items", ITEMS, &mut self.items),
+            ("item_images", &["item_id", "pos", "image_id"][..], &mut self.item_images),
+            ("candidates", CANDIDATES, &mut self.candidates),
+        ] {
+            if !rows.is_empty() {
+                tx.copy_in(table, columns, rows)?;
+                rows.clear();
+            }
+        }
+        for (item, label) in self.moved.drain(..) {
+            tx.execute("UPDATE items SET label_id = ?1 WHERE id = ?2", &[&label, &item])?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows matching `values` in one statement per chunk: `sql` ends in `... IN` and the list of
+/// parameters is appended (chunks of a fixed size, padded with NULL, so each statement is
+/// prepared once).
+fn lookup<V: Param, T>(
+    tx: Conn,
+    sql: &str,
+    values: &[V],
+    mut f: impl FnMut(&crate::sql::Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    const CHUNK: usize = 256;
+    let mut out = Vec::new();
+    if values.is_empty() {
+        return Ok(out);
+    }
+    let marks: Vec<String> = (1..=CHUNK).map(|i| format!("?{i}")).collect();
+    let sql = format!("{sql} ({})", marks.join(", "));
+    let none: Option<i64> = None;
+    for chunk in values.chunks(CHUNK) {
+        let mut params: Vec<&dyn Param> = chunk.iter().map(|v| v as &dyn Param).collect();
+        params.resize(CHUNK, &none);
+        out.extend(tx.query(&sql, &params, &mut f)?);
+    }
+    Ok(out)
 }
 
 /// An item already stored under the key a record maps to.
