@@ -314,6 +314,12 @@ impl<'o> Job<'o> {
             &[&opts.actor, &now, &canonical_json(&config)],
             |r| r.get(0),
         )?;
+        if tx.dialect() == Dialect::Postgres {
+            // The tables grow inside this one transaction, unseen by the planner's statistics:
+            // a plan made once for the lookups (a sequential scan of a then empty table) would
+            // be kept for the whole import. Planned at each execution, they use the indexes.
+            tx.batch("SET LOCAL plan_cache_mode = force_custom_plan")?;
+        }
         // Ids are handed out here (the import holds the write lock throughout), so a batch's
         // rows can be written together; PostgreSQL's identity sequences follow at the end.
         let next = |table: &str| tx.one(&format!("SELECT COALESCE(MAX(id), 0) + 1 FROM {table}"), &[], |r| r.get(0));
