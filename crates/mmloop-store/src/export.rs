@@ -138,32 +138,28 @@ fn fetch_chunk(
     filter: &ExportFilter,
     shared: &std::collections::HashSet<String>,
 ) -> Result<Vec<Record>, StoreError> {
-    let ids: Vec<String> = chunk.iter().map(|e| e.item.to_string()).collect();
-    let id_list = ids.join(",");
-    let label_ids: Vec<String> = chunk.iter().filter_map(|e| e.label).map(|l| l.to_string()).collect();
+    let ids: Vec<i64> = chunk.iter().map(|e| e.item).collect();
+    let label_ids: Vec<i64> = chunk.iter().filter_map(|e| e.label).collect();
     let mut labels: HashMap<i64, Label> = HashMap::with_capacity(label_ids.len());
-    if !label_ids.is_empty() {
-        let sql = format!("SELECT id, status, answer, answers FROM labels WHERE id IN ({})", label_ids.join(","));
-        conn.each_once(&sql, |r| {
-            let status: String = r.get(1)?;
-            labels.insert(
-                r.get(0)?,
-                Label {
-                    status: status.parse().unwrap_or(LabelStatus::Pending),
-                    answer: crate::labels::parse_answers(r.get(2)?, r.get(3)?),
-                },
-            );
-            Ok(())
-        })?;
-    }
-    let mut images: HashMap<i64, Vec<(ImageSource, ImageInfo)>> = HashMap::new();
-    {
-        let sql = format!(
-            "SELECT ii.item_id, im.id, im.sha256, im.path, im.copied, im.width, im.height, im.format, im.bytes
-             FROM item_images ii JOIN images im ON im.id = ii.image_id
-             WHERE ii.item_id IN ({id_list}) ORDER BY ii.item_id, ii.pos"
+    conn.query_in("SELECT id, status, answer, answers FROM labels WHERE", "id", &label_ids, "", |r| {
+        let status: String = r.get(1)?;
+        labels.insert(
+            r.get(0)?,
+            Label {
+                status: status.parse().unwrap_or(LabelStatus::Pending),
+                answer: crate::labels::parse_answers(r.get(2)?, r.get(3)?),
+            },
         );
-        conn.each_once(&sql, |r| {
+        Ok(())
+    })?;
+    let mut images: HashMap<i64, Vec<(ImageSource, ImageInfo)>> = HashMap::new();
+    conn.query_in(
+        "SELECT ii.item_id, im.id, im.sha256, im.path, im.copied, im.width, im.height, im.format, im.bytes
+         FROM item_images ii JOIN images im ON im.id = ii.image_id WHERE",
+        "ii.item_id",
+        &ids,
+        " ORDER BY ii.item_id, ii.pos",
+        |r| {
             let item: i64 = r.get(0)?;
             let img = crate::labels::row_image_at(r, 1, dot)?;
             images.entry(item).or_default().push((
@@ -171,30 +167,32 @@ fn fetch_chunk(
                 ImageInfo { sha256: img.sha256, width: img.width, height: img.height, format: img.format },
             ));
             Ok(())
-        })?;
-    }
+        },
+    )?;
     let mut preds: HashMap<i64, Vec<Prediction>> = HashMap::new();
     if filter.candidates {
-        let sql = format!(
-            "SELECT item_id, model, answer, confidence FROM candidates
-             WHERE item_id IN ({id_list}) AND answer IS NOT NULL AND error IS NULL ORDER BY item_id, id"
-        );
-        conn.each_once(&sql, |r| {
-            preds.entry(r.get(0)?).or_default().push(Prediction {
-                model: r.get(1)?,
-                answer: r.get(2)?,
-                score: r.get(3)?,
-            });
-            Ok(())
-        })?;
+        conn.query_in(
+            "SELECT item_id, model, answer, confidence FROM candidates WHERE",
+            "item_id",
+            &ids,
+            " AND answer IS NOT NULL AND error IS NULL ORDER BY item_id, id",
+            |r| {
+                preds.entry(r.get(0)?).or_default().push(Prediction {
+                    model: r.get(1)?,
+                    answer: r.get(2)?,
+                    score: r.get(3)?,
+                });
+                Ok(())
+            },
+        )?;
     }
     let mut items: HashMap<i64, Record> = HashMap::with_capacity(chunk.len());
     {
-        let sql = format!(
-            "SELECT id, source_id, task, question, context, conversation, turn, tags, meta, source_file, source_line, key
-             FROM items WHERE id IN ({id_list})"
-        );
-        conn.each_once(&sql, |r| {
+        conn.query_in("SELECT id, source_id, task, question, context, conversation, turn, tags, meta, source_file, source_line, key
+             FROM items WHERE", "id",
+            &ids,
+            "",
+            |r| {
             let id: i64 = r.get(0)?;
             let task: String = r.get(2)?;
             let file: Option<String> = r.get(9)?;
@@ -213,7 +211,8 @@ fn fetch_chunk(
             rec.meta = r.get::<Option<String>>(8)?.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default();
             items.insert(id, rec);
             Ok(())
-        })?;
+        },
+        )?;
     }
     let mut out = Vec::with_capacity(chunk.len());
     for e in chunk {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 
-use crate::sql::{Cell, Conn, Dialect, Param};
+use crate::sql::{Cell, Conn, Dialect};
 use mmloop_core::{Answer, Digest, ItemContent, LabelContent, LabelStatus, Record, RecordError, canonical_json};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -369,7 +369,7 @@ impl<'o> Job<'o> {
             .filter(|p| !self.by_sha.contains_key(&p.sha256))
             .map(|p| p.sha256.as_bytes().to_vec())
             .collect();
-        for (id, sha) in lookup(tx, "SELECT id, sha256 FROM images WHERE sha256 IN", &shas, |r| {
+        for (id, sha) in tx.query_in("SELECT id, sha256 FROM images WHERE", "sha256", &shas, "", |r| {
             Ok((r.get::<i64>(0)?, r.get::<Vec<u8>>(1)?))
         })? {
             self.by_sha.insert(Digest::from_slice(&sha).unwrap_or_default(), id);
@@ -391,10 +391,11 @@ impl<'o> Job<'o> {
         }
         let keys: Vec<String> = prepared.iter().flatten().map(|p| p.key.clone()).collect();
         let mut existing: HashMap<String, Existing> = HashMap::new();
-        for (key, e) in lookup(
-            tx,
-            "SELECT key, id, content, run_id, source_file, source_line, label_id FROM items WHERE key IN",
+        for (key, e) in tx.query_in(
+            "SELECT key, id, content, run_id, source_file, source_line, label_id FROM items WHERE",
+            "key",
             &keys,
+            "",
             |row| {
                 let e = Existing {
                     id: row.get(1)?,
@@ -412,8 +413,8 @@ impl<'o> Job<'o> {
             existing.insert(key, e);
         }
         let label_ids: Vec<i64> = existing.values().filter_map(|e| e.label_id).collect();
-        let labels: HashMap<i64, (Vec<u8>, String)> =
-            lookup(tx, "SELECT id, content, status FROM labels WHERE id IN", &label_ids, |row| {
+        let labels: HashMap<i64, (Vec<u8>, String)> = tx
+            .query_in("SELECT id, content, status FROM labels WHERE", "id", &label_ids, "", |row| {
                 Ok((row.get::<i64>(0)?, (row.get(1)?, row.get(2)?)))
             })?
             .into_iter()
@@ -790,31 +791,6 @@ impl Rows {
         }
         Ok(())
     }
-}
-
-/// Rows matching `values` in one statement per chunk: `sql` ends in `... IN` and the list of
-/// parameters is appended (chunks of a fixed size, padded with NULL, so each statement is
-/// prepared once).
-fn lookup<V: Param, T>(
-    tx: Conn,
-    sql: &str,
-    values: &[V],
-    mut f: impl FnMut(&crate::sql::Row) -> Result<T, StoreError>,
-) -> Result<Vec<T>, StoreError> {
-    const CHUNK: usize = 256;
-    let mut out = Vec::new();
-    if values.is_empty() {
-        return Ok(out);
-    }
-    let marks: Vec<String> = (1..=CHUNK).map(|i| format!("?{i}")).collect();
-    let sql = format!("{sql} ({})", marks.join(", "));
-    let none: Option<i64> = None;
-    for chunk in values.chunks(CHUNK) {
-        let mut params: Vec<&dyn Param> = chunk.iter().map(|v| v as &dyn Param).collect();
-        params.resize(CHUNK, &none);
-        out.extend(tx.query(&sql, &params, &mut f)?);
-    }
-    Ok(out)
 }
 
 /// An item already stored under the key a record maps to.

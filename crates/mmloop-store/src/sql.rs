@@ -408,30 +408,51 @@ impl<'c> Conn<'c> {
         }
     }
 
-    /// Like [`Conn::each`] for a statement built for one use (an `IN (...)` list of ids):
-    /// prepared without entering the statement cache.
-    pub(crate) fn each_once(
+    /// Rows whose `column` is one of `values`: `SELECT ... WHERE` + `column IN (...)` +
+    /// `rest` (more conditions, an ORDER BY that holds within a chunk of values). PostgreSQL
+    /// takes the whole list as one array parameter (`= ANY(?1)`, whose plan does not depend on
+    /// how many values come); SQLite a fixed-size chunk of parameters at a time, padded with
+    /// NULL, so either statement is prepared once.
+    pub(crate) fn query_in<V: Param, T>(
         &self,
         sql: &str,
-        mut f: impl FnMut(&Row) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+        column: &str,
+        values: &[V],
+        rest: &str,
+        mut f: impl FnMut(&Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        if values.is_empty() {
+            return Ok(out);
+        }
         match self {
-            Conn::Lite(c) => {
-                let mut st = c.prepare(sql)?;
-                let mut rows = st.query([])?;
-                while let Some(r) = rows.next()? {
-                    f(&Row::Lite(r))?;
+            Conn::Lite(_) => {
+                const CHUNK: usize = 256;
+                let marks: Vec<String> = (1..=CHUNK).map(|i| format!("?{i}")).collect();
+                let sql = format!("{sql} {column} IN ({}){rest}", marks.join(", "));
+                let none: Option<i64> = None;
+                for chunk in values.chunks(CHUNK) {
+                    let mut params: Vec<&dyn Param> = chunk.iter().map(|v| v as &dyn Param).collect();
+                    params.resize(CHUNK, &none);
+                    self.each(&sql, &params, |r| {
+                        out.push(f(r)?);
+                        Ok(())
+                    })?;
                 }
-                Ok(())
             }
             Conn::Pg(c) => {
-                let rows = c.client.borrow_mut().query(sql, &[])?;
-                for r in rows {
-                    f(&Row::Pg(&r))?;
+                let st = c.prepared(&format!("{sql} {column} = ANY(?1){rest}"))?;
+                for chunk in values.chunks(1 << 16) {
+                    let args: Vec<Arg> = chunk.iter().map(|v| v.arg()).collect();
+                    let list: &[Arg] = &args;
+                    let rows = c.client.borrow_mut().query(&st, &[&list])?;
+                    for r in &rows {
+                        out.push(f(&Row::Pg(r))?);
+                    }
                 }
-                Ok(())
             }
         }
+        Ok(out)
     }
 
     /// Every row, mapped by `f`.

@@ -171,9 +171,16 @@ fn page_hashes(pages: &[u8]) -> impl Iterator<Item = &[u8]> {
 pub(crate) fn load_manifest<'c>(conn: impl Into<Conn<'c>>, pages: &[u8]) -> Result<Manifest, StoreError> {
     let conn = conn.into();
     let mut m = Manifest { splits: Vec::new(), entries: Vec::new() };
-    for h in page_hashes(pages) {
-        let data: Vec<u8> = conn.one("SELECT data FROM pages WHERE hash = ?1", &[&h], |r| r.get(0))?;
-        decode_page(&data, &mut m.splits, &mut m.entries)?;
+    let hashes: Vec<&[u8]> = page_hashes(pages).collect();
+    let data: std::collections::HashMap<Vec<u8>, Vec<u8>> = conn
+        .query_in("SELECT hash, data FROM pages WHERE", "hash", &hashes, "", |r| Ok((r.get(0)?, r.get(1)?)))?
+        .into_iter()
+        .collect();
+    for h in hashes {
+        // A page two versions share is listed once per version; each listing decodes it.
+        let page =
+            data.get(h).ok_or_else(|| StoreError::Internal(format!("manifest page {} is missing", hex::encode(h))))?;
+        decode_page(page, &mut m.splits, &mut m.entries)?;
     }
     Ok(m)
 }
@@ -604,11 +611,32 @@ impl Store {
                 let mb = load_manifest(c, &only(&hb))?;
                 let mut entries = Vec::new();
                 let (mut i, mut j) = (0, 0);
-                let label_digest = |l: Option<i64>| -> Result<Option<Vec<u8>>, StoreError> {
-                    match l {
-                        None => Ok(None),
-                        Some(l) => c.optional("SELECT content FROM labels WHERE id = ?1", &[&l], |r| r.get(0)),
+                // The digests of the labels that differ by id between the two versions' entries
+                // of an item, fetched together (same id, same label: nothing to compare).
+                let mut differing = Vec::new();
+                let (mut a_i, mut b_j) = (0, 0);
+                while let (Some(x), Some(y)) = (ma.entries.get(a_i), mb.entries.get(b_j)) {
+                    match x.item.cmp(&y.item) {
+                        std::cmp::Ordering::Equal => {
+                            if x.label != y.label {
+                                differing.extend(x.label);
+                                differing.extend(y.label);
+                            }
+                            a_i += 1;
+                            b_j += 1;
+                        }
+                        std::cmp::Ordering::Less => a_i += 1,
+                        std::cmp::Ordering::Greater => b_j += 1,
                     }
+                }
+                let digests: std::collections::HashMap<i64, Vec<u8>> = c
+                    .query_in("SELECT id, content FROM labels WHERE", "id", &differing, "", |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .into_iter()
+                    .collect();
+                let label_digest = |l: Option<i64>| -> Result<Option<Vec<u8>>, StoreError> {
+                    Ok(l.and_then(|l| digests.get(&l).cloned()))
                 };
                 let mut push = |kind, item: i64, ea: Option<&Entry>, eb: Option<&Entry>| {
                     entries.push(DiffEntry {
