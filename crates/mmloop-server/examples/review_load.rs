@@ -54,10 +54,12 @@ fn args() -> Args {
         }
     }
     assert!(!a.token.is_empty(), "--token ADMIN_API_TOKEN is required");
-    assert!(
-        a.url.starts_with("http://127.") || a.url.starts_with("http://localhost") || a.url.starts_with("http://[::1]"),
-        "this load generator only targets a server on this machine"
-    );
+    for url in a.url.split(',') {
+        assert!(
+            url.starts_with("http://127.") || url.starts_with("http://localhost") || url.starts_with("http://[::1]"),
+            "this load generator only targets servers on this machine"
+        );
+    }
     a
 }
 
@@ -116,7 +118,10 @@ fn admin_password() -> String {
 
 #[tokio::main]
 async fn main() {
-    let a = args();
+    let mut a = args();
+    // Several servers of one project (`--url A,B,C`): reviewer i talks to server i mod n.
+    let urls: Vec<String> = a.url.split(',').map(|u| u.trim_end_matches('/').to_string()).collect();
+    a.url = urls[0].clone();
     let admin = reqwest::Client::new();
     // Reviewer accounts and their tokens.
     let mut tokens = Vec::new();
@@ -146,9 +151,14 @@ async fn main() {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(a.warmup);
     let deadline = measure_from + Duration::from_secs(a.seconds);
+    // Items each reviewer holds between being handed one and deciding it: an item handed to a
+    // second reviewer meanwhile is counted (the servers must make that impossible).
+    let held = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<i64, usize>::new()));
+    let leased_twice = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for t in tokens {
-        let url = a.url.clone();
+    for (i, t) in tokens.into_iter().enumerate() {
+        let url = urls[i % urls.len()].clone();
+        let (held, leased_twice) = (held.clone(), leased_twice.clone());
         let query = a.query.clone();
         let think = Duration::from_millis(a.think_ms);
         tasks.push(tokio::spawn(async move {
@@ -183,6 +193,9 @@ async fn main() {
                     tokio::time::sleep(think).await;
                 }
                 let id = item["item"]["id"].as_i64().unwrap();
+                if held.lock().unwrap().insert(id, i).is_some() {
+                    leased_twice.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let body = json!({
                     "action": "accept",
                     "base": item["item"]["label"]["id"],
@@ -193,6 +206,7 @@ async fn main() {
                 let (st, reply) =
                     call(&c, reqwest::Method::POST, &format!("{url}/api/items/{id}/decision"), &t, Some(body)).await;
                 let t3 = Instant::now();
+                held.lock().unwrap().remove(&id);
                 match st {
                     200 if t2 >= measure_from && t3 <= deadline => s.save_us.push((t3 - t2).as_micros() as u64),
                     200 => {}
@@ -217,6 +231,8 @@ async fn main() {
     let nexts = all.next_us.len();
     let report = json!({
         "reviewers": a.reviewers,
+        "servers": urls.len(),
+        "leased_twice": leased_twice.load(std::sync::atomic::Ordering::Relaxed),
         "seconds": a.seconds,
         "query": a.query,
         "think_ms": a.think_ms,
@@ -258,10 +274,12 @@ async fn main() {
             s["max"].as_f64().unwrap_or(f64::NAN)
         );
         println!(
-            "saves/s:   {:.0}   conflicts {}   errors {}",
+            "saves/s:   {:.0}   conflicts {}   errors {}   servers {}   items handed to two reviewers {}",
             report["saves_per_s"].as_f64().unwrap(),
             all.conflicts,
-            all.errors
+            all.errors,
+            urls.len(),
+            report["leased_twice"]
         );
     }
 }

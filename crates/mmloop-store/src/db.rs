@@ -245,12 +245,12 @@ impl Db {
                 };
                 l.queue(work, Job::Alone).await
             }
-            Db::Pg(pg) => pg.write(f).await,
+            Db::Pg(pg) => pg.write_alone(f).await,
         }
     }
 
-    /// Runs `f` in a read transaction (one snapshot for all its statements) on either
-    /// database, off the async threads.
+    /// Runs `f`'s reads on either database, off the async threads; each statement sees the
+    /// latest commit (see [`Db::read_blocking`] for one snapshot).
     pub(crate) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -259,15 +259,20 @@ impl Db {
         match &**self {
             Db::Lite(_) => {
                 let db = self.clone();
-                tokio::task::spawn_blocking(move || db.read_blocking(f))
-                    .await
-                    .map_err(|e| StoreError::Internal(e.to_string()))?
+                tokio::task::spawn_blocking(move || match &*db {
+                    Db::Lite(l) => l.read_blocking(|c| f(Conn::Lite(c))),
+                    Db::Pg(_) => unreachable!("matched SQLite"),
+                })
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))?
             }
             Db::Pg(pg) => pg.read(f).await,
         }
     }
 
-    /// Like [`Db::read`], waiting on the calling thread (never an async one).
+    /// Runs `f`'s reads in one snapshot (a read transaction) on either database, waiting on
+    /// the calling thread (never an async one): for reads that must agree with each other
+    /// from the first row to the last (an export, a migration).
     pub(crate) fn read_blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,

@@ -29,6 +29,16 @@ const MAX_CONNECTIONS: usize = 16;
 /// Work for a connection: runs on its thread, answers through its own channel.
 type Job = Box<dyn FnOnce(&mut Option<PgConn>) + Send>;
 
+/// A queued write for the group-commit writer: runs inside the group's transaction and says
+/// whether it succeeded, with what to tell its caller once the commit is known (`Some(why)`
+/// when that commit failed).
+/// Given no connection (the group could not start), it runs nothing and answers with why.
+type Work = Box<dyn FnOnce(Result<Conn, &str>) -> (bool, Reply) + Send>;
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// At most this many queued writes share one transaction (one lock turn, one WAL flush).
+const GROUP_MAX: usize = 64;
+
 /// Connections, each owned by a thread of its own that takes jobs from one shared queue. The
 /// `postgres` client drives its own small runtime and must never block an async thread (nor
 /// be dropped on one), so no client ever leaves its thread; callers wait on a channel.
@@ -39,6 +49,9 @@ pub(crate) struct PgDb {
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Jobs queued or running, to know when another connection would help.
     pending: Arc<AtomicUsize>,
+    /// The group-commit writer (see [`PgDb::write`]).
+    writes: Mutex<Option<mpsc::Sender<Work>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl PgDb {
@@ -59,6 +72,8 @@ impl PgDb {
             queue: Arc::new(Mutex::new(rx)),
             workers: Mutex::new(Vec::new()),
             pending: Arc::new(AtomicUsize::new(0)),
+            writes: Mutex::new(None),
+            writer: Mutex::new(None),
         };
         let url = url.to_string();
         db.run_blocking_with(move |conn| {
@@ -134,14 +149,14 @@ impl PgDb {
         })
     }
 
-    async fn run<T, F>(&self, write: bool, f: F) -> Result<T, StoreError>
+    async fn run<T, F>(&self, mode: Mode, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let job = self.job(
-            move |conn| transaction(conn.as_ref().expect("connected"), write, f),
+            move |conn| transaction(conn.as_ref().expect("connected"), mode, f),
             move |out| {
                 let _ = tx.send(out);
             },
@@ -163,36 +178,84 @@ impl PgDb {
     }
 
     /// Runs `f` in a transaction of its own that holds the write lock; commits when it
-    /// returns `Ok`, rolls back otherwise.
+    /// returns `Ok`, rolls back otherwise. For large writes (an import, a migration).
+    pub(crate) async fn write_alone<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(Mode::Write, f).await
+    }
+
+    /// Runs `f` in the write transaction this process's writer shares among the writes queued
+    /// together (as SQLite's writer does, `db.rs`): the group takes the write lock once and
+    /// commits once, so under many reviewers one lock turn and one WAL flush serve up to
+    /// [`GROUP_MAX`] writes instead of one each. Each write runs in a savepoint of its own: one
+    /// that fails is undone alone. Its caller hears back only once the group committed.
     pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
     {
-        self.run(true, f).await
+        let (tx, rx) = oneshot::channel();
+        let work: Work = Box::new(move |conn| {
+            let out = match conn {
+                Ok(conn) => f(conn),
+                Err(why) => Err(StoreError::Internal(why.to_string())),
+            };
+            let ok = out.is_ok();
+            let reply: Reply = Box::new(move |failed: Option<&str>| {
+                let out = match failed {
+                    Some(why) => Err(StoreError::Internal(why.to_string())),
+                    None => out,
+                };
+                let _ = tx.send(out);
+            });
+            (ok, reply)
+        });
+        {
+            let mut writes = self.writes.lock().expect("writer");
+            if writes.is_none() {
+                let (wtx, wrx) = mpsc::channel::<Work>();
+                let config = self.config.clone();
+                let handle = std::thread::Builder::new()
+                    .name("mmloop-postgres-writer".into())
+                    .spawn(move || write_groups(&config, wrx))
+                    .map_err(StoreError::Io)?;
+                *self.writer.lock().expect("writer handle") = Some(handle);
+                *writes = Some(wtx);
+            }
+            writes.as_ref().ok_or(StoreError::Closed)?.send(work).map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Runs `f` in a read-only transaction (one snapshot for all its statements).
+    /// Runs `f`'s statements, each on its own (see [`Mode::Statements`]).
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
     {
-        self.run(false, f).await
+        self.run(Mode::Statements, f).await
     }
 
-    /// Like [`PgDb::read`] (or a write), waiting on the calling thread, which must not be an
-    /// async one.
+    /// Runs `f` in one read-only snapshot (or, `write`, a write transaction), waiting on the
+    /// calling thread, which must not be an async one.
     pub(crate) fn run_blocking<T: Send + 'static>(
         &self,
         write: bool,
         f: impl FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.run_blocking_with(move |conn| transaction(conn.as_ref().expect("connected"), write, f))
+        let mode = if write { Mode::Write } else { Mode::Snapshot };
+        self.run_blocking_with(move |conn| transaction(conn.as_ref().expect("connected"), mode, f))
     }
 
     /// Lets the connections finish their jobs and close.
     pub(crate) fn close(&self) {
+        self.writes.lock().expect("writer").take();
+        if let Some(h) = self.writer.lock().expect("writer handle").take() {
+            let _ = h.join();
+        }
         self.jobs.lock().expect("jobs").take();
         for w in self.workers.lock().expect("workers").drain(..) {
             let _ = w.join();
@@ -206,12 +269,97 @@ impl Drop for PgDb {
     }
 }
 
-fn transaction<T>(conn: &PgConn, write: bool, f: impl FnOnce(Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+/// The writer's loop: takes the writes queued together and commits them as one transaction.
+fn write_groups(config: &postgres::Config, rx: mpsc::Receiver<Work>) {
+    const LOST: &str = "the write was rolled back with the transaction it shared";
+    let mut conn: Option<PgConn> = None;
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(w) => group.push(w),
+                Err(_) => break,
+            }
+        }
+        if conn.as_ref().is_none_or(PgConn::is_closed) {
+            conn = match config.connect(postgres::NoTls) {
+                Ok(client) => Some(PgConn::new(client)),
+                Err(e) => {
+                    let why = format!("cannot connect to the database: {e}");
+                    group.into_iter().for_each(|w| w(Err(&why)).1(None));
+                    continue;
+                }
+            };
+        }
+        let Some(pg) = conn.as_ref() else { continue };
+        let c = Conn::Pg(pg);
+        if let Err(e) = c.batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")) {
+            let _ = c.batch("ROLLBACK");
+            let why = format!("the write could not start: {e}");
+            group.into_iter().for_each(|w| w(Err(&why)).1(None));
+            continue;
+        }
+        let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
+        let mut broken = false;
+        for work in group {
+            if broken || c.batch("SAVEPOINT mmloop_write").is_err() {
+                broken = true;
+                work(Err(LOST)).1(None);
+                continue;
+            }
+            let (ok, reply) = work(Ok(c));
+            let undo = if ok {
+                "RELEASE SAVEPOINT mmloop_write"
+            } else {
+                "ROLLBACK TO SAVEPOINT mmloop_write; RELEASE SAVEPOINT mmloop_write"
+            };
+            if c.batch(undo).is_err() {
+                // The transaction is gone: everything in it so far is lost.
+                broken = true;
+                for r in replies.drain(..) {
+                    r(Some(LOST));
+                }
+                reply(Some(LOST));
+                continue;
+            }
+            replies.push(reply);
+        }
+        if broken {
+            let _ = c.batch("ROLLBACK");
+            for r in replies {
+                r(Some(LOST));
+            }
+            continue;
+        }
+        match c.batch("COMMIT") {
+            Ok(()) => replies.into_iter().for_each(|r| r(None)),
+            Err(e) => {
+                let _ = c.batch("ROLLBACK");
+                let why = format!("the commit failed: {e}");
+                replies.into_iter().for_each(|r| r(Some(&why)));
+            }
+        }
+    }
+}
+
+/// How a closure runs on a pooled connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A transaction of its own under the write lock.
+    Write,
+    /// A read-only transaction: one snapshot for all its statements (an export, a migration).
+    Snapshot,
+    /// Each statement on its own, as SQLite's reads run: no round trips for BEGIN and COMMIT
+    /// on the review server's hot path.
+    Statements,
+}
+
+fn transaction<T>(conn: &PgConn, mode: Mode, f: impl FnOnce(Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
     let c = Conn::Pg(conn);
-    if write {
-        c.batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))?;
-    } else {
-        c.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+    match mode {
+        Mode::Write => c.batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))?,
+        Mode::Snapshot => c.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?,
+        Mode::Statements => return f(c),
     }
     match f(c) {
         Ok(v) => {
@@ -228,7 +376,7 @@ fn transaction<T>(conn: &PgConn, write: bool, f: impl FnOnce(Conn) -> Result<T, 
 /// Brings the schema up to date under the write lock, so two servers starting at once do not
 /// both migrate. A database with no mmloop schema is refused unless `create`.
 fn migrate(conn: &PgConn, create: bool) -> Result<(), StoreError> {
-    transaction(conn, true, |c| {
+    transaction(conn, Mode::Write, |c| {
         let exists: bool = c.one("SELECT to_regclass('mmloop_schema') IS NOT NULL", &[], |r| r.get(0))?;
         let version = if exists {
             c.one("SELECT version FROM mmloop_schema", &[], |r| r.get::<i64>(0))? as usize
