@@ -752,33 +752,15 @@ struct Rows {
 
 impl Rows {
     fn write(&mut self, tx: Conn) -> Result<(), StoreError> {
-        const IMAGES: &[&str] = &["id", "sha256", "path", "copied", "width", "height", "format", "bytes"];
+        // Imported labels have no lead time; candidates take their id from the database.
         const LABELS: &[&str] =
             &["id", "item_id", "prev_id", "status", "answer", "answers", "actor", "at", "action", "content"];
-        const ITEMS: &[&str] = &[
-            "id",
-            "key",
-            "source_id",
-            "task",
-            "question",
-            "context",
-            "conversation",
-            "turn",
-            "tags",
-            "meta",
-            "source_file",
-            "source_line",
-            "run_id",
-            "content",
-            "split",
-            "label_id",
-        ];
         const CANDIDATES: &[&str] = &["item_id", "run_id", "model", "answer", "confidence", "created_at"];
         for (table, columns, rows) in [
-            ("images", IMAGES, &mut self.images),
+            ("images", crate::migrate::columns("images"), &mut self.images),
             ("labels", LABELS, &mut self.labels),
-            ("items", ITEMS, &mut self.items),
-            ("item_images", &["item_id", "pos", "image_id"][..], &mut self.item_images),
+            ("items", crate::migrate::columns("items"), &mut self.items),
+            ("item_images", crate::migrate::columns("item_images"), &mut self.item_images),
             ("candidates", CANDIDATES, &mut self.candidates),
         ] {
             if !rows.is_empty() {

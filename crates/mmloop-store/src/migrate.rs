@@ -130,6 +130,11 @@ const TABLES: &[(&str, &[&str])] = &[
     ("ab_outcomes", &["id", "request_id", "outcome", "value", "created_at", "actor"]),
 ];
 
+/// The columns of one of the tables above, in their copy order.
+pub(crate) fn columns(table: &str) -> &'static [&'static str] {
+    TABLES.iter().find(|(t, _)| *t == table).map(|(_, c)| *c).unwrap_or_else(|| panic!("no table {table}"))
+}
+
 /// Rows sent from the reader to the writer at a time.
 const BATCH: usize = 5000;
 
