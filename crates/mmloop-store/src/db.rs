@@ -228,6 +228,19 @@ impl Db {
         }
     }
 
+    /// Like [`Db::write`] for a write that appends no audit event (a lease): on PostgreSQL in a
+    /// transaction of its own that does not take the chain's lock; on SQLite as [`Db::write`].
+    pub(crate) async fn write_unaudited<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        match self {
+            Db::Lite(l) => l.queue(move |c| f(Conn::Lite(c)), Job::Grouped).await,
+            Db::Pg(pg) => pg.write_unlocked(f).await,
+        }
+    }
+
     /// Like [`Db::write`] for a large write (an import): in a transaction of its own,
     /// which `f` must not open or close.
     pub(crate) async fn write_alone<T, F>(&self, f: F) -> Result<T, StoreError>

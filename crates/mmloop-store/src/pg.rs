@@ -187,6 +187,16 @@ impl PgDb {
         self.run(Mode::Write, f).await
     }
 
+    /// Runs `f` in a transaction of its own without the write lock: for writes that append no
+    /// audit event and keep concurrent writers apart by their own conditions (leases).
+    pub(crate) async fn write_unlocked<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(Mode::Unlocked, f).await
+    }
+
     /// Runs `f` in the write transaction this process's writer shares among the writes queued
     /// together (as SQLite's writer does, `db.rs`): the group takes the write lock once and
     /// commits once, so under many reviewers one lock turn and one WAL flush serve up to
@@ -347,6 +357,8 @@ fn write_groups(config: &postgres::Config, rx: mpsc::Receiver<Work>) {
 enum Mode {
     /// A transaction of its own under the write lock.
     Write,
+    /// A transaction of its own, without the write lock.
+    Unlocked,
     /// A read-only transaction: one snapshot for all its statements (an export, a migration).
     Snapshot,
     /// Each statement on its own, as SQLite's reads run: no round trips for BEGIN and COMMIT
@@ -358,6 +370,7 @@ fn transaction<T>(conn: &PgConn, mode: Mode, f: impl FnOnce(Conn) -> Result<T, S
     let c = Conn::Pg(conn);
     match mode {
         Mode::Write => c.batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))?,
+        Mode::Unlocked => c.batch("BEGIN")?,
         Mode::Snapshot => c.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?,
         Mode::Statements => return f(c),
     }

@@ -54,6 +54,27 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Like [`write_tx`] for writes that append no audit event (leases): on PostgreSQL they run
+/// in a transaction of their own beside the chain's lock, so picks on several servers do not
+/// queue behind each other's decisions; on SQLite there is one writer either way.
+async fn lease_tx<T: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(Conn) -> ReviewResult<(T, bool)> + Send + 'static,
+) -> ReviewResult<T> {
+    if store.db().dialect() == crate::sql::Dialect::Sqlite {
+        return write_tx(store, f).await;
+    }
+    store
+        .db()
+        .write_unaudited(move |conn| match f(conn) {
+            Ok((v, true)) => Ok(Ok(v)),
+            Ok((_, false)) => Err(StoreError::Internal("a lease write asked to roll back".into())),
+            Err(ReviewError::Store(e)) => Err(e),
+            Err(e) => Ok(Err(e)),
+        })
+        .await?
+}
+
 /// Runs `f` in a write transaction that commits only when `f` returns Ok and `commit`
 /// says so.
 async fn write_tx<T: Send + 'static>(

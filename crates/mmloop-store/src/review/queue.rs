@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::accounts::{Permission, User};
-use super::{ReviewError, ReviewResult, now_ms, write_tx};
+use super::{ReviewError, ReviewResult, lease_tx, now_ms, write_tx};
 use crate::labels::{ItemView, LabelSave, LabelView, SaveOutcome, item_view, label_by_id, save_in_tx};
 use crate::sql::{Conn, Dialect, Param, Row, Value as SqlValue};
 use crate::{Store, StoreError};
@@ -314,15 +314,29 @@ fn check_lease(c: Conn, item_id: i64, user: &User, now: i64) -> ReviewResult<()>
     }
 }
 
-fn grant(tx: Conn, item_id: i64, user: &User, now: i64, lease_ms: i64) -> ReviewResult<Lease> {
+/// Leases the item to `user` unless someone else holds a live lease on it; `None` then. The
+/// condition is part of the write itself (`ON CONFLICT ... WHERE`), so two picks that raced to the
+/// same item on two PostgreSQL servers cannot both win: the second finds the first's lease.
+fn grant(tx: Conn, item_id: i64, user: &User, now: i64, lease_ms: i64) -> ReviewResult<Option<Lease>> {
     let until = now + lease_ms;
-    tx.execute(
+    let n = tx.execute(
         "INSERT INTO leases (item_id, user_id, until_ms, granted_ms) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (item_id) DO UPDATE SET user_id = excluded.user_id, until_ms = excluded.until_ms,
-                                            granted_ms = excluded.granted_ms",
+                                            granted_ms = excluded.granted_ms
+         WHERE leases.until_ms <= ?4 OR leases.user_id = ?2",
         &[&item_id, &user.id, &until, &now],
     )?;
-    Ok(Lease { item_id, user: user.name.clone(), until_ms: until })
+    Ok((n > 0).then(|| Lease { item_id, user: user.name.clone(), until_ms: until }))
+}
+
+/// [`grant`] where the caller already checked the lease (in the same transaction as the chain's
+/// lock, or on SQLite's single writer): losing it would be a bug.
+fn grant_checked(tx: Conn, item_id: i64, user: &User, now: i64, lease_ms: i64) -> ReviewResult<Lease> {
+    grant(tx, item_id, user, now, lease_ms)?.ok_or_else(|| ReviewError::Leased {
+        item: item_id,
+        user: "another reviewer".into(),
+        seconds_left: lease_ms / 1000,
+    })
 }
 
 fn current_label_id(c: Conn, item_id: i64) -> ReviewResult<Option<i64>> {
@@ -388,13 +402,15 @@ impl Store {
         let (cond, order) = filter.queue_sql(dialect, &mut params)?;
         let audit_first = filter.is_default();
         let user2 = user.clone();
-        let picked = write_tx(self, move |tx| {
+        let picked = lease_tx(self, move |tx| {
             let now = now_ms();
             // An open audit sample is served first, in its random order: its point is an
             // unbiased estimate, which a risk-ordered pick would not give.
             if audit_first && let Some(id) = crate::routing::next_audit_item(tx, user2.id, now)? {
                 tx.execute("DELETE FROM leases WHERE user_id = ?1 AND item_id != ?2", &[&user2.id, &id])?;
-                return Ok((Some(grant(tx, id, &user2, now, lease_ms)?), true));
+                if let Some(lease) = grant(tx, id, &user2, now, lease_ms)? {
+                    return Ok((Some(lease), true));
+                }
             }
             let mine_sql = format!(
                 "SELECT q.item_id FROM review_queue q JOIN leases l ON l.item_id = q.item_id
@@ -403,14 +419,16 @@ impl Store {
             let mut p = vec![SqlValue::Int(user2.id), SqlValue::Int(now)];
             p.extend(params.iter().cloned());
             let mine: Option<i64> = tx.optional(&mine_sql, &params_of(&p), |r| r.get(0))?;
-            if let Some(id) = mine {
-                return Ok((Some(grant(tx, id, &user2, now, lease_ms)?), true));
+            if let Some(id) = mine
+                && let Some(lease) = grant(tx, id, &user2, now, lease_ms)?
+            {
+                return Ok((Some(lease), true));
             }
             tx.execute("DELETE FROM leases WHERE user_id = ?1", &[&user2.id])?;
-            // PostgreSQL: rows another transaction has locked (a reviewer on another server
-            // taking that item right now) are skipped, not waited for. The write lock already
-            // keeps two picks apart; SKIP LOCKED keeps a pick from queueing behind a row held by
-            // a reader that locked it (`FOR UPDATE` elsewhere).
+            // PostgreSQL: picks run beside each other on every server (they write no audit event,
+            // so they do not take the chain's lock). A row another pick has locked is skipped, not
+            // waited for; one that pick has leased and committed meanwhile fails `grant`'s
+            // condition, and this pick tries the next item.
             let lock = match dialect {
                 Dialect::Sqlite => "",
                 Dialect::Postgres => "FOR UPDATE OF q SKIP LOCKED",
@@ -422,11 +440,15 @@ impl Store {
             );
             let mut p = params;
             p.push(SqlValue::Int(now));
-            let id: Option<i64> = tx.optional(&pick_sql, &params_of(&p), |r| r.get(0))?;
-            match id {
-                Some(id) => Ok((Some(grant(tx, id, &user2, now, lease_ms)?), true)),
-                None => Ok((None, true)),
+            for _ in 0..16 {
+                let Some(id) = tx.optional(&pick_sql, &params_of(&p), |r| r.get::<i64>(0))? else {
+                    return Ok((None, true));
+                };
+                if let Some(lease) = grant(tx, id, &user2, now, lease_ms)? {
+                    return Ok((Some(lease), true));
+                }
             }
+            Err(ReviewError::Store(StoreError::Internal("every item picked was taken meanwhile; try again".into())))
         })
         .await?;
         match picked {
@@ -478,11 +500,17 @@ impl Store {
     pub async fn lease_item(&self, id: i64, user: &User, lease_ms: i64) -> ReviewResult<Lease> {
         need_label(user)?;
         let user = user.clone();
-        write_tx(self, move |tx| {
+        lease_tx(self, move |tx| {
             current_label_id(tx, id)?;
             let now = now_ms();
             check_lease(tx, id, &user, now)?;
-            Ok((grant(tx, id, &user, now, lease_ms)?, true))
+            match grant(tx, id, &user, now, lease_ms)? {
+                Some(lease) => Ok((lease, true)),
+                // Taken between the check and the write (another server).
+                None => check_lease(tx, id, &user, now_ms())
+                    .and_then(|()| grant_checked(tx, id, &user, now, lease_ms))
+                    .map(|l| (l, true)),
+            }
         })
         .await
     }
@@ -490,7 +518,7 @@ impl Store {
     /// Gives back `user`'s lease on one item (nothing happens when they hold none).
     pub async fn release_item(&self, id: i64, user: &User) -> ReviewResult<()> {
         let uid = user.id;
-        write_tx(self, move |tx| {
+        lease_tx(self, move |tx| {
             current_label_id(tx, id)?;
             tx.execute("DELETE FROM leases WHERE item_id = ?1 AND user_id = ?2", &[&id, &uid])?;
             Ok(((), true))
@@ -642,7 +670,7 @@ impl Store {
             };
             let out = save_in_tx(tx, id, save)?;
             if matches!(status, LabelStatus::Pending | LabelStatus::Imported) {
-                grant(tx, id, &user, now, lease_ms)?;
+                grant_checked(tx, id, &user, now, lease_ms)?;
             } else {
                 tx.execute("DELETE FROM leases WHERE item_id = ?1", &[&id])?;
             }
