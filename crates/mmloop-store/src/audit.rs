@@ -156,7 +156,11 @@ pub(crate) fn append<'c>(
     after: Option<&Value>,
 ) -> Result<i64, StoreError> {
     let conn = conn.into();
-    let (seq, prev) = match head(conn)? {
+    let current = match crate::pg::group_head() {
+        Some(known) => known,
+        None => head(conn)?,
+    };
+    let (seq, prev) = match current {
         Some((s, h)) => (s + 1, h),
         None => (1, vec![0u8; 32]),
     };
@@ -179,7 +183,7 @@ pub(crate) fn append<'c>(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         &[&seq, &at, &actor, &action, &entity, &before, &after, &prev, &hash],
     )?;
-    if conn.dialect() == Dialect::Postgres {
+    if conn.dialect() == Dialect::Postgres && !crate::pg::group_appended(seq, &hash) {
         conn.execute(
             "INSERT INTO audit_head (one, seq, hash) VALUES (1, ?1, ?2)
              ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",

@@ -228,8 +228,37 @@ impl Db {
         }
     }
 
-    /// Like [`Db::write`] for a write that appends no audit event (a lease): on PostgreSQL in a
-    /// transaction of its own that does not take the chain's lock; on SQLite as [`Db::write`].
+    /// Like [`Db::write`] where `f` may keep or undo what it wrote (`(value, keep)`); its value
+    /// comes back either way. On PostgreSQL the savepoint the writer opens around each write
+    /// serves for this, so the undo costs no round trips of its own.
+    pub(crate) async fn write_or_undo<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Result<(T, bool), StoreError> + Send + 'static,
+    {
+        match self {
+            Db::Lite(l) => {
+                l.queue(
+                    move |c| {
+                        let c = Conn::Lite(c);
+                        let sp = c.savepoint()?;
+                        let (v, keep) = f(c)?;
+                        if keep {
+                            sp.commit()?;
+                        }
+                        Ok(v)
+                    },
+                    Job::Grouped,
+                )
+                .await
+            }
+            Db::Pg(pg) => pg.write_or_undo(f).await,
+        }
+    }
+
+    /// Like [`Db::write`] for a write that appends no audit event and may be lost in a database
+    /// crash (a lease): on PostgreSQL in a transaction of its own that does not take the chain's
+    /// lock nor wait for the WAL flush; on SQLite as [`Db::write`].
     pub(crate) async fn write_unaudited<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,

@@ -266,6 +266,28 @@ impl Store {
     }
 }
 
+/// An item's label as a save finds it: the id the item points at (`None`: no label yet) and
+/// that label.
+pub(crate) struct Current {
+    pub id: Option<i64>,
+    pub label: Option<LabelView>,
+}
+
+/// The item's current label, in one statement; `ItemNotFound` when there is no such item.
+pub(crate) fn current_of<'c>(conn: impl Into<Conn<'c>>, item_id: i64) -> Result<Current, StoreError> {
+    conn.into()
+        .optional(
+            "SELECT l.id, l.status, l.answer, l.answers, l.actor, l.at, l.action, l.lead_time_ms, i.label_id
+             FROM items i LEFT JOIN labels l ON l.id = i.label_id WHERE i.id = ?1",
+            &[&item_id],
+            |r| {
+                let id: Option<i64> = r.get(8)?;
+                Ok(Current { id, label: if id.is_some() { Some(row_label(r)?) } else { None } })
+            },
+        )?
+        .ok_or(StoreError::ItemNotFound(item_id))
+}
+
 /// The save inside the caller's transaction (which commits it): the label row, the item's
 /// pointer and the audit event. Writes nothing on a conflict.
 pub(crate) fn save_in_tx<'c>(
@@ -274,13 +296,13 @@ pub(crate) fn save_in_tx<'c>(
     save: LabelSave,
 ) -> Result<SaveOutcome, StoreError> {
     let tx = tx.into();
-    let current: Option<Option<i64>> =
-        tx.optional("SELECT label_id FROM items WHERE id = ?1", &[&item_id], |r| r.get(0))?;
-    let Some(current) = current else { return Err(StoreError::ItemNotFound(item_id)) };
-    let before = match current {
-        Some(l) => label_by_id(tx, l)?,
-        None => None,
-    };
+    let current = current_of(tx, item_id)?;
+    save_on(tx, item_id, current, save)
+}
+
+/// [`save_in_tx`] where the caller has read the item's label in the same transaction.
+pub(crate) fn save_on(tx: Conn, item_id: i64, current: Current, save: LabelSave) -> Result<SaveOutcome, StoreError> {
+    let Current { id: current, label: before } = current;
     if current != save.base {
         return Ok(SaveOutcome::Conflict { current: before });
     }

@@ -271,6 +271,12 @@ pub async fn migrate(
         reader.join().map_err(|_| StoreError::Internal("the migration reader panicked".into()))??;
         Ok(out)
     });
+    // Planner statistics for the tables just filled, as after a restore: until autovacuum
+    // gets to them, the review server's first queries would be planned blind. The move is
+    // committed already; should this fail, autovacuum gathers them later.
+    if written.is_ok() && dest.dialect() == Dialect::Postgres {
+        let _ = dest.read(|c| c.batch("ANALYZE")).await;
+    }
     dest.close();
     source.close();
     let (tables, events) = match written {
@@ -317,6 +323,11 @@ pub async fn migrate(
     })
 }
 
+/// The PostgreSQL triggers that keep the review queue up to date row by row as candidates
+/// and their flags arrive (the table, the trigger).
+const QUEUE_TRIGGERS: &[(&str, &str)] =
+    &[("candidates", "review_queue_candidate"), ("candidate_flags", "review_queue_candidate_flag")];
+
 /// The destination's side, in its one transaction: every batch, then the rebuilt queue, the
 /// identity sequences and the database's own anchor, then the checks.
 fn write_all(
@@ -328,6 +339,13 @@ fn write_all(
 ) -> Result<(Vec<(String, u64)>, u64), StoreError> {
     let mut counts = vec![0u64; TABLES.len()];
     let mut done = 0u64;
+    // The queue is rebuilt whole below; until then its per-row triggers on PostgreSQL would
+    // only look for queue rows not there yet, once per candidate and flag copied (minutes at a
+    // million items). `ALTER TABLE` is part of this transaction: undone with it on failure.
+    let queue_triggers: &[(&str, &str)] = if c.dialect() == Dialect::Postgres { QUEUE_TRIGGERS } else { &[] };
+    for (table, trigger) in queue_triggers {
+        c.batch(&format!("ALTER TABLE {table} DISABLE TRIGGER {trigger}"))?;
+    }
     loop {
         match rx.recv() {
             Ok(Msg::Rows(t, rows)) => {
@@ -341,6 +359,9 @@ fn write_all(
             // The reader failed: its error is what the caller reports.
             Err(_) => return Err(StoreError::Internal("the source could not be read to the end".into())),
         }
+    }
+    for (table, trigger) in queue_triggers {
+        c.batch(&format!("ALTER TABLE {table} ENABLE TRIGGER {trigger}"))?;
     }
     crate::review::queue::sync_queue(c).map_err(|e| match e {
         crate::ReviewError::Store(s) => s,

@@ -39,6 +39,55 @@ type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 /// At most this many queued writes share one transaction (one lock turn, one WAL flush).
 const GROUP_MAX: usize = 64;
 
+/// What the writer's thread knows of the audit chain's head inside a group: the group holds the
+/// chain's lock, so the head moves only by the group's own appends, and each append after the
+/// first need not read it back (nor move the database's anchor: the group does that once, at its
+/// end). A rolled-back savepoint may have taken appends with it: the head is then read again.
+#[derive(Default)]
+struct Group {
+    head: Option<Head>,
+    appended: bool,
+}
+
+/// The audit chain's head: its last event's sequence number and hash (`None`: no event yet).
+type Head = Option<(i64, Vec<u8>)>;
+
+thread_local! {
+    static GROUP: std::cell::RefCell<Option<Group>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The chain's head as this thread's group left it, when it knows it (`None`: read it).
+pub(crate) fn group_head() -> Option<Head> {
+    GROUP.with(|g| g.borrow().as_ref().and_then(|g| g.head.clone()))
+}
+
+/// Records an append inside this thread's group; `false` outside a group (the caller then
+/// moves the anchor itself).
+pub(crate) fn group_appended(seq: i64, hash: &[u8]) -> bool {
+    GROUP.with(|g| match g.borrow_mut().as_mut() {
+        Some(g) => {
+            g.head = Some(Some((seq, hash.to_vec())));
+            g.appended = true;
+            true
+        }
+        None => false,
+    })
+}
+
+/// Forgets the head (a savepoint rolled back): the next append reads it from the database.
+pub(crate) fn group_forget_head() {
+    GROUP.with(|g| {
+        if let Some(g) = g.borrow_mut().as_mut() {
+            g.head = None;
+        }
+    })
+}
+
+/// Ends this thread's group: whether it appended, and the head it left when it knows it.
+fn group_end() -> (bool, Option<Head>) {
+    GROUP.with(|g| g.borrow_mut().take().map(|g| (g.appended, g.head)).unwrap_or_default())
+}
+
 /// Connections, each owned by a thread of its own that takes jobs from one shared queue. The
 /// `postgres` client drives its own small runtime and must never block an async thread (nor
 /// be dropped on one), so no client ever leaves its thread; callers wait on a channel.
@@ -188,7 +237,11 @@ impl PgDb {
     }
 
     /// Runs `f` in a transaction of its own without the write lock: for writes that append no
-    /// audit event and keep concurrent writers apart by their own conditions (leases).
+    /// audit event and keep concurrent writers apart by their own conditions (leases). Its commit
+    /// does not wait for the WAL flush (`synchronous_commit = off`): what it writes is soft state,
+    /// visible to every other transaction at once, and a database crash loses at most the last
+    /// fraction of a second of it (a lease gone early), never a decision, whose own commit
+    /// flushes everything before it.
     pub(crate) async fn write_unlocked<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -207,13 +260,24 @@ impl PgDb {
         T: Send + 'static,
         F: FnOnce(Conn) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_or_undo(move |c| f(c).map(|v| (v, true))).await
+    }
+
+    /// [`PgDb::write`] where `f` may undo what it wrote (`(value, false)`): its savepoint is
+    /// rolled back and its value comes back all the same.
+    pub(crate) async fn write_or_undo<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Conn) -> Result<(T, bool), StoreError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let work: Work = Box::new(move |conn| {
             let out = match conn {
                 Ok(conn) => f(conn),
                 Err(why) => Err(StoreError::Internal(why.to_string())),
             };
-            let ok = out.is_ok();
+            let ok = matches!(out, Ok((_, true)));
+            let out = out.map(|(v, _)| v);
             let reply: Reply = Box::new(move |failed: Option<&str>| {
                 let out = match failed {
                     Some(why) => Err(StoreError::Internal(why.to_string())),
@@ -303,27 +367,34 @@ fn write_groups(config: &postgres::Config, rx: mpsc::Receiver<Work>) {
         }
         let Some(pg) = conn.as_ref() else { continue };
         let c = Conn::Pg(pg);
-        if let Err(e) = c.batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")) {
+        // One round trip opens the transaction, takes the lock and the first write's savepoint.
+        if let Err(e) = c.batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}); SAVEPOINT mmloop_write")) {
             let _ = c.batch("ROLLBACK");
             let why = format!("the write could not start: {e}");
             group.into_iter().for_each(|w| w(Err(&why)).1(None));
             continue;
         }
-        let mut replies: Vec<Reply> = Vec::with_capacity(group.len());
+        GROUP.with(|g| *g.borrow_mut() = Some(Group::default()));
+        let n = group.len();
+        let mut replies: Vec<Reply> = Vec::with_capacity(n);
         let mut broken = false;
-        for work in group {
-            if broken || c.batch("SAVEPOINT mmloop_write").is_err() {
-                broken = true;
+        for (i, work) in group.into_iter().enumerate() {
+            if broken {
                 work(Err(LOST)).1(None);
                 continue;
             }
             let (ok, reply) = work(Ok(c));
-            let undo = if ok {
+            if !ok {
+                group_forget_head();
+            }
+            // One round trip ends this write's savepoint and opens the next write's.
+            let end = if ok {
                 "RELEASE SAVEPOINT mmloop_write"
             } else {
                 "ROLLBACK TO SAVEPOINT mmloop_write; RELEASE SAVEPOINT mmloop_write"
             };
-            if c.batch(undo).is_err() {
+            let next = if i + 1 < n { "; SAVEPOINT mmloop_write" } else { "" };
+            if c.batch(&format!("{end}{next}")).is_err() {
                 // The transaction is gone: everything in it so far is lost.
                 broken = true;
                 for r in replies.drain(..) {
@@ -334,14 +405,36 @@ fn write_groups(config: &postgres::Config, rx: mpsc::Receiver<Work>) {
             }
             replies.push(reply);
         }
-        if broken {
+        // The database's own anchor follows the group's last event, once per group, in the
+        // commit's round trip.
+        let finish = match group_end() {
+            _ if broken => Err(()),
+            (false, _) => Ok("COMMIT".to_string()),
+            (true, known) => {
+                let head = match known {
+                    Some(head) => Ok(head),
+                    None => crate::audit::head(c),
+                };
+                match head {
+                    Ok(Some((seq, hash))) => Ok(format!(
+                        "INSERT INTO audit_head (one, seq, hash) VALUES (1, {seq}, decode('{}', 'hex'))
+                         ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash;
+                         COMMIT",
+                        hex::encode(hash)
+                    )),
+                    Ok(None) => Ok("COMMIT".to_string()),
+                    Err(_) => Err(()),
+                }
+            }
+        };
+        let Ok(finish) = finish else {
             let _ = c.batch("ROLLBACK");
             for r in replies {
                 r(Some(LOST));
             }
             continue;
-        }
-        match c.batch("COMMIT") {
+        };
+        match c.batch(&finish) {
             Ok(()) => replies.into_iter().for_each(|r| r(None)),
             Err(e) => {
                 let _ = c.batch("ROLLBACK");
@@ -357,7 +450,8 @@ fn write_groups(config: &postgres::Config, rx: mpsc::Receiver<Work>) {
 enum Mode {
     /// A transaction of its own under the write lock.
     Write,
-    /// A transaction of its own, without the write lock.
+    /// A transaction of its own, without the write lock, committed without waiting for the WAL
+    /// flush (soft state: leases).
     Unlocked,
     /// A read-only transaction: one snapshot for all its statements (an export, a migration).
     Snapshot,
@@ -370,7 +464,7 @@ fn transaction<T>(conn: &PgConn, mode: Mode, f: impl FnOnce(Conn) -> Result<T, S
     let c = Conn::Pg(conn);
     match mode {
         Mode::Write => c.batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))?,
-        Mode::Unlocked => c.batch("BEGIN")?,
+        Mode::Unlocked => c.batch("BEGIN; SET LOCAL synchronous_commit = off")?,
         Mode::Snapshot => c.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?,
         Mode::Statements => return f(c),
     }
@@ -606,6 +700,55 @@ mod tests {
         assert_eq!(report.events, 1 + 1 + 12 + n as u64, "init, import, users, decisions");
         a.close();
         b.close();
+    }
+
+    /// Writes queued together share a transaction; one whose appends are undone (a savepoint
+    /// rolled back while it still succeeds, or a write that fails) leaves the chain whole for
+    /// the writes after it in the same group, and the database's anchor names the last event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_with_undone_appends_keeps_one_chain() {
+        let Some(pg) = postgres() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init_with(&dir.path().join("p"), None, "ann", Some(&pg.url)).await.unwrap();
+        let mut writes = Vec::new();
+        for i in 0..60 {
+            let db = store.db().clone();
+            writes.push(tokio::spawn(async move {
+                db.write(move |c| {
+                    crate::audit::append(c, "ann", "note", &format!("kept:{i}"), None, None)?;
+                    match i % 3 {
+                        // Undone inside, yet the write succeeds (and the next one appends).
+                        0 => {
+                            let sp = c.savepoint()?;
+                            crate::audit::append(c, "ann", "note", "undone", None, None)?;
+                            drop(sp);
+                            Ok(())
+                        }
+                        1 => Ok(()),
+                        // Fails after appending: all of it undone.
+                        _ => Err(StoreError::Config("refused".into())),
+                    }
+                })
+                .await
+            }));
+        }
+        let mut ok = 0;
+        for w in writes {
+            ok += usize::from(w.await.unwrap().is_ok());
+        }
+        assert_eq!(ok, 40);
+        let report = store.audit_verify().await.unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
+        assert_eq!(report.events, 1 + 40, "init and the kept appends");
+        let url = pg.url.clone();
+        let anchored: i64 = std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            c.query_one("SELECT seq FROM audit_head", &[]).unwrap().get(0)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(anchored, 41);
+        store.close();
     }
 
     /// The database's own anchor only moves forward and cannot be deleted; deleting the newest

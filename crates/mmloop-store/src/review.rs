@@ -83,18 +83,10 @@ async fn write_tx<T: Send + 'static>(
 ) -> ReviewResult<T> {
     store
         .db()
-        .write(move |conn| {
-            let tx = conn.savepoint()?;
-            match f(conn) {
-                Ok((v, commit)) => {
-                    if commit {
-                        tx.commit()?;
-                    }
-                    Ok(Ok(v))
-                }
-                Err(ReviewError::Store(e)) => Err(e),
-                Err(e) => Ok(Err(e)),
-            }
+        .write_or_undo(move |conn| match f(conn) {
+            Ok((v, commit)) => Ok((Ok(v), commit)),
+            Err(ReviewError::Store(e)) => Err(e),
+            Err(e) => Ok((Err(e), false)),
         })
         .await?
 }

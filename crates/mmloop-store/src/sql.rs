@@ -559,6 +559,8 @@ impl Drop for Savepoint<'_> {
     fn drop(&mut self) {
         if !self.done {
             let _ = self.conn.batch("ROLLBACK TO SAVEPOINT mmloop; RELEASE SAVEPOINT mmloop");
+            // Appends it held are gone: the writer's cached head with them.
+            crate::pg::group_forget_head();
         }
     }
 }

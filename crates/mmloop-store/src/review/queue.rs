@@ -14,7 +14,9 @@ use serde_json::Value;
 
 use super::accounts::{Permission, User};
 use super::{ReviewError, ReviewResult, lease_tx, now_ms, write_tx};
-use crate::labels::{ItemView, LabelSave, LabelView, SaveOutcome, item_view, label_by_id, save_in_tx};
+use crate::labels::{
+    Current, ItemView, LabelSave, LabelView, SaveOutcome, current_of, item_view, label_by_id, save_on,
+};
 use crate::sql::{Conn, Dialect, Param, Row, Value as SqlValue};
 use crate::{Store, StoreError};
 
@@ -339,6 +341,14 @@ fn grant_checked(tx: Conn, item_id: i64, user: &User, now: i64, lease_ms: i64) -
     })
 }
 
+/// The item's current label (see [`current_of`]); `NotFound` when there is no such item.
+fn current_label(c: Conn, item_id: i64) -> ReviewResult<Current> {
+    current_of(c, item_id).map_err(|e| match e {
+        StoreError::ItemNotFound(_) => ReviewError::NotFound(format!("item {item_id}")),
+        e => e.into(),
+    })
+}
+
 fn current_label_id(c: Conn, item_id: i64) -> ReviewResult<Option<i64>> {
     c.optional("SELECT label_id FROM items WHERE id = ?1", &[&item_id], |r| r.get::<Option<i64>>(0))?
         .ok_or(ReviewError::NotFound(format!("item {item_id}")))
@@ -545,17 +555,13 @@ impl Store {
         }
         let user = user.clone();
         let out = write_tx(self, move |tx| {
-            let current_id = current_label_id(tx, id)?;
-            let current = match current_id {
-                Some(l) => label_by_id(tx, l)?,
-                None => None,
-            };
-            if current_id != d.base {
-                return Ok((SaveOutcome::Conflict { current }, false));
+            let found = current_label(tx, id)?;
+            if found.id != d.base {
+                return Ok((SaveOutcome::Conflict { current: found.label }, false));
             }
             let now = now_ms();
             check_lease(tx, id, &user, now)?;
-            if let Some(cur) = &current
+            if let Some(cur) = &found.label
                 && cur.status.is_reviewed()
                 && cur.actor != user.name
                 && !user.can(Permission::Review)
@@ -565,12 +571,13 @@ impl Store {
                     cur.actor
                 )));
             }
+            // The candidate's answer and error: all a decision takes from it.
             let candidate = match d.candidate_id {
                 Some(cid) => Some(
                     tx.optional(
-                        &format!("SELECT {CANDIDATE_COLS} FROM candidates WHERE id = ?1 AND item_id = ?2"),
+                        "SELECT answer, error FROM candidates WHERE id = ?1 AND item_id = ?2",
                         &[&cid, &id],
-                        |r| row_candidate(tx, r),
+                        |r| Ok((cid, r.get::<Option<String>>(0)?, r.get::<Option<String>>(1)?)),
                     )?
                     .ok_or_else(|| {
                         ReviewError::BadRequest(format!("candidate {cid} is not a candidate of item {id}"))
@@ -578,17 +585,16 @@ impl Store {
                 ),
                 None => None,
             };
-            let current_answer = current.as_ref().map(|l| l.answer.clone()).unwrap_or_default();
+            let current_answer = found.label.as_ref().map(|l| l.answer.clone()).unwrap_or_default();
             let (status, answer) = match d.action {
                 DecisionAction::Accept => match &candidate {
-                    Some(c) => match (&c.answer, &c.error) {
+                    Some((cid, answer, error)) => match (answer, error) {
                         (Some(text), None) => {
                             (LabelStatus::Accepted, Answer { text: Some(text.clone()), all: current_answer.all })
                         }
                         _ => {
                             return Err(ReviewError::BadRequest(format!(
-                                "candidate {} has no answer to accept\n  hint: edit to type one",
-                                c.id
+                                "candidate {cid} has no answer to accept\n  hint: edit to type one"
                             )));
                         }
                     },
@@ -602,7 +608,9 @@ impl Store {
                 },
                 DecisionAction::Edit => (LabelStatus::Edited, d.answer.clone().unwrap_or_default()),
                 DecisionAction::Reject => match &candidate {
-                    Some(c) => (LabelStatus::Rejected, Answer { text: c.answer.clone(), all: current_answer.all }),
+                    Some((_, answer, _)) => {
+                        (LabelStatus::Rejected, Answer { text: answer.clone(), all: current_answer.all })
+                    }
                     None => (LabelStatus::Rejected, current_answer),
                 },
                 DecisionAction::Skip => (LabelStatus::Skipped, current_answer),
@@ -610,12 +618,12 @@ impl Store {
             let save = LabelSave {
                 status,
                 answer,
-                base: current_id,
+                base: found.id,
                 actor: user.name.clone(),
                 action: d.action.as_str().into(),
                 lead_time_ms: d.lead_time_ms.map(|t| t.clamp(0, MAX_LEAD_MS)),
             };
-            let out = save_in_tx(tx, id, save)?;
+            let out = save_on(tx, id, found, save)?;
             let saved = matches!(out, SaveOutcome::Saved { .. });
             if saved {
                 tx.execute("DELETE FROM leases WHERE item_id = ?1", &[&id])?;
@@ -636,15 +644,11 @@ impl Store {
         need_label(user)?;
         let user = user.clone();
         let out = write_tx(self, move |tx| {
-            let current_id = current_label_id(tx, id)?;
-            let current = match current_id {
-                Some(l) => label_by_id(tx, l)?,
-                None => None,
-            };
-            if current_id != base {
-                return Ok((SaveOutcome::Conflict { current }, false));
+            let found = current_label(tx, id)?;
+            if found.id != base {
+                return Ok((SaveOutcome::Conflict { current: found.label }, false));
             }
-            let Some(cur) = current else {
+            let Some(cur) = found.label.clone() else {
                 return Err(ReviewError::BadRequest(format!("nothing to undo: item {id} has no label")));
             };
             if cur.actor != user.name && !user.can(Permission::Review) {
@@ -668,7 +672,7 @@ impl Store {
                 action: "undo".into(),
                 lead_time_ms: None,
             };
-            let out = save_in_tx(tx, id, save)?;
+            let out = save_on(tx, id, found, save)?;
             if matches!(status, LabelStatus::Pending | LabelStatus::Imported) {
                 grant_checked(tx, id, &user, now, lease_ms)?;
             } else {
