@@ -267,9 +267,14 @@ impl Store {
             })
             .await?;
         self.sync_audit_head().await?;
+        // Committed: statistics that fail to refresh are refreshed later by the server itself.
+        let _ = self.db().analyze_after(report.added + report.updated, IMPORTED_TABLES).await;
         Ok(report)
     }
 }
+
+/// The tables an import fills, the largest first.
+const IMPORTED_TABLES: &[&str] = &["items", "labels", "item_images", "review_queue", "images"];
 
 /// The state of one import inside its transaction.
 struct Job<'o> {

@@ -139,46 +139,57 @@ pub(crate) fn row_image_at(r: &Row, at: usize, dot: &Path) -> Result<StoredImage
 }
 
 pub(crate) fn item_view<'c>(conn: impl Into<Conn<'c>>, dot: &Path, id: i64) -> Result<ItemView, StoreError> {
+    item_view_undo(conn, dot, id).map(|(view, _)| view)
+}
+
+/// [`item_view`], and whether its label replaced an earlier one (so an undo has something to
+/// restore): the item and its label in one statement, its images in a second.
+pub(crate) fn item_view_undo<'c>(
+    conn: impl Into<Conn<'c>>,
+    dot: &Path,
+    id: i64,
+) -> Result<(ItemView, bool), StoreError> {
     let conn = conn.into();
-    let view = conn
+    let (mut view, can_undo) = conn
         .optional(
-            "SELECT id, source_id, task, question, context, conversation, turn, tags, meta, split,
-                    source_file, source_line, label_id FROM items WHERE id = ?1",
+            "SELECT l.id, l.status, l.answer, l.answers, l.actor, l.at, l.action, l.lead_time_ms,
+                    i.id, i.source_id, i.task, i.question, i.context, i.conversation, i.turn, i.tags, i.meta,
+                    i.split, i.source_file, i.source_line, l.prev_id IS NOT NULL
+             FROM items i LEFT JOIN labels l ON l.id = i.label_id WHERE i.id = ?1",
             &[&id],
             |r| {
-                let task: String = r.get(2)?;
-                let context: Option<String> = r.get(4)?;
-                let tags: Option<String> = r.get(7)?;
-                let meta: Option<String> = r.get(8)?;
+                let task: String = r.get(10)?;
+                let context: Option<String> = r.get(12)?;
+                let tags: Option<String> = r.get(15)?;
+                let meta: Option<String> = r.get(16)?;
+                let label = match r.get::<Option<i64>>(0)? {
+                    Some(_) => Some(row_label(r)?),
+                    None => None,
+                };
                 Ok((
                     ItemView {
-                        id: r.get(0)?,
-                        source_id: r.get(1)?,
+                        id: r.get(8)?,
+                        source_id: r.get(9)?,
                         task: task.parse().unwrap_or(Task::Vqa),
-                        question: r.get(3)?,
+                        question: r.get(11)?,
                         context: context.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default(),
-                        conversation: r.get(5)?,
-                        turn: r.get::<i64>(6)? as u32,
+                        conversation: r.get(13)?,
+                        turn: r.get::<i64>(14)? as u32,
                         tags: tags.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
                         meta: meta.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default(),
-                        split: r.get(9)?,
-                        source_file: r.get(10)?,
-                        source_line: r.get(11)?,
+                        split: r.get(17)?,
+                        source_file: r.get(18)?,
+                        source_line: r.get(19)?,
                         images: Vec::new(),
-                        label: None,
+                        label,
                     },
-                    r.get::<Option<i64>>(12)?,
+                    r.get::<Option<bool>>(20)?.unwrap_or(false),
                 ))
             },
         )?
-        .ok_or(StoreError::ItemNotFound(id));
-    let (mut view, label_id) = view?;
+        .ok_or(StoreError::ItemNotFound(id))?;
     view.images = images_of(conn, dot, id)?;
-    view.label = match label_id {
-        Some(l) => label_by_id(conn, l)?,
-        None => None,
-    };
-    Ok(view)
+    Ok((view, can_undo))
 }
 
 impl Store {

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::accounts::{Permission, User};
 use super::{ReviewError, ReviewResult, lease_tx, now_ms, write_tx};
 use crate::labels::{
-    Current, ItemView, LabelSave, LabelView, SaveOutcome, current_of, item_view, label_by_id, save_on,
+    Current, ItemView, LabelSave, LabelView, SaveOutcome, current_of, item_view_undo, label_by_id, save_on,
 };
 use crate::sql::{Conn, Dialect, Param, Row, Value as SqlValue};
 use crate::{Store, StoreError};
@@ -316,16 +316,20 @@ fn check_lease(c: Conn, item_id: i64, user: &User, now: i64) -> ReviewResult<()>
     }
 }
 
+/// The condition of a lease's write: a new lease, or one over an expired lease or the
+/// user's own.
+const GRANT_IF_FREE: &str =
+    "ON CONFLICT (item_id) DO UPDATE SET user_id = excluded.user_id, until_ms = excluded.until_ms,
+                                                granted_ms = excluded.granted_ms
+     WHERE leases.until_ms <= excluded.granted_ms OR leases.user_id = excluded.user_id";
+
 /// Leases the item to `user` unless someone else holds a live lease on it; `None` then. The
 /// condition is part of the write itself (`ON CONFLICT ... WHERE`), so two picks that raced to the
 /// same item on two PostgreSQL servers cannot both win: the second finds the first's lease.
 fn grant(tx: Conn, item_id: i64, user: &User, now: i64, lease_ms: i64) -> ReviewResult<Option<Lease>> {
     let until = now + lease_ms;
     let n = tx.execute(
-        "INSERT INTO leases (item_id, user_id, until_ms, granted_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (item_id) DO UPDATE SET user_id = excluded.user_id, until_ms = excluded.until_ms,
-                                            granted_ms = excluded.granted_ms
-         WHERE leases.until_ms <= ?4 OR leases.user_id = ?2",
+        &format!("INSERT INTO leases (item_id, user_id, until_ms, granted_ms) VALUES (?1, ?2, ?3, ?4) {GRANT_IF_FREE}"),
         &[&item_id, &user.id, &until, &now],
     )?;
     Ok((n > 0).then(|| Lease { item_id, user: user.name.clone(), until_ms: until }))
@@ -435,21 +439,44 @@ impl Store {
                 return Ok((Some(lease), true));
             }
             tx.execute("DELETE FROM leases WHERE user_id = ?1", &[&user2.id])?;
-            // PostgreSQL: picks run beside each other on every server (they write no audit event,
-            // so they do not take the chain's lock). A row another pick has locked is skipped, not
-            // waited for; one that pick has leased and committed meanwhile fails `grant`'s
-            // condition, and this pick tries the next item.
-            let lock = match dialect {
-                Dialect::Sqlite => "",
-                Dialect::Postgres => "FOR UPDATE OF q SKIP LOCKED",
-            };
-            let pick_sql = format!(
+            let free = format!(
                 "SELECT q.item_id FROM review_queue q
                  WHERE {cond} AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.item_id = q.item_id AND l.until_ms > ?)
-                 {order} LIMIT 1 {lock}"
+                 {order} LIMIT 1"
             );
             let mut p = params;
             p.push(SqlValue::Int(now));
+            if dialect == Dialect::Postgres {
+                // Picks run beside each other on every server (they write no audit event, so they
+                // do not take the chain's lock), each in one statement: the first free item, and
+                // its lease. A row another pick has locked is skipped, not waited for; one that
+                // pick has leased and committed meanwhile fails the lease's condition (the item
+                // comes back picked but not granted), and this pick tries the next item.
+                let pick_sql = format!(
+                    "WITH pick AS ({free} FOR UPDATE OF q SKIP LOCKED),
+                     granted AS (INSERT INTO leases (item_id, user_id, until_ms, granted_ms)
+                                 SELECT item_id, CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS BIGINT) FROM pick
+                                 {GRANT_IF_FREE} RETURNING item_id)
+                     SELECT (SELECT item_id FROM pick), (SELECT item_id FROM granted)"
+                );
+                let until = now + lease_ms;
+                p.extend([SqlValue::Int(user2.id), SqlValue::Int(until), SqlValue::Int(now)]);
+                for _ in 0..16 {
+                    let (picked, granted): (Option<i64>, Option<i64>) =
+                        tx.one(&pick_sql, &params_of(&p), |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    match (picked, granted) {
+                        (None, _) => return Ok((None, true)),
+                        (Some(_), Some(item_id)) => {
+                            return Ok((Some(Lease { item_id, user: user2.name.clone(), until_ms: until }), true));
+                        }
+                        (Some(_), None) => {}
+                    }
+                }
+                return Err(ReviewError::Store(StoreError::Internal(
+                    "every item picked was taken meanwhile; try again".into(),
+                )));
+            }
+            let pick_sql = free;
             for _ in 0..16 {
                 let Some(id) = tx.optional(&pick_sql, &params_of(&p), |r| r.get::<i64>(0))? else {
                     return Ok((None, true));
@@ -462,27 +489,27 @@ impl Store {
         })
         .await?;
         match picked {
-            Some(lease) => Ok(Some(self.review_item(lease.item_id).await?)),
+            Some(lease) => Ok(Some(self.review_item_leased(lease.item_id, Some(lease)).await?)),
             None => Ok(None),
         }
     }
 
     /// One item with its candidates and live lease, as the review page shows it.
     pub async fn review_item(&self, id: i64) -> ReviewResult<ReviewItem> {
+        self.review_item_leased(id, None).await
+    }
+
+    /// [`Store::review_item`] where the caller has just granted the item's lease (a pick): it
+    /// is not read back.
+    async fn review_item_leased(&self, id: i64, granted: Option<Lease>) -> ReviewResult<ReviewItem> {
         let dot = self.paths().dot.clone();
         self.db()
             .read(move |c| {
                 let r = (|| -> ReviewResult<ReviewItem> {
-                    let item = match item_view(c, &dot, id) {
+                    let (item, can_undo) = match item_view_undo(c, &dot, id) {
                         Ok(i) => i,
                         Err(StoreError::ItemNotFound(_)) => return Err(ReviewError::NotFound(format!("item {id}"))),
                         Err(e) => return Err(e.into()),
-                    };
-                    let can_undo = match &item.label {
-                        Some(l) => {
-                            c.one("SELECT prev_id IS NOT NULL FROM labels WHERE id = ?1", &[&l.id], |r| r.get(0))?
-                        }
-                        None => false,
                     };
                     let audit = crate::routing::open_audit_of(c, id)?.map(|(sample, kind)| AuditMark { sample, kind });
                     let mut candidates = candidates_of(c, id)?;
@@ -493,13 +520,11 @@ impl Store {
                             cand.flags.clear();
                         }
                     }
-                    Ok(ReviewItem {
-                        candidates,
-                        lease: live_lease(c, id, now_ms())?.map(|(_, l)| l),
-                        can_undo,
-                        audit,
-                        item,
-                    })
+                    let lease = match granted {
+                        Some(lease) => Some(lease),
+                        None => live_lease(c, id, now_ms())?.map(|(_, l)| l),
+                    };
+                    Ok(ReviewItem { candidates, lease, can_undo, audit, item })
                 })();
                 Ok(r)
             })
