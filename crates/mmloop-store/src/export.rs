@@ -90,10 +90,12 @@ fn shared_source_ids(
         Dialect::Sqlite => "substr(key, 4, instr(substr(key, 4), ':') - 1)",
         Dialect::Postgres => "split_part(key, ':', 2)",
     };
+    // Two formats or more: MIN <> MAX, which an unsorted (hash) grouping computes, where
+    // COUNT(DISTINCT) sorts the million keys first.
     let sql = format!(
         "SELECT id, source_id, key, task FROM items WHERE source_id IN (
              SELECT source_id FROM items WHERE source_id IS NOT NULL AND key LIKE 'id:%' GROUP BY source_id
-             HAVING COUNT(DISTINCT {format}) > 1)"
+             HAVING MIN({format}) <> MAX({format}))"
     );
     let mut candidates: Vec<(i64, String, String)> = Vec::new();
     conn.each(&sql, &[], |r| {
