@@ -840,6 +840,46 @@ mod tests {
         assert!(kept.len() > 2, "{kept:?}");
     }
 
+    /// A commit stores only the manifest pages no earlier version has (found in one statement,
+    /// written in one COPY on PostgreSQL), the same count on both databases.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_share_unchanged_pages_on_both_databases() {
+        use mmloop_core::{Answer, LabelStatus};
+
+        use crate::test_support::{import, record};
+        use crate::{LabelSave, SaveOutcome};
+
+        let Some(pg) = postgres() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let mut counts = Vec::new();
+        for database in [None, Some(pg.url.as_str())] {
+            let path = dir.path().join(if database.is_some() { "pg" } else { "lite" });
+            let store = Store::init_with(&path, None, "ann", database).await.unwrap();
+            let records = (0..3000).map(|i| record(dir.path(), i, "q", None)).collect();
+            import(&store, dir.path(), records).await.unwrap();
+            let v1 = store.commit("first", "ann").await.unwrap();
+            assert!(v1.pages >= 2, "{v1:?}");
+            assert_eq!(v1.new_pages, v1.pages);
+            let save = LabelSave {
+                status: LabelStatus::Edited,
+                answer: Answer::text("a dog"),
+                base: None,
+                actor: "ann".into(),
+                action: "edit".into(),
+                lead_time_ms: None,
+            };
+            assert!(matches!(store.save_label(7, save).await.unwrap(), SaveOutcome::Saved { .. }));
+            let v2 = store.commit("second", "ann").await.unwrap();
+            assert_eq!(v2.pages, v1.pages);
+            assert_eq!(v2.new_pages, 1, "only the page holding item 7 is new");
+            let diff = store.diff("v1", "v2", 10).await.unwrap();
+            assert_eq!((diff.added, diff.removed, diff.changed), (0, 0, 1));
+            counts.push((v1.pages, v1.new_pages, v2.new_pages));
+            store.close();
+        }
+        assert_eq!(counts[0], counts[1]);
+    }
+
     /// The database's own anchor only moves forward and cannot be deleted; deleting the newest
     /// events is caught by it even without the folder's `.mmloop/audit-head`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

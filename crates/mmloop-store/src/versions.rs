@@ -6,7 +6,7 @@
 //! whose hash has its low bits zero ends a page): unchanged stretches of the project give
 //! byte-identical pages, stored once and skipped by diff without decoding.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use mmloop_core::{Digest, ItemContent, LabelContent, LabelStatus, Task, row_digest, version_digest};
 use serde::Serialize;
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::audit::AuditProblem;
 use crate::labels::{LabelView, label_by_id, parse_answers};
-use crate::sql::{Conn, Row as SqlRow};
+use crate::sql::{Cell, Conn, Row as SqlRow};
 use crate::{Store, StoreError};
 
 /// Pages end after an item whose mixed id has these low bits zero (~256 entries).
@@ -489,6 +489,25 @@ pub enum DiffKind {
     Changed,
 }
 
+/// Stores the pages not stored yet (versions share most of theirs): one statement finds the
+/// stored ones, one `COPY` writes the rest, instead of a round trip per page (4,000 at a
+/// million items). Runs under the write lock, where no other commit adds pages meanwhile.
+fn store_pages(conn: Conn, pages: Vec<Vec<u8>>, hashes: Vec<Vec<u8>>) -> Result<u64, StoreError> {
+    let stored: HashSet<Vec<u8>> =
+        conn.query_in("SELECT hash FROM pages WHERE", "hash", &hashes, "", |r| r.get(0))?.into_iter().collect();
+    let mut fresh = HashSet::new();
+    let rows: Vec<Vec<Cell>> = pages
+        .into_iter()
+        .zip(hashes)
+        .filter(|(_, h)| !stored.contains(h) && fresh.insert(h.clone()))
+        .map(|(p, h)| vec![Cell::Blob(h), Cell::Blob(p)])
+        .collect();
+    if !rows.is_empty() {
+        conn.copy_in("pages", &["hash", "data"], &rows)?;
+    }
+    Ok(rows.len() as u64)
+}
+
 /// The difference between two versions.
 #[derive(Clone, Debug, Serialize)]
 pub struct Diff {
@@ -522,16 +541,10 @@ impl Store {
                     return Err(StoreError::NothingToCommit(format!("v{seq}")));
                 }
                 let pages = paginate(&entries);
-                let mut list = Vec::with_capacity(pages.len() * 32);
-                let mut new_pages = 0u64;
-                for p in &pages {
-                    let h = Digest::of(p);
-                    new_pages += conn.execute(
-                        "INSERT INTO pages (hash, data) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                        &[&h.as_bytes().as_slice(), p],
-                    )?;
-                    list.extend_from_slice(h.as_bytes());
-                }
+                let hashes: Vec<Vec<u8>> = pages.iter().map(|p| Digest::of(p).as_bytes().to_vec()).collect();
+                let list = hashes.concat();
+                let page_count = pages.len() as u64;
+                let new_pages = store_pages(conn, pages, hashes)?;
                 let seq: i64 = conn.one("SELECT COALESCE(MAX(seq), 0) + 1 FROM versions", &[], |r| r.get(0))?;
                 let after = json!({"version": format!("v{seq}"), "id": id.to_hex(), "items": entries.len(), "message": message});
                 let audit_seq = crate::audit::append(conn, &author, "commit", &format!("version:v{seq}"), None, Some(&after))?;
@@ -567,7 +580,7 @@ impl Store {
                         stats,
                     },
                     new_pages,
-                    pages: pages.len() as u64,
+                    pages: page_count,
                 })
             })
             .await?;
