@@ -29,6 +29,8 @@ mod sql;
 mod stats;
 #[cfg(test)]
 mod test_support;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod versions;
 
 use std::path::PathBuf;
