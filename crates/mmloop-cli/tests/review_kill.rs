@@ -73,6 +73,18 @@ impl Api {
     }
 }
 
+/// Decisions acknowledged to the reviewers: (item, label).
+type Acked = Arc<std::sync::Mutex<Vec<(i64, i64)>>>;
+
+/// Waits until `n` decisions are acknowledged; fails with `stalled` after a minute.
+async fn wait_for_acks(acked: &Acked, n: usize, stalled: &str) {
+    let start = std::time::Instant::now();
+    while acked.lock().unwrap().len() < n {
+        assert!(start.elapsed() < Duration::from_secs(60), "{stalled}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn kill(child: &Child, signal: &str) {
     let ok = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap().success();
     assert!(ok);
@@ -95,7 +107,7 @@ async fn kill_9_while_reviewing_loses_no_acknowledged_save() {
 
     // Four reviewers save as fast as they can; the server is killed in the middle.
     let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(std::sync::Mutex::new(Vec::<(i64, i64)>::new()));
+    let acked: Acked = Default::default();
     let mut tasks = Vec::new();
     for t in &tokens {
         let api = Api::new(&url, t);
@@ -117,11 +129,7 @@ async fn kill_9_while_reviewing_loses_no_acknowledged_save() {
             }
         }));
     }
-    let start_wait = std::time::Instant::now();
-    while acked.lock().unwrap().len() < 20 {
-        assert!(start_wait.elapsed() < Duration::from_secs(60), "reviewers made no progress");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_acks(&acked, 20, "reviewers made no progress").await;
     child.kill().unwrap(); // SIGKILL, with saves in flight
     child.wait().unwrap();
     stop.store(true, Ordering::Relaxed);
@@ -167,7 +175,7 @@ async fn kill_9_while_reviewing_loses_no_acknowledged_save() {
 /// label; no item was handed to two reviewers at once; the audit chain is one chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_servers_on_postgres_and_kill_9_of_one_loses_no_acknowledged_save() {
-    let Some(pg) = common::postgres_database("kill") else { return };
+    let Some(pg) = mmloop_store::testing::postgres() else { return };
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a").display().to_string();
     ok(&["init", &a, "--example", "--database", &pg.url]);
@@ -180,7 +188,7 @@ async fn two_servers_on_postgres_and_kill_9_of_one_loses_no_acknowledged_save() 
     let (mut server_b, url_b) = start(&b, &[]);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(std::sync::Mutex::new(Vec::<(i64, i64)>::new()));
+    let acked: Acked = Default::default();
     let holding = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<i64, usize>::new()));
     let mut tasks = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
@@ -209,20 +217,12 @@ async fn two_servers_on_postgres_and_kill_9_of_one_loses_no_acknowledged_save() 
             }
         }));
     }
-    let waited = std::time::Instant::now();
-    while acked.lock().unwrap().len() < 16 {
-        assert!(waited.elapsed() < Duration::from_secs(60), "reviewers made no progress");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_acks(&acked, 16, "reviewers made no progress").await;
     server_a.kill().unwrap(); // SIGKILL, with saves in flight
     server_a.wait().unwrap();
     // Server B keeps serving its reviewers.
     let before = acked.lock().unwrap().len();
-    let waited = std::time::Instant::now();
-    while acked.lock().unwrap().len() < before + 6 {
-        assert!(waited.elapsed() < Duration::from_secs(60), "the other server stopped too");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_acks(&acked, before + 6, "the other server stopped too").await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();

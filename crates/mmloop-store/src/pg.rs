@@ -763,16 +763,13 @@ mod tests {
 
         use crate::NewCandidate;
         use crate::review::{Decision, DecisionAction, QueueFilter, Role};
-        use crate::test_support::{import, record};
+        use crate::test_support::project_on;
 
         let Some(pg) = postgres() else { return };
         let dir = tempfile::tempdir().unwrap();
         let mut orders = Vec::new();
         for database in [None, Some(pg.url.as_str())] {
-            let path = dir.path().join(if database.is_some() { "pg" } else { "lite" });
-            let store = Store::init_with(&path, None, "ann", database).await.unwrap();
-            let records = (0..16).map(|i| record(dir.path(), i, &format!("q{i}"), None)).collect();
-            import(&store, dir.path(), records).await.unwrap();
+            let store = project_on(dir.path(), database, 16).await;
             let hedge = RiskFlag { flag: "hedge".into(), why: String::new(), span: None };
             let rows = (1..=14)
                 .map(|i: i64| {
@@ -846,17 +843,14 @@ mod tests {
     async fn commits_share_unchanged_pages_on_both_databases() {
         use mmloop_core::{Answer, LabelStatus};
 
-        use crate::test_support::{import, record};
+        use crate::test_support::project_on;
         use crate::{LabelSave, SaveOutcome};
 
         let Some(pg) = postgres() else { return };
         let dir = tempfile::tempdir().unwrap();
         let mut counts = Vec::new();
         for database in [None, Some(pg.url.as_str())] {
-            let path = dir.path().join(if database.is_some() { "pg" } else { "lite" });
-            let store = Store::init_with(&path, None, "ann", database).await.unwrap();
-            let records = (0..3000).map(|i| record(dir.path(), i, "q", None)).collect();
-            import(&store, dir.path(), records).await.unwrap();
+            let store = project_on(dir.path(), database, 3000).await;
             let v1 = store.commit("first", "ann").await.unwrap();
             assert!(v1.pages >= 2, "{v1:?}");
             assert_eq!(v1.new_pages, v1.pages);
