@@ -851,7 +851,9 @@ pub struct InferArgs {
     /// auto (f32 on CPU, the GPU's best otherwise), f32, bf16 or f16 (embedded engine).
     #[arg(long, alias = "torch_dtype", default_value = "auto", value_parser = one_of::<mmloop_engine::embedded::Dtype>(DTYPES))]
     pub dtype: String,
-    /// Quantize the language model's linear layers at load (embedded engine): q8_0 or q4k.
+    /// Weight format at load (embedded engine): q8_0 or q4k quantize the language model's
+    /// linear layers; bf16 rounds every linear layer and the vision tower's attention products
+    /// to bfloat16 (float32 accumulation), run on AMX tiles where the CPU has them.
     #[arg(long, alias = "isq", alias = "quant_method", value_name = "TYPE")]
     pub quant: Option<String>,
     /// PEFT adapter folders (LoRA/DoRA: adapter_config.json + adapter_model.safetensors) the

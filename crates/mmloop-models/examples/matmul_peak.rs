@@ -26,5 +26,24 @@ fn main() -> candle_core::Result<()> {
         let s = t.elapsed().as_secs_f64() / reps as f64;
         println!("{dtype:?} {m}x{k} @ {k}x{n}: {:.1} ms, {:.1} GFLOP/s", s * 1e3, 2.0 * (m * k * n) as f64 / s / 1e9);
     }
+    if mmloop_models::amx::available() {
+        let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let b = mmloop_models::amx::PackedB::from_rows(&w, n, k);
+        let mut out = vec![0f32; m * n];
+        mmloop_models::amx::matmul(&a, m, k, &b, &mut out);
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            mmloop_models::amx::matmul(&a, m, k, &b, &mut out);
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "AMX bf16 (f32 in/out) {m}x{k} @ {k}x{n}: {:.1} ms, {:.1} GFLOP/s",
+            s * 1e3,
+            2.0 * (m * k * n) as f64 / s / 1e9
+        );
+    } else {
+        println!("AMX: not available on this CPU");
+    }
     Ok(())
 }

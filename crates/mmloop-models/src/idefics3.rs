@@ -211,10 +211,7 @@ impl Vision {
             let (q, k, v) =
                 (heads(b.q.forward(&h, ctx)?)?, heads(b.k.forward(&h, ctx)?)?, heads(b.v.forward(&h, ctx)?)?);
             x = (&x
-                + b.o.forward(
-                    &segment_attention(&q.contiguous()?, &k.contiguous()?, &v, &lens, scale, ctx.mode)?,
-                    ctx,
-                )?)?;
+                + b.o.forward(&segment_attention(&q.contiguous()?, &k.contiguous()?, &v, &lens, scale, ctx)?, ctx)?)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
             x = (&x + b.fc2.forward(&self.act.forward(&b.fc1.forward(&h, ctx)?, ctx.mode)?, ctx)?)?;
         }

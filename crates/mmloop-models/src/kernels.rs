@@ -3,7 +3,7 @@
 //! took 10% of a SmolVLM image) and softmax over the last dimension (scalar `expf`, 8%).
 //!
 //! Both run on contiguous float32 CPU tensors, row-parallel, with an exp that the compiler
-//! vectorises (AVX2 + FMA when the CPU has them, checked at run time); any other device,
+//! vectorises (AVX-512 or AVX2 + FMA when the CPU has them, checked at run time); any other device,
 //! dtype or layout goes to candle's own op. The exp is Cephes' single-precision polynomial
 //! (≈ 1 ulp), so results agree with the libm path to ~1e-7 relative. Inference only: the
 //! training path ([`crate::nn::Mode::Train`]) uses plain differentiable ops.
@@ -57,11 +57,11 @@ fn lanes(src: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
 }
 
 #[inline(always)]
-fn softmax_row(src: &[f32], dst: &mut [f32]) {
+fn softmax_row(src: &[f32], dst: &mut [f32], scale: f32) {
     let max = lanes(src, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
     let max = if max.is_finite() { max } else { 0.0 };
     for (d, &x) in dst.iter_mut().zip(src) {
-        *d = exp(x - max);
+        *d = exp((x - max) * scale);
     }
     let inv = 1.0 / lanes(dst, 0.0, |a, b| a + b);
     for d in dst.iter_mut() {
@@ -77,8 +77,32 @@ unsafe fn gelu_avx2(src: &[f32], dst: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(src: &[f32], dst: &mut [f32]) {
-    softmax_row(src, dst)
+unsafe fn softmax_avx2(src: &[f32], dst: &mut [f32], scale: f32) {
+    softmax_row(src, dst, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gelu_avx512(src: &[f32], dst: &mut [f32]) {
+    gelu_slice(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn softmax_avx512(src: &[f32], dst: &mut [f32], scale: f32) {
+    softmax_row(src, dst, scale)
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| std::is_x86_feature_detected!("avx512f") && has_avx2())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 fn has_avx2() -> bool {
@@ -94,6 +118,11 @@ fn has_avx2() -> bool {
 
 fn gelu_chunk(src: &[f32], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked above).
+        return unsafe { gelu_avx512(src, dst) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked above).
         return unsafe { gelu_avx2(src, dst) };
@@ -101,16 +130,22 @@ fn gelu_chunk(src: &[f32], dst: &mut [f32]) {
     gelu_slice(src, dst)
 }
 
-fn softmax_chunk(src: &[f32], dst: &mut [f32]) {
+/// `softmax(scale · src)` of one row into `dst` (`scale > 0`).
+pub(crate) fn softmax_chunk(src: &[f32], dst: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked above).
+        return unsafe { softmax_avx512(src, dst, scale) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked above).
-        return unsafe { softmax_avx2(src, dst) };
+        return unsafe { softmax_avx2(src, dst, scale) };
     }
-    softmax_row(src, dst)
+    softmax_row(src, dst, scale)
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Option<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Option<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Some(&v[a..b]),
         _ => None,
@@ -149,7 +184,7 @@ impl CustomOp1 for Softmax {
         let rows_per = (8_192 / n.max(1)).max(1);
         out.par_chunks_mut(n * rows_per).zip(src.par_chunks(n * rows_per)).for_each(|(d, s)| {
             for (dr, sr) in d.chunks_mut(n).zip(s.chunks(n)) {
-                softmax_chunk(sr, dr)
+                softmax_chunk(sr, dr, 1.0)
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))

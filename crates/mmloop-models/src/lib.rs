@@ -19,6 +19,7 @@
 //! folder and answers prompts.
 
 pub mod adapter;
+pub mod amx;
 pub mod generate;
 pub mod idefics3;
 pub mod kernels;

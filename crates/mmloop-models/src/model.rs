@@ -47,11 +47,14 @@ impl Family {
     pub const ARCHITECTURES: &'static str = "Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration, Idefics3ForConditionalGeneration (SmolVLM)";
 }
 
-/// Weight quantization for inference (candle's quantized matmul).
+/// Weight formats for inference: GGML blocks on the language model's linear layers (candle's
+/// quantized matmul), or bfloat16 on every linear layer and the vision tower's attention
+/// products (AMX on CPUs that have it: [`crate::amx`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quant {
     Q8_0,
     Q4K,
+    Bf16,
 }
 
 impl std::str::FromStr for Quant {
@@ -60,16 +63,19 @@ impl std::str::FromStr for Quant {
         match s.to_ascii_lowercase().as_str() {
             "q8_0" | "q8" | "8" => Ok(Quant::Q8_0),
             "q4k" | "q4_k" | "q4" | "4" => Ok(Quant::Q4K),
-            other => Err(Error::Unsupported(format!("--quant {other:?}: expected q8_0 or q4k"))),
+            "bf16" | "bfloat16" => Ok(Quant::Bf16),
+            other => Err(Error::Unsupported(format!("--quant {other:?}: expected q8_0, q4k or bf16"))),
         }
     }
 }
 
 impl Quant {
-    pub fn ggml(self) -> GgmlDType {
+    /// The GGML block format (`None` for bf16, which is not a block format).
+    pub fn ggml(self) -> Option<GgmlDType> {
         match self {
-            Quant::Q8_0 => GgmlDType::Q8_0,
-            Quant::Q4K => GgmlDType::Q4K,
+            Quant::Q8_0 => Some(GgmlDType::Q8_0),
+            Quant::Q4K => Some(GgmlDType::Q4K),
+            Quant::Bf16 => None,
         }
     }
 
@@ -77,6 +83,7 @@ impl Quant {
         match self {
             Quant::Q8_0 => "q8_0",
             Quant::Q4K => "q4k",
+            Quant::Bf16 => "bf16",
         }
     }
 }
@@ -86,7 +93,8 @@ impl Quant {
 pub struct LoadOptions {
     pub device: Device,
     pub dtype: DType,
-    /// Quantize the language model's linear layers.
+    /// Quantize the language model's linear layers (GGML formats), or round every linear layer
+    /// to bfloat16.
     pub quant: Option<Quant>,
     /// PEFT adapters to load: (name, folder).
     pub adapters: Vec<(String, PathBuf)>,
@@ -200,7 +208,7 @@ impl VlModel {
         }
         // Adapters merged at load go into the full-precision weights, quantized afterwards.
         let merge_first = opts.merge_adapters && !opts.adapters.is_empty();
-        let text = TextModel::load(&w, text_cfg, opts.quant.filter(|_| !merge_first).map(Quant::ggml))?;
+        let text = TextModel::load(&w, text_cfg, opts.quant.filter(|_| !merge_first).and_then(Quant::ggml))?;
         let model = VlModel {
             family,
             dir: dir.to_path_buf(),
@@ -220,10 +228,22 @@ impl VlModel {
         if opts.merge_adapters {
             model.merge_adapters()?;
         }
-        if let Some(q) = opts.quant.filter(|_| merge_first) {
+        if let Some(q) = opts.quant.filter(|_| merge_first).and_then(Quant::ggml) {
             for l in model.text.linears_mut() {
-                l.quantize(q.ggml())?;
+                l.quantize(q)?;
             }
+        }
+        if opts.quant == Some(Quant::Bf16) {
+            if opts.dtype != DType::F32 {
+                return Err(Error::Unsupported(format!(
+                    "--quant bf16 rounds float32 weights; the model is loaded as {:?} (use --dtype f32)",
+                    opts.dtype
+                )));
+            }
+            for l in model.linears_mut() {
+                l.to_bf16()?;
+            }
+            model.text.lm_head.to_bf16()?;
         }
         Ok(model)
     }
@@ -314,7 +334,7 @@ impl VlModel {
     /// and out of the page allocator.
     pub fn encode_images(&self, pixels: &Pixels, ctx: &Ctx) -> Result<ImageFeatures> {
         let dev = self.device();
-        let ctx = ctx.base();
+        let ctx = Ctx { bf16: self.quant == Some(Quant::Bf16), ..ctx.base() };
         let parts: Vec<ImageFeatures> = match (&self.vision, pixels) {
             (Vision::Idefics3(v), Pixels::Tiles { tiles }) => {
                 let per = tiles.shape[1..].iter().product::<usize>();

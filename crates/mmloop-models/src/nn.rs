@@ -42,16 +42,19 @@ pub struct Ctx<'a> {
     pub mode: Mode,
     /// The adapter of each row span, in row order; empty: no adapter anywhere.
     pub spans: &'a [Span],
+    /// Attention products in bfloat16 on AMX (`--quant bf16` on a CPU that has it); linear
+    /// layers follow their own weights' format.
+    pub bf16: bool,
 }
 
 impl<'a> Ctx<'a> {
     pub fn infer() -> Ctx<'static> {
-        Ctx { mode: Mode::Infer, spans: &[] }
+        Ctx { mode: Mode::Infer, spans: &[], bf16: false }
     }
 
     /// The same context without adapters (vision towers, which adapters never touch here).
     pub fn base(&self) -> Ctx<'a> {
-        Ctx { mode: self.mode, spans: &[] }
+        Ctx { mode: self.mode, spans: &[], bf16: self.bf16 }
     }
 }
 
@@ -150,6 +153,18 @@ enum Weight {
         /// The dtype the layer computes in (the dequantized weight's).
         dtype: DType,
     },
+    /// Rounded to bfloat16 for inference (`--quant bf16`); activations are rounded per call
+    /// the same way and products accumulate in float32.
+    Bf16(Bf16Weight),
+}
+
+#[derive(Clone)]
+enum Bf16Weight {
+    /// Packed into AMX tiles (the CPU has them: [`crate::amx`]).
+    Amx(Arc<crate::amx::PackedB>),
+    /// A float32 tensor of the rounded values, multiplied by candle's matmul: the same
+    /// numbers as the AMX path up to summation order, on any device.
+    Emulated(Tensor),
 }
 
 impl Weight {
@@ -158,6 +173,8 @@ impl Weight {
         match self {
             Weight::Dense(w) => Ok(w.clone()),
             Weight::Quantized { q, dtype, .. } => q.dequantize(&q.device())?.to_dtype(*dtype),
+            Weight::Bf16(Bf16Weight::Emulated(w)) => Ok(w.clone()),
+            Weight::Bf16(Bf16Weight::Amx(p)) => Tensor::from_vec(p.unpack(), (p.n, p.k), &candle_core::Device::Cpu),
         }
     }
 }
@@ -188,6 +205,8 @@ impl Linear {
         let d = match &self.weight {
             Weight::Dense(w) => w.dims(),
             Weight::Quantized { q, .. } => q.shape().dims(),
+            Weight::Bf16(Bf16Weight::Emulated(w)) => w.dims(),
+            Weight::Bf16(Bf16Weight::Amx(p)) => return (p.n, p.k),
         };
         (d[0], d[1])
     }
@@ -210,6 +229,8 @@ impl Linear {
         match &self.weight {
             Weight::Dense(w) => w.device().clone(),
             Weight::Quantized { q, .. } => q.device(),
+            Weight::Bf16(Bf16Weight::Emulated(w)) => w.device().clone(),
+            Weight::Bf16(Bf16Weight::Amx(_)) => candle_core::Device::Cpu,
         }
     }
 
@@ -218,6 +239,7 @@ impl Linear {
         match &self.weight {
             Weight::Dense(w) => w.dtype(),
             Weight::Quantized { dtype, .. } => *dtype,
+            Weight::Bf16(_) => DType::F32,
         }
     }
 
@@ -243,11 +265,35 @@ impl Linear {
         Ok(true)
     }
 
+    /// Rounds a float32 weight to bfloat16 for inference (`--quant bf16`): on a CPU with AMX
+    /// the weight is packed into tiles once and products run there (an order of magnitude
+    /// above candle's float32 matmul, docs/benchmarks.md); elsewhere the rounded values stay
+    /// a float32 tensor and candle multiplies them, with the same rounding of activations.
+    pub fn to_bf16(&mut self) -> Result<()> {
+        let Weight::Dense(w) = &self.weight else { return Ok(()) };
+        if w.dtype() != DType::F32 {
+            return Err(Error::Unsupported(format!(
+                "{}: --quant bf16 rounds float32 weights; this layer is {:?} (use --dtype f32)",
+                self.path,
+                w.dtype()
+            )));
+        }
+        self.weight = Weight::Bf16(if w.device().is_cpu() && crate::amx::available() {
+            let (n, k) = w.dims2()?;
+            let values = w.flatten_all()?.to_vec1::<f32>()?;
+            Bf16Weight::Amx(Arc::new(crate::amx::PackedB::from_rows(&values, n, k)))
+        } else {
+            Bf16Weight::Emulated(round_bf16(w)?)
+        });
+        Ok(())
+    }
+
     /// The GGML format of a quantized layer's weight.
     pub fn quant_format(&self) -> Option<GgmlDType> {
         match &self.weight {
             Weight::Dense(_) => None,
             Weight::Quantized { q, .. } => Some(q.dtype()),
+            Weight::Bf16(_) => Some(GgmlDType::BF16),
         }
     }
 
@@ -304,6 +350,16 @@ impl Linear {
     fn base(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match (&self.weight, mode) {
             (Weight::Quantized { mm, .. }, Mode::Infer) => Ok(mm.forward(x)?),
+            (Weight::Bf16(Bf16Weight::Amx(p)), Mode::Infer) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                Ok(x.contiguous()?.apply_op1_no_bwd(&crate::amx::Linear(p.clone()))?)
+            }
+            (Weight::Bf16(w), Mode::Infer) => {
+                let w = match w {
+                    Bf16Weight::Emulated(w) => w.clone(),
+                    Bf16Weight::Amx(_) => self.weight.dense()?,
+                };
+                Ok(round_bf16(x)?.matmul(&w.t()?)?)
+            }
             (w, Mode::Train) if x.track_op() && x.device().is_cpu() => {
                 let y = x.detach().matmul(&w.dense()?.t()?)?;
                 Ok(x.apply_op1(FrozenMatmul { weight: w.clone(), product: Handover::new(y) })?)
@@ -362,6 +418,11 @@ impl Linear {
             }
         }
     }
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), kept in float32.
+fn round_bf16(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.to_dtype(DType::BF16)?.to_dtype(DType::F32)
 }
 
 /// `xWᵀ` for a frozen `W` on the training path: autograd gets the input's gradient
@@ -640,12 +701,23 @@ impl candle_core::CustomOp3 for CausalAttention {
 
 /// Non-causal attention within each segment of `lens` rows (one image, one window): `q`,
 /// `k`, `v` are `[heads, rows, d]`; returns `[rows, heads·d]`.
-pub fn segment_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], scale: f64, mode: Mode) -> Result<Tensor> {
+pub fn segment_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], scale: f64, ctx: &Ctx) -> Result<Tensor> {
     let (heads, _, d) = q.dims3()?;
+    let mode = ctx.mode;
+    let amx =
+        ctx.bf16 && mode == Mode::Infer && q.device().is_cpu() && q.dtype() == DType::F32 && crate::amx::available();
     let mut outs = Vec::with_capacity(lens.len());
     let mut start = 0;
     for &n in lens {
         if n == 0 {
+            continue;
+        }
+        if amx {
+            let part = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.narrow(1, start, n)?.flatten_all()?.to_vec1::<f32>()?) };
+            let o = crate::amx::attention(&part(q)?, &part(k)?, &part(v)?, heads, n, d, scale as f32);
+            let o = Tensor::from_vec(o, (heads, n, d), q.device())?;
+            outs.push(o.transpose(0, 1)?.reshape((n, heads * d))?);
+            start += n;
             continue;
         }
         let o = attention(
@@ -774,7 +846,7 @@ mod tests {
         let lora = LoraWeights::new(a.as_tensor().clone(), b.as_tensor().clone(), 2.0, None);
         lin.set_adapter(0, Some(Arc::new(lora)));
         let spans = [Span { rows, adapter: Some(0) }];
-        let y = lin.forward(x.as_tensor(), &Ctx { mode: Mode::Train, spans: &spans }).unwrap();
+        let y = lin.forward(x.as_tensor(), &Ctx { mode: Mode::Train, spans: &spans, bf16: false }).unwrap();
         let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let weight_sized =
             grads.get_ids().filter(|id| grads.get_id(**id).is_some_and(|g| g.elem_count() == out * inp)).count();
@@ -814,7 +886,7 @@ mod tests {
             let mut lin = Linear::new("m.q_proj", w.clone(), Some(bias.clone()));
             lin.set_adapter(0, Some(Arc::new(LoraWeights::new(a.clone(), b.clone(), 4.0, magnitude.clone()))));
             let spans = [Span { rows: 4, adapter: Some(0) }];
-            let ctx = Ctx { mode: Mode::Infer, spans: &spans };
+            let ctx = Ctx { mode: Mode::Infer, spans: &spans, bf16: false };
             let y = lin.forward(&x, &ctx).unwrap();
             // By hand: W' = W + s·BA; LoRA: xW'ᵀ + b; DoRA: (m/‖W'‖) ⊙ xW'ᵀ + b.
             let wp = (&w + (b.matmul(&a).unwrap() * 4.0).unwrap()).unwrap();
@@ -827,7 +899,7 @@ mod tests {
             assert!(max_diff(&y, &want) < 1e-4, "{magnitude:?}");
             // Mixed spans: the base rows are untouched.
             let spans = [Span { rows: 2, adapter: None }, Span { rows: 2, adapter: Some(0) }];
-            let mixed = lin.forward(&x, &Ctx { mode: Mode::Infer, spans: &spans }).unwrap();
+            let mixed = lin.forward(&x, &Ctx { mode: Mode::Infer, spans: &spans, bf16: false }).unwrap();
             let base = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
             assert!(max_diff(&mixed.narrow(0, 0, 2).unwrap(), &base.narrow(0, 0, 2).unwrap()) < 1e-5);
             assert!(max_diff(&mixed.narrow(0, 2, 2).unwrap(), &want.narrow(0, 2, 2).unwrap()) < 1e-4);
@@ -842,5 +914,66 @@ mod tests {
         let m = causal_mask(2, 4, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(m[0], [0.0, 0.0, 0.0, f32::NEG_INFINITY]);
         assert_eq!(m[1], [0.0; 4]);
+    }
+
+    /// `--quant bf16`: the AMX layer equals candle's matmul on the same rounded operands (the
+    /// fallback of CPUs without AMX), for a ragged shape, and stays within bfloat16's rounding
+    /// of the float32 layer.
+    #[test]
+    fn bf16_linear_equals_its_emulation_and_stays_near_f32() {
+        let (w, b, x) = (rand(&[70, 45], 1), rand(&[70], 2), rand(&[33, 45], 3));
+        let full = Linear::new("l", w.clone(), Some(b.clone()));
+        let mut fast = Linear::new("l", w.clone(), Some(b.clone()));
+        fast.to_bf16().unwrap();
+        assert_eq!(fast.quant_format(), Some(GgmlDType::BF16));
+        let emulated = Linear {
+            weight: Weight::Bf16(Bf16Weight::Emulated(round_bf16(&w).unwrap())),
+            ..Linear::new("l", w.clone(), Some(b))
+        };
+        let ctx = Ctx::infer();
+        let (y_fast, y_emu, y_f32) =
+            (fast.forward(&x, &ctx).unwrap(), emulated.forward(&x, &ctx).unwrap(), full.forward(&x, &ctx).unwrap());
+        if crate::amx::available() {
+            assert!(matches!(fast.weight, Weight::Bf16(Bf16Weight::Amx(_))));
+        }
+        assert!(max_diff(&y_fast, &y_emu) < 2e-5, "AMX against emulation: {}", max_diff(&y_fast, &y_emu));
+        // |x|, |w| ≤ 2 over 45 terms: rounding both (2^-9 relative each) moves a sum by < 0.7.
+        let d = max_diff(&y_fast, &y_f32);
+        assert!(d > 0.0 && d < 0.7, "bf16 against f32: {d}");
+        // The weight reads back as its rounded values.
+        assert_eq!(max_diff(&fast.weight().unwrap(), &round_bf16(&w).unwrap()), 0.0);
+    }
+
+    /// The vision towers' attention with `bf16`: AMX products of rounded q·kᵀ and rounded
+    /// probabilities · v, against the same rounding done with candle's ops, over two segments.
+    #[test]
+    fn bf16_segment_attention_equals_its_emulation() {
+        let (heads, d, lens) = (3, 20, [37usize, 50]);
+        let n: usize = lens.iter().sum();
+        let (q, k, v) = (rand(&[heads, n, d], 4), rand(&[heads, n, d], 5), rand(&[heads, n, d], 6));
+        let scale = 1.0 / (d as f64).sqrt();
+        let ctx = Ctx { bf16: true, ..Ctx::infer() };
+        let got = segment_attention(&q, &k, &v, &lens, scale, &ctx).unwrap();
+        let mut want = Vec::new();
+        let mut start = 0;
+        for n in lens {
+            let part = |t: &Tensor| round_bf16(&t.narrow(1, start, n).unwrap().contiguous().unwrap()).unwrap();
+            let scores = (part(&q).matmul(&part(&k).t().unwrap()).unwrap() * scale).unwrap();
+            let p = round_bf16(&softmax_last(&scores, Mode::Infer).unwrap()).unwrap();
+            let o = p.matmul(&part(&v)).unwrap();
+            want.push(o.transpose(0, 1).unwrap().reshape((n, heads * d)).unwrap());
+            start += n;
+        }
+        let want = Tensor::cat(&want, 0).unwrap();
+        let f32_out = segment_attention(&q, &k, &v, &lens, scale, &Ctx::infer()).unwrap();
+        if crate::amx::available() {
+            // Scores summed in another order differ in their last bit, so a probability on a
+            // bfloat16 rounding boundary can round one step (2^-8 relative) the other way.
+            assert!(max_diff(&got, &want) < 1e-3, "AMX against emulation: {}", max_diff(&got, &want));
+        } else {
+            // Without AMX the flag is ignored: float32 attention.
+            assert_eq!(max_diff(&got, &f32_out), 0.0);
+        }
+        assert!(max_diff(&want, &f32_out) < 0.05, "bf16 against f32: {}", max_diff(&want, &f32_out));
     }
 }

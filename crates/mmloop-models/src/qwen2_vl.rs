@@ -249,7 +249,7 @@ impl Vision {
         for b in &self.blocks {
             let h = b.norm1.forward(&x, ctx.mode)?;
             let (q, k, v) = rotary_qkv(&b.qkv.forward(&h, ctx)?, self.heads, &cos, &sin, ctx.mode)?;
-            let a = segment_attention(&q, &k, &v, &lens, scale, ctx.mode)?;
+            let a = segment_attention(&q, &k, &v, &lens, scale, ctx)?;
             x = (x + b.proj.forward(&a, ctx)?)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
             x = (&x + b.fc2.forward(&self.act.forward(&b.fc1.forward(&h, ctx)?, ctx.mode)?, ctx)?)?;

@@ -200,7 +200,7 @@ impl Vision {
         for (i, b) in self.blocks.iter().enumerate() {
             let h = b.norm1.forward(&x, ctx.mode)?;
             let (q, k, v) = rotary_qkv(&b.qkv.forward(&h, ctx)?, self.heads, &cos, &sin, ctx.mode)?;
-            x = (&x + b.proj.forward(&segment_attention(&q, &k, &v, &lens, scale, ctx.mode)?, ctx)?)?;
+            x = (&x + b.proj.forward(&segment_attention(&q, &k, &v, &lens, scale, ctx)?, ctx)?)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
             x = (&x + b.fc2.forward(&self.act.forward(&b.fc1.forward(&h, ctx)?, ctx.mode)?, ctx)?)?;
             if let Some(j) = self.deepstack_layers.iter().position(|&l| l == i) {

@@ -190,7 +190,7 @@ pub(crate) struct Packed {
 impl Packed {
     fn ctx(&self) -> Ctx<'_> {
         let adapted = self.spans.iter().any(|s| s.adapter.is_some());
-        Ctx { mode: self.mode, spans: if adapted { &self.spans } else { &[] } }
+        Ctx { mode: self.mode, spans: if adapted { &self.spans } else { &[] }, bf16: false }
     }
 
     /// Sequences in the step.
@@ -470,7 +470,7 @@ impl TextModel {
             }
         };
         let x = self.norm.forward(&x, p.mode)?;
-        let head_ctx = Ctx { mode: p.mode, spans: &[] };
+        let head_ctx = Ctx { mode: p.mode, spans: &[], bf16: false };
         self.lm_head.forward(&x, &head_ctx)
     }
 

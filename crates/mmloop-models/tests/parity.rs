@@ -190,3 +190,47 @@ fn lora_and_dora_adapters_match_peft() {
         parity(family, "reference_dora.json", Some("dora"));
     }
 }
+
+/// `--quant bf16` (every linear layer and the vision towers' attention products in bfloat16,
+/// AMX where the CPU has it): near transformers' float32 answers on every family, and batched
+/// output equal to one-at-a-time output.
+#[test]
+fn bf16_stays_near_float32_on_every_family() {
+    use mmloop_models::model::Quant;
+    for family in ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3"] {
+        let opts = LoadOptions { quant: Some(Quant::Bf16), ..LoadOptions::default() };
+        let mut model = VlModel::load(&fixtures().join(family), &opts).unwrap();
+        let layers = model.linears_mut();
+        assert!(layers.len() > 8 && layers.iter().all(|l| l.quant_format().is_some()), "{family}: every layer bf16");
+        let model = Arc::new(model);
+        let r = reference(family, "reference.json");
+        let cases = r["cases"].as_array().unwrap();
+        let requests: Vec<Request> = cases.iter().map(|c| request(family, c, None)).collect();
+        let batched = generate_batch(model.clone(), requests.clone(), EngineOptions::default());
+        let mut worst = 0.0f64;
+        for ((case, req), together) in cases.iter().zip(&requests).zip(batched) {
+            let alone =
+                generate_batch(model.clone(), vec![req.clone()], EngineOptions::default()).pop().unwrap().unwrap();
+            let together = together.unwrap();
+            let name = case["name"].as_str().unwrap();
+            let ids = |o: &GenerationOutput| o.tokens.iter().map(|t| t.id).collect::<Vec<_>>();
+            assert_eq!(ids(&alone), ids(&together), "{family}/{name}: batched against alone");
+            for (x, y) in alone.tokens.iter().zip(&together.tokens) {
+                assert!(
+                    (x.logprob - y.logprob).abs() < TOLERANCE,
+                    "{family}/{name}: batched {} alone {}",
+                    y.logprob,
+                    x.logprob
+                );
+            }
+            // The first token sees the same prompt as the float32 reference.
+            let step = &case["steps"][0];
+            let d = (alone.tokens[0].logprob - step["logprob"].as_f64().unwrap()).abs();
+            worst = worst.max(d);
+        }
+        eprintln!("{family}: bf16 first-token max |Δ ln p| against transformers f32 {worst:.2e}");
+        // Rounding every operand to 8 mantissa bits moves flat random-weight distributions by a few
+        // 1e-2 (docs/benchmarks.md); a wrong layer moves them by whole units.
+        assert!(worst < 0.1, "{family}: bf16 drifts {worst} from float32");
+    }
+}
