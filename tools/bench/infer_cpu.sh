@@ -24,9 +24,10 @@ log() { echo "$@" | tee -a "$LOG"; }
 cargo build --release -p mmloop -p mmloop-models --example matmul_peak 2>/dev/null
 [ -d "$OUT/smolvlm-256m" ] || $PY tools/bench/make_vlm_bench_models.py --which smolvlm
 IMGS="$OUT/images-$N"
+if grep -q 'amx_bf16\|avx512_bf16' /proc/cpuinfo; then BF16_IMAGES=$N; else BF16_IMAGES=1; fi
 rm -rf "$IMGS" && mkdir -p "$IMGS"
 for i in $(seq 0 $((N - 1))); do cp "$OUT/images/img$i.jpg" "$IMGS/"; done
-log "== $(date -u) $(nproc) cores ($(grep -o 'avx512[a-z_]*\|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')), load $(cut -d' ' -f1-3 /proc/loadavg)"
+log "== $(date -u) $(nproc) cores ($(grep -o 'avx512[a-z_0-9]*\|avx2\|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')), load $(cut -d' ' -f1-3 /proc/loadavg)"
 log "-- peak: one large matmul with candle's CPU kernels"
 target/release/examples/matmul_peak 4096 768 3072 5 | tee -a "$LOG"
 
@@ -74,8 +75,12 @@ if [ "$WHICH" = smolvlm ] || [ "$WHICH" = all ]; then
   mmloop_run smolvlm-f32-batch16 "$OUT/smolvlm-256m" "$IMGS/*.jpg" 16 --dtype f32 --max-batch-size 16
   mmloop_run smolvlm-q8_0 "$OUT/smolvlm-256m" "$IMGS/*.jpg" 16 --dtype f32 --quant q8_0 --max-batch-size 1
   drift "$OUT/out-smolvlm-f32.jsonl" "$OUT/out-smolvlm-q8_0.jsonl" q8_0
-  # One image only: bfloat16 without AVX-512 BF16 is several times slower than float32 in torch.
-  anchor smolvlm 1 bf16_b1
+  mmloop_run smolvlm-bf16 "$OUT/smolvlm-256m" "$IMGS/*.jpg" 16 --dtype f32 --quant bf16 --max-batch-size 1
+  mmloop_run smolvlm-bf16-batch16 "$OUT/smolvlm-256m" "$IMGS/*.jpg" 16 --dtype f32 --quant bf16 --max-batch-size 16
+  drift "$OUT/out-smolvlm-f32.jsonl" "$OUT/out-smolvlm-bf16.jsonl" bf16
+  # torch's bfloat16 runs on AMX / AVX-512 BF16 where the CPU has them; elsewhere it is
+  # emulated and several times slower than float32, so one image is enough there.
+  anchor smolvlm "$BF16_IMAGES" bf16_b1
 fi
 if [ "$WHICH" = qwen ] || [ "$WHICH" = all ]; then
   [ -d "$OUT/qwen2.5-vl-3b" ] || $PY tools/bench/make_vlm_bench_models.py --which qwen
@@ -83,5 +88,7 @@ if [ "$WHICH" = qwen ] || [ "$WHICH" = all ]; then
   mkdir -p "$OUT/images-2" && cp "$OUT/images/img0.jpg" "$OUT/images/img1.jpg" "$OUT/images-2/"
   anchor qwen 2 bf16_b1
   mmloop_run qwen-f32 "$OUT/qwen2.5-vl-3b" "$OUT/images-2/*.jpg" 8 --dtype f32 --max-batch-size 1
+  mmloop_run qwen-bf16 "$OUT/qwen2.5-vl-3b" "$OUT/images-2/*.jpg" 8 --dtype f32 --quant bf16 --max-batch-size 1
+  drift "$OUT/out-qwen-f32.jsonl" "$OUT/out-qwen-bf16.jsonl" bf16
 fi
 log "results in $LOG"

@@ -486,7 +486,9 @@ mod tests {
 
     #[test]
     fn rounding_is_to_nearest_even_like_half() {
-        for &x in &[0.0f32, -0.0, 1.0, 1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -3.3333, 1e-40, f32::MAX, f32::INFINITY, 65504.5] {
+        for &x in
+            &[0.0f32, -0.0, 1.0, 1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -3.3333, 1e-40, f32::MAX, f32::INFINITY, 65504.5]
+        {
             assert_eq!(bf16_bits(x), half::bf16::from_f32(x).to_bits(), "{x}");
         }
         assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());

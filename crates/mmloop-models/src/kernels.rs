@@ -22,7 +22,10 @@ fn exp(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r
         + 0.5;
     let y = p * z + r + 1.0;
-    let scale = f32::from_bits(((fx as i32 + 127) as u32) << 23);
+    // 2^fx from the float itself: fx + 127 is an integer in [2, 255], and adding 2^23 puts it
+    // in the low mantissa bits, which the shift moves into the exponent. (`fx as i32` would be
+    // a saturating conversion, which LLVM does one lane at a time.)
+    let scale = f32::from_bits((fx + (127.0 + 8_388_608.0)).to_bits() << 23);
     if x < -87.0 { 0.0 } else { y * scale }
 }
 
