@@ -183,11 +183,35 @@ pub fn matmul(a: &[f32], m: usize, k: usize, b: &PackedB, out: &mut [f32]) {
     if m == 0 || b.n == 0 {
         return;
     }
-    matmul_packed(&PackedA::from_rows(a, m, k, b.kp), b, out);
+    // SAFETY: `out` holds the `m × n` floats `matmul_packed` writes.
+    unsafe { matmul_packed(&PackedA::from_rows(a, m, k, b.kp), b, out.as_mut_ptr(), None) };
+}
+
+/// `a[m, k] · Bᵀ + bias` into a new `[m, n]` vector (a linear layer's forward pass): the
+/// output is written once, never zeroed first.
+pub fn linear(a: &[f32], m: usize, k: usize, b: &PackedB, bias: Option<&[f32]>) -> Vec<f32> {
+    assert!(available(), "AMX is not available");
+    assert_eq!(k, b.k, "inner dimensions: {k} against {}", b.k);
+    assert_eq!(a.len(), m * k);
+    assert!(bias.is_none_or(|v| v.len() == b.n), "bias of another width");
+    let mut out = Vec::with_capacity(m * b.n);
+    if m > 0 && b.n > 0 {
+        // SAFETY: the capacity holds `m × n` floats; `matmul_packed` writes every one of them
+        // before the length is set.
+        unsafe {
+            matmul_packed(&PackedA::from_rows(a, m, k, b.kp), b, out.as_mut_ptr(), bias);
+            out.set_len(m * b.n);
+        }
+    }
+    out
 }
 
 /// `out[m, n] = A · Bᵀ` for a packed `A` (`kp` equal to `B`'s).
-fn matmul_packed(pa: &PackedA, b: &PackedB, out: &mut [f32]) {
+///
+/// # Safety
+/// `out` must be valid for writes of `pa.m × b.n` floats; every one of them is written (with
+/// `bias` added per column when given).
+unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, bias: Option<&[f32]>) {
     debug_assert_eq!(pa.kp, b.kp);
     let m = pa.m;
     // Tasks: 256 rows × 256 columns of the output; the B panel of one task (256 × k bfloat16)
@@ -195,7 +219,7 @@ fn matmul_packed(pa: &PackedA, b: &PackedB, out: &mut [f32]) {
     const SPAN: usize = 8;
     let (mblocks, nblocks) = (m.div_ceil(BLOCK), b.np / BLOCK);
     let (mtasks, ntasks) = (mblocks.div_ceil(SPAN), nblocks.div_ceil(SPAN));
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = SendPtr(out);
     let n = b.n;
     (0..mtasks * ntasks).into_par_iter().for_each(|task| {
         let (mt, nt) = (task / ntasks, task % ntasks);
@@ -215,8 +239,14 @@ fn matmul_packed(pa: &PackedA, b: &PackedB, out: &mut [f32]) {
                 for r in 0..BLOCK.min(m - r0) {
                     // SAFETY: row `r0 + r < m`, columns `c0..c0 + cols ≤ n`; tasks write
                     // disjoint blocks.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add((r0 + r) * n + c0), cols) };
-                    dst.copy_from_slice(&scratch[r * BLOCK..r * BLOCK + cols]);
+                    let dst = unsafe { out_ptr.get().add((r0 + r) * n + c0) };
+                    let src = &scratch[r * BLOCK..r * BLOCK + cols];
+                    for c in 0..cols {
+                        let v = src[c] + bias.map_or(0.0, |b| b[c0 + c]);
+                        // SAFETY: see above; writing through the pointer (the memory may be
+                        // uninitialised, so no slice is formed over it).
+                        unsafe { dst.add(c).write(v) };
+                    }
                 }
             }
         }
@@ -301,7 +331,11 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], heads: usize, n: usize, d: usi
 }
 
 /// candle's side: `x · Wᵀ` for a float32 CPU tensor `x` `[.., in]` and a packed `W`.
-pub(crate) struct Linear(pub std::sync::Arc<PackedB>);
+pub(crate) struct Linear {
+    pub weight: std::sync::Arc<PackedB>,
+    /// Added in the same pass as the product's output is written.
+    pub bias: Option<std::sync::Arc<[f32]>>,
+}
 
 impl candle_core::CustomOp1 for Linear {
     fn name(&self) -> &'static str {
@@ -317,14 +351,16 @@ impl candle_core::CustomOp1 for Linear {
             .ok_or_else(|| candle_core::Error::Msg("AMX linear: contiguous float32 input only".into()))?;
         let dims = l.shape().dims();
         let k = *dims.last().unwrap_or(&0);
-        if k != self.0.k {
-            return Err(candle_core::Error::Msg(format!("AMX linear: input of width {k} for a layer of {}", self.0.k)));
+        if k != self.weight.k {
+            return Err(candle_core::Error::Msg(format!(
+                "AMX linear: input of width {k} for a layer of {}",
+                self.weight.k
+            )));
         }
         let m = x.len() / k.max(1);
-        let mut out = vec![0f32; m * self.0.n];
-        matmul(x, m, k, &self.0, &mut out);
+        let out = linear(x, m, k, &self.weight, self.bias.as_deref());
         let mut shape = dims.to_vec();
-        *shape.last_mut().expect("a dimension") = self.0.n;
+        *shape.last_mut().expect("a dimension") = self.weight.n;
         Ok((candle_core::CpuStorage::F32(out), shape.into()))
     }
 }

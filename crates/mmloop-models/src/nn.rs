@@ -351,7 +351,7 @@ impl Linear {
         match (&self.weight, mode) {
             (Weight::Quantized { mm, .. }, Mode::Infer) => Ok(mm.forward(x)?),
             (Weight::Bf16(Bf16Weight::Amx(p)), Mode::Infer) if x.device().is_cpu() && x.dtype() == DType::F32 => {
-                Ok(x.contiguous()?.apply_op1_no_bwd(&crate::amx::Linear(p.clone()))?)
+                Ok(x.contiguous()?.apply_op1_no_bwd(&crate::amx::Linear { weight: p.clone(), bias: None })?)
             }
             (Weight::Bf16(w), Mode::Infer) => {
                 let w = match w {
@@ -370,10 +370,22 @@ impl Linear {
 
     /// `x`: `[rows, in]` → `[rows, out]`.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let base = self.base(x, ctx.mode)?;
         let adapters = self.adapters.read().expect("adapter lock");
         let active = |slot: Option<usize>| slot.and_then(|s| adapters.get(s).cloned().flatten());
-        let out = if ctx.spans.iter().all(|s| active(s.adapter).is_none()) {
+        let plain = ctx.spans.iter().all(|s| active(s.adapter).is_none());
+        if let (true, Mode::Infer, Weight::Bf16(Bf16Weight::Amx(p))) = (plain, ctx.mode, &self.weight)
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+        {
+            // The bias goes in with the product's output, not as a pass of its own.
+            let bias = match &self.bias {
+                Some(b) => Some(Arc::from(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
+                None => None,
+            };
+            return Ok(x.contiguous()?.apply_op1_no_bwd(&crate::amx::Linear { weight: p.clone(), bias })?);
+        }
+        let base = self.base(x, ctx.mode)?;
+        let out = if plain {
             base
         } else if let [only] = ctx.spans {
             self.adapted(x, &base, &active(only.adapter).expect("checked above"), ctx.mode)?
