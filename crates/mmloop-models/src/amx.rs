@@ -253,29 +253,50 @@ unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, bias: Option<&
     });
 }
 
+/// The operands of [`attention`]: `heads` (or key groups) of `rows` queries against `keys`
+/// keys and values, each `d` wide.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub heads: usize,
+    pub rows: usize,
+    pub keys: usize,
+    pub d: usize,
+}
+
 /// `softmax(q·kᵀ·scale)·v` for each head, the products on AMX (operands rounded to
-/// bfloat16), scores and softmax in float32: `q`, `k`, `v` row-major `[heads, n, d]`; returns
-/// `[heads, n, d]`. Needs [`available`].
+/// bfloat16), scores and softmax in float32: `q` row-major `[heads, rows, d]`, `k` and `v`
+/// `[heads, keys, d]`; returns `[heads, rows, d]`. Query row `r` of every head sees the first
+/// `visible(r)` keys (all of them without a mask; a causal mask in prefill). Needs
+/// [`available`].
 ///
 /// Blocked like flash attention's forward pass: each task takes 32 query rows, computes their
 /// scores against every key, softmax, rounds the probabilities straight into the bfloat16
 /// operand and multiplies by the values, so a task's working set (`32 × n` scores) stays in
 /// cache instead of a head's `n × n` scores passing through memory twice.
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], heads: usize, n: usize, d: usize, scale: f32) -> Vec<f32> {
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: Heads,
+    scale: f32,
+    visible: impl Fn(usize) -> usize + Sync,
+) -> Vec<f32> {
     assert!(available(), "AMX is not available");
-    let hd = n * d;
-    assert!(q.len() == heads * hd && k.len() == heads * hd && v.len() == heads * hd, "attention operands");
-    let mut out = vec![0f32; heads * hd];
-    if n == 0 || d == 0 {
+    let Heads { heads, rows: n_rows, keys: n_keys, d } = shape;
+    let (qd, kd) = (n_rows * d, n_keys * d);
+    assert!(q.len() == heads * qd && k.len() == heads * kd && v.len() == heads * kd, "attention operands");
+    let mut out = vec![0f32; heads * qd];
+    if n_rows == 0 || n_keys == 0 || d == 0 {
         return out;
     }
     for h in 0..heads {
-        let part = h * hd..(h + 1) * hd;
-        let keys = PackedB::from_rows(&k[part.clone()], n, d);
-        let values = PackedB::from_cols(&v[part.clone()], n, d);
-        let qh = &q[part.clone()];
-        out[part].par_chunks_mut(BLOCK * d).enumerate().for_each(|(rb, out_rows)| {
+        let keys = PackedB::from_rows(&k[h * kd..(h + 1) * kd], n_keys, d);
+        let values = PackedB::from_cols(&v[h * kd..(h + 1) * kd], n_keys, d);
+        let qh = &q[h * qd..(h + 1) * qd];
+        out[h * qd..(h + 1) * qd].par_chunks_mut(BLOCK * d).enumerate().for_each(|(rb, out_rows)| {
             let (r0, rows) = (rb * BLOCK, out_rows.len() / d);
+            let seen: Vec<usize> = (r0..r0 + rows).map(|r| visible(r).clamp(1, n_keys)).collect();
+            let most = seen.iter().copied().max().unwrap_or(n_keys);
             let mut qa = vec![0u16; BLOCK * keys.kp];
             for r in 0..rows {
                 for (dst, &x) in qa[r * keys.kp..].iter_mut().zip(&qh[(r0 + r) * d..(r0 + r + 1) * d]) {
@@ -283,12 +304,14 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], heads: usize, n: usize, d: usi
                 }
             }
             let mut scores = vec![0f32; BLOCK * keys.np];
+            // Zeros past each row's visible keys: they add nothing to `p · v`.
             let mut probs = vec![0u16; BLOCK * values.kp];
-            let mut row = vec![0f32; n];
+            let mut row = vec![0f32; n_keys];
             let mut scratch = [0f32; BLOCK * BLOCK];
             let _tiles = imp::Tiles::configure();
-            let (steps_d, steps_n) = (keys.kp / TK, values.kp / TK);
-            for nb in 0..keys.np / BLOCK {
+            let steps_d = keys.kp / TK;
+            // Key blocks no row of this block sees are skipped (causal masks).
+            for nb in 0..most.div_ceil(BLOCK) {
                 // SAFETY: `qa` holds 32 rows of `keys.kp`; the key panels `2·nb`, `2·nb + 1`
                 // exist (`np` is a multiple of 32); `scores` holds 32 rows of `np` floats.
                 unsafe {
@@ -302,20 +325,23 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], heads: usize, n: usize, d: usi
                     )
                 };
             }
-            for r in 0..rows {
-                crate::kernels::softmax_chunk(&scores[r * keys.np..r * keys.np + n], &mut row, scale);
-                for (dst, &p) in probs[r * values.kp..].iter_mut().zip(&row) {
+            for (r, &vis) in seen.iter().enumerate() {
+                let src = &scores[r * keys.np..r * keys.np + vis];
+                crate::kernels::softmax_chunk(src, &mut row[..vis], scale);
+                for (dst, &p) in probs[r * values.kp..].iter_mut().zip(&row[..vis]) {
                     *dst = bf16_bits(p);
                 }
             }
+            let (steps_n, steps_seen) = (values.kp / TK, most.div_ceil(TK));
             for nb in 0..values.np / BLOCK {
-                // SAFETY: as above, with `probs` 32 rows of `values.kp` and the scratch 32×32.
+                // SAFETY: as above, with `probs` 32 rows of `values.kp`, the first `steps_seen ≤
+                // steps_n` k-steps of the value panels, and the scratch 32×32.
                 unsafe {
                     imp::block(
                         probs.as_ptr(),
                         values.kp,
                         values.data[2 * nb * steps_n * 16 * TK..].as_ptr(),
-                        steps_n,
+                        steps_seen,
                         scratch.as_mut_ptr(),
                         BLOCK,
                     )

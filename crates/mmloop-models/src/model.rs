@@ -244,6 +244,7 @@ impl VlModel {
                 l.to_bf16()?;
             }
             model.text.lm_head.to_bf16()?;
+            model.text.bf16_attention = true;
         }
         Ok(model)
     }

@@ -647,6 +647,22 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, n: usize, scale: f64
     Ok(q.apply_op3(k, v, op)?)
 }
 
+/// [`causal_attention`] for inference on AMX (`--quant bf16`): the same grouped layout, the
+/// products in bfloat16 with float32 accumulation, each query row's softmax over the keys it
+/// sees. `None` where AMX cannot serve (another device or dtype, no AMX).
+pub fn causal_attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, n: usize, scale: f64) -> Result<Option<Tensor>> {
+    if !(q.device().is_cpu() && q.dtype() == DType::F32 && crate::amx::available()) {
+        return Ok(None);
+    }
+    let (groups, rows, d) = q.dims3()?;
+    let keys = k.dim(1)?;
+    let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+    let shape = crate::amx::Heads { heads: groups, rows, keys, d };
+    // Row `i` is query `i mod n` of its head, which sees the cache and the new rows up to itself.
+    let o = crate::amx::attention(&flat(q)?, &flat(k)?, &flat(v)?, shape, scale as f32, |i| keys - n + i % n + 1);
+    Ok(Some(Tensor::from_vec(o, (groups, rows, d), q.device())?))
+}
+
 /// `softmax(q·kᵀ·scale + mask)` over [`causal_attention`]'s grouped rows, `[groups, rep·n, total]`;
 /// candle's error type, as the op's backward pass calls it too.
 fn causal_probs(
@@ -726,7 +742,8 @@ pub fn segment_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], sca
         }
         if amx {
             let part = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.narrow(1, start, n)?.flatten_all()?.to_vec1::<f32>()?) };
-            let o = crate::amx::attention(&part(q)?, &part(k)?, &part(v)?, heads, n, d, scale as f32);
+            let shape = crate::amx::Heads { heads, rows: n, keys: n, d };
+            let o = crate::amx::attention(&part(q)?, &part(k)?, &part(v)?, shape, scale as f32, |_| n);
             let o = Tensor::from_vec(o, (heads, n, d), q.device())?;
             outs.push(o.transpose(0, 1)?.reshape((n, heads * d))?);
             start += n;
@@ -987,5 +1004,28 @@ mod tests {
             assert_eq!(max_diff(&got, &f32_out), 0.0);
         }
         assert!(max_diff(&want, &f32_out) < 0.05, "bf16 against f32: {}", max_diff(&want, &f32_out));
+    }
+
+    /// Prefill's causal attention on AMX: grouped heads (`rep` query heads per key head),
+    /// cached keys before the new rows, against the same rounding with candle's ops and the
+    /// causal mask.
+    #[test]
+    fn bf16_causal_attention_equals_its_emulation() {
+        let (groups, rep, n, total, d) = (2, 3, 37, 45, 16);
+        let (q, k, v) = (rand(&[groups, rep * n, d], 7), rand(&[groups, total, d], 8), rand(&[groups, total, d], 9));
+        let scale = 0.25;
+        let Some(got) = causal_attention_bf16(&q, &k, &v, n, scale).unwrap() else {
+            assert!(!crate::amx::available());
+            return;
+        };
+        let r = |t: &Tensor| round_bf16(t).unwrap();
+        let scores =
+            (r(&q).matmul(&r(&k).t().unwrap()).unwrap() * scale).unwrap().reshape((groups, rep, n, total)).unwrap();
+        let mask = causal_mask(n, total, &Device::Cpu).unwrap();
+        let p = softmax_last(&scores.broadcast_add(&mask).unwrap(), Mode::Infer).unwrap();
+        let want = r(&p).reshape((groups, rep * n, total)).unwrap().matmul(&r(&v)).unwrap();
+        assert!(max_diff(&got, &want) < 1e-3, "AMX against emulation: {}", max_diff(&got, &want));
+        let f32_out = causal_attention(&q, &k, &v, n, scale, Mode::Infer).unwrap();
+        assert!(max_diff(&got, &f32_out) < 0.05, "bf16 against f32: {}", max_diff(&got, &f32_out));
     }
 }

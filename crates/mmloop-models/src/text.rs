@@ -185,12 +185,14 @@ pub(crate) struct Packed {
     deepstack: Vec<(Tensor, Vec<Tensor>)>,
     spans: Vec<Span>,
     mode: Mode,
+    /// Prefill attention on AMX ([`TextModel::bf16_attention`]).
+    bf16: bool,
 }
 
 impl Packed {
     fn ctx(&self) -> Ctx<'_> {
         let adapted = self.spans.iter().any(|s| s.adapter.is_some());
-        Ctx { mode: self.mode, spans: if adapted { &self.spans } else { &[] }, bf16: false }
+        Ctx { mode: self.mode, spans: if adapted { &self.spans } else { &[] }, bf16: self.bf16 }
     }
 
     /// Sequences in the step.
@@ -238,6 +240,8 @@ pub struct TextModel {
     norm: RmsNorm,
     pub lm_head: Linear,
     inv_freq: Vec<f32>,
+    /// Prefill's causal attention in bfloat16 on AMX (`--quant bf16`; where the CPU has it).
+    pub bf16_attention: bool,
 }
 
 impl TextModel {
@@ -287,7 +291,7 @@ impl TextModel {
             }
         };
         let inv_freq = cfg.inv_freq();
-        Ok(TextModel { cfg, embed, layers, norm, lm_head, inv_freq })
+        Ok(TextModel { cfg, embed, layers, norm, lm_head, inv_freq, bf16_attention: false })
     }
 
     /// Every linear layer, for adapters and quantization.
@@ -405,7 +409,7 @@ impl TextModel {
                 deepstack.push((Tensor::new(rows.as_slice(), self.device())?, d.features.clone()));
             }
         }
-        Ok(Packed { x, lens, offsets, cos, sin, deepstack, spans, mode })
+        Ok(Packed { x, lens, offsets, cos, sin, deepstack, spans, mode, bf16: self.bf16_attention })
     }
 
     /// Decoder layer `li` over the packed rows `x`; each sequence's keys and values go into
@@ -437,7 +441,14 @@ impl TextModel {
             let (ks, vs) = cache.append(li, &k.narrow(1, off, n)?, &v.narrow(1, off, n)?, ctx.mode)?;
             let rep = heads / kvh;
             let qg = qi.contiguous()?.reshape((kvh, rep * n, hd))?;
-            let o = if n > 1 {
+            let amx = if n > 1 && ctx.bf16 && ctx.mode == Mode::Infer {
+                crate::nn::causal_attention_bf16(&qg, &ks, &vs, n, scale)?
+            } else {
+                None
+            };
+            let o = if let Some(o) = amx {
+                o
+            } else if n > 1 {
                 causal_attention(&qg, &ks, &vs.contiguous()?, n, scale, ctx.mode)?
             } else {
                 attention(&qg, &ks, &vs.contiguous()?, scale, None, ctx.mode)?
