@@ -184,12 +184,20 @@ pub fn matmul(a: &[f32], m: usize, k: usize, b: &PackedB, out: &mut [f32]) {
         return;
     }
     // SAFETY: `out` holds the `m × n` floats `matmul_packed` writes.
-    unsafe { matmul_packed(&PackedA::from_rows(a, m, k, b.kp), b, out.as_mut_ptr(), None) };
+    unsafe { matmul_packed(&PackedA::from_rows(a, m, k, b.kp), b, out.as_mut_ptr(), None, Epilogue::None) };
 }
 
-/// `a[m, k] · Bᵀ + bias` into a new `[m, n]` vector (a linear layer's forward pass): the
-/// output is written once, never zeroed first.
-pub fn linear(a: &[f32], m: usize, k: usize, b: &PackedB, bias: Option<&[f32]>) -> Vec<f32> {
+/// What is applied to each output value as it is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    /// GELU, tanh form (`gelu_pytorch_tanh`): [`crate::kernels`]' kernel.
+    GeluTanh,
+}
+
+/// `epilogue(a[m, k] · Bᵀ + bias)` into a new `[m, n]` vector (a linear layer's forward pass):
+/// the output is written once, never zeroed first.
+pub fn linear(a: &[f32], m: usize, k: usize, b: &PackedB, bias: Option<&[f32]>, epilogue: Epilogue) -> Vec<f32> {
     assert!(available(), "AMX is not available");
     assert_eq!(k, b.k, "inner dimensions: {k} against {}", b.k);
     assert_eq!(a.len(), m * k);
@@ -199,7 +207,7 @@ pub fn linear(a: &[f32], m: usize, k: usize, b: &PackedB, bias: Option<&[f32]>) 
         // SAFETY: the capacity holds `m × n` floats; `matmul_packed` writes every one of them
         // before the length is set.
         unsafe {
-            matmul_packed(&PackedA::from_rows(a, m, k, b.kp), b, out.as_mut_ptr(), bias);
+            matmul_packed(&PackedA::from_rows(a, m, k, b.kp), b, out.as_mut_ptr(), bias, epilogue);
             out.set_len(m * b.n);
         }
     }
@@ -210,8 +218,8 @@ pub fn linear(a: &[f32], m: usize, k: usize, b: &PackedB, bias: Option<&[f32]>) 
 ///
 /// # Safety
 /// `out` must be valid for writes of `pa.m × b.n` floats; every one of them is written (with
-/// `bias` added per column when given).
-unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, bias: Option<&[f32]>) {
+/// `bias` added per column when given, then `epilogue`).
+unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, bias: Option<&[f32]>, epilogue: Epilogue) {
     debug_assert_eq!(pa.kp, b.kp);
     let m = pa.m;
     // Tasks: 256 rows × 256 columns of the output; the B panel of one task (256 × k bfloat16)
@@ -240,13 +248,20 @@ unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, bias: Option<&
                     // SAFETY: row `r0 + r < m`, columns `c0..c0 + cols ≤ n`; tasks write
                     // disjoint blocks.
                     let dst = unsafe { out_ptr.get().add((r0 + r) * n + c0) };
-                    let src = &scratch[r * BLOCK..r * BLOCK + cols];
-                    for c in 0..cols {
-                        let v = src[c] + bias.map_or(0.0, |b| b[c0 + c]);
-                        // SAFETY: see above; writing through the pointer (the memory may be
-                        // uninitialised, so no slice is formed over it).
-                        unsafe { dst.add(c).write(v) };
+                    let row = &mut scratch[r * BLOCK..r * BLOCK + cols];
+                    if let Some(b) = bias {
+                        for (v, b) in row.iter_mut().zip(&b[c0..c0 + cols]) {
+                            *v += b;
+                        }
                     }
+                    if epilogue == Epilogue::GeluTanh {
+                        let mut done = [0f32; BLOCK];
+                        crate::kernels::gelu_chunk(row, &mut done[..cols]);
+                        row.copy_from_slice(&done[..cols]);
+                    }
+                    // SAFETY: see above; written through the pointer (the memory may be
+                    // uninitialised, so no slice is formed over it).
+                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols) };
                 }
             }
         }
@@ -361,6 +376,7 @@ pub(crate) struct Linear {
     pub weight: std::sync::Arc<PackedB>,
     /// Added in the same pass as the product's output is written.
     pub bias: Option<std::sync::Arc<[f32]>>,
+    pub epilogue: Epilogue,
 }
 
 impl candle_core::CustomOp1 for Linear {
@@ -384,7 +400,7 @@ impl candle_core::CustomOp1 for Linear {
             )));
         }
         let m = x.len() / k.max(1);
-        let out = linear(x, m, k, &self.weight, self.bias.as_deref());
+        let out = linear(x, m, k, &self.weight, self.bias.as_deref(), self.epilogue);
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("a dimension") = self.weight.n;
         Ok((candle_core::CpuStorage::F32(out), shape.into()))

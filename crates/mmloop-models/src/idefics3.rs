@@ -213,7 +213,7 @@ impl Vision {
             x = (&x
                 + b.o.forward(&segment_attention(&q.contiguous()?, &k.contiguous()?, &v, &lens, scale, ctx)?, ctx)?)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
-            x = (&x + b.fc2.forward(&self.act.forward(&b.fc1.forward(&h, ctx)?, ctx.mode)?, ctx)?)?;
+            x = (&x + b.fc2.forward(&b.fc1.forward_act(&h, ctx, Some(self.act))?, ctx)?)?;
         }
         let x = self.post_norm.forward(&x, ctx.mode)?;
         // transformers' pixel_shuffle on [n, g·g, d] with factor r.

@@ -119,7 +119,8 @@ fn has_avx2() -> bool {
     }
 }
 
-fn gelu_chunk(src: &[f32], dst: &mut [f32]) {
+/// The tanh-form GELU of `src` into `dst`.
+pub(crate) fn gelu_chunk(src: &[f32], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked above).

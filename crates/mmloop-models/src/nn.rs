@@ -351,7 +351,8 @@ impl Linear {
         match (&self.weight, mode) {
             (Weight::Quantized { mm, .. }, Mode::Infer) => Ok(mm.forward(x)?),
             (Weight::Bf16(Bf16Weight::Amx(p)), Mode::Infer) if x.device().is_cpu() && x.dtype() == DType::F32 => {
-                Ok(x.contiguous()?.apply_op1_no_bwd(&crate::amx::Linear { weight: p.clone(), bias: None })?)
+                let op = crate::amx::Linear { weight: p.clone(), bias: None, epilogue: crate::amx::Epilogue::None };
+                Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
             }
             (Weight::Bf16(w), Mode::Infer) => {
                 let w = match w {
@@ -370,6 +371,12 @@ impl Linear {
 
     /// `x`: `[rows, in]` → `[rows, out]`.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        self.forward_act(x, ctx, None)
+    }
+
+    /// `act(x · Wᵀ + b)`: on the AMX path the activation is applied as the output is written
+    /// (the tanh GELU of SigLIP's MLP); elsewhere it is a pass of its own.
+    pub fn forward_act(&self, x: &Tensor, ctx: &Ctx, act: Option<Act>) -> Result<Tensor> {
         let adapters = self.adapters.read().expect("adapter lock");
         let active = |slot: Option<usize>| slot.and_then(|s| adapters.get(s).cloned().flatten());
         let plain = ctx.spans.iter().all(|s| active(s.adapter).is_none());
@@ -382,7 +389,15 @@ impl Linear {
                 Some(b) => Some(Arc::from(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
                 None => None,
             };
-            return Ok(x.contiguous()?.apply_op1_no_bwd(&crate::amx::Linear { weight: p.clone(), bias })?);
+            let epilogue = match act {
+                Some(Act::GeluTanh) => crate::amx::Epilogue::GeluTanh,
+                _ => crate::amx::Epilogue::None,
+            };
+            let y = x.contiguous()?.apply_op1_no_bwd(&crate::amx::Linear { weight: p.clone(), bias, epilogue })?;
+            return match act {
+                Some(a) if epilogue == crate::amx::Epilogue::None => a.forward(&y, ctx.mode),
+                _ => Ok(y),
+            };
         }
         let base = self.base(x, ctx.mode)?;
         let out = if plain {
@@ -402,8 +417,12 @@ impl Linear {
             }
             Tensor::cat(&parts, 0)?
         };
-        match &self.bias {
-            Some(b) => Ok(out.broadcast_add(b)?),
+        let out = match &self.bias {
+            Some(b) => out.broadcast_add(b)?,
+            None => out,
+        };
+        match act {
+            Some(a) => a.forward(&out, ctx.mode),
             None => Ok(out),
         }
     }
@@ -969,6 +988,10 @@ mod tests {
         // |x|, |w| ≤ 2 over 45 terms: rounding both (2^-9 relative each) moves a sum by < 0.7.
         let d = max_diff(&y_fast, &y_f32);
         assert!(d > 0.0 && d < 0.7, "bf16 against f32: {d}");
+        // GELU applied as the AMX output is written equals GELU as a pass of its own.
+        let fused = fast.forward_act(&x, &ctx, Some(Act::GeluTanh)).unwrap();
+        let apart = Act::GeluTanh.forward(&y_fast, Mode::Infer).unwrap();
+        assert!(max_diff(&fused, &apart) < 1e-6, "fused GELU: {}", max_diff(&fused, &apart));
         // The weight reads back as its rounded values.
         assert_eq!(max_diff(&fast.weight().unwrap(), &round_bf16(&w).unwrap()), 0.0);
     }
