@@ -184,7 +184,7 @@ pub fn matmul(a: &[f32], m: usize, k: usize, b: &PackedB, out: &mut [f32]) {
         return;
     }
     // SAFETY: `out` holds the `m × n` floats `matmul_packed` writes.
-    unsafe { matmul_packed(&PackedA::from_rows(a, m, k, b.kp), b, out.as_mut_ptr(), None, Epilogue::None) };
+    unsafe { matmul_packed(&PackedA::from_rows(a, m, k, b.kp), b, out.as_mut_ptr(), None, Epilogue::None, None) };
 }
 
 /// What is applied to each output value as it is written.
@@ -195,19 +195,29 @@ pub enum Epilogue {
     GeluTanh,
 }
 
-/// `epilogue(a[m, k] · Bᵀ + bias)` into a new `[m, n]` vector (a linear layer's forward pass):
-/// the output is written once, never zeroed first.
-pub fn linear(a: &[f32], m: usize, k: usize, b: &PackedB, bias: Option<&[f32]>, epilogue: Epilogue) -> Vec<f32> {
+/// `epilogue(a[m, k] · Bᵀ + bias) + residual` into a new `[m, n]` vector (a linear layer's
+/// forward pass, with the block's residual connection when given): the output is written once,
+/// never zeroed first.
+pub fn linear(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    b: &PackedB,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
     assert!(available(), "AMX is not available");
     assert_eq!(k, b.k, "inner dimensions: {k} against {}", b.k);
     assert_eq!(a.len(), m * k);
     assert!(bias.is_none_or(|v| v.len() == b.n), "bias of another width");
+    assert!(residual.is_none_or(|v| v.len() == m * b.n), "residual of another shape");
     let mut out = Vec::with_capacity(m * b.n);
     if m > 0 && b.n > 0 {
         // SAFETY: the capacity holds `m × n` floats; `matmul_packed` writes every one of them
         // before the length is set.
         unsafe {
-            matmul_packed(&PackedA::from_rows(a, m, k, b.kp), b, out.as_mut_ptr(), bias, epilogue);
+            matmul_packed(&PackedA::from_rows(a, m, k, b.kp), b, out.as_mut_ptr(), bias, epilogue, residual);
             out.set_len(m * b.n);
         }
     }
@@ -218,8 +228,15 @@ pub fn linear(a: &[f32], m: usize, k: usize, b: &PackedB, bias: Option<&[f32]>, 
 ///
 /// # Safety
 /// `out` must be valid for writes of `pa.m × b.n` floats; every one of them is written (with
-/// `bias` added per column when given, then `epilogue`).
-unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, bias: Option<&[f32]>, epilogue: Epilogue) {
+/// `bias` added per column when given, then `epilogue`, then `residual` `[m, n]`).
+unsafe fn matmul_packed(
+    pa: &PackedA,
+    b: &PackedB,
+    out: *mut f32,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    residual: Option<&[f32]>,
+) {
     debug_assert_eq!(pa.kp, b.kp);
     let m = pa.m;
     // Tasks: 256 rows × 256 columns of the output; the B panel of one task (256 × k bfloat16)
@@ -258,6 +275,12 @@ unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, bias: Option<&
                         let mut done = [0f32; BLOCK];
                         crate::kernels::gelu_chunk(row, &mut done[..cols]);
                         row.copy_from_slice(&done[..cols]);
+                    }
+                    if let Some(res) = residual {
+                        let at = (r0 + r) * n + c0;
+                        for (v, x) in row.iter_mut().zip(&res[at..at + cols]) {
+                            *v += x;
+                        }
                     }
                     // SAFETY: see above; written through the pointer (the memory may be
                     // uninitialised, so no slice is formed over it).
@@ -400,9 +423,40 @@ impl candle_core::CustomOp1 for Linear {
             )));
         }
         let m = x.len() / k.max(1);
-        let out = linear(x, m, k, &self.weight, self.bias.as_deref(), self.epilogue);
+        let out = linear(x, m, k, &self.weight, self.bias.as_deref(), self.epilogue, None);
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("a dimension") = self.weight.n;
+        Ok((candle_core::CpuStorage::F32(out), shape.into()))
+    }
+}
+
+/// The same layer with the block's residual added as the output is written: `(x, residual)`.
+impl candle_core::CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "mmloop-amx-linear-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+        rs: &candle_core::CpuStorage,
+        rl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let msg = |m: &str| candle_core::Error::Msg(format!("AMX linear: {m}"));
+        let x = crate::kernels::contiguous_f32(s, l).ok_or_else(|| msg("contiguous float32 input only"))?;
+        let residual = crate::kernels::contiguous_f32(rs, rl).ok_or_else(|| msg("contiguous float32 residual only"))?;
+        let k = *l.shape().dims().last().unwrap_or(&0);
+        if k != self.weight.k {
+            return Err(msg(&format!("input of width {k} for a layer of {}", self.weight.k)));
+        }
+        let m = x.len() / k.max(1);
+        let mut shape = l.shape().dims().to_vec();
+        *shape.last_mut().expect("a dimension") = self.weight.n;
+        if rl.shape().dims() != shape {
+            return Err(msg(&format!("residual of shape {:?} for an output of {shape:?}", rl.shape().dims())));
+        }
+        let out = linear(x, m, k, &self.weight, self.bias.as_deref(), self.epilogue, Some(residual));
         Ok((candle_core::CpuStorage::F32(out), shape.into()))
     }
 }

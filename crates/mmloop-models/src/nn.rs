@@ -374,31 +374,54 @@ impl Linear {
         self.forward_act(x, ctx, None)
     }
 
+    /// `residual + x · Wᵀ + b`, a block's residual connection: on the AMX path the sum is made
+    /// as the output is written; elsewhere it is a pass of its own.
+    pub fn forward_residual(&self, x: &Tensor, ctx: &Ctx, residual: &Tensor) -> Result<Tensor> {
+        if let Some(op) = self.amx_op(x, ctx, crate::amx::Epilogue::None)?
+            && residual.device().is_cpu()
+            && residual.dtype() == DType::F32
+        {
+            return Ok(x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op)?);
+        }
+        Ok((residual + self.forward(x, ctx)?)?)
+    }
+
+    /// The fused AMX op for `x` (`--quant bf16` on a CPU with AMX, inference, no adapter
+    /// active), else `None`.
+    fn amx_op(&self, x: &Tensor, ctx: &Ctx, epilogue: crate::amx::Epilogue) -> Result<Option<crate::amx::Linear>> {
+        let Weight::Bf16(Bf16Weight::Amx(p)) = &self.weight else { return Ok(None) };
+        if ctx.mode != Mode::Infer || !x.device().is_cpu() || x.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let adapters = self.adapters.read().expect("adapter lock");
+        if ctx.spans.iter().any(|s| s.adapter.and_then(|a| adapters.get(a).cloned().flatten()).is_some()) {
+            return Ok(None);
+        }
+        // The bias goes in with the product's output, not as a pass of its own.
+        let bias = match &self.bias {
+            Some(b) => Some(Arc::from(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
+            None => None,
+        };
+        Ok(Some(crate::amx::Linear { weight: p.clone(), bias, epilogue }))
+    }
+
     /// `act(x · Wᵀ + b)`: on the AMX path the activation is applied as the output is written
     /// (the tanh GELU of SigLIP's MLP); elsewhere it is a pass of its own.
     pub fn forward_act(&self, x: &Tensor, ctx: &Ctx, act: Option<Act>) -> Result<Tensor> {
-        let adapters = self.adapters.read().expect("adapter lock");
-        let active = |slot: Option<usize>| slot.and_then(|s| adapters.get(s).cloned().flatten());
-        let plain = ctx.spans.iter().all(|s| active(s.adapter).is_none());
-        if let (true, Mode::Infer, Weight::Bf16(Bf16Weight::Amx(p))) = (plain, ctx.mode, &self.weight)
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-        {
-            // The bias goes in with the product's output, not as a pass of its own.
-            let bias = match &self.bias {
-                Some(b) => Some(Arc::from(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
-                None => None,
-            };
-            let epilogue = match act {
-                Some(Act::GeluTanh) => crate::amx::Epilogue::GeluTanh,
-                _ => crate::amx::Epilogue::None,
-            };
-            let y = x.contiguous()?.apply_op1_no_bwd(&crate::amx::Linear { weight: p.clone(), bias, epilogue })?;
+        let epilogue = match act {
+            Some(Act::GeluTanh) => crate::amx::Epilogue::GeluTanh,
+            _ => crate::amx::Epilogue::None,
+        };
+        if let Some(op) = self.amx_op(x, ctx, epilogue)? {
+            let y = x.contiguous()?.apply_op1_no_bwd(&op)?;
             return match act {
                 Some(a) if epilogue == crate::amx::Epilogue::None => a.forward(&y, ctx.mode),
                 _ => Ok(y),
             };
         }
+        let adapters = self.adapters.read().expect("adapter lock");
+        let active = |slot: Option<usize>| slot.and_then(|s| adapters.get(s).cloned().flatten());
+        let plain = ctx.spans.iter().all(|s| active(s.adapter).is_none());
         let base = self.base(x, ctx.mode)?;
         let out = if plain {
             base
@@ -992,6 +1015,10 @@ mod tests {
         let fused = fast.forward_act(&x, &ctx, Some(Act::GeluTanh)).unwrap();
         let apart = Act::GeluTanh.forward(&y_fast, Mode::Infer).unwrap();
         assert!(max_diff(&fused, &apart) < 1e-6, "fused GELU: {}", max_diff(&fused, &apart));
+        // So does the residual connection.
+        let r = rand(&[33, 70], 4);
+        let summed = fast.forward_residual(&x, &ctx, &r).unwrap();
+        assert!(max_diff(&summed, &(&r + &y_fast).unwrap()) < 1e-6);
         // The weight reads back as its rounded values.
         assert_eq!(max_diff(&fast.weight().unwrap(), &round_bf16(&w).unwrap()), 0.0);
     }
