@@ -402,6 +402,37 @@ pub(crate) struct Linear {
     pub epilogue: Epilogue,
 }
 
+impl Linear {
+    /// The op's CPU pass: `x` `[.., in]` → `[.., out]`, plus `residual` of the output's shape.
+    fn run(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+        residual: Option<(&candle_core::CpuStorage, &candle_core::Layout)>,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let msg = |m: &str| candle_core::Error::Msg(format!("AMX linear: {m}"));
+        let x = crate::kernels::contiguous_f32(s, l).ok_or_else(|| msg("contiguous float32 input only"))?;
+        let k = *l.shape().dims().last().unwrap_or(&0);
+        if k != self.weight.k {
+            return Err(msg(&format!("input of width {k} for a layer of {}", self.weight.k)));
+        }
+        let m = x.len() / k.max(1);
+        let mut shape = l.shape().dims().to_vec();
+        *shape.last_mut().expect("a dimension") = self.weight.n;
+        let residual = match residual {
+            None => None,
+            Some((rs, rl)) if rl.shape().dims() == shape => {
+                Some(crate::kernels::contiguous_f32(rs, rl).ok_or_else(|| msg("contiguous float32 residual only"))?)
+            }
+            Some((_, rl)) => {
+                return Err(msg(&format!("residual of shape {:?} for an output of {shape:?}", rl.shape().dims())));
+            }
+        };
+        let out = linear(x, m, k, &self.weight, self.bias.as_deref(), self.epilogue, residual);
+        Ok((candle_core::CpuStorage::F32(out), shape.into()))
+    }
+}
+
 impl candle_core::CustomOp1 for Linear {
     fn name(&self) -> &'static str {
         "mmloop-amx-linear"
@@ -412,21 +443,7 @@ impl candle_core::CustomOp1 for Linear {
         s: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let x = crate::kernels::contiguous_f32(s, l)
-            .ok_or_else(|| candle_core::Error::Msg("AMX linear: contiguous float32 input only".into()))?;
-        let dims = l.shape().dims();
-        let k = *dims.last().unwrap_or(&0);
-        if k != self.weight.k {
-            return Err(candle_core::Error::Msg(format!(
-                "AMX linear: input of width {k} for a layer of {}",
-                self.weight.k
-            )));
-        }
-        let m = x.len() / k.max(1);
-        let out = linear(x, m, k, &self.weight, self.bias.as_deref(), self.epilogue, None);
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("a dimension") = self.weight.n;
-        Ok((candle_core::CpuStorage::F32(out), shape.into()))
+        self.run(s, l, None)
     }
 }
 
@@ -443,21 +460,7 @@ impl candle_core::CustomOp2 for Linear {
         rs: &candle_core::CpuStorage,
         rl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let msg = |m: &str| candle_core::Error::Msg(format!("AMX linear: {m}"));
-        let x = crate::kernels::contiguous_f32(s, l).ok_or_else(|| msg("contiguous float32 input only"))?;
-        let residual = crate::kernels::contiguous_f32(rs, rl).ok_or_else(|| msg("contiguous float32 residual only"))?;
-        let k = *l.shape().dims().last().unwrap_or(&0);
-        if k != self.weight.k {
-            return Err(msg(&format!("input of width {k} for a layer of {}", self.weight.k)));
-        }
-        let m = x.len() / k.max(1);
-        let mut shape = l.shape().dims().to_vec();
-        *shape.last_mut().expect("a dimension") = self.weight.n;
-        if rl.shape().dims() != shape {
-            return Err(msg(&format!("residual of shape {:?} for an output of {shape:?}", rl.shape().dims())));
-        }
-        let out = linear(x, m, k, &self.weight, self.bias.as_deref(), self.epilogue, Some(residual));
-        Ok((candle_core::CpuStorage::F32(out), shape.into()))
+        self.run(s, l, Some((rs, rl)))
     }
 }
 
