@@ -13,7 +13,11 @@
 //!   as in PyTorch's CPU autocast, so norms, softmax and residuals stay float32.
 //!
 //! The kernel computes 32×32 output blocks (four accumulator tiles, two A and two B tiles per
-//! step of 32 along k), blocks spread over rayon's threads by (row range, column range).
+//! step of 32 along k), blocks spread over rayon's threads by (row range, column range). Each
+//! block's output is written once, with the layer's bias, an activation (GELU) and the block's
+//! residual applied in the same pass ([`linear`]). Tile configuration is per thread: a task
+//! loads it, runs its blocks and releases it with no rayon call in between, so no other task
+//! can run on that thread while its tiles are configured.
 //! Instructions are written with `asm!` (AMX intrinsics are not stable in Rust); the process
 //! asks Linux for the tile state once (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), and
 //! [`available`] is false on any other CPU, OS or when `MMLOOP_AMX=0`.
