@@ -82,7 +82,6 @@ impl PackedB {
         PackedB::pack(n, k, |col, kk| v[kk * n + col])
     }
 
-    #[inline(never)]
     fn pack(n: usize, k: usize, get: impl Fn(usize, usize) -> f32 + Sync) -> PackedB {
         let kp = k.next_multiple_of(TK);
         let np = n.next_multiple_of(BLOCK);
@@ -139,29 +138,17 @@ struct PackedA {
 }
 
 impl PackedA {
-    fn zeros(m: usize, kp: usize) -> PackedA {
-        PackedA { m, kp, data: vec![0u16; m.next_multiple_of(BLOCK) * kp] }
-    }
-
-    /// Fills row block by row block: `fill(first row, rows)` writes rows `first..` (each `kp`
-    /// long; only the first `k` values of a row, the rest stays zero).
-    fn fill_rows(&mut self, fill: impl Fn(usize, &mut [u16]) + Sync) {
-        const ROWS: usize = 64;
-        let (m, kp) = (self.m, self.kp);
-        self.data[..m * kp].par_chunks_mut(kp * ROWS).enumerate().for_each(|(chunk, rows)| fill(chunk * ROWS, rows));
-    }
-
+    /// `a` row-major `[m, k]`, rounded in parallel blocks of 64 rows.
     fn from_rows(a: &[f32], m: usize, k: usize, kp: usize) -> PackedA {
-        let mut p = PackedA::zeros(m, kp);
-        p.fill_rows(|first, rows| {
-            for (r, dst) in rows.chunks_mut(kp).enumerate() {
-                let row = first + r;
-                for (d, &x) in dst.iter_mut().zip(&a[row * k..(row + 1) * k]) {
+        let mut data = vec![0u16; m.next_multiple_of(BLOCK) * kp];
+        data[..m * kp].par_chunks_mut(kp * 64).zip(a.par_chunks(k * 64)).for_each(|(dst, src)| {
+            for (d, s) in dst.chunks_mut(kp).zip(src.chunks(k)) {
+                for (d, &x) in d.iter_mut().zip(s) {
                     *d = bf16_bits(x);
                 }
             }
         });
-        p
+        PackedA { m, kp, data }
     }
 }
 
@@ -177,8 +164,9 @@ impl SendPtr {
     }
 }
 
-/// `out[m, n] = a[m, k] · Bᵀ` with `a` rounded to bfloat16, float32 accumulation. Needs
-/// [`available`]; panics on mismatched sizes.
+/// `out[m, n] = a[m, k] · Bᵀ` into a buffer the caller keeps (the peak benchmark reuses
+/// one), `a` rounded to bfloat16, float32 accumulation. Needs [`available`]; panics on
+/// mismatched sizes.
 pub fn matmul(a: &[f32], m: usize, k: usize, b: &PackedB, out: &mut [f32]) {
     assert!(available(), "AMX is not available");
     assert_eq!(k, b.k, "inner dimensions: {k} against {}", b.k);
@@ -200,8 +188,9 @@ pub enum Epilogue {
 }
 
 /// `epilogue(a[m, k] · Bᵀ + bias) + residual` into a new `[m, n]` vector (a linear layer's
-/// forward pass, with the block's residual connection when given): the output is written once,
-/// never zeroed first.
+/// forward pass, with the block's residual connection when given), `a` rounded to bfloat16,
+/// float32 accumulation: the output is written once, never zeroed first. Needs [`available`];
+/// panics on mismatched sizes.
 pub fn linear(
     a: &[f32],
     m: usize,
@@ -388,7 +377,7 @@ pub fn attention(
                         BLOCK,
                     )
                 };
-                let (c0, cols) = (nb * BLOCK, BLOCK.min(d - (nb * BLOCK).min(d)));
+                let (c0, cols) = (nb * BLOCK, BLOCK.min(d - nb * BLOCK));
                 for r in 0..rows {
                     out_rows[r * d + c0..r * d + c0 + cols].copy_from_slice(&scratch[r * BLOCK..r * BLOCK + cols]);
                 }
