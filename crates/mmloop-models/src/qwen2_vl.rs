@@ -136,7 +136,9 @@ pub(crate) fn vision_rope(
     Ok((Tensor::from_vec(cos, (n, spatial), device)?, Tensor::from_vec(sin, (n, spatial), device)?))
 }
 
-/// q, k, v of a fused `qkv` projection, rotated: each `[heads, rows, head_dim]`.
+/// q, k, v of a fused `qkv` projection, rotated: each `[heads, rows, head_dim]`. The rotation
+/// runs in float32 whatever the model's dtype, as transformers' `apply_rotary_pos_emb_vision`
+/// (the angle tables are float32).
 pub(crate) fn rotary_qkv(
     qkv: &Tensor,
     heads: usize,
@@ -148,9 +150,11 @@ pub(crate) fn rotary_qkv(
     let qkv = qkv.reshape((rows, 3, heads, ()))?;
     let part = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(1, i, 1)?.squeeze(1)?.transpose(0, 1)?) };
     let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-    let q = rope(&q.unsqueeze(0)?, cos, sin, mode)?.squeeze(0)?;
-    let k = rope(&k.unsqueeze(0)?, cos, sin, mode)?.squeeze(0)?;
-    Ok((q, k, v))
+    let rotate = |x: Tensor| -> Result<Tensor> {
+        let dtype = x.dtype();
+        Ok(rope(&x.to_dtype(cos.dtype())?.unsqueeze(0)?, cos, sin, mode)?.squeeze(0)?.to_dtype(dtype)?)
+    };
+    Ok((rotate(q)?, rotate(k)?, v))
 }
 
 /// The patches of `grids` as a `[patches, C·T·P·P]` tensor.

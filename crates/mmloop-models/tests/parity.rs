@@ -6,17 +6,38 @@
 //!
 //! For every case: the prompt's token ids identical, the generated ids identical, every
 //! chosen token's natural-log probability and the top-5 alternatives within 1e-4.
+//!
+//! `MMLOOP_TEST_DEVICE=cuda` (a build with `--features cuda`) or `metal` runs the same cases
+//! on that GPU, within 1e-3: its matmuls sum in another order than the CPU's.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use mmloop_models::Device;
 use mmloop_models::generate::{EngineOptions, GenerationOutput, Request, generate_batch};
 use mmloop_models::model::{LoadOptions, VlModel};
 use mmloop_models::processor::{ChatMessage, Part};
 use mmloop_models::sampling::SamplingParams;
 use serde_json::Value;
 
-const TOLERANCE: f64 = 1e-4;
+/// The device the cases run on: the CPU unless `MMLOOP_TEST_DEVICE` names a GPU.
+fn device() -> Device {
+    match std::env::var("MMLOOP_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("cpu") => Device::Cpu,
+        Ok("cuda") => {
+            Device::new_cuda(0).expect("MMLOOP_TEST_DEVICE=cuda: no CUDA device (build with --features cuda)")
+        }
+        Ok("metal") => {
+            Device::new_metal(0).expect("MMLOOP_TEST_DEVICE=metal: no Metal device (build with --features metal)")
+        }
+        Ok(other) => panic!("MMLOOP_TEST_DEVICE={other:?}: expected cpu, cuda or metal"),
+    }
+}
+
+/// Largest |Δ ln p| allowed against the reference (and between batched and one-at-a-time runs).
+fn tolerance() -> f64 {
+    if device().is_cpu() { 1e-4 } else { 1e-3 }
+}
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vlm")
@@ -28,7 +49,7 @@ fn reference(family: &str, file: &str) -> Value {
 }
 
 fn load(family: &str, adapter: Option<&str>) -> Arc<VlModel> {
-    let mut opts = LoadOptions::default();
+    let mut opts = LoadOptions { device: device(), ..LoadOptions::default() };
     if let Some(a) = adapter {
         opts.adapters.push((a.into(), fixtures().join(family).join("adapters").join(a)));
     }
@@ -81,6 +102,7 @@ fn request(family: &str, case: &Value, adapter: Option<&str>) -> Request {
 
 /// Problems of one generation against its reference case, and the largest |Δ ln p|.
 fn compare(tag: &str, case: &Value, got: &GenerationOutput, input_ids: &[u32]) -> (Vec<String>, f64) {
+    let tolerance = tolerance();
     let mut problems = Vec::new();
     let mut worst = 0.0f64;
     let want_ids: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
@@ -104,7 +126,7 @@ fn compare(tag: &str, case: &Value, got: &GenerationOutput, input_ids: &[u32]) -
         }
         let d = (t.logprob - step["logprob"].as_f64().unwrap()).abs();
         worst = worst.max(d);
-        if d > TOLERANCE {
+        if d > tolerance {
             problems.push(format!("{tag} step {i}: ln p {} vs {}", t.logprob, step["logprob"]));
         }
         let ids: Vec<u32> = step["top_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
@@ -112,8 +134,8 @@ fn compare(tag: &str, case: &Value, got: &GenerationOutput, input_ids: &[u32]) -
         for (j, (id, lp)) in t.top.iter().take(ids.len()).enumerate() {
             let d = (lp - lps[j]).abs();
             worst = worst.max(d);
-            let tied = lps.iter().enumerate().any(|(k, l)| k != j && (l - lps[j]).abs() < TOLERANCE);
-            if d > TOLERANCE || (!tied && *id != ids[j]) {
+            let tied = lps.iter().enumerate().any(|(k, l)| k != j && (l - lps[j]).abs() < tolerance);
+            if d > tolerance || (!tied && *id != ids[j]) {
                 problems.push(format!("{tag} step {i} top {j}: {id} {lp} vs {} {}", ids[j], lps[j]));
             }
         }
@@ -150,12 +172,17 @@ fn parity(family: &str, file: &str, adapter: Option<&str>) {
             problems.push(format!("{family}/{file}/{name}: batched {b:?} vs alone {a:?}"));
         }
         for (x, y) in alone.tokens.iter().zip(&together.tokens) {
-            if (x.logprob - y.logprob).abs() > TOLERANCE {
+            if (x.logprob - y.logprob).abs() > tolerance() {
                 problems.push(format!("{family}/{file}/{name}: batched ln p {} vs alone {}", y.logprob, x.logprob));
             }
         }
     }
-    eprintln!("{family} {file}: {} cases, max |Δ ln p| {worst:.2e}; {} problems", cases.len(), problems.len());
+    eprintln!(
+        "{family} {file} on {:?}: {} cases, max |Δ ln p| {worst:.2e}; {} problems",
+        device(),
+        cases.len(),
+        problems.len()
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -198,7 +225,7 @@ fn lora_and_dora_adapters_match_peft() {
 fn bf16_stays_near_float32_on_every_family() {
     use mmloop_models::model::Quant;
     for family in ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3"] {
-        let opts = LoadOptions { quant: Some(Quant::Bf16), ..LoadOptions::default() };
+        let opts = LoadOptions { device: device(), quant: Some(Quant::Bf16), ..LoadOptions::default() };
         let mut model = VlModel::load(&fixtures().join(family), &opts).unwrap();
         let layers = model.linears_mut();
         assert!(layers.len() > 8 && layers.iter().all(|l| l.quant_format().is_some()), "{family}: every layer bf16");
@@ -217,7 +244,7 @@ fn bf16_stays_near_float32_on_every_family() {
             assert_eq!(ids(&alone), ids(&together), "{family}/{name}: batched against alone");
             for (x, y) in alone.tokens.iter().zip(&together.tokens) {
                 assert!(
-                    (x.logprob - y.logprob).abs() < TOLERANCE,
+                    (x.logprob - y.logprob).abs() < tolerance(),
                     "{family}/{name}: batched {} alone {}",
                     y.logprob,
                     x.logprob
@@ -232,5 +259,28 @@ fn bf16_stays_near_float32_on_every_family() {
         // Rounding every operand to 8 mantissa bits moves flat random-weight distributions by a few
         // 1e-2 (docs/benchmarks.md); a wrong layer moves them by whole units.
         assert!(worst < 0.1, "{family}: bf16 drifts {worst} from float32");
+    }
+}
+
+/// `--dtype bf16` (weights and activations stored in bfloat16, candle's kernels): every family
+/// runs (the vision rotary embedding turns to float32 and back, as transformers does) and its
+/// first token stays near transformers' float32 answer.
+#[test]
+fn bfloat16_dtype_runs_on_every_family() {
+    use mmloop_models::DType;
+    for family in ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3"] {
+        let opts = LoadOptions { device: device(), dtype: DType::BF16, ..LoadOptions::default() };
+        let model = Arc::new(VlModel::load(&fixtures().join(family), &opts).unwrap());
+        let r = reference(family, "reference.json");
+        let cases = r["cases"].as_array().unwrap();
+        let requests: Vec<Request> = cases.iter().map(|c| request(family, c, None)).collect();
+        let mut worst = 0.0f64;
+        for (case, got) in cases.iter().zip(generate_batch(model.clone(), requests, EngineOptions::default())) {
+            let got = got.unwrap_or_else(|e| panic!("{family}/{}: {e}", case["name"]));
+            let d = (got.tokens[0].logprob - case["steps"][0]["logprob"].as_f64().unwrap()).abs();
+            worst = worst.max(d);
+        }
+        eprintln!("{family}: bfloat16 dtype, first-token max |Δ ln p| against transformers f32 {worst:.2e}");
+        assert!(worst < 0.15, "{family}: bfloat16 drifts {worst} from float32");
     }
 }
