@@ -50,6 +50,53 @@ fn bf16_bits(x: f32) -> u16 {
     if x.is_nan() { ((b >> 16) as u16) | 0x40 } else { rounded }
 }
 
+/// Rounds `src` into `dst` (the shorter's length) to the nearest bfloat16, ties to even:
+/// activations and attention probabilities are rounded on every call, over a billion values per
+/// SmolVLM image. Where the CPU has AVX-512 BF16 (every CPU with AMX does) this is its
+/// conversion instruction, which flushes subnormal inputs (|x| < 1.2e-38) to zero; elsewhere
+/// [`bf16_bits`], which keeps them.
+fn round_into(src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_bf16() {
+        // SAFETY: the CPU supports AVX-512F, AVX-512BW, AVX-512VL and AVX-512 BF16 (checked above).
+        return unsafe { round_into_avx512(src, dst) };
+    }
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = bf16_bits(x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn round_into_avx512(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i < n {
+        // The last group takes the lanes it has (masked load and store).
+        let mask: u16 = if n - i >= 16 { u16::MAX } else { (1u16 << (n - i)) - 1 };
+        // SAFETY: the mask covers only the `min(16, n - i)` floats left in `src` and as many
+        // u16 in `dst`; masked-off lanes are neither read nor written.
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
+            let b = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
+            _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(i).cast(), mask, b);
+        }
+        i += 16;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512_bf16() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512bf16")
+    })
+}
+
 /// The float32 value of a bfloat16 bit pattern.
 #[inline(always)]
 pub fn bf16_value(b: u16) -> f32 {
@@ -143,9 +190,7 @@ impl PackedA {
         let mut data = vec![0u16; m.next_multiple_of(BLOCK) * kp];
         data[..m * kp].par_chunks_mut(kp * 64).zip(a.par_chunks(k * 64)).for_each(|(dst, src)| {
             for (d, s) in dst.chunks_mut(kp).zip(src.chunks(k)) {
-                for (d, &x) in d.iter_mut().zip(s) {
-                    *d = bf16_bits(x);
-                }
+                round_into(s, d);
             }
         });
         PackedA { m, kp, data }
@@ -330,9 +375,7 @@ pub fn attention(
             let most = seen.iter().copied().max().unwrap_or(n_keys);
             let mut qa = vec![0u16; BLOCK * keys.kp];
             for r in 0..rows {
-                for (dst, &x) in qa[r * keys.kp..].iter_mut().zip(&qh[(r0 + r) * d..(r0 + r + 1) * d]) {
-                    *dst = bf16_bits(x);
-                }
+                round_into(&qh[(r0 + r) * d..(r0 + r + 1) * d], &mut qa[r * keys.kp..]);
             }
             let mut scores = vec![0f32; BLOCK * keys.np];
             // Zeros past each row's visible keys: they add nothing to `p · v`.
@@ -359,9 +402,7 @@ pub fn attention(
             for (r, &vis) in seen.iter().enumerate() {
                 let src = &scores[r * keys.np..r * keys.np + vis];
                 crate::kernels::softmax_chunk(src, &mut row[..vis], scale);
-                for (dst, &p) in probs[r * values.kp..].iter_mut().zip(&row[..vis]) {
-                    *dst = bf16_bits(p);
-                }
+                round_into(&row[..vis], &mut probs[r * values.kp..]);
             }
             let (steps_n, steps_seen) = (values.kp / TK, most.div_ceil(TK));
             for nb in 0..values.np / BLOCK {
@@ -620,6 +661,24 @@ mod tests {
             assert_eq!(bf16_bits(x), half::bf16::from_f32(x).to_bits(), "{x}");
         }
         assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
+    }
+
+    #[test]
+    fn rounding_many_at_once_equals_one_at_a_time() {
+        // Ties, carries into the exponent, subnormals, infinities, NaNs, and a ragged tail.
+        let mut x = operand(1_000, 3);
+        x.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -0.0, 1e-40, -1e-40, f32::MAX, f32::MIN, f32::INFINITY]);
+        x.extend([f32::NEG_INFINITY, f32::NAN, -f32::NAN, f32::from_bits(0x7f80_0001), f32::from_bits(0x3f80_8000)]);
+        for len in [x.len(), 15, 16, 17, 1] {
+            let mut got = vec![7u16; len + 1];
+            round_into(&x[..len], &mut got);
+            assert_eq!(got[len], 7, "nothing written past the input");
+            for (&v, &g) in x.iter().zip(&got[..len]) {
+                // AVX-512 BF16's instruction flushes subnormals to (signed) zero.
+                let flushed = v.is_subnormal() && g == (v.to_bits() >> 16) as u16 & 0x8000;
+                assert!(g == bf16_bits(v) || flushed, "{v:e}: {g:#x} against {:#x}", bf16_bits(v));
+            }
+        }
     }
 
     #[test]

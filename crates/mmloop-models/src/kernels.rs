@@ -40,15 +40,15 @@ fn gelu_slice(src: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// Eight running lanes, so float reductions vectorise (their order differs from a serial
-/// loop's by rounding only).
+/// Sixteen running lanes (one AVX-512 register, two AVX2 ones), so float reductions vectorise
+/// (their order differs from a serial loop's by rounding only).
 #[inline(always)]
 fn lanes(src: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [init; 8];
-    let chunks = src.chunks_exact(8);
+    let mut acc = [init; 16];
+    let chunks = src.chunks_exact(16);
     let rest = chunks.remainder();
     for c in chunks {
-        for i in 0..8 {
+        for i in 0..16 {
             acc[i] = f(acc[i], c[i]);
         }
     }
