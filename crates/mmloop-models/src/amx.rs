@@ -339,43 +339,82 @@ pub struct Heads {
     pub d: usize,
 }
 
+/// One operand of [`attention`]: element `(head, row, i)` at `data[head·head_stride +
+/// row·row_stride + i]`, so both `[heads, rows, d]` and the projections' own `[rows, heads, d]`
+/// are read in place.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub head_stride: usize,
+    pub row_stride: usize,
+}
+
+impl<'a> View<'a> {
+    /// A contiguous `[heads, rows, d]` operand.
+    pub fn head_major(data: &'a [f32], rows: usize, d: usize) -> View<'a> {
+        View { data, head_stride: rows * d, row_stride: d }
+    }
+
+    /// The same operand from row `rows` on (a later segment).
+    pub fn skip_rows(self, rows: usize) -> View<'a> {
+        View { data: &self.data[rows * self.row_stride..], ..self }
+    }
+
+    fn row(&self, head: usize, row: usize, d: usize) -> &'a [f32] {
+        let at = head * self.head_stride + row * self.row_stride;
+        &self.data[at..at + d]
+    }
+
+    /// Whether every `(head, row)` of `shape` lies inside `data`.
+    fn covers(&self, heads: usize, rows: usize, d: usize) -> bool {
+        heads == 0 || rows == 0 || (heads - 1) * self.head_stride + (rows - 1) * self.row_stride + d <= self.data.len()
+    }
+}
+
 /// `softmax(q·kᵀ·scale)·v` for each head, the products on AMX (operands rounded to
-/// bfloat16), scores and softmax in float32: `q` row-major `[heads, rows, d]`, `k` and `v`
-/// `[heads, keys, d]`; returns `[heads, rows, d]`. Query row `r` of every head sees the first
+/// bfloat16), scores and softmax in float32: `q` `[heads, rows, d]`, `k` and `v` `[heads,
+/// keys, d]` (any strides, [`View`]); the output goes to `out`, element `(head, row, i)` at
+/// `head·out_strides.0 + row·out_strides.1 + i`. Query row `r` of every head sees the first
 /// `visible(r)` keys (all of them without a mask; a causal mask in prefill). Needs
-/// [`available`].
+/// [`available`]; panics where a view or `out` is too short for `shape`.
 ///
 /// Blocked like flash attention's forward pass: each task takes 32 query rows, computes their
 /// scores against every key, softmax, rounds the probabilities straight into the bfloat16
 /// operand and multiplies by the values, so a task's working set (`32 × n` scores) stays in
 /// cache instead of a head's `n × n` scores passing through memory twice.
-pub fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+#[allow(clippy::too_many_arguments)]
+pub fn attention_into(
+    q: View,
+    k: View,
+    v: View,
     shape: Heads,
     scale: f32,
     visible: impl Fn(usize) -> usize + Sync,
-) -> Vec<f32> {
+    out: &mut [f32],
+    out_strides: (usize, usize),
+) {
     assert!(available(), "AMX is not available");
     let Heads { heads, rows: n_rows, keys: n_keys, d } = shape;
-    let (qd, kd) = (n_rows * d, n_keys * d);
-    assert!(q.len() == heads * qd && k.len() == heads * kd && v.len() == heads * kd, "attention operands");
-    let mut out = vec![0f32; heads * qd];
-    if n_rows == 0 || n_keys == 0 || d == 0 {
-        return out;
+    assert!(
+        q.covers(heads, n_rows, d) && k.covers(heads, n_keys, d) && v.covers(heads, n_keys, d),
+        "attention operands"
+    );
+    let (oh, or) = out_strides;
+    assert!(heads == 0 || n_rows == 0 || (heads - 1) * oh + (n_rows - 1) * or + d <= out.len(), "attention output");
+    if heads == 0 || n_rows == 0 || n_keys == 0 || d == 0 {
+        return;
     }
+    let out_ptr = SendPtr(out.as_mut_ptr());
     for h in 0..heads {
-        let keys = PackedB::from_rows(&k[h * kd..(h + 1) * kd], n_keys, d);
-        let values = PackedB::from_cols(&v[h * kd..(h + 1) * kd], n_keys, d);
-        let qh = &q[h * qd..(h + 1) * qd];
-        out[h * qd..(h + 1) * qd].par_chunks_mut(BLOCK * d).enumerate().for_each(|(rb, out_rows)| {
-            let (r0, rows) = (rb * BLOCK, out_rows.len() / d);
+        let keys = PackedB::pack(n_keys, d, |key, i| k.data[h * k.head_stride + key * k.row_stride + i]);
+        let values = PackedB::pack(d, n_keys, |i, key| v.data[h * v.head_stride + key * v.row_stride + i]);
+        (0..n_rows.div_ceil(BLOCK)).into_par_iter().for_each(|rb| {
+            let (r0, rows) = (rb * BLOCK, BLOCK.min(n_rows - rb * BLOCK));
             let seen: Vec<usize> = (r0..r0 + rows).map(|r| visible(r).clamp(1, n_keys)).collect();
             let most = seen.iter().copied().max().unwrap_or(n_keys);
             let mut qa = vec![0u16; BLOCK * keys.kp];
             for r in 0..rows {
-                round_into(&qh[(r0 + r) * d..(r0 + r + 1) * d], &mut qa[r * keys.kp..]);
+                round_into(q.row(h, r0 + r, d), &mut qa[r * keys.kp..]);
             }
             let mut scores = vec![0f32; BLOCK * keys.np];
             // Zeros past each row's visible keys: they add nothing to `p · v`.
@@ -420,11 +459,36 @@ pub fn attention(
                 };
                 let (c0, cols) = (nb * BLOCK, BLOCK.min(d - nb * BLOCK));
                 for r in 0..rows {
-                    out_rows[r * d + c0..r * d + c0 + cols].copy_from_slice(&scratch[r * BLOCK..r * BLOCK + cols]);
+                    // SAFETY: `(h, r0 + r, c0..c0 + cols)` lies inside `out` (checked above), and
+                    // no other task writes this head's rows `r0..r0 + rows`.
+                    unsafe {
+                        let dst = out_ptr.get().add(h * oh + (r0 + r) * or + c0);
+                        std::ptr::copy_nonoverlapping(scratch[r * BLOCK..].as_ptr(), dst, cols);
+                    }
                 }
             }
         });
     }
+}
+
+/// [`attention_into`] of contiguous `[heads, rows, d]` / `[heads, keys, d]` operands, into a
+/// new `[heads, rows, d]`.
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: Heads,
+    scale: f32,
+    visible: impl Fn(usize) -> usize + Sync,
+) -> Vec<f32> {
+    let Heads { heads, rows, keys, d } = shape;
+    assert!(
+        q.len() == heads * rows * d && k.len() == heads * keys * d && v.len() == heads * keys * d,
+        "attention operands"
+    );
+    let mut out = vec![0f32; heads * rows * d];
+    let (q, k, v) = (View::head_major(q, rows, d), View::head_major(k, keys, d), View::head_major(v, keys, d));
+    attention_into(q, k, v, shape, scale, visible, &mut out, (rows * d, d));
     out
 }
 

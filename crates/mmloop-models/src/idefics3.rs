@@ -210,7 +210,7 @@ impl Vision {
             let h = b.norm1.forward(&x, ctx.mode)?;
             let (q, k, v) =
                 (heads(b.q.forward(&h, ctx)?)?, heads(b.k.forward(&h, ctx)?)?, heads(b.v.forward(&h, ctx)?)?);
-            let a = segment_attention(&q.contiguous()?, &k.contiguous()?, &v, &lens, scale, ctx)?;
+            let a = segment_attention(&q, &k, &v, &lens, scale, ctx)?;
             x = b.o.forward_residual(&a, ctx, &x)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
             x = b.fc2.forward_residual(&b.fc1.forward_act(&h, ctx, Some(self.act))?, ctx, &x)?;

@@ -776,19 +776,15 @@ pub fn segment_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], sca
     let mode = ctx.mode;
     let amx =
         ctx.bf16 && mode == Mode::Infer && q.device().is_cpu() && q.dtype() == DType::F32 && crate::amx::available();
+    if amx {
+        let op = SegmentAttentionBf16 { lens: lens.to_vec(), scale: scale as f32 };
+        return Ok(q.apply_op3_no_bwd(k, v, &op)?);
+    }
+    let (q, k) = (q.contiguous()?, k.contiguous()?);
     let mut outs = Vec::with_capacity(lens.len());
     let mut start = 0;
     for &n in lens {
         if n == 0 {
-            continue;
-        }
-        if amx {
-            let part = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.narrow(1, start, n)?.flatten_all()?.to_vec1::<f32>()?) };
-            let shape = crate::amx::Heads { heads, rows: n, keys: n, d };
-            let o = crate::amx::attention(&part(q)?, &part(k)?, &part(v)?, shape, scale as f32, |_| n);
-            let o = Tensor::from_vec(o, (heads, n, d), q.device())?;
-            outs.push(o.transpose(0, 1)?.reshape((n, heads * d))?);
-            start += n;
             continue;
         }
         let o = attention(
@@ -803,6 +799,61 @@ pub fn segment_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], sca
         start += n;
     }
     Ok(Tensor::cat(&outs, 0)?)
+}
+
+/// [`segment_attention`] on AMX, one op over every segment: it reads `q`, `k`, `v` `[heads,
+/// rows, d]` where they lie (any strides with contiguous rows, such as the projections'
+/// `[rows, heads·d]` seen per head) and writes `[rows, heads·d]`, the layout the output
+/// projection takes, with no copies or concatenation around it.
+struct SegmentAttentionBf16 {
+    lens: Vec<usize>,
+    scale: f32,
+}
+
+impl candle_core::CustomOp3 for SegmentAttentionBf16 {
+    fn name(&self) -> &'static str {
+        "segment-attention-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        ql: &Layout,
+        k: &CpuStorage,
+        kl: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        // `[heads, rows, d]` with contiguous rows: (heads, rows, d, view).
+        fn view<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<(usize, usize, usize, crate::amx::View<'a>)> {
+            match (s, l.dims(), l.stride()) {
+                (CpuStorage::F32(data), &[heads, rows, d], &[head_stride, row_stride, 1]) => {
+                    Ok((heads, rows, d, crate::amx::View { data: &data[l.start_offset()..], head_stride, row_stride }))
+                }
+                _ => candle_core::bail!("segment attention: float32 [heads, rows, d] with contiguous rows only"),
+            }
+        }
+        let (heads, rows, d, q) = view(q, ql)?;
+        let (k, v) = (view(k, kl)?, view(v, vl)?);
+        if (k.0, k.1, k.2) != (heads, rows, d) || (v.0, v.1, v.2) != (heads, rows, d) {
+            candle_core::bail!("segment attention: q, k and v of different shapes");
+        }
+        if self.lens.iter().sum::<usize>() != rows {
+            candle_core::bail!("segment attention: segments of {} rows for {rows}", self.lens.iter().sum::<usize>());
+        }
+        let (k, v) = (k.3, v.3);
+        let width = heads * d;
+        let mut out = vec![0f32; rows * width];
+        let mut start = 0;
+        for &n in self.lens.iter().filter(|&&n| n > 0) {
+            let (qs, ks, vs) = (q.skip_rows(start), k.skip_rows(start), v.skip_rows(start));
+            let shape = crate::amx::Heads { heads, rows: n, keys: n, d };
+            let dst = &mut out[start * width..(start + n) * width];
+            crate::amx::attention_into(qs, ks, vs, shape, self.scale, |_| n, dst, (d, width));
+            start += n;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, width))))
+    }
 }
 
 /// The additive causal mask of `q` new positions at the end of `k` keys: `[q, k]`.
@@ -1054,6 +1105,16 @@ mod tests {
             assert_eq!(max_diff(&got, &f32_out), 0.0);
         }
         assert!(max_diff(&want, &f32_out) < 0.05, "bf16 against f32: {}", max_diff(&want, &f32_out));
+        // The same operands where the towers leave them, read in place: q and k as the
+        // projections' `[rows, heads·d]` seen per head (SigLIP), v a slice of a fused
+        // `[rows, 3, heads, d]` (Qwen's qkv).
+        let per_head = |t: &Tensor| t.transpose(0, 1).unwrap().contiguous().unwrap().reshape((n, heads, d)).unwrap();
+        let (qs, ks) = (per_head(&q).transpose(0, 1).unwrap(), per_head(&k).transpose(0, 1).unwrap());
+        let fused = Tensor::stack(&[per_head(&k), per_head(&q), per_head(&v)], 1).unwrap();
+        let vs = fused.narrow(1, 2, 1).unwrap().squeeze(1).unwrap().transpose(0, 1).unwrap();
+        assert!(!qs.is_contiguous() && !vs.is_contiguous());
+        let strided = segment_attention(&qs, &ks, &vs, &lens, scale, &ctx).unwrap();
+        assert_eq!(max_diff(&strided, &got), 0.0, "strided operands");
     }
 
     /// Prefill's causal attention on AMX: grouped heads (`rep` query heads per key head),
