@@ -49,8 +49,9 @@ mmloop_run() { # label model images_glob new_tokens extra-args...
   local label=$1 model=$2 images=$3 n=$4
   shift 4
   local out="$OUT_DIR/out-gpu-$label.jsonl"
-  # Warm-up (not timed): the driver compiles the kernels' PTX once and caches it.
-  "$MMLOOP" infer --model "$model" --device "$DEVICE" "$@" --images "$IMAGES/img0.jpg" --prompt "$PROMPT" \
+  # Warm-up (not timed) on the first image of the run's folder: the driver compiles the
+  # kernels' PTX once and caches it.
+  "$MMLOOP" infer --model "$model" --device "$DEVICE" "$@" --images "${images%/*}/img0.jpg" --prompt "$PROMPT" \
     --max-new-tokens 2 --temperature 0 -o "$out" --overwrite --json >/dev/null 2>>"$LOG.err"
   local r
   r=$("$MMLOOP" infer --model "$model" --device "$DEVICE" "$@" --images "$images" --prompt "$PROMPT" \
@@ -103,11 +104,9 @@ if [ "$WHICH" = qwen ] || [ "$WHICH" = all ]; then
   transformers_run qwen-bf16 "$M" 8 bf16 1 default "${IMGS[@]}"
   transformers_run qwen-fp32-pil "$M" 8 fp32 1 pil "${IMGS[@]}"
   transformers_run qwen-bf16-batch8 "$M" 8 bf16 8 default "${IMGS[@]}"
-  IMAGES_SAVED=$IMAGES IMAGES=$QDIR
   mmloop_run qwen-f32 "$M" "$QDIR/img*.jpg" 8 --dtype f32 --max-batch-size 1
   mmloop_run qwen-bf16 "$M" "$QDIR/img*.jpg" 8 --dtype bf16 --max-batch-size 1
   mmloop_run qwen-bf16-batch8 "$M" "$QDIR/img*.jpg" 8 --dtype bf16 --max-batch-size 8
-  IMAGES=$IMAGES_SAVED
   agree "$OUT_DIR/out-gpu-qwen-f32.jsonl" "$OUT_DIR/answers-tf-qwen-fp32-pil.jsonl" "qwen f32 (PIL image processor)"
 fi
 log "results in $LOG"

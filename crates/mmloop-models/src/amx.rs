@@ -123,12 +123,8 @@ impl PackedB {
         PackedB::pack(n, k, |col, kk| w[col * k + kk])
     }
 
-    /// `v` row-major `[k, n]`: `out = a · v` (attention's values).
-    pub fn from_cols(v: &[f32], k: usize, n: usize) -> PackedB {
-        assert_eq!(v.len(), n * k, "operand of {} values for [{k}, {n}]", v.len());
-        PackedB::pack(n, k, |col, kk| v[kk * n + col])
-    }
-
+    /// `[n, k]` from `get(col, kk)`: a weight's rows, or attention's keys and values (`[keys,
+    /// d]` seen as `[d, keys]`) wherever they lie.
     fn pack(n: usize, k: usize, get: impl Fn(usize, usize) -> f32 + Sync) -> PackedB {
         let kp = k.next_multiple_of(TK);
         let np = n.next_multiple_of(BLOCK);
@@ -329,7 +325,7 @@ unsafe fn matmul_packed(
     });
 }
 
-/// The operands of [`attention`]: `heads` (or key groups) of `rows` queries against `keys`
+/// The operands of [`attention_into`]: `heads` (or key groups) of `rows` queries against `keys`
 /// keys and values, each `d` wide.
 #[derive(Clone, Copy, Debug)]
 pub struct Heads {
@@ -339,7 +335,7 @@ pub struct Heads {
     pub d: usize,
 }
 
-/// One operand of [`attention`]: element `(head, row, i)` at `data[head·head_stride +
+/// One operand of [`attention_into`]: element `(head, row, i)` at `data[head·head_stride +
 /// row·row_stride + i]`, so both `[heads, rows, d]` and the projections' own `[rows, heads, d]`
 /// are read in place.
 #[derive(Clone, Copy, Debug)]
@@ -350,11 +346,6 @@ pub struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    /// A contiguous `[heads, rows, d]` operand.
-    pub fn head_major(data: &'a [f32], rows: usize, d: usize) -> View<'a> {
-        View { data, head_stride: rows * d, row_stride: d }
-    }
-
     /// The same operand from row `rows` on (a later segment).
     pub fn skip_rows(self, rows: usize) -> View<'a> {
         View { data: &self.data[rows * self.row_stride..], ..self }
@@ -469,27 +460,6 @@ pub fn attention_into(
             }
         });
     }
-}
-
-/// [`attention_into`] of contiguous `[heads, rows, d]` / `[heads, keys, d]` operands, into a
-/// new `[heads, rows, d]`.
-pub fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    shape: Heads,
-    scale: f32,
-    visible: impl Fn(usize) -> usize + Sync,
-) -> Vec<f32> {
-    let Heads { heads, rows, keys, d } = shape;
-    assert!(
-        q.len() == heads * rows * d && k.len() == heads * keys * d && v.len() == heads * keys * d,
-        "attention operands"
-    );
-    let mut out = vec![0f32; heads * rows * d];
-    let (q, k, v) = (View::head_major(q, rows, d), View::head_major(k, keys, d), View::head_major(v, keys, d));
-    attention_into(q, k, v, shape, scale, visible, &mut out, (rows * d, d));
-    out
 }
 
 /// candle's side: `x · Wᵀ` for a float32 CPU tensor `x` `[.., in]` and a packed `W`.
@@ -757,7 +727,7 @@ mod tests {
                 v[kk * n + col] = w[col * k + kk];
             }
         }
-        assert_eq!(PackedB::from_cols(&v, k, n).unpack(), rounded(&w));
+        assert_eq!(PackedB::pack(n, k, |col, kk| v[kk * n + col]).unpack(), rounded(&w));
     }
 
     /// Every size class: below one tile, ragged edges in all three dimensions, several tasks.

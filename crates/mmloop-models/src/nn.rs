@@ -696,13 +696,55 @@ pub fn causal_attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, n: usize, scale
     if !(q.device().is_cpu() && q.dtype() == DType::F32 && crate::amx::available()) {
         return Ok(None);
     }
-    let (groups, rows, d) = q.dims3()?;
-    let keys = k.dim(1)?;
-    let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-    let shape = crate::amx::Heads { heads: groups, rows, keys, d };
-    // Row `i` is query `i mod n` of its head, which sees the cache and the new rows up to itself.
-    let o = crate::amx::attention(&flat(q)?, &flat(k)?, &flat(v)?, shape, scale as f32, |i| keys - n + i % n + 1);
-    Ok(Some(Tensor::from_vec(o, (groups, rows, d), q.device())?))
+    Ok(Some(q.apply_op3_no_bwd(k, v, &CausalAttentionBf16 { n, scale: scale as f32 })?))
+}
+
+/// An AMX attention operand `[heads, rows, d]` read where it lies: any strides with
+/// contiguous rows (the projections' `[rows, heads·d]` seen per head, a KV cache's first
+/// rows). `op` names the caller in errors.
+fn amx_view<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> candle_core::Result<([usize; 3], crate::amx::View<'a>)> {
+    match (s, l.dims(), l.stride()) {
+        (CpuStorage::F32(data), &[heads, rows, d], &[head_stride, row_stride, 1]) => {
+            Ok(([heads, rows, d], crate::amx::View { data: &data[l.start_offset()..], head_stride, row_stride }))
+        }
+        _ => candle_core::bail!("{op}: float32 [heads, rows, d] with contiguous rows only"),
+    }
+}
+
+/// [`causal_attention_bf16`]'s op: `q` `[groups, rep·n, d]`, the keys and values `[groups,
+/// total, d]` read in place (the KV cache's rows, no copies), out `[groups, rep·n, d]`.
+struct CausalAttentionBf16 {
+    n: usize,
+    scale: f32,
+}
+
+impl candle_core::CustomOp3 for CausalAttentionBf16 {
+    fn name(&self) -> &'static str {
+        "causal-attention-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        ql: &Layout,
+        k: &CpuStorage,
+        kl: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = self.name();
+        let ([groups, rows, d], q) = amx_view(op, q, ql)?;
+        let (([kg, keys, kd], k), (vdims, v)) = (amx_view(op, k, kl)?, amx_view(op, v, vl)?);
+        if [kg, kd] != [groups, d] || vdims != [groups, keys, d] || keys < self.n {
+            candle_core::bail!("{op}: q {:?}, k {:?}, v {:?} for {} new rows", ql.dims(), kl.dims(), vl.dims(), self.n);
+        }
+        let mut out = vec![0f32; groups * rows * d];
+        let shape = crate::amx::Heads { heads: groups, rows, keys, d };
+        // Row `i` is query `i mod n` of its head, which sees the cache and the new rows up to itself.
+        let visible = |i: usize| keys - self.n + i % self.n + 1;
+        crate::amx::attention_into(q, k, v, shape, self.scale, visible, &mut out, (rows * d, d));
+        Ok((CpuStorage::F32(out), Shape::from((groups, rows, d))))
+    }
 }
 
 /// `softmax(q·kᵀ·scale + mask)` over [`causal_attention`]'s grouped rows, `[groups, rep·n, total]`;
@@ -824,24 +866,16 @@ impl candle_core::CustomOp3 for SegmentAttentionBf16 {
         v: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        // `[heads, rows, d]` with contiguous rows: (heads, rows, d, view).
-        fn view<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<(usize, usize, usize, crate::amx::View<'a>)> {
-            match (s, l.dims(), l.stride()) {
-                (CpuStorage::F32(data), &[heads, rows, d], &[head_stride, row_stride, 1]) => {
-                    Ok((heads, rows, d, crate::amx::View { data: &data[l.start_offset()..], head_stride, row_stride }))
-                }
-                _ => candle_core::bail!("segment attention: float32 [heads, rows, d] with contiguous rows only"),
-            }
+        let op = self.name();
+        let (dims, q) = amx_view(op, q, ql)?;
+        let ((kdims, k), (vdims, v)) = (amx_view(op, k, kl)?, amx_view(op, v, vl)?);
+        if kdims != dims || vdims != dims {
+            candle_core::bail!("{op}: q, k and v of different shapes");
         }
-        let (heads, rows, d, q) = view(q, ql)?;
-        let (k, v) = (view(k, kl)?, view(v, vl)?);
-        if (k.0, k.1, k.2) != (heads, rows, d) || (v.0, v.1, v.2) != (heads, rows, d) {
-            candle_core::bail!("segment attention: q, k and v of different shapes");
-        }
+        let [heads, rows, d] = dims;
         if self.lens.iter().sum::<usize>() != rows {
-            candle_core::bail!("segment attention: segments of {} rows for {rows}", self.lens.iter().sum::<usize>());
+            candle_core::bail!("{op}: segments of {} rows for {rows}", self.lens.iter().sum::<usize>());
         }
-        let (k, v) = (k.3, v.3);
         let width = heads * d;
         let mut out = vec![0f32; rows * width];
         let mut start = 0;
@@ -1138,5 +1172,12 @@ mod tests {
         assert!(max_diff(&got, &want) < 1e-3, "AMX against emulation: {}", max_diff(&got, &want));
         let f32_out = causal_attention(&q, &k, &v, n, scale, Mode::Infer).unwrap();
         assert!(max_diff(&got, &f32_out) < 0.05, "bf16 against f32: {}", max_diff(&got, &f32_out));
+        // Keys and values read where the KV cache keeps them: the first rows of a larger buffer.
+        let cached =
+            |t: &Tensor| Tensor::cat(&[t, &rand(&[groups, 19, d], 10)], 1).unwrap().narrow(1, 0, total).unwrap();
+        let (kc, vc) = (cached(&k), cached(&v));
+        assert!(!kc.is_contiguous());
+        let strided = causal_attention_bf16(&q, &kc, &vc, n, scale).unwrap().unwrap();
+        assert_eq!(max_diff(&strided, &got), 0.0, "cache-strided keys and values");
     }
 }
