@@ -50,37 +50,73 @@ fn bf16_bits(x: f32) -> u16 {
     if x.is_nan() { ((b >> 16) as u16) | 0x40 } else { rounded }
 }
 
-/// Rounds `src` into `dst` (the shorter's length) to the nearest bfloat16, ties to even:
-/// activations and attention probabilities are rounded on every call, over a billion values per
-/// SmolVLM image. Where the CPU has AVX-512 BF16 (every CPU with AMX does) this is its
-/// conversion instruction, which flushes subnormal inputs (|x| < 1.2e-38) to zero; elsewhere
-/// [`bf16_bits`], which keeps them.
-fn round_into(src: &[f32], dst: &mut [u16]) {
+/// Bfloat16 values in one tile (16 rows × 64 bytes).
+const TILE: usize = 16 * TK;
+
+/// Where element `i` of a row goes in a tile-major operand, from the row's place in its
+/// first tile: pieces of [`TK`] values, one tile apart.
+#[inline(always)]
+fn tiled(i: usize) -> usize {
+    (i / TK) * TILE + i % TK
+}
+
+/// Asks for `row`'s cache lines ahead of their use. Attention reads its operands a head at a
+/// time, 64 to 128 values from rows thousands of bytes apart, a pattern the hardware's
+/// prefetchers do not follow across pages: without this each row waits on memory in turn.
+#[inline(always)]
+fn prefetch(row: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx512_bf16() {
-        // SAFETY: the CPU supports AVX-512F, AVX-512BW, AVX-512VL and AVX-512 BF16 (checked above).
-        return unsafe { round_into_avx512(src, dst) };
-    }
-    for (d, &x) in dst.iter_mut().zip(src) {
-        *d = bf16_bits(x);
+    for line in row.chunks(16) {
+        // SAFETY: a prefetch is a hint; it reads nothing architecturally and cannot fault.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
     }
 }
 
+/// Where element `i` of a row goes: [`tiled`]`(i)` in a tile-major operand, else `i`.
+#[inline(always)]
+fn place<const TILED: bool>(i: usize) -> usize {
+    if TILED { tiled(i) } else { i }
+}
+
+/// Rounds the row `src` to the nearest bfloat16, ties to even, into `dst`: element `i` at
+/// [`place`]`(i)`, so with `TILED` as a row of a tile-major operand (nothing between the pieces
+/// is written). Activations and attention probabilities are rounded on every call, over a
+/// billion values per SmolVLM image. Where the CPU has AVX-512 BF16 (every CPU with AMX
+/// does) this is its conversion instruction, which flushes subnormal inputs (|x| < 1.2e-38)
+/// to zero; elsewhere [`bf16_bits`], which keeps them. Panics when `dst` is too short.
+fn round_row<const TILED: bool>(src: &[f32], dst: &mut [u16]) {
+    let Some(last) = src.len().checked_sub(1) else { return };
+    assert!(place::<TILED>(last) < dst.len(), "a row of {} values for {} places", src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_bf16() {
+        // SAFETY: the CPU supports AVX-512F, AVX-512BW, AVX-512VL and AVX-512 BF16 (checked
+        // above); `dst` holds every place of `src` (asserted above).
+        return unsafe { round_row_avx512::<TILED>(src, dst) };
+    }
+    for (i, &x) in src.iter().enumerate() {
+        dst[place::<TILED>(i)] = bf16_bits(x);
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512F/BW/VL/BF16; `dst.len() > place::<TILED>(src.len() - 1)`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn round_into_avx512(src: &[f32], dst: &mut [u16]) {
+unsafe fn round_row_avx512<const TILED: bool>(src: &[f32], dst: &mut [u16]) {
     use std::arch::x86_64::*;
-    let n = src.len().min(dst.len());
+    let n = src.len();
     let mut i = 0;
     while i < n {
-        // The last group takes the lanes it has (masked load and store).
+        // Groups of 16 never straddle a piece of 32; the last takes the lanes it has (masked
+        // load and store).
         let mask: u16 = if n - i >= 16 { u16::MAX } else { (1u16 << (n - i)) - 1 };
-        // SAFETY: the mask covers only the `min(16, n - i)` floats left in `src` and as many
-        // u16 in `dst`; masked-off lanes are neither read nor written.
+        // SAFETY: the mask covers only the `min(16, n - i)` floats left in `src` and the as
+        // many places from `place(i)` in `dst`, the last of them `place(j) ≤ place(n - 1)`
+        // for `j < n`; masked-off lanes are neither read nor written.
         unsafe {
             let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
             let b = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
-            _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(i).cast(), mask, b);
+            _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(place::<TILED>(i)).cast(), mask, b);
         }
         i += 16;
     }
@@ -117,40 +153,68 @@ pub struct PackedB {
 }
 
 impl PackedB {
-    /// `w` row-major `[n, k]`: `out = a · wᵀ` (a linear layer's weight).
+    /// `w` row-major `[n, k]`: `out = a · wᵀ` (a linear layer's weight), packed in parallel.
     pub fn from_rows(w: &[f32], n: usize, k: usize) -> PackedB {
         assert_eq!(w.len(), n * k, "weight of {} values for [{n}, {k}]", w.len());
-        PackedB::pack(n, k, |col, kk| w[col * k + kk])
+        let mut b = PackedB::zeros(n, k);
+        let panel = b.kp / TK * TILE;
+        let kp = b.kp;
+        b.data.par_chunks_mut(panel).enumerate().for_each(|(cb, panel)| {
+            fill_rows(panel, cb, n, kp, |col| &w[col * k..(col + 1) * k]);
+        });
+        b
     }
 
-    /// `[n, k]` from `get(col, kk)`: a weight's rows, or attention's keys and values (`[keys,
-    /// d]` seen as `[d, keys]`) wherever they lie.
-    fn pack(n: usize, k: usize, get: impl Fn(usize, usize) -> f32 + Sync) -> PackedB {
-        let kp = k.next_multiple_of(TK);
-        let np = n.next_multiple_of(BLOCK);
-        let steps = kp / TK;
-        let tile = 16 * TK;
-        let mut data = vec![0u16; np * kp];
-        // One column block of 16 (all its k steps) per task.
-        data.par_chunks_mut(steps * tile).enumerate().for_each(|(cb, panel)| {
-            for (step, t) in panel.chunks_mut(tile).enumerate() {
+    /// `[n, k]` from its rows, `row(col)` the `k` values of column `col` of the product
+    /// (attention's keys, wherever they lie).
+    fn pack_rows<'a>(n: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) -> PackedB {
+        let mut b = PackedB::zeros(n, k);
+        let panel = b.kp / TK * TILE;
+        let kp = b.kp;
+        for (cb, panel) in b.data.chunks_mut(panel).enumerate() {
+            fill_rows(panel, cb, n, kp, &row);
+        }
+        b
+    }
+
+    /// `[n, k]` from the rows of its transpose, `row(kk)` the `n` values at step `kk` along k
+    /// (attention's values: one row per key).
+    fn pack_transposed<'a>(n: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) -> PackedB {
+        let mut b = PackedB::zeros(n, k);
+        let steps = b.kp / TK;
+        // Two consecutive k rows, rounded, make one row of a tile: their values interleaved.
+        let (mut even, mut odd) = (vec![0u16; b.np], vec![0u16; b.np]);
+        // Rows ahead of their use (see [`prefetch`]).
+        const AHEAD: usize = 16;
+        for kk in 0..AHEAD.min(k) {
+            prefetch(row(kk));
+        }
+        for kk in (0..k).step_by(2) {
+            for ahead in kk + AHEAD..(kk + AHEAD + 2).min(k) {
+                prefetch(row(ahead));
+            }
+            round_row::<false>(row(kk), &mut even);
+            if kk + 1 < k {
+                round_row::<false>(row(kk + 1), &mut odd);
+            } else {
+                odd.fill(0);
+            }
+            let (step, p) = (kk / TK, (kk % TK) / 2);
+            for cb in 0..b.np / 16 {
+                let t = &mut b.data[(cb * steps + step) * TILE + p * TK..][..TK];
                 for c in 0..16 {
-                    let col = cb * 16 + c;
-                    if col >= n {
-                        break;
-                    }
-                    for p in 0..16 {
-                        for j in 0..2 {
-                            let kk = step * TK + 2 * p + j;
-                            if kk < k {
-                                t[p * 32 + c * 2 + j] = bf16_bits(get(col, kk));
-                            }
-                        }
-                    }
+                    t[2 * c] = even[cb * 16 + c];
+                    t[2 * c + 1] = odd[cb * 16 + c];
                 }
             }
-        });
-        PackedB { n, k, kp, np, data }
+        }
+        b
+    }
+
+    /// Zeros for `[n, k]`, padded.
+    fn zeros(n: usize, k: usize) -> PackedB {
+        let (kp, np) = (k.next_multiple_of(TK), n.next_multiple_of(BLOCK));
+        PackedB { n, k, kp, np, data: vec![0u16; np * kp] }
     }
 
     /// The operand `[n, k]` back as float32 (bfloat16 values), for tests and fallbacks.
@@ -160,7 +224,7 @@ impl PackedB {
         for col in 0..self.n {
             for kk in 0..self.k {
                 let (cb, c, step, p, j) = (col / 16, col % 16, kk / TK, (kk % TK) / 2, kk % 2);
-                out[col * self.k + kk] = bf16_value(self.data[(cb * steps + step) * 16 * TK + p * 32 + c * 2 + j]);
+                out[col * self.k + kk] = bf16_value(self.data[(cb * steps + step) * TILE + p * 32 + c * 2 + j]);
             }
         }
         out
@@ -172,8 +236,30 @@ impl PackedB {
     }
 }
 
-/// A left operand `[m, k]` rounded to bfloat16, row-major with rows padded to `kp` (a
-/// multiple of 32) and `m` to a multiple of 32, zeros in the padding.
+/// Column block `cb` (16 columns, all `kp / 32` of its tiles) of a [`PackedB`] from the
+/// columns' rows of `k` values: each row rounded, then its (k, k+1) pairs placed one tile row
+/// apart (AMX's "VNNI" layout). Columns past `n` and values past `k` stay as they are (zero).
+fn fill_rows<'a>(panel: &mut [u16], cb: usize, n: usize, kp: usize, row: impl Fn(usize) -> &'a [f32]) {
+    let mut rounded = vec![0u16; kp];
+    let cols = 16.min(n.saturating_sub(cb * 16));
+    for c in 0..cols {
+        prefetch(row(cb * 16 + c));
+    }
+    for c in 0..cols {
+        round_row::<false>(row(cb * 16 + c), &mut rounded);
+        for (step, tile) in panel.chunks_mut(TILE).enumerate() {
+            for p in 0..16 {
+                let at = step * TK + 2 * p;
+                tile[p * TK + 2 * c..][..2].copy_from_slice(&rounded[at..at + 2]);
+            }
+        }
+    }
+}
+
+/// A left operand `[m, k]` rounded to bfloat16 in tile-major order: for each 16 rows, for
+/// each step of 32 along k, one tile (16 rows × 32 values, 1 KiB contiguous) — a tile load of
+/// contiguous memory is about a third faster than one of 16 rows `k` apart. `m` is padded to
+/// a multiple of 32 and `k` to `kp`, zeros in the padding.
 struct PackedA {
     m: usize,
     kp: usize,
@@ -183,10 +269,11 @@ struct PackedA {
 impl PackedA {
     /// `a` row-major `[m, k]`, rounded in parallel blocks of 64 rows.
     fn from_rows(a: &[f32], m: usize, k: usize, kp: usize) -> PackedA {
-        let mut data = vec![0u16; m.next_multiple_of(BLOCK) * kp];
-        data[..m * kp].par_chunks_mut(kp * 64).zip(a.par_chunks(k * 64)).for_each(|(dst, src)| {
-            for (d, s) in dst.chunks_mut(kp).zip(src.chunks(k)) {
-                round_into(s, d);
+        let panel = kp / TK * TILE;
+        let mut data = vec![0u16; m.next_multiple_of(BLOCK) / 16 * panel];
+        data.par_chunks_mut(4 * panel).zip(a.par_chunks(k * 64)).for_each(|(dst, src)| {
+            for (r, s) in src.chunks(k).enumerate() {
+                round_row::<true>(s, &mut dst[(r / 16) * panel + (r % 16) * TK..]);
             }
         });
         PackedA { m, kp, data }
@@ -276,6 +363,7 @@ unsafe fn matmul_packed(
     // Tasks: 256 rows × 256 columns of the output; the B panel of one task (256 × k bfloat16)
     // stays in L2 while its row blocks pass.
     const SPAN: usize = 8;
+    let steps = b.kp / TK;
     let (mblocks, nblocks) = (m.div_ceil(BLOCK), b.np / BLOCK);
     let (mtasks, ntasks) = (mblocks.div_ceil(SPAN), nblocks.div_ceil(SPAN));
     let out_ptr = SendPtr(out);
@@ -286,29 +374,23 @@ unsafe fn matmul_packed(
         let _tiles = imp::Tiles::configure();
         for mb in mt * SPAN..((mt + 1) * SPAN).min(mblocks) {
             for nb in nt * SPAN..((nt + 1) * SPAN).min(nblocks) {
-                let steps = b.kp / TK;
-                let a0 = pa.data[mb * BLOCK * b.kp..].as_ptr();
-                let b0 = b.data[(2 * nb) * steps * 16 * TK..].as_ptr();
-                // SAFETY: `pa` holds 32 padded rows from `mb·32` of `kp` values each, `b.data`
-                // two column panels of `steps` tiles from column block `2·nb`; the scratch
-                // holds 32×32 floats.
-                unsafe { imp::block(a0, b.kp, b0, steps, scratch.as_mut_ptr(), BLOCK) };
+                let a0 = pa.data[2 * mb * steps * TILE..].as_ptr();
+                let b0 = b.data[2 * nb * steps * TILE..].as_ptr();
+                // SAFETY (both `block` calls below): `pa.data` holds the two row panels of
+                // `steps` tiles from row tile `2·mb`, `b.data` the two column panels from
+                // column tile `2·nb`.
                 let (r0, c0) = (mb * BLOCK, nb * BLOCK);
-                let cols = BLOCK.min(n - c0);
-                for r in 0..BLOCK.min(m - r0) {
-                    // SAFETY: row `r0 + r < m`, columns `c0..c0 + cols ≤ n`; tasks write
-                    // disjoint blocks.
-                    let dst = unsafe { out_ptr.get().add((r0 + r) * n + c0) };
-                    let row = &mut scratch[r * BLOCK..r * BLOCK + cols];
+                let (rows, cols) = (BLOCK.min(m - r0), BLOCK.min(n - c0));
+                let finish = |row: &mut [f32], r: usize| {
                     if let Some(b) = bias {
                         for (v, b) in row.iter_mut().zip(&b[c0..c0 + cols]) {
                             *v += b;
                         }
                     }
                     if epilogue == Epilogue::GeluTanh {
-                        let mut done = [0f32; BLOCK];
-                        crate::kernels::gelu_chunk(row, &mut done[..cols]);
-                        row.copy_from_slice(&done[..cols]);
+                        let mut x = [0f32; BLOCK];
+                        x[..cols].copy_from_slice(row);
+                        crate::kernels::gelu_chunk(&x[..cols], row);
                     }
                     if let Some(res) = residual {
                         let at = (r0 + r) * n + c0;
@@ -316,9 +398,31 @@ unsafe fn matmul_packed(
                             *v += x;
                         }
                     }
-                    // SAFETY: see above; written through the pointer (the memory may be
+                };
+                if rows == BLOCK && cols == BLOCK {
+                    // A whole block: the tiles are stored straight into the output and finished
+                    // there, while in cache.
+                    // SAFETY: as above, and rows `r0..r0 + 32 ≤ m`, columns `c0..c0 + 32 ≤ n`
+                    // of `out` (row stride `n`) are this task's alone; `block` writes all of
+                    // them before the slices below are formed.
+                    unsafe {
+                        let dst = out_ptr.get().add(r0 * n + c0);
+                        imp::block(a0, b0, steps * TILE, steps, dst, n);
+                        for r in 0..BLOCK {
+                            finish(std::slice::from_raw_parts_mut(dst.add(r * n), BLOCK), r);
+                        }
+                    }
+                    continue;
+                }
+                // SAFETY: as above; the scratch holds 32×32 floats.
+                unsafe { imp::block(a0, b0, steps * TILE, steps, scratch.as_mut_ptr(), BLOCK) };
+                for r in 0..rows {
+                    let row = &mut scratch[r * BLOCK..r * BLOCK + cols];
+                    finish(row, r);
+                    // SAFETY: row `r0 + r < m`, columns `c0..c0 + cols ≤ n`; tasks write
+                    // disjoint blocks. Written through the pointer (the memory may be
                     // uninitialised, so no slice is formed over it).
-                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols) };
+                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out_ptr.get().add((r0 + r) * n + c0), cols) };
                 }
             }
         }
@@ -363,16 +467,18 @@ impl<'a> View<'a> {
 }
 
 /// `softmax(q·kᵀ·scale)·v` for each head, the products on AMX (operands rounded to
-/// bfloat16), scores and softmax in float32: `q` `[heads, rows, d]`, `k` and `v` `[heads,
-/// keys, d]` (any strides, [`View`]); the output goes to `out`, element `(head, row, i)` at
-/// `head·out_strides.0 + row·out_strides.1 + i`. Query row `r` of every head sees the first
-/// `visible(r)` keys (all of them without a mask; a causal mask in prefill). Needs
+/// bfloat16), scores, exponentials and their sums in float32: `q` `[heads, rows, d]`, `k` and
+/// `v` `[heads, keys, d]` (any strides, [`View`]); the output goes to `out`, element `(head,
+/// row, i)` at `head·out_strides.0 + row·out_strides.1 + i`. Query row `r` of every head sees
+/// the first `visible(r)` keys (all of them without a mask; a causal mask in prefill). Needs
 /// [`available`]; panics where a view or `out` is too short for `shape`.
 ///
 /// Blocked like flash attention's forward pass: each task takes 32 query rows, computes their
-/// scores against every key, softmax, rounds the probabilities straight into the bfloat16
-/// operand and multiplies by the values, so a task's working set (`32 × n` scores) stays in
-/// cache instead of a head's `n × n` scores passing through memory twice.
+/// scores against every key, rounds `e^(scale·(s − max))` straight into the bfloat16 operand
+/// and multiplies by the values, dividing each output row by its sum of exponentials last
+/// (PyTorch's CPU flash attention rounds the same unnormalised values). A task's working set
+/// (`32 × n` scores) stays in cache instead of a head's `n × n` scores passing through memory
+/// twice, and its buffers are reused from task to task.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_into(
     q: View,
@@ -396,70 +502,176 @@ pub fn attention_into(
         return;
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
-    for h in 0..heads {
-        let keys = PackedB::pack(n_keys, d, |key, i| k.data[h * k.head_stride + key * k.row_stride + i]);
-        let values = PackedB::pack(d, n_keys, |i, key| v.data[h * v.head_stride + key * v.row_stride + i]);
-        (0..n_rows.div_ceil(BLOCK)).into_par_iter().for_each(|rb| {
-            let (r0, rows) = (rb * BLOCK, BLOCK.min(n_rows - rb * BLOCK));
-            let seen: Vec<usize> = (r0..r0 + rows).map(|r| visible(r).clamp(1, n_keys)).collect();
-            let most = seen.iter().copied().max().unwrap_or(n_keys);
-            let mut qa = vec![0u16; BLOCK * keys.kp];
-            for r in 0..rows {
-                round_into(q.row(h, r0 + r, d), &mut qa[r * keys.kp..]);
+    // Every head's keys and values packed first, then one task per (head, 32 query rows), a
+    // head's tasks next to each other so its operands stay in cache.
+    let packed: Vec<(PackedB, PackedB)> = (0..heads)
+        .into_par_iter()
+        .map(|h| {
+            let keys = PackedB::pack_rows(n_keys, d, |key| k.row(h, key, d));
+            (keys, PackedB::pack_transposed(d, n_keys, |key| v.row(h, key, d)))
+        })
+        .collect();
+    let (keys_np, steps_d, steps_n) = (packed[0].0.np, packed[0].0.kp / TK, packed[0].1.kp / TK);
+    // Per task: queries and probabilities in tile-major order (as [`PackedA`], two row
+    // panels), the scores, each row's sum of exponentials and a 32×32 output block. Reused,
+    // so only what a block reads is ever written: a query row's padding past `d` stays zero
+    // from the start, padding rows (past `n_rows`) give output rows nobody copies, and each
+    // probability row is zeroed past its visible keys below.
+    let buffers = || {
+        let qa = vec![0u16; 2 * steps_d * TILE];
+        let probs = vec![0u16; 2 * steps_n * TILE];
+        (qa, vec![0f32; BLOCK * keys_np], probs, [0f32; BLOCK], [0f32; BLOCK * BLOCK])
+    };
+    let row_blocks = n_rows.div_ceil(BLOCK);
+    (0..heads * row_blocks).into_par_iter().for_each_init(buffers, |(qa, scores, probs, sums, scratch), task| {
+        let (h, rb) = (task / row_blocks, task % row_blocks);
+        let (keys, values) = &packed[h];
+        let (r0, rows) = (rb * BLOCK, BLOCK.min(n_rows - rb * BLOCK));
+        let seen: Vec<usize> = (r0..r0 + rows).map(|r| visible(r).clamp(1, n_keys)).collect();
+        let most = seen.iter().copied().max().unwrap_or(n_keys);
+        let steps_seen = most.div_ceil(TK);
+        for r in 0..rows {
+            prefetch(q.row(h, r0 + r, d));
+        }
+        for r in 0..rows {
+            round_row::<true>(q.row(h, r0 + r, d), &mut qa[(r / 16) * steps_d * TILE + (r % 16) * TK..]);
+        }
+        let _tiles = imp::Tiles::configure();
+        // Key blocks no row of this block sees are skipped (causal masks).
+        for nb in 0..most.div_ceil(BLOCK) {
+            // SAFETY: `qa` holds two row panels of `steps_d` tiles; the key panels `2·nb`,
+            // `2·nb + 1` exist (`np` is a multiple of 32); `scores` holds 32 rows of `np`
+            // floats.
+            unsafe {
+                imp::block(
+                    qa.as_ptr(),
+                    keys.data[2 * nb * steps_d * TILE..].as_ptr(),
+                    steps_d * TILE,
+                    steps_d,
+                    scores[nb * BLOCK..].as_mut_ptr(),
+                    keys.np,
+                )
+            };
+        }
+        for (r, &vis) in seen.iter().enumerate() {
+            let row = &mut probs[(r / 16) * steps_n * TILE + (r % 16) * TK..];
+            sums[r] = exp_row_tiled(&scores[r * keys.np..r * keys.np + vis], scale, row);
+            // Keys past the row's visible ones weigh nothing in `p · v`.
+            for i in vis..steps_seen * TK {
+                row[tiled(i)] = 0;
             }
-            let mut scores = vec![0f32; BLOCK * keys.np];
-            // Zeros past each row's visible keys: they add nothing to `p · v`.
-            let mut probs = vec![0u16; BLOCK * values.kp];
-            let mut row = vec![0f32; n_keys];
-            let mut scratch = [0f32; BLOCK * BLOCK];
-            let _tiles = imp::Tiles::configure();
-            let steps_d = keys.kp / TK;
-            // Key blocks no row of this block sees are skipped (causal masks).
-            for nb in 0..most.div_ceil(BLOCK) {
-                // SAFETY: `qa` holds 32 rows of `keys.kp`; the key panels `2·nb`, `2·nb + 1`
-                // exist (`np` is a multiple of 32); `scores` holds 32 rows of `np` floats.
-                unsafe {
-                    imp::block(
-                        qa.as_ptr(),
-                        keys.kp,
-                        keys.data[2 * nb * steps_d * 16 * TK..].as_ptr(),
-                        steps_d,
-                        scores[nb * BLOCK..].as_mut_ptr(),
-                        keys.np,
-                    )
-                };
-            }
-            for (r, &vis) in seen.iter().enumerate() {
-                let src = &scores[r * keys.np..r * keys.np + vis];
-                crate::kernels::softmax_chunk(src, &mut row[..vis], scale);
-                round_into(&row[..vis], &mut probs[r * values.kp..]);
-            }
-            let (steps_n, steps_seen) = (values.kp / TK, most.div_ceil(TK));
-            for nb in 0..values.np / BLOCK {
-                // SAFETY: as above, with `probs` 32 rows of `values.kp`, the first `steps_seen ≤
-                // steps_n` k-steps of the value panels, and the scratch 32×32.
-                unsafe {
-                    imp::block(
-                        probs.as_ptr(),
-                        values.kp,
-                        values.data[2 * nb * steps_n * 16 * TK..].as_ptr(),
-                        steps_seen,
-                        scratch.as_mut_ptr(),
-                        BLOCK,
-                    )
-                };
-                let (c0, cols) = (nb * BLOCK, BLOCK.min(d - nb * BLOCK));
-                for r in 0..rows {
-                    // SAFETY: `(h, r0 + r, c0..c0 + cols)` lies inside `out` (checked above), and
+        }
+        for nb in 0..values.np / BLOCK {
+            // SAFETY: as above, with `probs` two row panels of `steps_n` tiles, the first
+            // `steps_seen ≤ steps_n` tiles of each read, likewise of the value panels; the
+            // scratch 32×32.
+            unsafe {
+                imp::block(
+                    probs.as_ptr(),
+                    values.data[2 * nb * steps_n * TILE..].as_ptr(),
+                    steps_n * TILE,
+                    steps_seen,
+                    scratch.as_mut_ptr(),
+                    BLOCK,
+                )
+            };
+            let (c0, cols) = (nb * BLOCK, BLOCK.min(d - nb * BLOCK));
+            for (r, &sum) in sums[..rows].iter().enumerate() {
+                let inv = 1.0 / sum;
+                for (i, &x) in scratch[r * BLOCK..r * BLOCK + cols].iter().enumerate() {
+                    // SAFETY: `(h, r0 + r, c0 + i)` lies inside `out` (checked above), and
                     // no other task writes this head's rows `r0..r0 + rows`.
-                    unsafe {
-                        let dst = out_ptr.get().add(h * oh + (r0 + r) * or + c0);
-                        std::ptr::copy_nonoverlapping(scratch[r * BLOCK..].as_ptr(), dst, cols);
-                    }
+                    unsafe { *out_ptr.get().add(h * oh + (r0 + r) * or + c0 + i) = x * inv };
                 }
             }
-        });
+        }
+    });
+}
+
+/// `e^(scale·(x − max x))` for the row `src`, rounded to bfloat16 into `dst` laid out as
+/// [`round_row`]'s tile-major one; returns the sum of the unrounded values (at least 1: the maximum's
+/// own term). Attention's probabilities before their normalisation. The exponential is
+/// `2^t` split into `2^round(t)` (exact) and a degree-5 polynomial for `2^f`, |f| ≤ ½,
+/// fitted for relative error (2.2e-7, near float32's rounding, far below bfloat16's 3.9e-3).
+/// Panics when `dst` is too short.
+fn exp_row_tiled(src: &[f32], scale: f32, dst: &mut [u16]) -> f32 {
+    let Some(last) = src.len().checked_sub(1) else { return 0.0 };
+    assert!(tiled(last) < dst.len(), "a row of {} values for {} places", src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_bf16() {
+        // SAFETY: the CPU supports AVX-512F, AVX-512BW, AVX-512VL and AVX-512 BF16 (checked
+        // above); `dst` holds every tiled place of `src` (asserted above).
+        return unsafe { exp_row_tiled_avx512(src, scale, dst) };
     }
+    let max = src.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = if max.is_finite() { max } else { 0.0 };
+    let c = scale * std::f32::consts::LOG2_E;
+    let mut sum = 0.0;
+    for (i, &x) in src.iter().enumerate() {
+        let e = exp2((x - max) * c);
+        sum += e;
+        dst[tiled(i)] = bf16_bits(e);
+    }
+    sum
+}
+
+/// Coefficients of `2^f` on |f| ≤ ½, lowest first (relative least squares on Chebyshev nodes).
+const EXP2_POLY: [f32; 6] = [1.000_000_1, 0.693_146_94, 0.240_221_22, 0.055_507_425, 0.009_675_46, 0.001_326_697];
+
+/// `2^t`, 0 below −150 (float32 has nothing there).
+#[inline(always)]
+fn exp2(t: f32) -> f32 {
+    let t = t.max(-150.0);
+    let n = t.round_ties_even();
+    let f = t - n;
+    let p = EXP2_POLY.iter().rev().fold(0f32, |acc, &c| acc.mul_add(f, c));
+    p * 2f32.powi(n as i32)
+}
+
+/// # Safety
+/// The CPU has AVX-512F/BW/VL/BF16; `dst.len() > tiled(src.len() - 1)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn exp_row_tiled_avx512(src: &[f32], scale: f32, dst: &mut [u16]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = src.len();
+    let mask_at = |i: usize| -> u16 { if n - i >= 16 { u16::MAX } else { (1u16 << (n - i)) - 1 } };
+    let mut most = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i < n {
+        // SAFETY: the mask covers only the floats left in `src`.
+        most = _mm512_max_ps(most, unsafe { _mm512_mask_loadu_ps(most, mask_at(i), src.as_ptr().add(i)) });
+        i += 16;
+    }
+    let max = _mm512_reduce_max_ps(most);
+    let max = if max.is_finite() { max } else { 0.0 };
+    let c = _mm512_set1_ps(scale * std::f32::consts::LOG2_E);
+    let max = _mm512_set1_ps(max);
+    let mut sum = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        let mask = mask_at(i);
+        // SAFETY: as above; the store covers the as many places from `tiled(i)` in `dst`
+        // (groups of 16 never straddle a piece of 32), the last of them at most `tiled(n − 1)`.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
+            // x − max first: exact for the scores near the maximum, which weigh most.
+            let t = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(x, max), c), _mm512_set1_ps(-150.0));
+            let whole = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+            let f = _mm512_sub_ps(t, whole);
+            let mut p = _mm512_set1_ps(EXP2_POLY[5]);
+            for &k in EXP2_POLY[..5].iter().rev() {
+                p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(k));
+            }
+            // Lanes past the row (their t is meaningless) are zeroed before the sum.
+            let e = _mm512_maskz_mov_ps(mask, _mm512_scalef_ps(p, whole));
+            sum = _mm512_add_ps(sum, e);
+            let b = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(e));
+            _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(tiled(i)).cast(), mask, b);
+        }
+        i += 16;
+    }
+    _mm512_reduce_add_ps(sum)
 }
 
 /// candle's side: `x · Wᵀ` for a float32 CPU tensor `x` `[.., in]` and a packed `W`.
@@ -601,35 +813,38 @@ mod imp {
         }
     }
 
-    /// One 32×32 output block into `c` (row stride `ldc` floats): `a` two row tiles of 16 rows
-    /// (row stride `kp` bfloat16), `b` two consecutive column panels of `steps` tiles.
+    /// One 32×32 output block into `c` (row stride `ldc` floats): `a` and `a.add(panel)` two
+    /// row panels of `steps` tiles each (16 rows × 32 k, [`super::PackedA`]'s layout), `b` and
+    /// `b.add(panel)` two column panels ([`super::PackedB`]'s).
+    ///
+    /// Tile loads, not products, bound this loop (a 1 KiB load costs about three products'
+    /// time), so each step issues both B loads first and each A load just before the two
+    /// products that use it: the second A's load overlaps the first two products.
     ///
     /// # Safety
-    /// Tiles configured ([`Tiles`]); `a` readable for 32 rows × `kp`, `b` for 2 × `steps` KiB,
-    /// `c` writable for 32 rows of `ldc ≥ 32` floats.
+    /// Tiles configured ([`Tiles`]); `a`, `a.add(panel)`, `b` and `b.add(panel)` readable for
+    /// `steps` KiB each, `c` writable for 32 rows of `ldc ≥ 32` floats.
     #[inline(never)]
-    pub unsafe fn block(a: *const u16, kp: usize, b: *const u16, steps: usize, c: *mut f32, ldc: usize) {
-        let sa = kp * 2;
+    pub unsafe fn block(a: *const u16, b: *const u16, panel: usize, steps: usize, c: *mut f32, ldc: usize) {
+        const TILE: usize = super::TILE;
         unsafe {
-            let a1 = a.add(16 * kp);
-            let b1 = b.add(steps * 16 * super::TK);
+            let (a1, b1) = (a.add(panel), b.add(panel));
             asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
             for s in 0..steps {
                 asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm6, [{b0} + {sb}*1]",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tileloadd tmm7, [{b1} + {sb}*1]",
+                    "tileloadd tmm6, [{b0} + {stride}*1]",
+                    "tileloadd tmm7, [{b1} + {stride}*1]",
+                    "tileloadd tmm4, [{a0} + {stride}*1]",
                     "tdpbf16ps tmm0, tmm4, tmm6",
                     "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {stride}*1]",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a.add(s * super::TK),
-                    a1 = in(reg) a1.add(s * super::TK),
-                    b0 = in(reg) b.add(s * 16 * super::TK),
-                    b1 = in(reg) b1.add(s * 16 * super::TK),
-                    sa = in(reg) sa,
-                    sb = in(reg) 64usize,
+                    a0 = in(reg) a.add(s * TILE),
+                    a1 = in(reg) a1.add(s * TILE),
+                    b0 = in(reg) b.add(s * TILE),
+                    b1 = in(reg) b1.add(s * TILE),
+                    stride = in(reg) 64usize,
                     options(nostack, readonly),
                 );
             }
@@ -664,7 +879,7 @@ mod imp {
     }
 
     #[inline(never)]
-    pub unsafe fn block(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32, _: usize) {
+    pub unsafe fn block(_: *const u16, _: *const u16, _: usize, _: usize, _: *mut f32, _: usize) {
         unreachable!("AMX is never available here")
     }
 }
@@ -703,14 +918,47 @@ mod tests {
         let mut x = operand(1_000, 3);
         x.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -0.0, 1e-40, -1e-40, f32::MAX, f32::MIN, f32::INFINITY]);
         x.extend([f32::NEG_INFINITY, f32::NAN, -f32::NAN, f32::from_bits(0x7f80_0001), f32::from_bits(0x3f80_8000)]);
-        for len in [x.len(), 15, 16, 17, 1] {
-            let mut got = vec![7u16; len + 1];
-            round_into(&x[..len], &mut got);
-            assert_eq!(got[len], 7, "nothing written past the input");
-            for (&v, &g) in x.iter().zip(&got[..len]) {
+        for len in [x.len(), 15, 16, 17, 33, 1] {
+            // Exactly the places of a row of `len` values in a tile-major operand.
+            let mut got = vec![7u16; tiled(len - 1) + 1];
+            round_row::<true>(&x[..len], &mut got);
+            for (at, &g) in got.iter().enumerate() {
+                if at % TILE >= TK {
+                    assert_eq!(g, 7, "written between the pieces, at {at}");
+                }
+            }
+            for (i, &v) in x[..len].iter().enumerate() {
+                let g = got[tiled(i)];
                 // AVX-512 BF16's instruction flushes subnormals to (signed) zero.
                 let flushed = v.is_subnormal() && g == (v.to_bits() >> 16) as u16 & 0x8000;
                 assert!(g == bf16_bits(v) || flushed, "{v:e}: {g:#x} against {:#x}", bf16_bits(v));
+            }
+        }
+    }
+
+    /// Attention's exponentials: each rounded value within one bfloat16 step of the exact
+    /// one's rounding (a value near a rounding boundary may land either side), their sum within
+    /// 1e-6 of the exact sum, zeros far below the maximum, in the tile-major layout.
+    #[test]
+    fn exponentials_are_near_exact_and_tiled() {
+        for (len, scale) in [(1, 0.125f32), (15, 1.0), (33, 0.125), (100, 0.3), (1000, 0.125)] {
+            let mut x: Vec<f32> = operand(len, len as u32).iter().map(|v| v * 40.0).collect();
+            let far = len / 2 + 1; // e^(−1250): nothing
+            if far < len {
+                x[far] = -1e4;
+            }
+            let mut got = vec![7u16; tiled(len - 1) + 1];
+            let sum = exp_row_tiled(&x, scale, &mut got);
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let exact: Vec<f64> = x.iter().map(|&v| ((v as f64 - max) * scale as f64).exp()).collect();
+            let want: f64 = exact.iter().sum();
+            assert!((sum as f64 - want).abs() <= 1e-6 * want, "{len}: sum {sum} against {want}");
+            for (i, &e) in exact.iter().enumerate() {
+                let (g, w) = (got[tiled(i)] as i32, bf16_bits(e as f32) as i32);
+                assert!((g - w).abs() <= 1, "{len}, {i}: {g:#x} against {w:#x}");
+            }
+            if far < len {
+                assert_eq!(got[tiled(far)], 0);
             }
         }
     }
@@ -727,7 +975,8 @@ mod tests {
                 v[kk * n + col] = w[col * k + kk];
             }
         }
-        assert_eq!(PackedB::pack(n, k, |col, kk| v[kk * n + col]).unpack(), rounded(&w));
+        assert_eq!(PackedB::pack_transposed(n, k, |kk| &v[kk * n..(kk + 1) * n]).unpack(), rounded(&w));
+        assert_eq!(PackedB::pack_rows(n, k, |col| &w[col * k..(col + 1) * k]).unpack(), rounded(&w));
     }
 
     /// Every size class: below one tile, ragged edges in all three dimensions, several tasks.
