@@ -309,7 +309,9 @@ pub fn matmul(a: &[f32], m: usize, k: usize, b: &PackedB, out: &mut [f32]) {
         return;
     }
     // SAFETY: `out` holds the `m × n` floats `product` writes.
-    unsafe { product(a, m, k, b, out.as_mut_ptr(), None, Epilogue::None, None) };
+    unsafe {
+        product(a, m, k, b, out.as_mut_ptr(), Finish { bias: None, epilogue: Epilogue::None, residual: None, n: b.n })
+    };
 }
 
 /// What is applied to each output value as it is written.
@@ -343,35 +345,55 @@ pub fn linear(
         // SAFETY: the capacity holds `m × n` floats; `product` writes every one of them before
         // the length is set.
         unsafe {
-            product(a, m, k, b, out.as_mut_ptr(), bias, epilogue, residual);
+            product(a, m, k, b, out.as_mut_ptr(), Finish { bias, epilogue, residual, n: b.n });
             out.set_len(m * b.n);
         }
     }
     out
 }
 
-/// `epilogue(a · Bᵀ + bias) + residual` into `out`: a few rows ([`FEW_ROWS`]) as dot
-/// products where the CPU has AVX-512 BF16, else on tiles.
+/// `a · Bᵀ`, finished, into `out`: a few rows ([`FEW_ROWS`]) as dot products where the CPU
+/// has AVX-512 BF16, else on tiles.
 ///
 /// # Safety
 /// `out` must be valid for writes of `m × b.n` floats; every one of them is written.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    a: &[f32],
-    m: usize,
-    k: usize,
-    b: &PackedB,
-    out: *mut f32,
-    bias: Option<&[f32]>,
-    epilogue: Epilogue,
-    residual: Option<&[f32]>,
-) {
+unsafe fn product(a: &[f32], m: usize, k: usize, b: &PackedB, out: *mut f32, finish: Finish) {
     // SAFETY: the caller's contract, and the CPU check for the dot products.
     unsafe {
         if m <= FEW_ROWS && has_avx512_bf16() {
-            matmul_few_rows(a, m, k, b, out, bias, epilogue, residual);
+            matmul_few_rows(a, m, k, b, out, finish);
         } else {
-            matmul_packed(&PackedA::from_rows(a, m, k, b.kp), b, out, bias, epilogue, residual);
+            matmul_packed(&PackedA::from_rows(a, m, k, b.kp), b, out, finish);
+        }
+    }
+}
+
+/// What a linear layer's output pass does to each product as it is written:
+/// `epilogue(product + bias) + residual`, `residual` of the output's shape `[m, n]`.
+#[derive(Clone, Copy)]
+struct Finish<'a> {
+    bias: Option<&'a [f32]>,
+    epilogue: Epilogue,
+    residual: Option<&'a [f32]>,
+    n: usize,
+}
+
+impl Finish<'_> {
+    /// Output row `r`, from column `c0` on (as many columns as `row` holds).
+    #[inline(always)]
+    fn row(&self, row: &mut [f32], r: usize, c0: usize) {
+        if let Some(b) = self.bias {
+            for (v, b) in row.iter_mut().zip(&b[c0..]) {
+                *v += b;
+            }
+        }
+        if self.epilogue == Epilogue::GeluTanh {
+            gelu_in_place(row);
+        }
+        if let Some(res) = self.residual {
+            for (v, x) in row.iter_mut().zip(&res[r * self.n + c0..]) {
+                *v += x;
+            }
         }
     }
 }
@@ -379,16 +401,9 @@ unsafe fn product(
 /// `out[m, n] = A · Bᵀ` for a packed `A` (`kp` equal to `B`'s).
 ///
 /// # Safety
-/// `out` must be valid for writes of `pa.m × b.n` floats; every one of them is written (with
-/// `bias` added per column when given, then `epilogue`, then `residual` `[m, n]`).
-unsafe fn matmul_packed(
-    pa: &PackedA,
-    b: &PackedB,
-    out: *mut f32,
-    bias: Option<&[f32]>,
-    epilogue: Epilogue,
-    residual: Option<&[f32]>,
-) {
+/// `out` must be valid for writes of `pa.m × b.n` floats; every one of them is written,
+/// finished ([`Finish`]).
+unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, finish: Finish) {
     debug_assert_eq!(pa.kp, b.kp);
     let m = pa.m;
     // Tasks: 256 rows × 256 columns of the output; the B panel of one task (256 × k bfloat16)
@@ -412,10 +427,6 @@ unsafe fn matmul_packed(
                 // column tile `2·nb`.
                 let (r0, c0) = (mb * BLOCK, nb * BLOCK);
                 let (rows, cols) = (BLOCK.min(m - r0), BLOCK.min(n - c0));
-                let finish = |row: &mut [f32], r: usize| {
-                    let at = (r0 + r) * n + c0;
-                    finish_row(row, bias.map(|b| &b[c0..]), epilogue, residual.map(|res| &res[at..]));
-                };
                 if rows == BLOCK && cols == BLOCK {
                     // A whole block: the tiles are stored straight into the output and finished
                     // there, while in cache.
@@ -426,7 +437,7 @@ unsafe fn matmul_packed(
                         let dst = out_ptr.get().add(r0 * n + c0);
                         imp::block(a0, b0, steps * TILE, steps, dst, n);
                         for r in 0..BLOCK {
-                            finish(std::slice::from_raw_parts_mut(dst.add(r * n), BLOCK), r);
+                            finish.row(std::slice::from_raw_parts_mut(dst.add(r * n), BLOCK), r0 + r, c0);
                         }
                     }
                     continue;
@@ -435,7 +446,7 @@ unsafe fn matmul_packed(
                 unsafe { imp::block(a0, b0, steps * TILE, steps, scratch.as_mut_ptr(), BLOCK) };
                 for r in 0..rows {
                     let row = &mut scratch[r * BLOCK..r * BLOCK + cols];
-                    finish(row, r);
+                    finish.row(row, r0 + r, c0);
                     // SAFETY: row `r0 + r < m`, columns `c0..c0 + cols ≤ n`; tasks write
                     // disjoint blocks. Written through the pointer (the memory may be
                     // uninitialised, so no slice is formed over it).
@@ -446,26 +457,6 @@ unsafe fn matmul_packed(
     });
 }
 
-/// A linear layer's output row (or the part of it at some column) as it is written: `bias`
-/// (from the same column) added, then the `epilogue`, then the `residual` (the same place of
-/// the block's input).
-#[inline(always)]
-fn finish_row(row: &mut [f32], bias: Option<&[f32]>, epilogue: Epilogue, residual: Option<&[f32]>) {
-    if let Some(b) = bias {
-        for (v, b) in row.iter_mut().zip(b) {
-            *v += b;
-        }
-    }
-    if epilogue == Epilogue::GeluTanh {
-        gelu_in_place(row);
-    }
-    if let Some(res) = residual {
-        for (v, x) in row.iter_mut().zip(res) {
-            *v += x;
-        }
-    }
-}
-
 /// Products with at most this many rows (a decode step: one row per sequence) go through
 /// AVX-512 BF16 dot products instead of tiles. A tile product computes 32 rows whatever `m`
 /// is, while the weights stream from memory either way; the packed weights' tile rows are
@@ -473,22 +464,12 @@ fn finish_row(row: &mut [f32], bias: Option<&[f32]>, epilogue: Epilogue, residua
 const FEW_ROWS: usize = 4;
 
 /// [`matmul_packed`] for `m ≤ FEW_ROWS` rows of `a` `[m, k]`, on CPUs with AVX-512 BF16: the
-/// same rounding, accumulation in float32, `bias`, `epilogue` and `residual` as there.
+/// same rounding, float32 accumulation and output pass as there.
 ///
 /// # Safety
 /// `out` must be valid for writes of `m × b.n` floats; every one of them is written. The CPU
 /// has AVX-512F and AVX-512 BF16.
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul_few_rows(
-    a: &[f32],
-    m: usize,
-    k: usize,
-    b: &PackedB,
-    out: *mut f32,
-    bias: Option<&[f32]>,
-    epilogue: Epilogue,
-    residual: Option<&[f32]>,
-) {
+unsafe fn matmul_few_rows(a: &[f32], m: usize, k: usize, b: &PackedB, out: *mut f32, finish: Finish) {
     debug_assert!((1..=FEW_ROWS).contains(&m));
     let mut rows = vec![0u16; m * b.kp];
     for (r, dst) in rows.chunks_mut(b.kp).enumerate() {
@@ -516,7 +497,7 @@ unsafe fn matmul_few_rows(
             let (c0, cols) = (cb * 16, 16.min(n - cb * 16));
             for (r, row) in acc[..m].iter_mut().enumerate() {
                 let row = &mut row[..cols];
-                finish_row(row, bias.map(|b| &b[c0..]), epilogue, residual.map(|res| &res[r * n + c0..]));
+                finish.row(row, r, c0);
                 // SAFETY: row `r < m`, columns `c0..c0 + cols ≤ n`; tasks write disjoint
                 // column blocks.
                 unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out_ptr.get().add(r * n + c0), cols) };
