@@ -8,14 +8,17 @@
 //!
 //! - the right operand is packed once into AMX's "VNNI" tile layout ([`PackedB`]: a linear
 //!   layer's weight at load, or a head's keys/values per call), rounded to bfloat16;
-//! - the left operand (activations, float32) is rounded to bfloat16 row by row per call;
+//! - the left operand (activations, float32) is rounded to bfloat16 per call, into tile-major
+//!   order (each 16 × 32 tile 1 KiB contiguous: tile loads, not products, bound the kernel);
 //! - products accumulate in float32 and come back as float32: only the operands are rounded,
-//!   as in PyTorch's CPU autocast, so norms, softmax and residuals stay float32.
+//!   as in PyTorch's CPU autocast, so norms, softmax's sums and residuals stay float32.
 //!
 //! The kernel computes 32×32 output blocks (four accumulator tiles, two A and two B tiles per
 //! step of 32 along k), blocks spread over rayon's threads by (row range, column range). Each
 //! block's output is written once, with the layer's bias, an activation (GELU) and the block's
-//! residual applied in the same pass ([`linear`]). Tile configuration is per thread: a task
+//! residual applied in the same pass ([`linear`]). Products of at most four rows
+//! (decode steps) use AVX-512 BF16 dot products over the same packed weights instead. Attention
+//! ([`attention_into`]) is blocked like flash attention. Tile configuration is per thread: a task
 //! loads it, runs its blocks and releases it with no rayon call in between, so no other task
 //! can run on that thread while its tiles are configured.
 //! Instructions are written with `asm!` (AMX intrinsics are not stable in Rust); the process
