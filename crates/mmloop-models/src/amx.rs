@@ -63,6 +63,13 @@ fn tiled(i: usize) -> usize {
     (i / TK) * TILE + i % TK
 }
 
+/// The lanes of the 16-lane group at element `i` of `n` (`i < n`): all 16, or the tail's.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lanes_left(n: usize, i: usize) -> u16 {
+    if n - i >= 16 { u16::MAX } else { (1u16 << (n - i)) - 1 }
+}
+
 /// Asks for `row`'s cache lines ahead of their use. Attention reads its operands a head at a
 /// time, 64 to 128 values from rows thousands of bytes apart, a pattern the hardware's
 /// prefetchers do not follow across pages: without this each row waits on memory in turn.
@@ -112,7 +119,7 @@ unsafe fn round_row_avx512<const TILED: bool>(src: &[f32], dst: &mut [u16]) {
     while i < n {
         // Groups of 16 never straddle a piece of 32; the last takes the lanes it has (masked
         // load and store).
-        let mask: u16 = if n - i >= 16 { u16::MAX } else { (1u16 << (n - i)) - 1 };
+        let mask = lanes_left(n, i);
         // SAFETY: the mask covers only the `min(16, n - i)` floats left in `src` and the as
         // many places from `place(i)` in `dst`, the last of them `place(j) ≤ place(n - 1)`
         // for `j < n`; masked-off lanes are neither read nor written.
@@ -748,6 +755,21 @@ fn exp2(t: f32) -> f32 {
     p * 2f32.powi(n as i32)
 }
 
+/// [`exp2`] on 16 lanes, the same steps (`t` below −150 gives 0; the caller keeps it below 128).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exp2_512(t: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let t = _mm512_max_ps(t, _mm512_set1_ps(-150.0));
+    let whole = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+    let f = _mm512_sub_ps(t, whole);
+    let mut p = _mm512_set1_ps(EXP2_POLY[5]);
+    for &k in EXP2_POLY[..5].iter().rev() {
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(k));
+    }
+    _mm512_scalef_ps(p, whole)
+}
+
 /// `x·Φ(x)` in GELU's tanh form, `x / (1 + e^(−2u))` with `u = √(2/π)·(x + 0.044715·x³)`,
 /// on a linear layer's output as it is written (bfloat16 operands: it is rounded to bfloat16
 /// before the next product). The exponential as in [`exp_row_tiled`], `−2u·log₂e` as one
@@ -777,7 +799,7 @@ unsafe fn gelu_in_place_avx512(row: &mut [f32]) {
     let n = row.len();
     let mut i = 0;
     while i < n {
-        let mask: u16 = if n - i >= 16 { u16::MAX } else { (1u16 << (n - i)) - 1 };
+        let mask = lanes_left(n, i);
         // SAFETY: the mask covers only the `min(16, n − i)` floats left in `row`.
         unsafe {
             let x = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i));
@@ -785,15 +807,8 @@ unsafe fn gelu_in_place_avx512(row: &mut [f32]) {
                 x,
                 _mm512_fmadd_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(GELU_T3), _mm512_set1_ps(GELU_T1)),
             );
-            // Above 126, 1 + 2^t is still finite and x / it ≈ 0, as exactly; below −150, 2^t = 0.
-            let t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-150.0)), _mm512_set1_ps(126.0));
-            let whole = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-            let f = _mm512_sub_ps(t, whole);
-            let mut p = _mm512_set1_ps(EXP2_POLY[5]);
-            for &k in EXP2_POLY[..5].iter().rev() {
-                p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(k));
-            }
-            let den = _mm512_add_ps(_mm512_set1_ps(1.0), _mm512_scalef_ps(p, whole));
+            // Above 126, 1 + 2^t is still finite and x / it ≈ 0, as exactly.
+            let den = _mm512_add_ps(_mm512_set1_ps(1.0), exp2_512(_mm512_min_ps(t, _mm512_set1_ps(126.0))));
             let r = _mm512_rcp14_ps(den);
             let r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(1.0)), r);
             _mm512_mask_storeu_ps(row.as_mut_ptr().add(i), mask, _mm512_mul_ps(x, r));
@@ -809,12 +824,11 @@ unsafe fn gelu_in_place_avx512(row: &mut [f32]) {
 unsafe fn exp_row_tiled_avx512(src: &[f32], scale: f32, dst: &mut [u16]) -> f32 {
     use std::arch::x86_64::*;
     let n = src.len();
-    let mask_at = |i: usize| -> u16 { if n - i >= 16 { u16::MAX } else { (1u16 << (n - i)) - 1 } };
     let mut most = _mm512_set1_ps(f32::NEG_INFINITY);
     let mut i = 0;
     while i < n {
         // SAFETY: the mask covers only the floats left in `src`.
-        most = _mm512_max_ps(most, unsafe { _mm512_mask_loadu_ps(most, mask_at(i), src.as_ptr().add(i)) });
+        most = _mm512_max_ps(most, unsafe { _mm512_mask_loadu_ps(most, lanes_left(n, i), src.as_ptr().add(i)) });
         i += 16;
     }
     let max = _mm512_reduce_max_ps(most);
@@ -824,21 +838,15 @@ unsafe fn exp_row_tiled_avx512(src: &[f32], scale: f32, dst: &mut [u16]) -> f32 
     let mut sum = _mm512_setzero_ps();
     let mut i = 0;
     while i < n {
-        let mask = mask_at(i);
+        let mask = lanes_left(n, i);
         // SAFETY: as above; the store covers the as many places from `tiled(i)` in `dst`
         // (groups of 16 never straddle a piece of 32), the last of them at most `tiled(n − 1)`.
         unsafe {
             let x = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
             // x − max first: exact for the scores near the maximum, which weigh most.
-            let t = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(x, max), c), _mm512_set1_ps(-150.0));
-            let whole = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-            let f = _mm512_sub_ps(t, whole);
-            let mut p = _mm512_set1_ps(EXP2_POLY[5]);
-            for &k in EXP2_POLY[..5].iter().rev() {
-                p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(k));
-            }
+            let e = exp2_512(_mm512_mul_ps(_mm512_sub_ps(x, max), c));
             // Lanes past the row (their t is meaningless) are zeroed before the sum.
-            let e = _mm512_maskz_mov_ps(mask, _mm512_scalef_ps(p, whole));
+            let e = _mm512_maskz_mov_ps(mask, e);
             sum = _mm512_add_ps(sum, e);
             let b = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(e));
             _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(tiled(i)).cast(), mask, b);
