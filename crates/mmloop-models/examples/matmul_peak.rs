@@ -2,6 +2,11 @@
 //! model benchmark compares its vision-encoder and prefill GFLOP/s with.
 //!
 //!     cargo run --release -p mmloop-models --example matmul_peak [m k n] [reps]
+//!
+//! AMX is measured first: after candle's float32 matmul has run its AVX-512 kernels (the
+//! `gemm` crate's, which use all 32 vector registers), the same AMX products measure about 40%
+//! slower in this process on the Xeon of docs/benchmarks.md (whole images with `--quant bf16`
+//! do not change: there candle's matmul serves only small products).
 use candle_core::{DType, Device, Tensor};
 
 fn main() -> candle_core::Result<()> {
@@ -11,21 +16,6 @@ fn main() -> candle_core::Result<()> {
         _ => (4096, 768, 3072),
     };
     let reps = args.get(3).copied().unwrap_or(5);
-    for dtype in [DType::F32, DType::BF16] {
-        let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?.to_dtype(dtype)?;
-        let b = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?.to_dtype(dtype)?;
-        let bt = b.t()?;
-        let Ok(_) = a.matmul(&bt) else {
-            println!("{dtype:?}: no CPU matmul");
-            continue;
-        };
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            let _ = a.matmul(&bt)?;
-        }
-        let s = t.elapsed().as_secs_f64() / reps as f64;
-        println!("{dtype:?} {m}x{k} @ {k}x{n}: {:.1} ms, {:.1} GFLOP/s", s * 1e3, 2.0 * (m * k * n) as f64 / s / 1e9);
-    }
     if mmloop_models::amx::available() {
         let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
@@ -44,6 +34,21 @@ fn main() -> candle_core::Result<()> {
         );
     } else {
         println!("AMX: not available on this CPU");
+    }
+    for dtype in [DType::F32, DType::BF16] {
+        let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?.to_dtype(dtype)?;
+        let b = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?.to_dtype(dtype)?;
+        let bt = b.t()?;
+        let Ok(_) = a.matmul(&bt) else {
+            println!("{dtype:?}: no CPU matmul");
+            continue;
+        };
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            let _ = a.matmul(&bt)?;
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        println!("{dtype:?} {m}x{k} @ {k}x{n}: {:.1} ms, {:.1} GFLOP/s", s * 1e3, 2.0 * (m * k * n) as f64 / s / 1e9);
     }
     Ok(())
 }
