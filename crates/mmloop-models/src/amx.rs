@@ -389,20 +389,71 @@ struct Finish<'a> {
 }
 
 impl Finish<'_> {
-    /// Output row `r`, from column `c0` on (as many columns as `row` holds).
+    /// Finishes in place `rows` rows of `cols` values at `dst`, `ld` apart: output rows
+    /// `r0..r0 + rows`, columns `c0..c0 + cols`. A whole block per call, so that on AVX-512
+    /// its 64 vectors' GELUs overlap instead of waiting on each other a row at a time, and the
+    /// bias and residual adds are 16 lanes wide (a SmolVLM image with `--quant bf16`: ~10%
+    /// less time than row by row).
+    ///
+    /// # Safety
+    /// `dst` is valid for reads and writes of those `rows × cols` floats; `r0 + rows ≤ m`,
+    /// `c0 + cols ≤ n`.
     #[inline(always)]
-    fn row(&self, row: &mut [f32], r: usize, c0: usize) {
-        if let Some(b) = self.bias {
-            for (v, b) in row.iter_mut().zip(&b[c0..]) {
-                *v += b;
+    unsafe fn block(&self, dst: *mut f32, ld: usize, r0: usize, rows: usize, c0: usize, cols: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512_bf16() {
+            // SAFETY: the caller's contract; the CPU has AVX-512F (checked above).
+            return unsafe { finish_avx512(self, dst, ld, r0, rows, c0, cols) };
+        }
+        for r in 0..rows {
+            // SAFETY: the caller's contract.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * ld), cols) };
+            if let Some(b) = self.bias {
+                for (v, b) in row.iter_mut().zip(&b[c0..]) {
+                    *v += b;
+                }
+            }
+            if self.epilogue == Epilogue::GeluTanh {
+                gelu_in_place(row);
+            }
+            if let Some(res) = self.residual {
+                for (v, x) in row.iter_mut().zip(&res[(r0 + r) * self.n + c0..]) {
+                    *v += x;
+                }
             }
         }
-        if self.epilogue == Epilogue::GeluTanh {
-            gelu_in_place(row);
-        }
-        if let Some(res) = self.residual {
-            for (v, x) in row.iter_mut().zip(&res[r * self.n + c0..]) {
-                *v += x;
+    }
+}
+
+/// [`Finish::block`] on AVX-512, the same operations in the same order.
+///
+/// # Safety
+/// As [`Finish::block`]; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn finish_avx512(f: &Finish, dst: *mut f32, ld: usize, r0: usize, rows: usize, c0: usize, cols: usize) {
+    use std::arch::x86_64::*;
+    let gelu = f.epilogue == Epilogue::GeluTanh;
+    for j in (0..cols).step_by(16) {
+        let mask = lanes_left(cols, j);
+        // SAFETY (every load and store below): the mask covers columns `c0 + j ..` up to
+        // `c0 + cols ≤ n`, of the bias (`n` values), of the residual's rows `r0 + r < m`
+        // (`m × n`) and of `dst`'s rows (the caller's contract).
+        unsafe {
+            let bias = f.bias.map(|b| _mm512_maskz_loadu_ps(mask, b.as_ptr().add(c0 + j)));
+            for r in 0..rows {
+                let p = dst.add(r * ld + j);
+                let mut x = _mm512_maskz_loadu_ps(mask, p);
+                if let Some(b) = bias {
+                    x = _mm512_add_ps(x, b);
+                }
+                if gelu {
+                    x = gelu_512(x);
+                }
+                if let Some(res) = f.residual {
+                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, res.as_ptr().add((r0 + r) * f.n + c0 + j)));
+                }
+                _mm512_mask_storeu_ps(p, mask, x);
             }
         }
     }
@@ -446,17 +497,17 @@ unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, finish: Finish
                     unsafe {
                         let dst = out_ptr.get().add(r0 * n + c0);
                         imp::block(a0, b0, steps * TILE, steps, dst, n);
-                        for r in 0..BLOCK {
-                            finish.row(std::slice::from_raw_parts_mut(dst.add(r * n), BLOCK), r0 + r, c0);
-                        }
+                        finish.block(dst, n, r0, BLOCK, c0, BLOCK);
                     }
                     continue;
                 }
-                // SAFETY: as above; the scratch holds 32×32 floats.
-                unsafe { imp::block(a0, b0, steps * TILE, steps, scratch.as_mut_ptr(), BLOCK) };
-                for r in 0..rows {
-                    let row = &mut scratch[r * BLOCK..r * BLOCK + cols];
-                    finish.row(row, r0 + r, c0);
+                // SAFETY: as above; the scratch holds 32×32 floats, its first `rows` rows of
+                // `cols` finished as output rows `r0 + r < m`, columns `c0 + cols ≤ n`.
+                unsafe {
+                    imp::block(a0, b0, steps * TILE, steps, scratch.as_mut_ptr(), BLOCK);
+                    finish.block(scratch.as_mut_ptr(), BLOCK, r0, rows, c0, cols);
+                }
+                for (r, row) in scratch.chunks(BLOCK).take(rows).enumerate() {
                     // SAFETY: row `r0 + r < m`, columns `c0..c0 + cols ≤ n`; tasks write
                     // disjoint blocks. Written through the pointer (the memory may be
                     // uninitialised, so no slice is formed over it).
@@ -505,9 +556,10 @@ unsafe fn matmul_few_rows(a: &[f32], m: usize, k: usize, b: &PackedB, out: *mut 
                 }
             }
             let (c0, cols) = (cb * 16, 16.min(n - cb * 16));
-            for (r, row) in acc[..m].iter_mut().enumerate() {
-                let row = &mut row[..cols];
-                finish.row(row, r, c0);
+            // SAFETY: `acc` holds `m ≤ FEW_ROWS` rows of 16 ≥ `cols` floats, output rows
+            // `0..m`, columns `c0..c0 + cols ≤ n`.
+            unsafe { finish.block(acc.as_mut_ptr().cast(), 16, 0, m, c0, cols) };
+            for (r, row) in acc[..m].iter().enumerate() {
                 // SAFETY: row `r < m`, columns `c0..c0 + cols ≤ n`; tasks write disjoint
                 // column blocks.
                 unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out_ptr.get().add(r * n + c0), cols) };
@@ -803,18 +855,23 @@ unsafe fn gelu_in_place_avx512(row: &mut [f32]) {
         // SAFETY: the mask covers only the `min(16, n − i)` floats left in `row`.
         unsafe {
             let x = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i));
-            let t = _mm512_mul_ps(
-                x,
-                _mm512_fmadd_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(GELU_T3), _mm512_set1_ps(GELU_T1)),
-            );
-            // Above 126, 1 + 2^t is still finite and x / it ≈ 0, as exactly.
-            let den = _mm512_add_ps(_mm512_set1_ps(1.0), exp2_512(_mm512_min_ps(t, _mm512_set1_ps(126.0))));
-            let r = _mm512_rcp14_ps(den);
-            let r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(1.0)), r);
-            _mm512_mask_storeu_ps(row.as_mut_ptr().add(i), mask, _mm512_mul_ps(x, r));
+            _mm512_mask_storeu_ps(row.as_mut_ptr().add(i), mask, gelu_512(x));
         }
         i += 16;
     }
+}
+
+/// [`gelu_in_place`]'s GELU on 16 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn gelu_512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let t = _mm512_mul_ps(x, _mm512_fmadd_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(GELU_T3), _mm512_set1_ps(GELU_T1)));
+    // Above 126, 1 + 2^t is still finite and x / it ≈ 0, as exactly.
+    let den = _mm512_add_ps(_mm512_set1_ps(1.0), exp2_512(_mm512_min_ps(t, _mm512_set1_ps(126.0))));
+    let r = _mm512_rcp14_ps(den);
+    let r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(1.0)), r);
+    _mm512_mul_ps(x, r)
 }
 
 /// # Safety
@@ -1184,6 +1241,33 @@ mod tests {
             );
             for (i, (&x, &y)) in few.iter().zip(&many[from * n..]).enumerate() {
                 assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{rows} rows, [{}]: {x} against {y}", i);
+            }
+        }
+    }
+
+    /// The output pass against float64: `gelu(a·Wᵀ + bias) + residual` on whole and partial
+    /// 32×32 blocks and on a decode step's few rows.
+    #[test]
+    fn finished_outputs_match_float64() {
+        if !available() {
+            eprintln!("AMX not available on this CPU: the kernel is not exercised");
+            return;
+        }
+        for &(m, k, n) in &[(40, 200, 70), (32, 64, 32), (3, 200, 70)] {
+            let (a, w, bias, res) = (operand(m * k, 21), operand(n * k, 22), operand(n, 23), operand(m * n, 24));
+            let got = linear(&a, m, k, &PackedB::from_rows(&w, n, k), Some(&bias), Epilogue::GeluTanh, Some(&res));
+            let (ar, wr) = (rounded(&a), rounded(&w));
+            for r in 0..m {
+                for c in 0..n {
+                    let v = (0..k).map(|i| ar[r * k + i] as f64 * wr[c * k + i] as f64).sum::<f64>() + bias[c] as f64;
+                    let u = 0.797_884_560_802_865_4 * (v + 0.044_715 * v * v * v);
+                    let want = v / (1.0 + (-2.0 * u).exp()) + res[r * n + c] as f64;
+                    let g = got[r * n + c] as f64;
+                    assert!(
+                        (g - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt(),
+                        "{m}x{k}x{n} [{r},{c}]: {g} vs {want}"
+                    );
+                }
             }
         }
     }
