@@ -21,7 +21,8 @@ PROMPT="What color is the main object? Answer briefly."
 mkdir -p "$OUT"
 log() { echo "$@" | tee -a "$LOG"; }
 
-cargo build --release -p mmloop -p mmloop-models --example matmul_peak 2>/dev/null
+cargo build --release -p mmloop --bin mmloop 2>/dev/null
+cargo build --release -p mmloop-models --example matmul_peak 2>/dev/null
 [ -d "$OUT/smolvlm-256m" ] || $PY tools/bench/make_vlm_bench_models.py --which smolvlm
 IMGS="$OUT/images-$N"
 if grep -q 'amx_bf16\|avx512_bf16' /proc/cpuinfo; then BF16_IMAGES=$N; else BF16_IMAGES=1; fi

@@ -1,26 +1,25 @@
 #!/usr/bin/env bash
-# llama.cpp (libmtmd, `llama-mtmd-cli`) on CPU against the SmolVLM-256M-shape random-weight
-# checkpoint of tools/bench/infer_cpu.sh, back to back with the transformers no-tiling f32
-# run (and mmloop's, when target/debug/mmloop exists), same machine state. Answers the
-# issue's "if mistral.rs on CPU falls short, measure llama.cpp on the same architecture in
-# the same run and write down which is faster". See docs/benchmarks.md "Pre-annotation".
+# llama.cpp (libmtmd, `llama-mtmd-cli`) on CPU against mmloop and transformers, same run, same
+# SmolVLM-256M-shape random-weight checkpoint (tools/bench/make_vlm_bench_models.py), same JPEGs,
+# prompt and output length, at equal image tokens: llama.cpp's own Idefics3 preprocessing of a
+# 640x480 JPEG (longest edge 2048 -> 4x3 tiles of 512 + a 512 overview = 13 views x 64 = 832 image
+# tokens) is the same split transformers' processor and mmloop make by default. The issue's
+# "images/s >= llama.cpp at equal image tokens".
 #
-# What is measured, per llama.cpp variant (text model f32 / f16, mmproj f32):
-#   the 8 JPEGs of target/bench-vlm/images (640x480), one llama-mtmd-cli process per image,
-#   prompt "What color is the main object? Answer briefly." (the GGUF's chat template),
-#   greedy (--temp 0), exactly 16 new tokens (-n 16 --ignore-eos), 2 threads, batch 1.
-#   - "tiled":  llama.cpp's own Idefics3 preprocessing (longest edge 2048 -> 4x3 tiles of
-#               512 + a 512 overview = 13 views x 64 = 832 image tokens for 640x480).
-#   - "min":    --image-max-tokens 64: the fewest views llama.cpp's Idefics3 path produces
-#               (one 512 tile + the overview = 2 x 64 = 128 image tokens). Transformers
-#               no-tiling and mmloop use ONE view (64 image tokens); llama.cpp has no switch
-#               for that.
-#   images/s = 8 / sum of per-image time, where per-image time runs from the end of model
+# What is measured, per llama.cpp variant (text model and mmproj both in DTYPE: f32, f16, bf16,
+# q8_0; ggml uses AVX-512 BF16 / AMX where the CPU has them):
+#   the first N JPEGs of target/bench-vlm/images (640x480; N as infer_cpu.sh, default 4), one
+#   llama-mtmd-cli process per image, prompt "What color is the main object? Answer briefly."
+#   (the GGUF's chat template), greedy (--temp 0), exactly 16 new tokens (-n 16 --ignore-eos),
+#   2 threads, batch 1.
+#   images/s = N / sum of per-image time, where per-image time runs from the end of model
 #   loading (the CLI's "experimental CLI" warning, printed after load + warm-up) to
 #   llama.cpp's final perf print (log timestamps), so it includes reading and decoding the
 #   JPEG, preprocessing, the vision encoder, prefill, 16 decode steps. Load time is
 #   reported separately. Prefill/decode come from llama_perf_context_print; vision encode
 #   from mtmd's "image slice encoded" / "image decoded" lines.
+# Then tools/bench/infer_cpu.sh smolvlm N in the same run (transformers fp32 and bf16, mmloop
+# f32, q8_0 and --quant bf16 on the same N JPEGs, same prompt, 16 new tokens).
 #
 # llama.cpp source: the llama-cpp-python sdist on PyPI (vendor/llama.cpp; no GitHub needed),
 # pinned below with its sha256. Its llama.cpp commit is in its CHANGELOG.
@@ -38,17 +37,18 @@
 #      piece "ĊĊ" to the first "<unused_N>" filler id in the GGUF's vocabulary (no merge
 #      produces it, so ordinary tokenization is unchanged).
 #
-#   tools/bench/llamacpp_cpu.sh [all|fetch|build|convert|run]     (default: all)
+#   tools/bench/llamacpp_cpu.sh [all|fetch|build|convert|run] [N_IMAGES]     (default: all 4)
 # Env: LLAMACPP_DIR (default /var/tmp/llamacpp: sources, build), JOBS (default 2),
-#      VARIANTS (default "f32-min f32-tiled f16-min f16-tiled"), SKIP_TRANSFORMERS=1, SKIP_MMLOOP=1.
+#      VARIANTS (default "f32 f16 bf16 q8_0"), SKIP_OTHERS=1 (llama.cpp only).
 # Heavy steps (build, conversion) run under `nice -n 19`. Results: target/bench-vlm/llamacpp-<date>.txt
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 STEP="${1:-all}"
+N="${2:-4}"
 LDIR=${LLAMACPP_DIR:-/var/tmp/llamacpp}
 JOBS=${JOBS:-2}
-VARIANTS=${VARIANTS:-"f32-min f32-tiled f16-min f16-tiled"}
+VARIANTS=${VARIANTS:-"f32 f16 bf16 q8_0"}
 PY=tools/.venv-vlm/bin/python
 OUT=target/bench-vlm
 GG=$OUT/gguf
@@ -129,53 +129,46 @@ EOF
   # sentencepiece: convert_hf_to_gguf.py imports it before falling back to tokenizer.json.
   $PY -c "import sentencepiece" 2>/dev/null || tools/.venv-vlm/bin/pip -q install sentencepiece
   local t
-  for t in f32 f16; do
-    [ -f "$GG/smolvlm-256m-$t.gguf" ] && continue
-    nice -n 19 $PY "$conv" "$SRC" "$view" --outtype $t --outfile "$GG/smolvlm-256m-$t.gguf" 2>&1 \
-      | grep -E "ERROR|Error|successfully|bench vocab" || true
+  for t in $VARIANTS; do
+    [ -f "$GG/smolvlm-256m-$t.gguf" ] || \
+      nice -n 19 $PY "$conv" "$SRC" "$view" --outtype "$t" --outfile "$GG/smolvlm-256m-$t.gguf" 2>&1 \
+        | grep -E "ERROR|Error|successfully|bench vocab" || true
+    [ -f "$GG/mmproj-smolvlm-256m-$t.gguf" ] || \
+      nice -n 19 $PY "$conv" "$SRC" "$view" --mmproj --outtype "$t" --outfile "$GG/mmproj-smolvlm-256m-$t.gguf" 2>&1 \
+        | grep -E "ERROR|Error|successfully" || true
   done
-  [ -f "$GG/mmproj-smolvlm-256m-f32.gguf" ] || \
-    nice -n 19 $PY "$conv" "$SRC" "$view" --mmproj --outtype f32 --outfile "$GG/mmproj-smolvlm-256m-f32.gguf" 2>&1 \
-      | grep -E "ERROR|Error|successfully" || true
   ls -la "$GG"
 }
 
-llama_variant() { # dtype-mode  -> one JSON line
-  local v=$1 dtype=${1%-*} mode=${1#*-} extra=() img
-  [ "$mode" = min ] && extra=(--image-max-tokens 64)
+llama_variant() { # dtype -> one JSON line
+  local v=$1 img extra=()
+  # The repacked (AMX int8) q8_0 weights crash llama.cpp's warm-up on this model (segfault at
+  # commit 0c1e570); --no-repack keeps them as stored.
+  [ "$v" = q8_0 ] && extra=(--no-repack)
   local vdir="$OUT/llamacpp-run/$v"
-  mkdir -p "$vdir"
-  note "-- llama.cpp $v  load $(cut -d' ' -f1-3 /proc/loadavg)"
-  for img in "$OUT"/images/img*.jpg; do
+  rm -rf "$vdir" && mkdir -p "$vdir"
+  note "-- llama.cpp $v (text model and mmproj)  load $(cut -d' ' -f1-3 /proc/loadavg)"
+  for img in "$OUT"/images-"$N"/*.jpg; do
     local o="$vdir/$(basename "$img" .jpg).log"
-    "$CLI" -m "$GG/smolvlm-256m-$dtype.gguf" --mmproj "$GG/mmproj-smolvlm-256m-f32.gguf" --image "$img" \
+    "$CLI" -m "$GG/smolvlm-256m-$v.gguf" --mmproj "$GG/mmproj-smolvlm-256m-$v.gguf" --image "$img" \
       -p "$PROMPT" -n 16 --ignore-eos --temp 0 -t 2 -tb 2 -c 2048 "${extra[@]}" \
       --log-prefix --log-timestamps --log-colors off -lv 4 </dev/null >"$o" 2>&1 || { note "FAILED: $o"; tail -5 "$o"; }
   done
-  $PY tools/bench/llamacpp_parse.py "$v" "$vdir" | tee -a "$LOG"
+  $PY tools/bench/llamacpp_parse.py "$v" "$vdir" | tee -a "$LOG" || note "llama.cpp $v: no result"
 }
 
 run() {
   LOG="$OUT/llamacpp-$(date +%Y%m%d-%H%M%S).txt"
   note() { echo "$@" | tee -a "$LOG"; }
-  note "== $(date -u) $(nproc) cores; llama.cpp $("$CLI" --version 2>&1 | grep -m1 version)"
-  local v
-  # f32 first, then transformers and mmloop back to back, then the f16 text model.
-  for v in $VARIANTS; do case $v in f32-*) llama_variant "$v" ;; esac; done
-  if [ -z "${SKIP_TRANSFORMERS:-}" ]; then
-    note "-- transformers no-tiling f32  load $(cut -d' ' -f1-3 /proc/loadavg)"
-    $PY tools/bench/transformers_vlm_no_tiling.py --configs fp32_b1 --reps 1 --imgdir "$OUT/images" 2>&1 \
-      | grep '"config"' | tee -a "$LOG"
+  local i v
+  rm -rf "$OUT/images-$N" && mkdir -p "$OUT/images-$N"
+  for i in $(seq 0 $((N - 1))); do cp "$OUT/images/img$i.jpg" "$OUT/images-$N/"; done
+  note "== $(date -u) $(nproc) cores; llama.cpp $("$CLI" --version 2>&1 | grep -m1 version); $N JPEGs"
+  for v in $VARIANTS; do llama_variant "$v"; done
+  if [ -z "${SKIP_OTHERS:-}" ]; then
+    note "-- transformers and mmloop: tools/bench/infer_cpu.sh smolvlm $N  load $(cut -d' ' -f1-3 /proc/loadavg)"
+    tools/bench/infer_cpu.sh smolvlm "$N" 2>&1 | grep '"kind": "result"\|^mmloop \|^drift\|^results in' | tee -a "$LOG"
   fi
-  if [ -z "${SKIP_MMLOOP:-}" ]; then
-    if [ -x target/debug/mmloop ]; then
-      note "-- mmloop f32 (tools/bench/infer_cpu.sh mmloop-smolvlm)  load $(cut -d' ' -f1-3 /proc/loadavg)"
-      tools/bench/infer_cpu.sh mmloop-smolvlm 2>&1 | grep 'mmloop smolvlm\|results in' | tee -a "$LOG"
-    else
-      note "-- mmloop: target/debug/mmloop not built; skipped"
-    fi
-  fi
-  for v in $VARIANTS; do case $v in f32-*) ;; *) llama_variant "$v" ;; esac; done
   note "== end $(date -u)  load $(cut -d' ' -f1-3 /proc/loadavg); results in $LOG"
 }
 
