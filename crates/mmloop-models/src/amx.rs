@@ -405,6 +405,15 @@ impl Finish<'_> {
             // SAFETY: the caller's contract; the CPU has AVX-512F (checked above).
             return unsafe { finish_avx512(self, dst, ld, r0, rows, c0, cols) };
         }
+        // SAFETY: the caller's contract.
+        unsafe { self.block_scalar(dst, ld, r0, rows, c0, cols) }
+    }
+
+    /// [`Finish::block`] a value at a time (CPUs without AVX-512).
+    ///
+    /// # Safety
+    /// As [`Finish::block`].
+    unsafe fn block_scalar(&self, dst: *mut f32, ld: usize, r0: usize, rows: usize, c0: usize, cols: usize) {
         for r in 0..rows {
             // SAFETY: the caller's contract.
             let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * ld), cols) };
@@ -1270,6 +1279,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The output pass on AVX-512 and a value at a time: the same operations in the same order
+    /// (the GELU the one [`gelu_in_place`] chooses), so equal, on a partial block (ragged
+    /// columns, rows from 5 on).
+    #[test]
+    fn finishing_a_block_is_the_same_on_avx512_and_scalar() {
+        let (m, n, ld) = (40, 70, 80);
+        let (bias, res) = (operand(n, 31), operand(m * n, 32));
+        let finish = Finish { bias: Some(&bias), epilogue: Epilogue::GeluTanh, residual: Some(&res), n };
+        let block: Vec<f32> = operand(27 * ld, 33).iter().map(|v| v * 4.0).collect();
+        let (r0, rows, c0, cols) = (5, 27, 32, 38);
+        let mut scalar = block.clone();
+        // SAFETY: `rows` rows of `cols ≤ ld` floats, `ld` apart; rows and columns inside m × n.
+        unsafe { finish.block_scalar(scalar.as_mut_ptr(), ld, r0, rows, c0, cols) };
+        let mut fast = block.clone();
+        // SAFETY: as above.
+        unsafe { finish.block(fast.as_mut_ptr(), ld, r0, rows, c0, cols) };
+        assert_eq!(fast, scalar);
+        // Columns past `cols` untouched.
+        assert!((0..rows).all(|r| fast[r * ld + cols..(r + 1) * ld] == block[r * ld + cols..(r + 1) * ld]));
+        assert_ne!(fast, block);
     }
 
     #[test]
