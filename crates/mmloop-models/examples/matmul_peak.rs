@@ -3,10 +3,11 @@
 //!
 //!     cargo run --release -p mmloop-models --example matmul_peak [m k n] [reps]
 //!
-//! AMX is measured first: after candle's float32 matmul has run its AVX-512 kernels (the
-//! `gemm` crate's, which use all 32 vector registers), the same AMX products measure about 40%
-//! slower in this process on the Xeon of docs/benchmarks.md (whole images with `--quant bf16`
-//! do not change: there candle's matmul serves only small products).
+//! AMX is measured first: measured after candle's float32 matmul had run its AVX-512 kernels
+//! (the `gemm` crate's), the same AMX products took about 40% longer in this example on the Xeon
+//! of docs/benchmarks.md, reproducibly, where after its AVX2 kernels they did not; the cause is
+//! not established. Whole images with `--quant bf16` do not change (there candle's matmul serves
+//! only small products).
 use candle_core::{DType, Device, Tensor};
 
 fn main() -> candle_core::Result<()> {
