@@ -63,6 +63,13 @@ fn tiled(i: usize) -> usize {
     (i / TK) * TILE + i % TK
 }
 
+/// Where row `r` of a tile-major operand begins ([`tiled`] places its values from there), with
+/// `panel` values (`kp / 32` tiles) per 16 rows.
+#[inline(always)]
+fn tiled_row(r: usize, panel: usize) -> usize {
+    (r / 16) * panel + (r % 16) * TK
+}
+
 /// The lanes of the 16-lane group at element `i` of `n` (`i < n`): all 16, or the tail's.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -288,7 +295,7 @@ impl PackedA {
         let mut data = vec![0u16; m.next_multiple_of(BLOCK) / 16 * panel];
         data.par_chunks_mut(4 * panel).zip(a.par_chunks(k * 64)).for_each(|(dst, src)| {
             for (r, s) in src.chunks(k).enumerate() {
-                round_row::<true>(s, &mut dst[(r / 16) * panel + (r % 16) * TK..]);
+                round_row::<true>(s, &mut dst[tiled_row(r, panel)..]);
             }
         });
         PackedA { m, kp, data }
@@ -722,7 +729,7 @@ pub fn attention_into(
             prefetch(q.row(h, r0 + r, d));
         }
         for r in 0..rows {
-            round_row::<true>(q.row(h, r0 + r, d), &mut qa[(r / 16) * steps_d * TILE + (r % 16) * TK..]);
+            round_row::<true>(q.row(h, r0 + r, d), &mut qa[tiled_row(r, steps_d * TILE)..]);
         }
         let _tiles = imp::Tiles::configure();
         // Key blocks no row of this block sees are skipped (causal masks).
@@ -742,7 +749,7 @@ pub fn attention_into(
             };
         }
         for (r, &vis) in seen.iter().enumerate() {
-            let row = &mut probs[(r / 16) * steps_n * TILE + (r % 16) * TK..];
+            let row = &mut probs[tiled_row(r, steps_n * TILE)..];
             sums[r] = exp_row_tiled(&scores[r * keys.np..r * keys.np + vis], scale, row);
             // Keys past the row's visible ones weigh nothing in `p · v`.
             for i in vis..steps_seen * TK {
@@ -837,7 +844,7 @@ fn exp2_512(t: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
 /// polynomial in `x`; on AVX-512 the division is a reciprocal and a Newton step. Within 1e-5
 /// (relative) of the exact GELU, about a third fewer instructions than the float32 path's
 /// kernel ([`crate::kernels`]), which keeps libm's accuracy.
-pub(crate) fn gelu_in_place(row: &mut [f32]) {
+fn gelu_in_place(row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx512_bf16() {
         // SAFETY: the CPU supports AVX-512F (checked above).
