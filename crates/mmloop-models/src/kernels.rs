@@ -193,6 +193,149 @@ pub(crate) fn softmax_chunk(src: &[f32], dst: &mut [f32], scale: f32) {
     softmax_row(src, dst, scale)
 }
 
+/// Rows of a matrix inside a larger buffer: row `j` is `data[j * stride..][..width]` (a KV
+/// cache's first rows, read where they lie).
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub data: &'a [f32],
+    pub stride: usize,
+}
+
+impl<'a> Rows<'a> {
+    #[inline(always)]
+    fn row(&self, j: usize, width: usize) -> &'a [f32] {
+        &self.data[j * self.stride..][..width]
+    }
+}
+
+/// What one key range contributes to a group's decoding attention, before the ranges are
+/// combined: per query row its largest score, `Σ e^(s − max)`, and `Σ e^(s − max)·v`.
+pub(crate) struct Partial {
+    pub max: Vec<f32>,
+    pub sum: Vec<f32>,
+    pub acc: Vec<f32>,
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut r = acc.iter().sum::<f32>();
+    for (x, y) in ra.iter().zip(rb) {
+        r += x * y;
+    }
+    r
+}
+
+#[inline(always)]
+fn attend_range_impl(q: &[f32], d: usize, k: Rows, v: Rows, keys: std::ops::Range<usize>, scale: f32) -> Partial {
+    let rep = q.len() / d;
+    let n = keys.len();
+    // Scores row-major per query row; each key row is read once for the group's `rep` queries.
+    let mut s = vec![0f32; rep * n];
+    for (jj, j) in keys.clone().enumerate() {
+        let kr = k.row(j, d);
+        for r in 0..rep {
+            s[r * n + jj] = dot(&q[r * d..][..d], kr) * scale;
+        }
+    }
+    let mut max = vec![f32::NEG_INFINITY; rep];
+    let mut sum = vec![0f32; rep];
+    for r in 0..rep {
+        let row = &mut s[r * n..][..n];
+        let m = lanes(row, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+        for x in row.iter_mut() {
+            *x = exp(*x - m);
+        }
+        max[r] = m;
+        sum[r] = lanes(row, 0.0, |a, b| a + b);
+    }
+    let mut acc = vec![0f32; rep * d];
+    for (jj, j) in keys.enumerate() {
+        let vr = v.row(j, d);
+        for r in 0..rep {
+            let w = s[r * n + jj];
+            for (a, x) in acc[r * d..][..d].iter_mut().zip(vr) {
+                *a += w * x;
+            }
+        }
+    }
+    Partial { max, sum, acc }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_range_avx2(
+    q: &[f32],
+    d: usize,
+    k: Rows,
+    v: Rows,
+    keys: std::ops::Range<usize>,
+    scale: f32,
+) -> Partial {
+    attend_range_impl(q, d, k, v, keys, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn attend_range_avx512(
+    q: &[f32],
+    d: usize,
+    k: Rows,
+    v: Rows,
+    keys: std::ops::Range<usize>,
+    scale: f32,
+) -> Partial {
+    attend_range_impl(q, d, k, v, keys, scale)
+}
+
+/// Attention of one group's new query rows `q` (`rep × d`, the query heads that share a key
+/// head, one position each) over the keys `keys` of `k` and `v` (`d` wide), unnormalised:
+/// combine the ranges of one group with [`combine`].
+pub(crate) fn attend_range(q: &[f32], d: usize, k: Rows, v: Rows, keys: std::ops::Range<usize>, scale: f32) -> Partial {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked above).
+        return unsafe { attend_range_avx512(q, d, k, v, keys, scale) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { attend_range_avx2(q, d, k, v, keys, scale) };
+    }
+    attend_range_impl(q, d, k, v, keys, scale)
+}
+
+/// The softmax-weighted values of one group from its key ranges' [`Partial`]s, into `out`
+/// (`rep × d`), as flash-decoding combines its splits.
+pub(crate) fn combine(parts: &[Partial], out: &mut [f32]) {
+    let rep = parts[0].max.len();
+    let d = out.len() / rep;
+    for r in 0..rep {
+        let m = parts.iter().map(|p| p.max[r]).fold(f32::NEG_INFINITY, f32::max);
+        let o = &mut out[r * d..][..d];
+        o.fill(0.0);
+        let mut total = 0.0;
+        for p in parts {
+            let w = exp(p.max[r] - m);
+            total += w * p.sum[r];
+            for (a, x) in o.iter_mut().zip(&p.acc[r * d..][..d]) {
+                *a += w * x;
+            }
+        }
+        let inv = 1.0 / total;
+        for a in o.iter_mut() {
+            *a *= inv;
+        }
+    }
+}
+
 pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Option<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Some(&v[a..b]),

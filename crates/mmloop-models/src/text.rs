@@ -434,29 +434,18 @@ impl TextModel {
         let q = rope(&q.transpose(0, 1)?.unsqueeze(0)?, &p.cos, &p.sin, ctx.mode)?.squeeze(0)?;
         let k = rope(&k.transpose(0, 1)?.unsqueeze(0)?, &p.cos, &p.sin, ctx.mode)?.squeeze(0)?;
         let v = v.transpose(0, 1)?;
-        let mut outs = Vec::with_capacity(caches.len());
+        let mut kvs = Vec::with_capacity(caches.len());
         for (si, cache) in caches.iter_mut().enumerate() {
             let (off, n) = (p.offsets[si], p.lens[si]);
-            let qi = q.narrow(1, off, n)?;
-            let (ks, vs) = cache.append(li, &k.narrow(1, off, n)?, &v.narrow(1, off, n)?, ctx.mode)?;
-            let rep = heads / kvh;
-            let qg = qi.contiguous()?.reshape((kvh, rep * n, hd))?;
-            let amx = if n > 1 && ctx.bf16 && ctx.mode == Mode::Infer {
-                crate::nn::causal_attention_bf16(&qg, &ks, &vs, n, scale)?
-            } else {
-                None
-            };
-            let o = if let Some(o) = amx {
-                o
-            } else if n > 1 {
-                causal_attention(&qg, &ks, &vs.contiguous()?, n, scale, ctx.mode)?
-            } else {
-                attention(&qg, &ks, &vs.contiguous()?, scale, None, ctx.mode)?
-            };
-            // [kvh, rep*n, d] → [heads, n, d] → [n, heads*d]
-            outs.push(o.reshape((heads, n, hd))?.transpose(0, 1)?.reshape((n, heads * hd))?);
+            kvs.push(cache.append(li, &k.narrow(1, off, n)?, &v.narrow(1, off, n)?, ctx.mode)?);
         }
-        let attn = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? };
+        // A decoding step (one new position per sequence): all sequences in one CPU pass.
+        let decoding = ctx.mode == Mode::Infer && p.lens.iter().all(|&n| n == 1);
+        let batched = if decoding { crate::nn::decode_attention(&q, &kvs, scale)? } else { None };
+        let attn = match batched {
+            Some(a) => a,
+            None => self.attention_per_sequence(&q, &kvs, p, ctx)?,
+        };
         let x = (residual + layer.o.forward(&attn, &ctx)?)?;
         let residual = x.clone();
         let h = layer.post_norm.forward(&x, ctx.mode)?;
@@ -468,6 +457,36 @@ impl TextModel {
             }
         }
         Ok(x)
+    }
+
+    /// Each sequence's query rows (`q` `[heads, rows, d]`, packed) over its keys and values,
+    /// causal within its new rows; out `[rows, heads·d]`.
+    fn attention_per_sequence(&self, q: &Tensor, kvs: &[(Tensor, Tensor)], p: &Packed, ctx: Ctx) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (heads, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut outs = Vec::with_capacity(kvs.len());
+        for (si, (ks, vs)) in kvs.iter().enumerate() {
+            let (off, n) = (p.offsets[si], p.lens[si]);
+            let qi = q.narrow(1, off, n)?;
+            let rep = heads / kvh;
+            let qg = qi.contiguous()?.reshape((kvh, rep * n, hd))?;
+            let amx = if n > 1 && ctx.bf16 && ctx.mode == Mode::Infer {
+                crate::nn::causal_attention_bf16(&qg, ks, vs, n, scale)?
+            } else {
+                None
+            };
+            let o = if let Some(o) = amx {
+                o
+            } else if n > 1 {
+                causal_attention(&qg, ks, &vs.contiguous()?, n, scale, ctx.mode)?
+            } else {
+                attention(&qg, ks, &vs.contiguous()?, scale, None, ctx.mode)?
+            };
+            // [kvh, rep*n, d] → [heads, n, d] → [n, heads*d]
+            outs.push(o.reshape((heads, n, hd))?.transpose(0, 1)?.reshape((n, heads * hd))?);
+        }
+        Ok(if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(&outs, 0)? })
     }
 
     /// The final norm and the output head over the rows `output` names of the last layer's `x`.
