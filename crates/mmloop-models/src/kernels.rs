@@ -208,6 +208,16 @@ impl<'a> Rows<'a> {
     }
 }
 
+/// One key head's part of a decoding step: the `rep` query rows that share it (`rep × d`, one
+/// new position each) and its keys and values (`d` wide).
+#[derive(Clone, Copy)]
+pub(crate) struct Group<'a> {
+    pub q: &'a [f32],
+    pub d: usize,
+    pub k: Rows<'a>,
+    pub v: Rows<'a>,
+}
+
 /// What one key range contributes to a group's decoding attention, before the ranges are
 /// combined: per query row its largest score, `Σ e^(s − max)`, and `Σ e^(s − max)·v`.
 pub(crate) struct Partial {
@@ -234,7 +244,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn attend_range_impl(q: &[f32], d: usize, k: Rows, v: Rows, keys: std::ops::Range<usize>, scale: f32) -> Partial {
+fn attend_range_impl(g: Group, keys: std::ops::Range<usize>, scale: f32) -> Partial {
+    let Group { q, d, k, v } = g;
     let rep = q.len() / d;
     let n = keys.len();
     // Scores row-major per query row; each key row is read once for the group's `rep` queries.
@@ -271,45 +282,30 @@ fn attend_range_impl(q: &[f32], d: usize, k: Rows, v: Rows, keys: std::ops::Rang
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_range_avx2(
-    q: &[f32],
-    d: usize,
-    k: Rows,
-    v: Rows,
-    keys: std::ops::Range<usize>,
-    scale: f32,
-) -> Partial {
-    attend_range_impl(q, d, k, v, keys, scale)
+unsafe fn attend_range_avx2(g: Group, keys: std::ops::Range<usize>, scale: f32) -> Partial {
+    attend_range_impl(g, keys, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn attend_range_avx512(
-    q: &[f32],
-    d: usize,
-    k: Rows,
-    v: Rows,
-    keys: std::ops::Range<usize>,
-    scale: f32,
-) -> Partial {
-    attend_range_impl(q, d, k, v, keys, scale)
+unsafe fn attend_range_avx512(g: Group, keys: std::ops::Range<usize>, scale: f32) -> Partial {
+    attend_range_impl(g, keys, scale)
 }
 
-/// Attention of one group's new query rows `q` (`rep × d`, the query heads that share a key
-/// head, one position each) over the keys `keys` of `k` and `v` (`d` wide), unnormalised:
-/// combine the ranges of one group with [`combine`].
-pub(crate) fn attend_range(q: &[f32], d: usize, k: Rows, v: Rows, keys: std::ops::Range<usize>, scale: f32) -> Partial {
+/// Attention of one group's query rows over its keys `keys`, unnormalised: combine the ranges
+/// of one group with [`combine`].
+pub(crate) fn attend_range(g: Group, keys: std::ops::Range<usize>, scale: f32) -> Partial {
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked above).
-        return unsafe { attend_range_avx512(q, d, k, v, keys, scale) };
+        return unsafe { attend_range_avx512(g, keys, scale) };
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA (checked above).
-        return unsafe { attend_range_avx2(q, d, k, v, keys, scale) };
+        return unsafe { attend_range_avx2(g, keys, scale) };
     }
-    attend_range_impl(q, d, k, v, keys, scale)
+    attend_range_impl(g, keys, scale)
 }
 
 /// The softmax-weighted values of one group from its key ranges' [`Partial`]s, into `out`

@@ -755,7 +755,8 @@ pub fn decode_attention(q: &Tensor, kv: &[(Tensor, Tensor)], scale: f64) -> Resu
                 crate::kernels::Rows { data: &view.data[g * view.head_stride..], stride: view.row_stride }
             }
             let qg = &q[(i * heads + g * rep) * d..][..rep * d];
-            crate::kernels::attend_range(qg, d, rows(k, *g), rows(v, *g), keys.clone(), scale as f32)
+            let group = crate::kernels::Group { q: qg, d, k: rows(k, *g), v: rows(v, *g) };
+            crate::kernels::attend_range(group, keys.clone(), scale as f32)
         })
         .collect();
     let mut out = vec![0f32; seqs * heads * d];
