@@ -656,7 +656,7 @@ impl<'a> View<'a> {
     }
 
     /// Whether every `(head, row)` of `shape` lies inside `data`.
-    fn covers(&self, heads: usize, rows: usize, d: usize) -> bool {
+    pub(crate) fn covers(&self, heads: usize, rows: usize, d: usize) -> bool {
         heads == 0 || rows == 0 || (heads - 1) * self.head_stride + (rows - 1) * self.row_stride + d <= self.data.len()
     }
 }

@@ -895,6 +895,15 @@ pub fn segment_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], sca
         let op = SegmentAttentionBf16 { lens: lens.to_vec(), scale: scale as f32 };
         return Ok(q.apply_op3_no_bwd(k, v, &op)?);
     }
+    let rows_contiguous = |t: &Tensor| t.stride().last() == Some(&1);
+    if mode == Mode::Infer
+        && q.device().is_cpu()
+        && q.dtype() == DType::F32
+        && [q, k, v].into_iter().all(rows_contiguous)
+    {
+        let op = SegmentAttentionF32 { lens: lens.to_vec(), scale: scale as f32 };
+        return Ok(q.apply_op3_no_bwd(k, v, &op)?);
+    }
     let (q, k) = (q.contiguous()?, k.contiguous()?);
     let mut outs = Vec::with_capacity(lens.len());
     let mut start = 0;
@@ -963,6 +972,129 @@ impl candle_core::CustomOp3 for SegmentAttentionBf16 {
     }
 }
 
+/// [`segment_attention`] in float32 on the CPU, one op over every segment, blocked as flash
+/// attention is: per (segment, 64 query rows) and head, the scores `scale·q·kᵀ`, their softmax
+/// and the product with the values pass through two reused `64 × n` buffers that stay in cache,
+/// where candle's ops would write each head's `n × n` scores to fresh memory three times, zeroing
+/// it first (2026-12-05: 19% of a SmolVLM image in f32 was zeroing and softmax passes). Reads `q`,
+/// `k`, `v` `[heads, rows, d]` where they lie, writes `[rows, heads·d]`.
+struct SegmentAttentionF32 {
+    lens: Vec<usize>,
+    scale: f32,
+}
+
+impl candle_core::CustomOp3 for SegmentAttentionF32 {
+    fn name(&self) -> &'static str {
+        "segment-attention-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        ql: &Layout,
+        k: &CpuStorage,
+        kl: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        const BLOCK: usize = 64;
+        let op = self.name();
+        let (dims, q) = amx_view(op, q, ql)?;
+        let ((kdims, k), (vdims, v)) = (amx_view(op, k, kl)?, amx_view(op, v, vl)?);
+        let [heads, rows, d] = dims;
+        if kdims != dims || vdims != dims || ![&q, &k, &v].iter().all(|x| x.covers(heads, rows, d)) {
+            candle_core::bail!("{op}: q {:?}, k {:?}, v {:?}", ql.dims(), kl.dims(), vl.dims());
+        }
+        if self.lens.iter().sum::<usize>() != rows {
+            candle_core::bail!("{op}: segments of {} rows for {rows}", self.lens.iter().sum::<usize>());
+        }
+        let width = heads * d;
+        let mut out = vec![0f32; rows * width];
+        // Tasks of up to 64 query rows within one segment, each with its own rows of `out`.
+        let mut tasks = Vec::new();
+        let mut rest = out.as_mut_slice();
+        let mut start = 0;
+        for &n in &self.lens {
+            for r0 in (0..n).step_by(BLOCK) {
+                let bm = BLOCK.min(n - r0);
+                let (mine, later) = std::mem::take(&mut rest).split_at_mut(bm * width);
+                tasks.push((start, n, start + r0, bm, mine));
+                rest = later;
+            }
+            start += n;
+        }
+        let scale = self.scale;
+        tasks.into_par_iter().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(scores, probs): &mut (Vec<f32>, Vec<f32>), (seg, n, r0, bm, dst)| {
+                scores.resize(bm * n, 0.0);
+                probs.resize(bm * n, 0.0);
+                for h in 0..heads {
+                    let (qh, kh, vh) = (h * q.head_stride, h * k.head_stride, h * v.head_stride);
+                    let q0 = &q.data[qh + r0 * q.row_stride..];
+                    let (k0, v0) = (&k.data[kh + seg * k.row_stride..], &v.data[vh + seg * v.row_stride..]);
+                    let (kt, vr) = ((k0, 1, k.row_stride), (v0, v.row_stride, 1));
+                    // scores (bm × n) = scale · q (bm × d) · kᵀ (d × n)
+                    product(bm, n, d, (scores, n), (q0, q.row_stride, 1), kt, scale);
+                    for (s, p) in scores.chunks(n).zip(probs.chunks_mut(n)) {
+                        crate::kernels::softmax_chunk(s, p, 1.0);
+                    }
+                    // out (bm × d) = probs (bm × n) · v (n × d), columns h·d.. of the task's rows
+                    product(bm, d, n, (&mut dst[h * d..], width), (probs, n, 1), vr, 1.0);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((rows, width))))
+    }
+}
+
+/// `dst = scale · a · b` on this thread (the gemm crate, candle's own f32 kernels): `a` is
+/// `m × k`, `b` `k × n`, each given as (data, row stride, column stride); `dst` `m × n` as (data,
+/// row stride) with contiguous rows.
+fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: (&mut [f32], usize),
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
+    scale: f32,
+) {
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(
+        last(m, n, dst.1, 1) < dst.0.len() && last(m, k, a.1, a.2) < a.0.len() && last(k, n, b.1, b.2) < b.0.len(),
+        "product operands"
+    );
+    // SAFETY: the assertion above keeps every element the product reads or writes inside its slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0.as_mut_ptr(),
+            1,
+            dst.1 as isize,
+            false,
+            a.0.as_ptr(),
+            a.2 as isize,
+            a.1 as isize,
+            b.0.as_ptr(),
+            b.2 as isize,
+            b.1 as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 /// The additive causal mask of `q` new positions at the end of `k` keys: `[q, k]`.
 pub fn causal_mask(q: usize, k: usize, device: &candle_core::Device) -> Result<Tensor> {
     let offset = k - q;
@@ -986,6 +1118,29 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The float32 segment attention (blocked, operands read where they lie: the projections'
+    /// `[rows, heads·d]` seen per head) equals softmax(q·kᵀ)·v per segment through candle's ops,
+    /// over segments shorter and longer than its 64-row blocks.
+    #[test]
+    fn float32_segment_attention_matches_candle_ops() {
+        let (heads, d, lens) = (3, 40, [5usize, 71, 130]);
+        let rows: usize = lens.iter().sum();
+        let scale = 1.0 / (d as f64).sqrt();
+        let view = |seed| rand(&[rows, heads, d], seed).transpose(0, 1).unwrap();
+        let (q, k, v) = (view(1), view(2), view(3));
+        let got = segment_attention(&q, &k, &v, &lens, scale, &Ctx::infer()).unwrap();
+        assert_eq!(got.dims(), [rows, heads * d]);
+        let mut start = 0;
+        for n in lens {
+            let part = |t: &Tensor| t.narrow(1, start, n).unwrap().contiguous().unwrap();
+            let want = attention(&part(&q), &part(&k), &part(&v), scale, None, Mode::Train).unwrap();
+            let want = want.transpose(0, 1).unwrap().reshape((n, heads * d)).unwrap();
+            let diff = max_diff(&got.narrow(0, start, n).unwrap(), &want);
+            assert!(diff < 1e-5, "segment of {n} rows: max |Δ| {diff}");
+            start += n;
+        }
     }
 
     /// A decoding step's attention for several sequences at once (grouped heads, caches of
