@@ -925,6 +925,25 @@ pub fn segment_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], sca
     Ok(Tensor::cat(&outs, 0)?)
 }
 
+/// The `q`, `k`, `v` operands of a segment attention op, `[heads, rows, d]` each, read where they
+/// lie; `lens` must cover the rows.
+fn segment_views<'a>(
+    op: &str,
+    lens: &[usize],
+    qkv: [(&'a CpuStorage, &Layout); 3],
+) -> candle_core::Result<([usize; 3], [crate::amx::View<'a>; 3])> {
+    let [(q, ql), (k, kl), (v, vl)] = qkv;
+    let ((dims, q), (kdims, k), (vdims, v)) = (amx_view(op, q, ql)?, amx_view(op, k, kl)?, amx_view(op, v, vl)?);
+    let [heads, rows, d] = dims;
+    if kdims != dims || vdims != dims || ![&q, &k, &v].iter().all(|x| x.covers(heads, rows, d)) {
+        candle_core::bail!("{op}: q {:?}, k {:?}, v {:?}", ql.dims(), kl.dims(), vl.dims());
+    }
+    if lens.iter().sum::<usize>() != rows {
+        candle_core::bail!("{op}: segments of {} rows for {rows}", lens.iter().sum::<usize>());
+    }
+    Ok((dims, [q, k, v]))
+}
+
 /// [`segment_attention`] on AMX, one op over every segment: it reads `q`, `k`, `v` `[heads,
 /// rows, d]` where they lie (any strides with contiguous rows, such as the projections'
 /// `[rows, heads·d]` seen per head) and writes `[rows, heads·d]`, the layout the output
@@ -948,16 +967,7 @@ impl candle_core::CustomOp3 for SegmentAttentionBf16 {
         v: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let op = self.name();
-        let (dims, q) = amx_view(op, q, ql)?;
-        let ((kdims, k), (vdims, v)) = (amx_view(op, k, kl)?, amx_view(op, v, vl)?);
-        if kdims != dims || vdims != dims {
-            candle_core::bail!("{op}: q, k and v of different shapes");
-        }
-        let [heads, rows, d] = dims;
-        if self.lens.iter().sum::<usize>() != rows {
-            candle_core::bail!("{op}: segments of {} rows for {rows}", self.lens.iter().sum::<usize>());
-        }
+        let ([heads, rows, d], [q, k, v]) = segment_views(self.name(), &self.lens, [(q, ql), (k, kl), (v, vl)])?;
         let width = heads * d;
         let mut out = vec![0f32; rows * width];
         let mut start = 0;
@@ -999,16 +1009,7 @@ impl candle_core::CustomOp3 for SegmentAttentionF32 {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
         const BLOCK: usize = 64;
-        let op = self.name();
-        let (dims, q) = amx_view(op, q, ql)?;
-        let ((kdims, k), (vdims, v)) = (amx_view(op, k, kl)?, amx_view(op, v, vl)?);
-        let [heads, rows, d] = dims;
-        if kdims != dims || vdims != dims || ![&q, &k, &v].iter().all(|x| x.covers(heads, rows, d)) {
-            candle_core::bail!("{op}: q {:?}, k {:?}, v {:?}", ql.dims(), kl.dims(), vl.dims());
-        }
-        if self.lens.iter().sum::<usize>() != rows {
-            candle_core::bail!("{op}: segments of {} rows for {rows}", self.lens.iter().sum::<usize>());
-        }
+        let ([heads, rows, d], [q, k, v]) = segment_views(self.name(), &self.lens, [(q, ql), (k, kl), (v, vl)])?;
         let width = heads * d;
         let mut out = vec![0f32; rows * width];
         // Tasks of up to 64 query rows within one segment, each with its own rows of `out`.
