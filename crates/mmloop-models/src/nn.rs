@@ -889,20 +889,19 @@ impl candle_core::CustomOp3 for CausalAttention {
 pub fn segment_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], scale: f64, ctx: &Ctx) -> Result<Tensor> {
     let (heads, _, d) = q.dims3()?;
     let mode = ctx.mode;
-    let amx =
-        ctx.bf16 && mode == Mode::Infer && q.device().is_cpu() && q.dtype() == DType::F32 && crate::amx::available();
-    if amx {
-        let op = SegmentAttentionBf16 { lens: lens.to_vec(), scale: scale as f32 };
-        return Ok(q.apply_op3_no_bwd(k, v, &op)?);
-    }
+    // Inference on the CPU: one op over every segment, reading the operands where they lie.
     let rows_contiguous = |t: &Tensor| t.stride().last() == Some(&1);
     if mode == Mode::Infer
         && q.device().is_cpu()
         && q.dtype() == DType::F32
         && [q, k, v].into_iter().all(rows_contiguous)
     {
-        let op = SegmentAttentionF32 { lens: lens.to_vec(), scale: scale as f32 };
-        return Ok(q.apply_op3_no_bwd(k, v, &op)?);
+        let (lens, scale) = (lens.to_vec(), scale as f32);
+        return Ok(if ctx.bf16 && crate::amx::available() {
+            q.apply_op3_no_bwd(k, v, &SegmentAttentionBf16 { lens, scale })?
+        } else {
+            q.apply_op3_no_bwd(k, v, &SegmentAttentionF32 { lens, scale })?
+        });
     }
     let (q, k) = (q.contiguous()?, k.contiguous()?);
     let mut outs = Vec::with_capacity(lens.len());

@@ -444,7 +444,7 @@ impl TextModel {
         let batched = if decoding { crate::nn::decode_attention(&q, &kvs, scale)? } else { None };
         let attn = match batched {
             Some(a) => a,
-            None => self.attention_per_sequence(&q, &kvs, p, ctx)?,
+            None => self.attention_per_sequence(&q, &kvs, p, ctx, scale)?,
         };
         let x = (residual + layer.o.forward(&attn, &ctx)?)?;
         let residual = x.clone();
@@ -461,10 +461,16 @@ impl TextModel {
 
     /// Each sequence's query rows (`q` `[heads, rows, d]`, packed) over its keys and values,
     /// causal within its new rows; out `[rows, heads·d]`.
-    fn attention_per_sequence(&self, q: &Tensor, kvs: &[(Tensor, Tensor)], p: &Packed, ctx: Ctx) -> Result<Tensor> {
+    fn attention_per_sequence(
+        &self,
+        q: &Tensor,
+        kvs: &[(Tensor, Tensor)],
+        p: &Packed,
+        ctx: Ctx,
+        scale: f64,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (heads, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let scale = 1.0 / (hd as f64).sqrt();
         let mut outs = Vec::with_capacity(kvs.len());
         for (si, (ks, vs)) in kvs.iter().enumerate() {
             let (off, n) = (p.offsets[si], p.lens[si]);
