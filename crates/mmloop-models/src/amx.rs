@@ -437,7 +437,7 @@ pub fn matmul(a: &[f32], m: usize, k: usize, b: &PackedB, out: &mut [f32]) {
     }
     // SAFETY: `out` holds the `m × n` floats `product` writes.
     unsafe {
-        product(a, m, k, b, out.as_mut_ptr(), Finish { bias: None, epilogue: Epilogue::None, residual: None, n: b.n })
+        product(a, m, k, b, out.as_mut_ptr(), Finish { bias: None, epilogue: Epilogue::None, other: None, n: b.n })
     };
 }
 
@@ -447,12 +447,16 @@ pub enum Epilogue {
     None,
     /// GELU, tanh form (`gelu_pytorch_tanh`), as [`gelu_in_place`] computes it.
     GeluTanh,
+    /// SiLU (`x·σ(x)`), then times the other operand instead of plus: a gated MLP's
+    /// `silu(x·W_gateᵀ) ⊙ up` in one pass.
+    SiluTimes,
 }
 
-/// `epilogue(a[m, k] · Bᵀ + bias) + residual` into a new `[m, n]` vector (a linear layer's
-/// forward pass, with the block's residual connection when given), `a` rounded to bfloat16,
-/// float32 accumulation: the output is written once, never zeroed first. Needs [`available`];
-/// panics on mismatched sizes.
+/// `epilogue(a[m, k] · Bᵀ + bias) + other` into a new `[m, n]` vector (a linear layer's
+/// forward pass, with the block's residual connection when given; with
+/// [`Epilogue::SiluTimes`], `silu(a · Bᵀ + bias) ⊙ other`), `a` rounded to bfloat16, float32
+/// accumulation: the output is written once, never zeroed first. Needs [`available`]; panics
+/// on mismatched sizes, or on `SiluTimes` without `other`.
 pub fn linear(
     a: &[f32],
     m: usize,
@@ -460,19 +464,20 @@ pub fn linear(
     b: &PackedB,
     bias: Option<&[f32]>,
     epilogue: Epilogue,
-    residual: Option<&[f32]>,
+    other: Option<&[f32]>,
 ) -> Vec<f32> {
     assert!(available(), "AMX is not available");
     assert_eq!(k, b.k, "inner dimensions: {k} against {}", b.k);
     assert_eq!(a.len(), m * k);
     assert!(bias.is_none_or(|v| v.len() == b.n), "bias of another width");
-    assert!(residual.is_none_or(|v| v.len() == m * b.n), "residual of another shape");
+    assert!(other.is_none_or(|v| v.len() == m * b.n), "second operand of another shape");
+    assert!(epilogue != Epilogue::SiluTimes || other.is_some(), "a gate without its factor");
     let mut out = Vec::with_capacity(m * b.n);
     if m > 0 && b.n > 0 {
         // SAFETY: the capacity holds `m × n` floats; `product` writes every one of them before
         // the length is set.
         unsafe {
-            product(a, m, k, b, out.as_mut_ptr(), Finish { bias, epilogue, residual, n: b.n });
+            product(a, m, k, b, out.as_mut_ptr(), Finish { bias, epilogue, other, n: b.n });
             out.set_len(m * b.n);
         }
     }
@@ -498,12 +503,14 @@ unsafe fn product(a: &[f32], m: usize, k: usize, b: &PackedB, out: *mut f32, fin
 }
 
 /// What a linear layer's output pass does to each product as it is written:
-/// `epilogue(product + bias) + residual`, `residual` of the output's shape `[m, n]`.
+/// `epilogue(product + bias) + other` (a residual connection), or with
+/// [`Epilogue::SiluTimes`] `silu(product + bias) · other`; `other` of the output's shape
+/// `[m, n]`.
 #[derive(Clone, Copy)]
 struct Finish<'a> {
     bias: Option<&'a [f32]>,
     epilogue: Epilogue,
-    residual: Option<&'a [f32]>,
+    other: Option<&'a [f32]>,
     n: usize,
 }
 
@@ -541,12 +548,20 @@ impl Finish<'_> {
                     *v += b;
                 }
             }
-            if self.epilogue == Epilogue::GeluTanh {
-                gelu_in_place(row);
-            }
-            if let Some(res) = self.residual {
-                for (v, x) in row.iter_mut().zip(&res[(r0 + r) * self.n + c0..]) {
-                    *v += x;
+            let other = self.other.map(|o| &o[(r0 + r) * self.n + c0..]);
+            match (self.epilogue, other) {
+                (Epilogue::SiluTimes, Some(o)) => {
+                    for (v, x) in row.iter_mut().zip(o) {
+                        *v = silu(*v) * x;
+                    }
+                }
+                (epilogue, other) => {
+                    if epilogue == Epilogue::GeluTanh {
+                        gelu_in_place(row);
+                    }
+                    for (v, x) in row.iter_mut().zip(other.unwrap_or_default()) {
+                        *v += x;
+                    }
                 }
             }
         }
@@ -562,10 +577,11 @@ impl Finish<'_> {
 unsafe fn finish_avx512(f: &Finish, dst: *mut f32, ld: usize, r0: usize, rows: usize, c0: usize, cols: usize) {
     use std::arch::x86_64::*;
     let gelu = f.epilogue == Epilogue::GeluTanh;
+    let gate = f.epilogue == Epilogue::SiluTimes;
     for j in (0..cols).step_by(16) {
         let mask = lanes_left(cols, j);
         // SAFETY (every load and store below): the mask covers columns `c0 + j ..` up to
-        // `c0 + cols ≤ n`, of the bias (`n` values), of the residual's rows `r0 + r < m`
+        // `c0 + cols ≤ n`, of the bias (`n` values), of the other operand's rows `r0 + r < m`
         // (`m × n`) and of `dst`'s rows (the caller's contract).
         unsafe {
             let bias = f.bias.map(|b| _mm512_maskz_loadu_ps(mask, b.as_ptr().add(c0 + j)));
@@ -578,8 +594,9 @@ unsafe fn finish_avx512(f: &Finish, dst: *mut f32, ld: usize, r0: usize, rows: u
                 if gelu {
                     x = gelu_512(x);
                 }
-                if let Some(res) = f.residual {
-                    x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, res.as_ptr().add((r0 + r) * f.n + c0 + j)));
+                if let Some(o) = f.other {
+                    let o = _mm512_maskz_loadu_ps(mask, o.as_ptr().add((r0 + r) * f.n + c0 + j));
+                    x = if gate { _mm512_mul_ps(silu_512(x), o) } else { _mm512_add_ps(x, o) };
                 }
                 _mm512_mask_storeu_ps(p, mask, x);
             }
@@ -1037,6 +1054,24 @@ fn gelu_512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     _mm512_mul_ps(x, r)
 }
 
+/// `x·σ(x) = x / (1 + 2^(−x·log₂e))`, the exponential as [`gelu_in_place`]'s (a gated MLP's
+/// gate, finished as it is written; its factor is rounded to bfloat16 with the product after).
+fn silu(x: f32) -> f32 {
+    x / (1.0 + exp2((-x * std::f32::consts::LOG2_E).min(126.0)))
+}
+
+/// [`silu`] on 16 lanes, the division as [`gelu_512`]'s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn silu_512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let t = _mm512_min_ps(_mm512_mul_ps(x, _mm512_set1_ps(-std::f32::consts::LOG2_E)), _mm512_set1_ps(126.0));
+    let den = _mm512_add_ps(_mm512_set1_ps(1.0), exp2_512(t));
+    let r = _mm512_rcp14_ps(den);
+    let r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(1.0)), r);
+    _mm512_mul_ps(x, r)
+}
+
 /// Coefficients of `2^f` on 0 ≤ f < 1, lowest first (relative least squares on Chebyshev
 /// nodes; relative error 1.6e-7), for [`exp_row_tiled_avx512`].
 const EXP2_UNIT_POLY: [f32; 6] =
@@ -1112,12 +1147,13 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    /// The op's CPU pass: `x` `[.., in]` → `[.., out]`, plus `residual` of the output's shape.
+    /// The op's CPU pass: `x` `[.., in]` → `[.., out]`, with `other` of the output's shape
+    /// ([`linear`]'s second operand).
     fn run(
         &self,
         s: &candle_core::CpuStorage,
         l: &candle_core::Layout,
-        residual: Option<(&candle_core::CpuStorage, &candle_core::Layout)>,
+        other: Option<(&candle_core::CpuStorage, &candle_core::Layout)>,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let msg = |m: &str| candle_core::Error::Msg(format!("AMX linear: {m}"));
         let x = crate::kernels::contiguous_f32(s, l).ok_or_else(|| msg("contiguous float32 input only"))?;
@@ -1128,16 +1164,19 @@ impl Linear {
         let m = x.len() / k.max(1);
         let mut shape = l.shape().dims().to_vec();
         *shape.last_mut().expect("a dimension") = self.weight.n;
-        let residual = match residual {
+        let other = match other {
             None => None,
-            Some((rs, rl)) if rl.shape().dims() == shape => {
-                Some(crate::kernels::contiguous_f32(rs, rl).ok_or_else(|| msg("contiguous float32 residual only"))?)
-            }
+            Some((rs, rl)) if rl.shape().dims() == shape => Some(
+                crate::kernels::contiguous_f32(rs, rl).ok_or_else(|| msg("contiguous float32 second operand only"))?,
+            ),
             Some((_, rl)) => {
-                return Err(msg(&format!("residual of shape {:?} for an output of {shape:?}", rl.shape().dims())));
+                return Err(msg(&format!(
+                    "second operand of shape {:?} for an output of {shape:?}",
+                    rl.shape().dims()
+                )));
             }
         };
-        let out = linear(x, m, k, &self.weight, self.bias.as_deref(), self.epilogue, residual);
+        let out = linear(x, m, k, &self.weight, self.bias.as_deref(), self.epilogue, other);
         Ok((candle_core::CpuStorage::F32(out), shape.into()))
     }
 }
@@ -1156,10 +1195,12 @@ impl candle_core::CustomOp1 for Linear {
     }
 }
 
-/// The same layer with the block's residual added as the output is written: `(x, residual)`.
+/// The same layer with a second operand of the output's shape, `(x, other)`: the block's
+/// residual added as the output is written, or with [`Epilogue::SiluTimes`] the gated MLP's
+/// up projection multiplied.
 impl candle_core::CustomOp2 for Linear {
     fn name(&self) -> &'static str {
-        "mmloop-amx-linear-residual"
+        "mmloop-amx-linear-second"
     }
 
     fn cpu_fwd(
@@ -1471,19 +1512,27 @@ mod tests {
             eprintln!("AMX not available on this CPU: the kernel is not exercised");
             return;
         }
-        for &(m, k, n) in &[(40, 200, 70), (32, 64, 32), (3, 200, 70)] {
-            let (a, w, bias, res) = (operand(m * k, 21), operand(n * k, 22), operand(n, 23), operand(m * n, 24));
-            let got = linear(&a, m, k, &PackedB::from_rows(&w, n, k), Some(&bias), Epilogue::GeluTanh, Some(&res));
+        for (&(m, k, n), epilogue) in [(40, 200, 70), (32, 64, 32), (3, 200, 70)]
+            .iter()
+            .flat_map(|shape| [(shape, Epilogue::GeluTanh), (shape, Epilogue::SiluTimes)])
+        {
+            let (a, w, bias, other) = (operand(m * k, 21), operand(n * k, 22), operand(n, 23), operand(m * n, 24));
+            let got = linear(&a, m, k, &PackedB::from_rows(&w, n, k), Some(&bias), epilogue, Some(&other));
             let (ar, wr) = (rounded(&a), rounded(&w));
             for r in 0..m {
                 for c in 0..n {
                     let v = (0..k).map(|i| ar[r * k + i] as f64 * wr[c * k + i] as f64).sum::<f64>() + bias[c] as f64;
-                    let u = 0.797_884_560_802_865_4 * (v + 0.044_715 * v * v * v);
-                    let want = v / (1.0 + (-2.0 * u).exp()) + res[r * n + c] as f64;
+                    let o = other[r * n + c] as f64;
+                    let want = if epilogue == Epilogue::SiluTimes {
+                        v / (1.0 + (-v).exp()) * o
+                    } else {
+                        let u = 0.797_884_560_802_865_4 * (v + 0.044_715 * v * v * v);
+                        v / (1.0 + (-2.0 * u).exp()) + o
+                    };
                     let g = got[r * n + c] as f64;
                     assert!(
                         (g - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt(),
-                        "{m}x{k}x{n} [{r},{c}]: {g} vs {want}"
+                        "{epilogue:?} {m}x{k}x{n} [{r},{c}]: {g} vs {want}"
                     );
                 }
             }
@@ -1497,11 +1546,19 @@ mod tests {
     fn finishing_a_block_is_the_same_on_avx512_and_scalar() {
         let (m, n, ld) = (40, 70, 80);
         let (bias, res) = (operand(n, 31), operand(m * n, 32));
-        let finish = Finish { bias: Some(&bias), epilogue: Epilogue::GeluTanh, residual: Some(&res), n };
         let block: Vec<f32> = operand(27 * ld, 33).iter().map(|v| v * 4.0).collect();
         let (r0, rows, c0, cols) = (5, 27, 32, 38);
-        let mut scalar = block.clone();
+        let finish = Finish { bias: Some(&bias), epilogue: Epilogue::SiluTimes, other: Some(&res), n };
+        let (mut scalar, mut fast) = (block.clone(), block.clone());
         // SAFETY: `rows` rows of `cols ≤ ld` floats, `ld` apart; rows and columns inside m × n.
+        unsafe { finish.block_scalar(scalar.as_mut_ptr(), ld, r0, rows, c0, cols) };
+        // SAFETY: as above.
+        unsafe { finish.block(fast.as_mut_ptr(), ld, r0, rows, c0, cols) };
+        // The gate's division: exact in the scalar path, a reciprocal and a Newton step on AVX-512.
+        assert!(fast.iter().zip(&scalar).all(|(f, s)| (f - s).abs() <= 1e-6 * (1.0 + s.abs())));
+        let finish = Finish { epilogue: Epilogue::GeluTanh, ..finish };
+        let mut scalar = block.clone();
+        // SAFETY: as above.
         unsafe { finish.block_scalar(scalar.as_mut_ptr(), ld, r0, rows, c0, cols) };
         let mut fast = block.clone();
         // SAFETY: as above.

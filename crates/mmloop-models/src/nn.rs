@@ -386,6 +386,20 @@ impl Linear {
         Ok((residual + self.forward(x, ctx)?)?)
     }
 
+    /// `act(x · Wᵀ + b) ⊙ factor`, a gated MLP's gate (`factor`: its up projection): on the
+    /// AMX path SiLU and the product are applied as the output is written; elsewhere they are
+    /// passes of their own.
+    pub fn forward_gated(&self, x: &Tensor, ctx: &Ctx, act: Act, factor: &Tensor) -> Result<Tensor> {
+        if act == Act::Silu
+            && let Some(op) = self.amx_op(x, ctx, crate::amx::Epilogue::SiluTimes)?
+            && factor.device().is_cpu()
+            && factor.dtype() == DType::F32
+        {
+            return Ok(x.contiguous()?.apply_op2_no_bwd(&factor.contiguous()?, &op)?);
+        }
+        Ok((act.forward(&self.forward(x, ctx)?, ctx.mode)? * factor)?)
+    }
+
     /// The fused AMX op for `x` (`--quant bf16` on a CPU with AMX, inference, no adapter
     /// active), else `None`.
     fn amx_op(&self, x: &Tensor, ctx: &Ctx, epilogue: crate::amx::Epilogue) -> Result<Option<crate::amx::Linear>> {

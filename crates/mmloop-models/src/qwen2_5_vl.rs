@@ -159,10 +159,10 @@ impl Vision {
             let lens = if self.full_attention.contains(&i) { &image_lens } else { &window_lens };
             let h = b.norm1.forward(&x, ctx.mode)?;
             let (q, k, v) = rotary_qkv(&b.qkv.forward(&h, ctx)?, self.heads, &cos, &sin, ctx.mode)?;
-            x = (&x + b.proj.forward(&segment_attention(&q, &k, &v, lens, scale, ctx)?, ctx)?)?;
+            x = b.proj.forward_residual(&segment_attention(&q, &k, &v, lens, scale, ctx)?, ctx, &x)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
-            let mlp = (self.act.forward(&b.gate.forward(&h, ctx)?, ctx.mode)? * b.up.forward(&h, ctx)?)?;
-            x = (&x + b.down.forward(&mlp, ctx)?)?;
+            let mlp = b.gate.forward_gated(&h, ctx, self.act, &b.up.forward(&h, ctx)?)?;
+            x = b.down.forward_residual(&mlp, ctx, &x)?;
         }
         let rows = x.dim(0)?;
         let x = self.ln_q.forward(&x, ctx.mode)?.reshape((rows / m2, ()))?;

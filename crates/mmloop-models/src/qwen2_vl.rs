@@ -256,7 +256,7 @@ impl Vision {
             let a = segment_attention(&q, &k, &v, &lens, scale, ctx)?;
             x = (x + b.proj.forward(&a, ctx)?)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
-            x = (&x + b.fc2.forward(&self.act.forward(&b.fc1.forward(&h, ctx)?, ctx.mode)?, ctx)?)?;
+            x = b.fc2.forward_residual(&self.act.forward(&b.fc1.forward(&h, ctx)?, ctx.mode)?, ctx, &x)?;
         }
         let rows = x.dim(0)?;
         let m2 = self.merge * self.merge;

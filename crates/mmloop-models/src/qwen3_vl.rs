@@ -200,9 +200,9 @@ impl Vision {
         for (i, b) in self.blocks.iter().enumerate() {
             let h = b.norm1.forward(&x, ctx.mode)?;
             let (q, k, v) = rotary_qkv(&b.qkv.forward(&h, ctx)?, self.heads, &cos, &sin, ctx.mode)?;
-            x = (&x + b.proj.forward(&segment_attention(&q, &k, &v, &lens, scale, ctx)?, ctx)?)?;
+            x = b.proj.forward_residual(&segment_attention(&q, &k, &v, &lens, scale, ctx)?, ctx, &x)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
-            x = (&x + b.fc2.forward(&self.act.forward(&b.fc1.forward(&h, ctx)?, ctx.mode)?, ctx)?)?;
+            x = b.fc2.forward_residual(&self.act.forward(&b.fc1.forward(&h, ctx)?, ctx.mode)?, ctx, &x)?;
             if let Some(j) = self.deepstack_layers.iter().position(|&l| l == i) {
                 deepstack.push(self.deepstack[j].forward(&x, m2, ctx)?);
             }

@@ -446,11 +446,10 @@ impl TextModel {
             Some(a) => a,
             None => self.attention_per_sequence(&q, &kvs, p, ctx, scale)?,
         };
-        let x = (residual + layer.o.forward(&attn, &ctx)?)?;
-        let residual = x.clone();
+        let x = layer.o.forward_residual(&attn, &ctx, &residual)?;
         let h = layer.post_norm.forward(&x, ctx.mode)?;
-        let mlp = (cfg.hidden_act.forward(&layer.gate.forward(&h, &ctx)?, ctx.mode)? * layer.up.forward(&h, &ctx)?)?;
-        let mut x = (residual + layer.down.forward(&mlp, &ctx)?)?;
+        let mlp = layer.gate.forward_gated(&h, &ctx, cfg.hidden_act, &layer.up.forward(&h, &ctx)?)?;
+        let mut x = layer.down.forward_residual(&mlp, &ctx, &x)?;
         for (rows_t, feats) in &p.deepstack {
             if let Some(f) = feats.get(li) {
                 x = x.index_add(rows_t, f, 0)?;
