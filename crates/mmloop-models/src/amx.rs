@@ -15,9 +15,10 @@
 //!
 //! The kernel computes 32×32 output blocks (four accumulator tiles, two A and two B tiles per
 //! step of 32 along k), blocks spread over rayon's threads by (row range, column range). Each
-//! block's output is written once, with the layer's bias, an activation (GELU) and the block's
-//! residual applied in the same pass ([`linear`]). Products of at most four rows
-//! (decode steps) use AVX-512 BF16 dot products over the same packed weights instead. Attention
+//! block's output is written once, with the layer's bias, an activation (GELU, or SiLU times a
+//! gated MLP's up projection) and the block's residual applied in the same pass ([`linear`]).
+//! Decoding rows (one per sequence, first in a step) use AVX-512 BF16 dot products over the same
+//! packed weights instead, whatever else the step holds, so no row's numbers depend on its batch. Attention
 //! ([`attention_into`]) is blocked like flash attention. Tile configuration is per thread: a task
 //! loads it, runs its blocks and releases it with no rayon call in between, so no other task
 //! can run on that thread while its tiles are configured.
@@ -437,7 +438,7 @@ pub fn matmul(a: &[f32], m: usize, k: usize, b: &PackedB, out: &mut [f32]) {
     }
     // SAFETY: `out` holds the `m × n` floats `product` writes.
     unsafe {
-        product(a, m, k, b, out.as_mut_ptr(), Finish { bias: None, epilogue: Epilogue::None, other: None, n: b.n })
+        product(a, m, k, b, out.as_mut_ptr(), Finish { bias: None, epilogue: Epilogue::None, other: None, n: b.n }, 0)
     };
 }
 
@@ -455,8 +456,10 @@ pub enum Epilogue {
 /// `epilogue(a[m, k] · Bᵀ + bias) + other` into a new `[m, n]` vector (a linear layer's
 /// forward pass, with the block's residual connection when given; with
 /// [`Epilogue::SiluTimes`], `silu(a · Bᵀ + bias) ⊙ other`), `a` rounded to bfloat16, float32
-/// accumulation: the output is written once, never zeroed first. Needs [`available`]; panics
-/// on mismatched sizes, or on `SiluTimes` without `other`.
+/// accumulation: the output is written once, never zeroed first. The first `dot_rows` rows
+/// (a step's decoding rows) take the dot-product kernel, the rest tiles ([`product`]). Needs
+/// [`available`]; panics on mismatched sizes, or on `SiluTimes` without `other`.
+#[allow(clippy::too_many_arguments)]
 pub fn linear(
     a: &[f32],
     m: usize,
@@ -465,6 +468,7 @@ pub fn linear(
     bias: Option<&[f32]>,
     epilogue: Epilogue,
     other: Option<&[f32]>,
+    dot_rows: usize,
 ) -> Vec<f32> {
     assert!(available(), "AMX is not available");
     assert_eq!(k, b.k, "inner dimensions: {k} against {}", b.k);
@@ -477,26 +481,36 @@ pub fn linear(
         // SAFETY: the capacity holds `m × n` floats; `product` writes every one of them before
         // the length is set.
         unsafe {
-            product(a, m, k, b, out.as_mut_ptr(), Finish { bias, epilogue, other, n: b.n });
+            product(a, m, k, b, out.as_mut_ptr(), Finish { bias, epilogue, other, n: b.n }, dot_rows);
             out.set_len(m * b.n);
         }
     }
     out
 }
 
-/// `a · Bᵀ`, finished, into `out`: a few rows ([`FEW_ROWS`]) as dot products where the CPU
-/// has AVX-512 BF16, else on tiles.
+/// `a · Bᵀ`, finished, into `out`: the first `dot_rows` rows (decoding rows) as AVX-512 BF16
+/// dot products, [`FEW_ROWS`] per pass over the weights, where the CPU has them; the rest on
+/// tiles. The two kernels round their sums differently; a row's numbers depend only on which
+/// one it takes, never on the other rows, so callers keep each row on one kernel whatever its
+/// batch (the text model: a sequence's decoding rows on dot products, prompts on tiles).
 ///
 /// # Safety
 /// `out` must be valid for writes of `m × b.n` floats; every one of them is written.
-unsafe fn product(a: &[f32], m: usize, k: usize, b: &PackedB, out: *mut f32, finish: Finish) {
-    // SAFETY: the caller's contract, and the CPU check for the dot products.
+unsafe fn product(a: &[f32], m: usize, k: usize, b: &PackedB, out: *mut f32, finish: Finish, dot_rows: usize) {
+    let n = b.n;
+    let dots = if has_avx512_bf16() { dot_rows.min(m) } else { 0 };
+    // The output pass of rows `r0..` (its other operand from that row on).
+    let from = |r0: usize| Finish { other: finish.other.map(|o| &o[r0 * n..]), ..finish };
+    // SAFETY: the caller's contract (rows `r0..` of `out` from `out.add(r0 · n)`), and the CPU
+    // check for the dot products.
     unsafe {
-        if m <= FEW_ROWS && has_avx512_bf16() {
-            matmul_few_rows(a, m, k, b, out, finish);
-        } else {
-            let pa = PackedA::from_rows(a, m, k, b.kp);
-            matmul_packed(&pa, b, out, finish);
+        for r0 in (0..dots).step_by(FEW_ROWS) {
+            let rows = FEW_ROWS.min(dots - r0);
+            matmul_few_rows(&a[r0 * k..(r0 + rows) * k], rows, k, b, out.add(r0 * n), from(r0));
+        }
+        if dots < m {
+            let pa = PackedA::from_rows(&a[dots * k..], m - dots, k, b.kp);
+            matmul_packed(&pa, b, out.add(dots * n), from(dots));
             pa.recycle();
         }
     }
@@ -696,11 +710,11 @@ fn balanced_span(blocks: usize, most: usize) -> usize {
     blocks.div_ceil(blocks.div_ceil(most).max(1)).max(1)
 }
 
-/// Products with at most this many rows (a decode step: one row per sequence) go through
-/// AVX-512 BF16 dot products instead of tiles. A tile product computes 32 rows whatever `m`
-/// is, while the weights stream from memory either way; the packed weights' tile rows are
-/// already the pairs `vdpbf16ps` takes, so they serve both.
-const FEW_ROWS: usize = 4;
+/// Decoding rows (one per sequence) go through AVX-512 BF16 dot products instead of tiles, this
+/// many per pass over the weights. A tile product computes 32 rows whatever `m` is, while the
+/// weights stream from memory either way (one decoding sequence: 31 → 22 ms a SmolVLM token);
+/// the packed weights' tile rows are already the pairs `vdpbf16ps` takes, so they serve both.
+const FEW_ROWS: usize = 8;
 
 /// [`matmul_packed`] for `m ≤ FEW_ROWS` rows of `a` `[m, k]`, on CPUs with AVX-512 BF16: the
 /// same rounding, float32 accumulation and output pass as there.
@@ -730,7 +744,11 @@ unsafe fn matmul_few_rows(a: &[f32], m: usize, k: usize, b: &PackedB, out: *mut 
                     1 => dot_panel::<1>(&rows, b.kp, panel, &mut acc),
                     2 => dot_panel::<2>(&rows, b.kp, panel, &mut acc),
                     3 => dot_panel::<3>(&rows, b.kp, panel, &mut acc),
-                    _ => dot_panel::<4>(&rows, b.kp, panel, &mut acc),
+                    4 => dot_panel::<4>(&rows, b.kp, panel, &mut acc),
+                    5 => dot_panel::<5>(&rows, b.kp, panel, &mut acc),
+                    6 => dot_panel::<6>(&rows, b.kp, panel, &mut acc),
+                    7 => dot_panel::<7>(&rows, b.kp, panel, &mut acc),
+                    _ => dot_panel::<8>(&rows, b.kp, panel, &mut acc),
                 }
             }
             let (c0, cols) = (cb * 16, 16.min(n - cb * 16));
@@ -1144,6 +1162,8 @@ pub(crate) struct Linear {
     /// Added in the same pass as the product's output is written.
     pub bias: Option<std::sync::Arc<[f32]>>,
     pub epilogue: Epilogue,
+    /// The input's first rows that are decoding rows ([`linear`]'s `dot_rows`).
+    pub dot_rows: usize,
 }
 
 impl Linear {
@@ -1176,7 +1196,7 @@ impl Linear {
                 )));
             }
         };
-        let out = linear(x, m, k, &self.weight, self.bias.as_deref(), self.epilogue, other);
+        let out = linear(x, m, k, &self.weight, self.bias.as_deref(), self.epilogue, other, self.dot_rows);
         Ok((candle_core::CpuStorage::F32(out), shape.into()))
     }
 }
@@ -1475,10 +1495,12 @@ mod tests {
         }
     }
 
-    /// A decode step's few rows (dot products) against the same rows among many (tiles), with
-    /// bias, GELU and residual: the same rounding, so equal but for float32 summation order.
+    /// A row's numbers do not depend on its batch: prompt rows (tiles) equal bitwise whatever
+    /// decoding rows precede them and however many rows the product has; a decoding row (dot
+    /// products) alone equals its place among others and ahead of prompt rows; and the two
+    /// kernels agree but for float32 summation order.
     #[test]
-    fn few_rows_equal_the_same_rows_on_tiles() {
+    fn rows_do_not_depend_on_their_batch() {
         if !available() {
             eprintln!("AMX not available on this CPU: the kernel is not exercised");
             return;
@@ -1486,21 +1508,21 @@ mod tests {
         let (m, k, n) = (40, 200, 70);
         let (a, w, bias, res) = (operand(m * k, 11), operand(n * k, 12), operand(n, 13), operand(m * n, 14));
         let b = PackedB::from_rows(&w, n, k);
-        let many = linear(&a, m, k, &b, Some(&bias), Epilogue::GeluTanh, Some(&res));
-        for rows in 1..=FEW_ROWS {
-            let from = 7;
-            let few = linear(
-                &a[from * k..(from + rows) * k],
-                rows,
-                k,
-                &b,
-                Some(&bias),
-                Epilogue::GeluTanh,
-                Some(&res[from * n..(from + rows) * n]),
-            );
-            for (i, (&x, &y)) in few.iter().zip(&many[from * n..]).enumerate() {
-                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{rows} rows, [{}]: {x} against {y}", i);
-            }
+        let run = |from: usize, rows: usize, dots: usize| {
+            let (a, res) = (&a[from * k..(from + rows) * k], &res[from * n..(from + rows) * n]);
+            linear(a, rows, k, &b, Some(&bias), Epilogue::GeluTanh, Some(res), dots)
+        };
+        let tiles = run(0, m, 0);
+        // Rows 0..11 decoding (a pass of 8 and one of 3), the rest prompt rows.
+        let mixed = run(0, m, 11);
+        assert_eq!(mixed[11 * n..], tiles[11 * n..]);
+        assert_eq!(run(11, m - 11, 0), tiles[11 * n..]);
+        for r in [0, 3, 7, 8, 10] {
+            assert_eq!(run(r, 1, 1), mixed[r * n..(r + 1) * n], "decoding row {r}");
+            assert_eq!(run(r, 2, 2)[..n], mixed[r * n..(r + 1) * n], "decoding row {r} with one more");
+        }
+        for (i, (&x, &y)) in mixed[..11 * n].iter().zip(&tiles).enumerate() {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "[{}, {}]: {x} against {y}", i / n, i % n);
         }
     }
 
@@ -1512,12 +1534,14 @@ mod tests {
             eprintln!("AMX not available on this CPU: the kernel is not exercised");
             return;
         }
-        for (&(m, k, n), epilogue) in [(40, 200, 70), (32, 64, 32), (3, 200, 70)]
+        // (m, k, n, decoding rows): whole and partial blocks, decoding rows alone and ahead of
+        // tile rows (the other operand read from their row on).
+        for (&(m, k, n, dots), epilogue) in [(40, 200, 70, 0), (32, 64, 32, 0), (3, 200, 70, 3), (40, 200, 70, 5)]
             .iter()
             .flat_map(|shape| [(shape, Epilogue::GeluTanh), (shape, Epilogue::SiluTimes)])
         {
             let (a, w, bias, other) = (operand(m * k, 21), operand(n * k, 22), operand(n, 23), operand(m * n, 24));
-            let got = linear(&a, m, k, &PackedB::from_rows(&w, n, k), Some(&bias), epilogue, Some(&other));
+            let got = linear(&a, m, k, &PackedB::from_rows(&w, n, k), Some(&bias), epilogue, Some(&other), dots);
             let (ar, wr) = (rounded(&a), rounded(&w));
             for r in 0..m {
                 for c in 0..n {

@@ -45,16 +45,22 @@ pub struct Ctx<'a> {
     /// Attention products in bfloat16 on AMX (`--quant bf16` on a CPU that has it); linear
     /// layers follow their own weights' format.
     pub bf16: bool,
+    /// The first rows are this many sequences' single decoding rows (a decoding step's, or the
+    /// head of a step that also admits prompts). On the AMX path their products always take
+    /// the dot-product kernel and the rest always tiles, so no row's numbers depend on what
+    /// else is in its batch (the two kernels round differently).
+    pub decode_rows: usize,
 }
 
 impl<'a> Ctx<'a> {
     pub fn infer() -> Ctx<'static> {
-        Ctx { mode: Mode::Infer, spans: &[], bf16: false }
+        Ctx { mode: Mode::Infer, spans: &[], bf16: false, decode_rows: 0 }
     }
 
-    /// The same context without adapters (vision towers, which adapters never touch here).
+    /// The same context without adapters and decoding rows (vision towers, which adapters
+    /// never touch here).
     pub fn base(&self) -> Ctx<'a> {
-        Ctx { mode: self.mode, spans: &[], bf16: self.bf16 }
+        Ctx { mode: self.mode, spans: &[], bf16: self.bf16, decode_rows: 0 }
     }
 }
 
@@ -351,7 +357,12 @@ impl Linear {
         match (&self.weight, mode) {
             (Weight::Quantized { mm, .. }, Mode::Infer) => Ok(mm.forward(x)?),
             (Weight::Bf16(Bf16Weight::Amx(p)), Mode::Infer) if x.device().is_cpu() && x.dtype() == DType::F32 => {
-                let op = crate::amx::Linear { weight: p.clone(), bias: None, epilogue: crate::amx::Epilogue::None };
+                let op = crate::amx::Linear {
+                    weight: p.clone(),
+                    bias: None,
+                    epilogue: crate::amx::Epilogue::None,
+                    dot_rows: 0,
+                };
                 Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
             }
             (Weight::Bf16(w), Mode::Infer) => {
@@ -416,7 +427,7 @@ impl Linear {
             Some(b) => Some(Arc::from(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
             None => None,
         };
-        Ok(Some(crate::amx::Linear { weight: p.clone(), bias, epilogue }))
+        Ok(Some(crate::amx::Linear { weight: p.clone(), bias, epilogue, dot_rows: ctx.decode_rows }))
     }
 
     /// `act(x · Wᵀ + b)`: on the AMX path the activation is applied as the output is written
@@ -1288,7 +1299,7 @@ mod tests {
         let lora = LoraWeights::new(a.as_tensor().clone(), b.as_tensor().clone(), 2.0, None);
         lin.set_adapter(0, Some(Arc::new(lora)));
         let spans = [Span { rows, adapter: Some(0) }];
-        let y = lin.forward(x.as_tensor(), &Ctx { mode: Mode::Train, spans: &spans, bf16: false }).unwrap();
+        let y = lin.forward(x.as_tensor(), &Ctx { mode: Mode::Train, spans: &spans, ..Ctx::infer() }).unwrap();
         let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let weight_sized =
             grads.get_ids().filter(|id| grads.get_id(**id).is_some_and(|g| g.elem_count() == out * inp)).count();
@@ -1328,7 +1339,7 @@ mod tests {
             let mut lin = Linear::new("m.q_proj", w.clone(), Some(bias.clone()));
             lin.set_adapter(0, Some(Arc::new(LoraWeights::new(a.clone(), b.clone(), 4.0, magnitude.clone()))));
             let spans = [Span { rows: 4, adapter: Some(0) }];
-            let ctx = Ctx { mode: Mode::Infer, spans: &spans, bf16: false };
+            let ctx = Ctx { spans: &spans, ..Ctx::infer() };
             let y = lin.forward(&x, &ctx).unwrap();
             // By hand: W' = W + s·BA; LoRA: xW'ᵀ + b; DoRA: (m/‖W'‖) ⊙ xW'ᵀ + b.
             let wp = (&w + (b.matmul(&a).unwrap() * 4.0).unwrap()).unwrap();
@@ -1341,7 +1352,7 @@ mod tests {
             assert!(max_diff(&y, &want) < 1e-4, "{magnitude:?}");
             // Mixed spans: the base rows are untouched.
             let spans = [Span { rows: 2, adapter: None }, Span { rows: 2, adapter: Some(0) }];
-            let mixed = lin.forward(&x, &Ctx { mode: Mode::Infer, spans: &spans, bf16: false }).unwrap();
+            let mixed = lin.forward(&x, &Ctx { spans: &spans, ..Ctx::infer() }).unwrap();
             let base = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
             assert!(max_diff(&mixed.narrow(0, 0, 2).unwrap(), &base.narrow(0, 0, 2).unwrap()) < 1e-5);
             assert!(max_diff(&mixed.narrow(0, 2, 2).unwrap(), &want.narrow(0, 2, 2).unwrap()) < 1e-4);

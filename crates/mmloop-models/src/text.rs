@@ -192,7 +192,9 @@ pub(crate) struct Packed {
 impl Packed {
     fn ctx(&self) -> Ctx<'_> {
         let adapted = self.spans.iter().any(|s| s.adapter.is_some());
-        Ctx { mode: self.mode, spans: if adapted { &self.spans } else { &[] }, bf16: self.bf16 }
+        // Decoding sequences come first in a step (the scheduler's order).
+        let decoding = if self.mode == Mode::Infer { self.lens.iter().take_while(|&&n| n == 1).count() } else { 0 };
+        Ctx { mode: self.mode, spans: if adapted { &self.spans } else { &[] }, bf16: self.bf16, decode_rows: decoding }
     }
 
     /// Sequences in the step.
@@ -439,12 +441,19 @@ impl TextModel {
             let (off, n) = (p.offsets[si], p.lens[si]);
             kvs.push(cache.append(li, &k.narrow(1, off, n)?, &v.narrow(1, off, n)?, ctx.mode)?);
         }
-        // A decoding step (one new position per sequence): all sequences in one CPU pass.
-        let decoding = ctx.mode == Mode::Infer && p.lens.iter().all(|&n| n == 1);
-        let batched = if decoding { crate::nn::decode_attention(&q, &kvs, scale)? } else { None };
+        // The decoding sequences (one new position each, first in the step): all in one CPU
+        // pass, in a decoding step or beside new prompts alike, so that their numbers do not
+        // depend on the step; the prompts one by one.
+        let decoding = ctx.decode_rows;
+        let batched = if decoding > 0 {
+            crate::nn::decode_attention(&q.narrow(1, 0, decoding)?, &kvs[..decoding], scale)?
+        } else {
+            None
+        };
         let attn = match batched {
-            Some(a) => a,
-            None => self.attention_per_sequence(&q, &kvs, p, ctx, scale)?,
+            Some(a) if decoding == kvs.len() => a,
+            Some(a) => Tensor::cat(&[a, self.attention_per_sequence(&q, &kvs, decoding, p, ctx, scale)?], 0)?,
+            None => self.attention_per_sequence(&q, &kvs, 0, p, ctx, scale)?,
         };
         let x = layer.o.forward_residual(&attn, &ctx, &residual)?;
         let h = layer.post_norm.forward(&x, ctx.mode)?;
@@ -459,11 +468,12 @@ impl TextModel {
     }
 
     /// Each sequence's query rows (`q` `[heads, rows, d]`, packed) over its keys and values,
-    /// causal within its new rows; out `[rows, heads·d]`.
+    /// causal within its new rows, sequences `from..` only; out `[their rows, heads·d]`.
     fn attention_per_sequence(
         &self,
         q: &Tensor,
         kvs: &[(Tensor, Tensor)],
+        from: usize,
         p: &Packed,
         ctx: Ctx,
         scale: f64,
@@ -471,7 +481,7 @@ impl TextModel {
         let cfg = &self.cfg;
         let (heads, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let mut outs = Vec::with_capacity(kvs.len());
-        for (si, (ks, vs)) in kvs.iter().enumerate() {
+        for (si, (ks, vs)) in kvs.iter().enumerate().skip(from) {
             let (off, n) = (p.offsets[si], p.lens[si]);
             let qi = q.narrow(1, off, n)?;
             let rep = heads / kvh;
@@ -505,7 +515,7 @@ impl TextModel {
             }
         };
         let x = self.norm.forward(&x, p.mode)?;
-        let head_ctx = Ctx { mode: p.mode, spans: &[], bf16: false };
+        let head_ctx = Ctx { mode: p.mode, ..Ctx::infer() };
         self.lm_head.forward(&x, &head_ctx)
     }
 
