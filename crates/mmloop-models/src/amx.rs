@@ -1332,6 +1332,8 @@ mod imp {
         const TILE: usize = super::TILE;
         unsafe {
             let (a1, b1) = (a.add(panel), b.add(panel));
+            // The four accumulator tiles' places in `c` and its row stride in bytes.
+            let (c1, c2, c3, sc) = (c.add(16), c.add(16 * ldc), c.add(16 * ldc + 16), ldc * 4);
             if accumulate {
                 asm!(
                     "tileloadd tmm0, [{c0} + {sc}*1]",
@@ -1339,10 +1341,10 @@ mod imp {
                     "tileloadd tmm2, [{c2} + {sc}*1]",
                     "tileloadd tmm3, [{c3} + {sc}*1]",
                     c0 = in(reg) c,
-                    c1 = in(reg) c.add(16),
-                    c2 = in(reg) c.add(16 * ldc),
-                    c3 = in(reg) c.add(16 * ldc + 16),
-                    sc = in(reg) ldc * 4,
+                    c1 = in(reg) c1,
+                    c2 = in(reg) c2,
+                    c3 = in(reg) c3,
+                    sc = in(reg) sc,
                     options(nostack, readonly),
                 );
             } else {
@@ -1372,10 +1374,10 @@ mod imp {
                 "tilestored [{c2} + {sc}*1], tmm2",
                 "tilestored [{c3} + {sc}*1], tmm3",
                 c0 = in(reg) c,
-                c1 = in(reg) c.add(16),
-                c2 = in(reg) c.add(16 * ldc),
-                c3 = in(reg) c.add(16 * ldc + 16),
-                sc = in(reg) ldc * 4,
+                c1 = in(reg) c1,
+                c2 = in(reg) c2,
+                c3 = in(reg) c3,
+                sc = in(reg) sc,
                 options(nostack),
             );
         }
