@@ -353,7 +353,8 @@ impl Linear {
         Ok(())
     }
 
-    fn base(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    /// `x · Wᵀ`, no bias; `dot_rows` as [`Ctx::decode_rows`] (the AMX path's kernel choice).
+    fn base(&self, x: &Tensor, mode: Mode, dot_rows: usize) -> Result<Tensor> {
         match (&self.weight, mode) {
             (Weight::Quantized { mm, .. }, Mode::Infer) => Ok(mm.forward(x)?),
             (Weight::Bf16(Bf16Weight::Amx(p)), Mode::Infer) if x.device().is_cpu() && x.dtype() == DType::F32 => {
@@ -361,7 +362,7 @@ impl Linear {
                     weight: p.clone(),
                     bias: None,
                     epilogue: crate::amx::Epilogue::None,
-                    dot_rows: 0,
+                    dot_rows,
                 };
                 Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
             }
@@ -447,7 +448,7 @@ impl Linear {
         let adapters = self.adapters.read().expect("adapter lock");
         let active = |slot: Option<usize>| slot.and_then(|s| adapters.get(s).cloned().flatten());
         let plain = ctx.spans.iter().all(|s| active(s.adapter).is_none());
-        let base = self.base(x, ctx.mode)?;
+        let base = self.base(x, ctx.mode, ctx.decode_rows)?;
         let out = if plain {
             base
         } else if let [only] = ctx.spans {
@@ -490,7 +491,7 @@ impl Linear {
                 match &dropped {
                     None => Ok((base + lora)?.broadcast_mul(&g)?),
                     Some(xd) => {
-                        let base_d = self.base(xd, mode)?;
+                        let base_d = self.base(xd, mode, 0)?;
                         Ok((base + base_d.broadcast_mul(&(&g - 1.0)?)? + lora.broadcast_mul(&g)?)?)
                     }
                 }

@@ -235,32 +235,11 @@ fn bf16_stays_near_float32_on_every_family() {
         let r = reference(family, "reference.json");
         let cases = r["cases"].as_array().unwrap();
         let requests: Vec<Request> = cases.iter().map(|c| request(family, c, None)).collect();
-        let together = generate_batch(model.clone(), requests.clone(), EngineOptions::default());
-        // A prompt a step: every later prompt is admitted beside the earlier ones' decoding rows.
-        let staggered = EngineOptions { max_prefill_tokens: 1, ..EngineOptions::default() };
-        let staggered = generate_batch(model.clone(), requests.clone(), staggered);
-        let exact = mmloop_models::amx::available();
+        let alone = batch_invariant(&model, &requests, family);
         let mut worst = 0.0f64;
-        for (((case, req), together), staggered) in cases.iter().zip(&requests).zip(together).zip(staggered) {
-            let alone =
-                generate_batch(model.clone(), vec![req.clone()], EngineOptions::default()).pop().unwrap().unwrap();
-            let name = case["name"].as_str().unwrap();
-            let ids = |o: &GenerationOutput| o.tokens.iter().map(|t| t.id).collect::<Vec<_>>();
-            for (how, other) in [("together", together.unwrap()), ("staggered", staggered.unwrap())] {
-                assert_eq!(ids(&alone), ids(&other), "{family}/{name}: batched ({how}) against alone");
-                for (x, y) in alone.tokens.iter().zip(&other.tokens) {
-                    let d = (x.logprob - y.logprob).abs();
-                    assert!(
-                        if exact { d == 0.0 } else { d < tolerance() },
-                        "{family}/{name}: batched ({how}) {} alone {}",
-                        y.logprob,
-                        x.logprob
-                    );
-                }
-            }
+        for (case, alone) in cases.iter().zip(&alone) {
             // The first token sees the same prompt as the float32 reference.
-            let step = &case["steps"][0];
-            let d = (alone.tokens[0].logprob - step["logprob"].as_f64().unwrap()).abs();
+            let d = (alone.tokens[0].logprob - case["steps"][0]["logprob"].as_f64().unwrap()).abs();
             worst = worst.max(d);
         }
         eprintln!("{family}: bf16 first-token max |Δ ln p| against transformers f32 {worst:.2e}");
@@ -268,6 +247,35 @@ fn bf16_stays_near_float32_on_every_family() {
         // 1e-2 (docs/benchmarks.md); a wrong layer moves them by whole units.
         assert!(worst < 0.1, "{family}: bf16 drifts {worst} from float32");
     }
+}
+
+/// Each request alone, and batched output equal to it: all admitted at once, and one admitted
+/// a step beside the earlier ones' decoding rows. With AMX equal to the bit (a decoding row
+/// takes the same kernels whatever its step holds), elsewhere within the tolerance.
+fn batch_invariant(model: &Arc<VlModel>, requests: &[Request], tag: &str) -> Vec<GenerationOutput> {
+    let together = generate_batch(model.clone(), requests.to_vec(), EngineOptions::default());
+    let staggered = EngineOptions { max_prefill_tokens: 1, ..EngineOptions::default() };
+    let staggered = generate_batch(model.clone(), requests.to_vec(), staggered);
+    let exact = mmloop_models::amx::available();
+    let mut out = Vec::with_capacity(requests.len());
+    for (i, ((req, together), staggered)) in requests.iter().zip(together).zip(staggered).enumerate() {
+        let alone = generate_batch(model.clone(), vec![req.clone()], EngineOptions::default()).pop().unwrap().unwrap();
+        let ids = |o: &GenerationOutput| o.tokens.iter().map(|t| t.id).collect::<Vec<_>>();
+        for (how, other) in [("together", together.unwrap()), ("staggered", staggered.unwrap())] {
+            assert_eq!(ids(&alone), ids(&other), "{tag}, request {i}: batched ({how}) against alone");
+            for (x, y) in alone.tokens.iter().zip(&other.tokens) {
+                let d = (x.logprob - y.logprob).abs();
+                assert!(
+                    if exact { d == 0.0 } else { d < tolerance() },
+                    "{tag}, request {i}: batched ({how}) {} alone {}",
+                    y.logprob,
+                    x.logprob
+                );
+            }
+        }
+        out.push(alone);
+    }
+    out
 }
 
 /// `--dtype bf16` (weights and activations stored in bfloat16, candle's kernels): every family
