@@ -1234,6 +1234,42 @@ impl candle_core::CustomOp2 for Linear {
     }
 }
 
+/// `silu(g) ⊙ factor` for `(g, factor)` of one shape, with the output pass's own SiLU and order
+/// ([`Epilogue::SiluTimes`]): a gated MLP's gate when its products could not take the fused
+/// pass (an adapter active in the batch), so that rows without an adapter equal the fused
+/// pass's to the bit — last-bit differences would flip some of the next product's bfloat16
+/// roundings and move the answer.
+pub(crate) struct SiluTimes;
+
+impl candle_core::CustomOp2 for SiluTimes {
+    fn name(&self) -> &'static str {
+        "mmloop-amx-silu-times"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+        fs: &candle_core::CpuStorage,
+        fl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let msg = |m: &str| candle_core::Error::Msg(format!("AMX SiLU gate: {m}"));
+        let g = crate::kernels::contiguous_f32(s, l).ok_or_else(|| msg("contiguous float32 input only"))?;
+        let factor = crate::kernels::contiguous_f32(fs, fl).ok_or_else(|| msg("contiguous float32 factor only"))?;
+        if l.shape() != fl.shape() {
+            return Err(msg(&format!("factor of shape {:?} for {:?}", fl.dims(), l.dims())));
+        }
+        let n = *l.dims().last().unwrap_or(&1);
+        let mut out = g.to_vec();
+        if n > 0 && !out.is_empty() {
+            let finish = Finish { bias: None, epilogue: Epilogue::SiluTimes, other: Some(factor), n };
+            // SAFETY: `out` holds `len / n` rows of `n` floats, `factor` as many.
+            unsafe { finish.block(out.as_mut_ptr(), n, 0, out.len() / n, 0, n) };
+        }
+        Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod imp {
     use std::arch::asm;

@@ -409,7 +409,18 @@ impl Linear {
         {
             return Ok(x.contiguous()?.apply_op2_no_bwd(&factor.contiguous()?, &op)?);
         }
-        Ok((act.forward(&self.forward(x, ctx)?, ctx.mode)? * factor)?)
+        let gate = self.forward(x, ctx)?;
+        let amx = matches!(self.weight, Weight::Bf16(Bf16Weight::Amx(_))) && ctx.mode == Mode::Infer;
+        if act == Act::Silu
+            && amx
+            && gate.device().is_cpu()
+            && gate.dtype() == DType::F32
+            && factor.dtype() == DType::F32
+        {
+            // An adapter active in the batch: the fused pass's own SiLU and product all the same.
+            return Ok(gate.contiguous()?.apply_op2_no_bwd(&factor.contiguous()?, &crate::amx::SiluTimes)?);
+        }
+        Ok((act.forward(&gate, ctx.mode)? * factor)?)
     }
 
     /// The fused AMX op for `x` (`--quant bf16` on a CPU with AMX, inference, no adapter

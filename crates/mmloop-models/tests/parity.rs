@@ -246,6 +246,16 @@ fn bf16_stays_near_float32_on_every_family() {
         // Rounding every operand to 8 mantissa bits moves flat random-weight distributions by a few
         // 1e-2 (docs/benchmarks.md); a wrong layer moves them by whole units.
         assert!(worst < 0.1, "{family}: bf16 drifts {worst} from float32");
+        // With a LoRA adapter on every other request (the adapted layers' products unfused, the
+        // adapter's own in float32), batched output still equals one-at-a-time output.
+        let opts = LoadOptions {
+            adapters: vec![("lora".into(), fixtures().join(family).join("adapters").join("lora"))],
+            ..opts
+        };
+        let model = Arc::new(VlModel::load(&fixtures().join(family), &opts).unwrap());
+        let requests: Vec<Request> =
+            cases.iter().enumerate().map(|(i, c)| request(family, c, (i % 2 == 0).then_some("lora"))).collect();
+        batch_invariant(&model, &requests, &format!("{family} with an adapter"));
     }
 }
 
