@@ -643,12 +643,17 @@ unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, finish: Finish
         let (mt, nt) = (task / ntasks, task % ntasks);
         let rows_of = |mb: usize| BLOCK.min(m - mb * BLOCK);
         let cols_of = |nb: usize| BLOCK.min(n - nb * BLOCK);
+        let whole = |mb: usize, nb: usize| rows_of(mb) == BLOCK && cols_of(nb) == BLOCK;
+        // Where row block `mb`'s and column block `nb`'s two panels each reach step `k0`.
+        let panels = |mb: usize, nb: usize, k0: usize| {
+            (pa.data[2 * mb * panel + k0 * TILE..].as_ptr(), b.data[2 * nb * panel + k0 * TILE..].as_ptr())
+        };
         let (mbs, nbs) = (mt * mspan..((mt + 1) * mspan).min(mblocks), nt * nspan..((nt + 1) * nspan).min(nblocks));
         let _tiles = imp::Tiles::configure();
         for k0 in (0..steps).step_by(K_CHUNK) {
             let (chunk, last) = (K_CHUNK.min(steps - k0), k0 + K_CHUNK >= steps);
             for mb in mbs.clone() {
-                for nb in nbs.clone().filter(|&nb| rows_of(mb) == BLOCK && cols_of(nb) == BLOCK) {
+                for nb in nbs.clone().filter(|&nb| whole(mb, nb)) {
                     let (r0, c0) = (mb * BLOCK, nb * BLOCK);
                     // SAFETY: `pa.data` holds the two row panels of `steps` tiles from row tile
                     // `2·mb`, `b.data` the two column panels from column tile `2·nb`, each from
@@ -658,10 +663,7 @@ unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, finish: Finish
                     // them.
                     unsafe {
                         let dst = out_ptr.get().add(r0 * n + c0);
-                        let (a0, b0) = (
-                            pa.data[2 * mb * panel + k0 * TILE..].as_ptr(),
-                            b.data[2 * nb * panel + k0 * TILE..].as_ptr(),
-                        );
+                        let (a0, b0) = panels(mb, nb, k0);
                         imp::block(a0, b0, panel, chunk, dst, n, k0 > 0);
                         if last {
                             finish.block(dst, n, r0, BLOCK, c0, BLOCK);
@@ -672,17 +674,14 @@ unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, finish: Finish
         }
         let mut scratch = BlockBuf([0f32; BLOCK * BLOCK]);
         for mb in mbs {
-            for nb in nbs.clone().filter(|&nb| rows_of(mb) < BLOCK || cols_of(nb) < BLOCK) {
+            for nb in nbs.clone().filter(|&nb| !whole(mb, nb)) {
                 let (r0, c0, rows, cols) = (mb * BLOCK, nb * BLOCK, rows_of(mb), cols_of(nb));
                 // SAFETY: as above (the padding rows and columns of the panels are zeros); the
                 // scratch holds 32×32 floats, its first `rows` rows of `cols` finished as output
                 // rows `r0 + r < m`, columns `c0 + cols ≤ n`.
                 unsafe {
                     for k0 in (0..steps).step_by(K_CHUNK) {
-                        let (a0, b0) = (
-                            pa.data[2 * mb * panel + k0 * TILE..].as_ptr(),
-                            b.data[2 * nb * panel + k0 * TILE..].as_ptr(),
-                        );
+                        let (a0, b0) = panels(mb, nb, k0);
                         imp::block(a0, b0, panel, K_CHUNK.min(steps - k0), scratch.0.as_mut_ptr(), BLOCK, k0 > 0);
                     }
                     finish.block(scratch.0.as_mut_ptr(), BLOCK, r0, rows, c0, cols);
@@ -1261,10 +1260,14 @@ impl candle_core::CustomOp2 for SiluTimes {
         }
         let n = *l.dims().last().unwrap_or(&1);
         let mut out = g.to_vec();
-        if n > 0 && !out.is_empty() {
+        if n > 0 {
             let finish = Finish { bias: None, epilogue: Epilogue::SiluTimes, other: Some(factor), n };
-            // SAFETY: `out` holds `len / n` rows of `n` floats, `factor` as many.
-            unsafe { finish.block(out.as_mut_ptr(), n, 0, out.len() / n, 0, n) };
+            // Blocks of rows, as the fused pass finishes them (a block's columns stay in cache).
+            out.par_chunks_mut(BLOCK * n).enumerate().for_each(|(i, rows)| {
+                // SAFETY: `rows` holds `len / n` whole rows of `n` floats from output row
+                // `BLOCK·i`; `factor` holds every row.
+                unsafe { finish.block(rows.as_mut_ptr(), n, BLOCK * i, rows.len() / n, 0, n) };
+            });
         }
         Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
     }

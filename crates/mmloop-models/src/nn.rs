@@ -402,21 +402,16 @@ impl Linear {
     /// AMX path SiLU and the product are applied as the output is written; elsewhere they are
     /// passes of their own.
     pub fn forward_gated(&self, x: &Tensor, ctx: &Ctx, act: Act, factor: &Tensor) -> Result<Tensor> {
-        if act == Act::Silu
-            && let Some(op) = self.amx_op(x, ctx, crate::amx::Epilogue::SiluTimes)?
+        let amx_gate = act == Act::Silu
+            && matches!(self.weight, Weight::Bf16(Bf16Weight::Amx(_)))
+            && ctx.mode == Mode::Infer
             && factor.device().is_cpu()
-            && factor.dtype() == DType::F32
-        {
+            && factor.dtype() == DType::F32;
+        if amx_gate && let Some(op) = self.amx_op(x, ctx, crate::amx::Epilogue::SiluTimes)? {
             return Ok(x.contiguous()?.apply_op2_no_bwd(&factor.contiguous()?, &op)?);
         }
         let gate = self.forward(x, ctx)?;
-        let amx = matches!(self.weight, Weight::Bf16(Bf16Weight::Amx(_))) && ctx.mode == Mode::Infer;
-        if act == Act::Silu
-            && amx
-            && gate.device().is_cpu()
-            && gate.dtype() == DType::F32
-            && factor.dtype() == DType::F32
-        {
+        if amx_gate && gate.device().is_cpu() && gate.dtype() == DType::F32 {
             // An adapter active in the batch: the fused pass's own SiLU and product all the same.
             return Ok(gate.contiguous()?.apply_op2_no_bwd(&factor.contiguous()?, &crate::amx::SiluTimes)?);
         }
