@@ -58,8 +58,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Model commands keep the memory they free instead of handing it back to the OS after
+/// mimalloc's purge delay (1 s): a forward pass frees and re-allocates the same large activations
+/// every layer, and every page fresh from the OS costs a fault and clearing — 9,400 instead of
+/// ~50,000 page faults and about 8% less CPU time for 4 SmolVLM images (`--quant bf16`). The
+/// process keeps its peak (what a model server holds anyway); `MIMALLOC_PURGE_DELAY` still
+/// decides where it is set.
+fn keep_freed_memory(command: &Command) {
+    /// `mi_option_purge_delay` in mimalloc's `mi_option_t` (libmimalloc-sys names no constant).
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    let runs_models =
+        matches!(command, Command::Infer(_) | Command::Eval(_) | Command::Serve(_) | Command::Ab(_) | Command::Sft(_));
+    if runs_models && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's options (a plain integer it reads when it purges).
+        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    keep_freed_memory(&cli.command);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,

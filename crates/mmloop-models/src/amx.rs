@@ -954,10 +954,12 @@ pub fn attention_into(
             let (c0, cols) = (nb * BLOCK, BLOCK.min(d - nb * BLOCK));
             for (r, &sum) in sums[..rows].iter().enumerate() {
                 let inv = 1.0 / sum;
-                for (i, &x) in scratch.0[r * BLOCK..r * BLOCK + cols].iter().enumerate() {
-                    // SAFETY: `(h, r0 + r, c0 + i)` lies inside `out` (checked above), and
-                    // no other task writes this head's rows `r0..r0 + rows`.
-                    unsafe { *out_ptr.get().add(h * oh + (r0 + r) * or + c0 + i) = x * inv };
+                // SAFETY: `(h, r0 + r, c0..c0 + cols)` lies inside `out` (checked above), and
+                // no other task writes this head's rows `r0..r0 + rows`.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(h * oh + (r0 + r) * or + c0), cols) };
+                for (o, &x) in dst.iter_mut().zip(&scratch.0[r * BLOCK..r * BLOCK + cols]) {
+                    *o = x * inv;
                 }
             }
         }

@@ -1,14 +1,15 @@
 //! CPU kernels where profiling showed candle's generic element-wise loops to cost more than
 //! they should (docs/benchmarks.md): the tanh-form GELU (glibc's scalar `tanhf`/`expm1f`
-//! took 10% of a SmolVLM image) and softmax over the last dimension (scalar `expf`, 8%).
+//! took 10% of a SmolVLM image), softmax over the last dimension (scalar `expf`, 8%) and
+//! LayerNorm / RMSNorm (a serial sum per row, 3%).
 //!
-//! Both run on contiguous float32 CPU tensors, row-parallel, with an exp that the compiler
+//! All run on contiguous float32 CPU tensors, row-parallel, with an exp that the compiler
 //! vectorises (AVX-512 or AVX2 + FMA when the CPU has them, checked at run time); any other device,
 //! dtype or layout goes to candle's own op. The exp is Cephes' single-precision polynomial
 //! (≈ 1 ulp), so results agree with the libm path to ~1e-7 relative. Inference only: the
 //! training path ([`crate::nn::Mode::Train`]) uses plain differentiable ops.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `e^x`, branch-free (Cephes `expf`); `x` below −87 gives exactly 0 (masked scores).
@@ -57,6 +58,55 @@ fn lanes(src: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
         r = f(r, x);
     }
     r
+}
+
+/// `Σ g(x)` over `src` on sixteen running lanes (see [`lanes`]).
+#[inline(always)]
+fn sum_lanes(src: &[f32], g: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = src.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += g(c[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().map(|&x| g(x)).sum::<f32>()
+}
+
+/// One row of LayerNorm, `(x − mean) / sqrt(var + eps) · w + b`, the variance from the
+/// centred values in a second pass as PyTorch computes it (one pass of `Σx²/n − mean²` loses
+/// digits when the mean is large against the spread: residual streams).
+#[inline(always)]
+fn layer_norm_row(src: &[f32], w: &[f32], b: &[f32], eps: f32, dst: &mut [f32]) {
+    let n = src.len() as f32;
+    let mean = sum_lanes(src, |x| x) / n;
+    let var = sum_lanes(src, |x| (x - mean) * (x - mean)) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((d, &x), &w), &b) in dst.iter_mut().zip(src).zip(w).zip(b) {
+        *d = (x - mean) * inv * w + b;
+    }
+}
+
+/// One row of RMSNorm, `x / sqrt(mean(x²) + eps) · w`.
+#[inline(always)]
+fn rms_norm_row(src: &[f32], w: &[f32], eps: f32, dst: &mut [f32]) {
+    let inv = 1.0 / (sum_lanes(src, |x| x * x) / src.len() as f32 + eps).sqrt();
+    for ((d, &x), &w) in dst.iter_mut().zip(src).zip(w) {
+        *d = x * inv * w;
+    }
+}
+
+/// [`layer_norm_row`] (with a bias) or [`rms_norm_row`] (without) over each `w.len()`-wide row
+/// of `src`.
+#[inline(always)]
+fn norm_rows(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [f32]) {
+    for (s, d) in src.chunks_exact(w.len()).zip(dst.chunks_exact_mut(w.len())) {
+        match b {
+            Some(b) => layer_norm_row(s, w, b, eps, d),
+            None => rms_norm_row(s, w, eps, d),
+        }
+    }
 }
 
 #[inline(always)]
@@ -140,6 +190,18 @@ unsafe fn softmax_avx512(src: &[f32], dst: &mut [f32], scale: f32) {
     softmax_row(src, dst, scale)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn norm_rows_avx2(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [f32]) {
+    norm_rows(src, w, b, eps, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn norm_rows_avx512(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [f32]) {
+    norm_rows(src, w, b, eps, dst)
+}
+
 fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -191,6 +253,21 @@ pub(crate) fn softmax_chunk(src: &[f32], dst: &mut [f32], scale: f32) {
         return unsafe { softmax_avx2(src, dst, scale) };
     }
     softmax_row(src, dst, scale)
+}
+
+/// [`norm_rows`] on the widest vectors the CPU has.
+fn norm_chunk(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked above).
+        return unsafe { norm_rows_avx512(src, w, b, eps, dst) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { norm_rows_avx2(src, w, b, eps, dst) };
+    }
+    norm_rows(src, w, b, eps, dst)
 }
 
 /// Rows of a matrix inside a larger buffer: row `j` is `data[j * stride..][..width]` (a KV
@@ -378,6 +455,58 @@ impl CustomOp1 for Softmax {
     }
 }
 
+/// LayerNorm (`bias` given) or RMSNorm over the last dimension.
+struct Norm {
+    eps: f32,
+}
+
+impl Norm {
+    fn run(&self, src: &[f32], l: &Layout, w: &[f32], b: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+        let n = w.len();
+        if n == 0 || l.shape().dims().last() != Some(&n) || b.is_some_and(|b| b.len() != n) {
+            candle_core::bail!("norm kernel: rows of {:?} against a weight of {n}", l.shape());
+        }
+        let mut out = vec![0f32; src.len()];
+        let rows_per = (8_192 / n).max(1);
+        out.par_chunks_mut(n * rows_per)
+            .zip(src.par_chunks(n * rows_per))
+            .for_each(|(d, s)| norm_chunk(s, w, b, self.eps, d));
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+fn norm_operand<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    contiguous_f32(s, l).ok_or_else(|| candle_core::Error::Msg("norm kernel: contiguous f32 only".into()))
+}
+
+impl CustomOp2 for Norm {
+    fn name(&self) -> &'static str {
+        "mmloop-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(norm_operand(s1, l1)?, l1, norm_operand(s2, l2)?, None)
+    }
+}
+
+impl CustomOp3 for Norm {
+    fn name(&self) -> &'static str {
+        "mmloop-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run(norm_operand(s1, l1)?, l1, norm_operand(s2, l2)?, Some(norm_operand(s3, l3)?))
+    }
+}
+
 fn fast_path(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.is_contiguous()
 }
@@ -390,6 +519,24 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if fast_path(x) { x.apply_op1_no_bwd(&Softmax) } else { candle_nn::ops::softmax_last_dim(x) }
+}
+
+/// LayerNorm over the last dimension (weight and bias `[dim]`).
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    if [x, w, b].iter().all(|t| fast_path(t)) {
+        x.apply_op3_no_bwd(w, b, &Norm { eps })
+    } else {
+        candle_nn::ops::layer_norm(x, w, b, eps)
+    }
+}
+
+/// RMSNorm over the last dimension (weight `[dim]`).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    if fast_path(x) && fast_path(w) {
+        x.apply_op2_no_bwd(w, &Norm { eps })
+    } else {
+        candle_nn::ops::rms_norm(x, w, eps)
+    }
 }
 
 #[cfg(test)]
@@ -430,6 +577,28 @@ mod tests {
         };
         assert!(d(&gelu_tanh(&x).unwrap(), &x.gelu().unwrap()) < 2e-6);
         assert!(d(&softmax_last_dim(&x).unwrap(), &candle_nn::ops::softmax_last_dim(&x).unwrap()) < 1e-6);
+        // Norms against float64: 37 short rows, and rows of 768 around a large mean (a residual
+        // stream), where float32's own steps (3e-5 at 300) bound any method (candle's one-pass
+        // variance is off by 0.5 there).
+        for (x, most) in
+            [(x.clone(), 1e-5), ((Tensor::randn(0f32, 1.0, (5, 768), &Device::Cpu).unwrap() + 300.0).unwrap(), 1e-3)]
+        {
+            let n = x.dim(1).unwrap();
+            let w = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
+            let b = Tensor::randn(0f32, 1.0, n, &Device::Cpu).unwrap();
+            let want = |rms: bool| {
+                let x = x.to_dtype(candle_core::DType::F64).unwrap();
+                let (w, b) =
+                    (w.to_dtype(candle_core::DType::F64).unwrap(), b.to_dtype(candle_core::DType::F64).unwrap());
+                let c = if rms { x } else { x.broadcast_sub(&x.mean_keepdim(1).unwrap()).unwrap() };
+                let norm =
+                    c.broadcast_div(&(c.sqr().unwrap().mean_keepdim(1).unwrap() + 1e-6).unwrap().sqrt().unwrap());
+                let y = norm.unwrap().broadcast_mul(&w).unwrap();
+                if rms { y } else { y.broadcast_add(&b).unwrap() }.to_dtype(candle_core::DType::F32).unwrap()
+            };
+            assert!(d(&layer_norm(&x, &w, &b, 1e-6).unwrap(), &want(false)) < most);
+            assert!(d(&rms_norm(&x, &w, 1e-6).unwrap(), &want(true)) < 1e-5);
+        }
         // Masked scores (−inf) get exactly zero weight.
         let m = Tensor::new(&[[0f32, f32::NEG_INFINITY, 1.0]], &Device::Cpu).unwrap();
         let s = softmax_last_dim(&m).unwrap().to_vec2::<f32>().unwrap();

@@ -584,7 +584,7 @@ impl RmsNorm {
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match mode {
-            Mode::Infer => Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32)?),
+            Mode::Infer => Ok(crate::kernels::rms_norm(x, &self.weight, self.eps as f32)?),
             Mode::Train => {
                 let dim = x.dim(D::Minus1)? as f64;
                 let var = (x.sqr()?.sum_keepdim(D::Minus1)? / dim)?;
@@ -613,7 +613,7 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match mode {
-            Mode::Infer => Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)?),
+            Mode::Infer => Ok(crate::kernels::layer_norm(x, &self.weight, &self.bias, self.eps as f32)?),
             Mode::Train => {
                 let dim = x.dim(D::Minus1)? as f64;
                 let mean = (x.sum_keepdim(D::Minus1)? / dim)?;
