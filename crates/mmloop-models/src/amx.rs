@@ -100,6 +100,12 @@ impl<T: TileValue> Aligned<T> {
     }
 }
 
+impl<T: TileValue> Default for Aligned<T> {
+    fn default() -> Aligned<T> {
+        Aligned::zeros(0)
+    }
+}
+
 impl<T: TileValue> Drop for Aligned<T> {
     fn drop(&mut self) {
         // SAFETY: allocated by `zeros` with this layout.
@@ -273,21 +279,20 @@ impl PackedB {
     }
 
     /// `[n, k]` from its rows, `row(col)` the `k` values of column `col` of the product
-    /// (attention's keys, wherever they lie).
+    /// (attention's keys, wherever they lie), into a spare buffer ([`PackedB::recycle`]).
     fn pack_rows<'a>(n: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) -> PackedB {
-        let mut b = PackedB::zeros(n, k);
-        let panel = b.kp / TK * TILE;
-        let kp = b.kp;
-        for (cb, panel) in b.data.chunks_mut(panel).enumerate() {
+        let mut b = PackedB::spare(n, k);
+        let (panel, kp, len) = (b.kp / TK * TILE, b.kp, b.np * b.kp);
+        for (cb, panel) in b.data[..len].chunks_mut(panel).enumerate() {
             fill_rows(panel, cb, n, kp, &row);
         }
         b
     }
 
     /// `[n, k]` from the rows of its transpose, `row(kk)` the `n` values at step `kk` along k
-    /// (attention's values: one row per key).
+    /// (attention's values: one row per key), into a spare buffer ([`PackedB::recycle`]).
     fn pack_transposed<'a>(n: usize, k: usize, row: impl Fn(usize) -> &'a [f32]) -> PackedB {
-        let mut b = PackedB::zeros(n, k);
+        let mut b = PackedB::spare(n, k);
         let steps = b.kp / TK;
         // Two consecutive k rows, rounded, make one row of a tile: their values interleaved.
         let (mut even, mut odd) = (vec![0u16; b.np], vec![0u16; b.np]);
@@ -315,6 +320,13 @@ impl PackedB {
                 }
             }
         }
+        // The pairs past `k`: zeros.
+        for kk in (k.next_multiple_of(2)..b.kp).step_by(2) {
+            let (step, p) = (kk / TK, (kk % TK) / 2);
+            for cb in 0..b.np / 16 {
+                b.data[(cb * steps + step) * TILE + p * TK..][..TK].fill(0);
+            }
+        }
         b
     }
 
@@ -322,6 +334,28 @@ impl PackedB {
     fn zeros(n: usize, k: usize) -> PackedB {
         let (kp, np) = (k.next_multiple_of(TK), n.next_multiple_of(BLOCK));
         PackedB { n, k, kp, np, data: Aligned::zeros(np * kp) }
+    }
+
+    /// `[n, k]` in a buffer from [`SPARE_B`] when one is large enough, holding whatever was
+    /// there: the caller writes every place.
+    fn spare(n: usize, k: usize) -> PackedB {
+        let (kp, np) = (k.next_multiple_of(TK), n.next_multiple_of(BLOCK));
+        let taken = SPARE_B.lock().ok().and_then(|mut s| {
+            let i = s.iter().position(|d| d.len() >= np * kp)?;
+            Some(s.swap_remove(i))
+        });
+        PackedB { n, k, kp, np, data: taken.unwrap_or_else(|| Aligned::zeros(np * kp)) }
+    }
+
+    /// Gives the buffer to [`SPARE_B`] for the next call's operands.
+    fn recycle(self) {
+        if let Ok(mut s) = SPARE_B.lock() {
+            s.push(self.data);
+            if s.len() > SPARES_B {
+                let smallest = (0..s.len()).min_by_key(|&i| s[i].len()).expect("not empty");
+                s.swap_remove(smallest);
+            }
+        }
     }
 
     /// The operand `[n, k]` back as float32 (bfloat16 values), for tests and fallbacks.
@@ -343,9 +377,16 @@ impl PackedB {
     }
 }
 
+/// Buffers of attention's packed keys and values, for the next call's: each call would
+/// otherwise zero new ones (a SmolVLM image: 480 MB, with its per-task buffers ~2% of the time).
+/// Shared, as the heads are packed on any thread. At most [`SPARES_B`].
+static SPARE_B: std::sync::Mutex<Vec<Aligned<u16>>> = std::sync::Mutex::new(Vec::new());
+/// Most buffers [`SPARE_B`] keeps: keys and values of 32 heads.
+const SPARES_B: usize = 64;
+
 /// Column block `cb` (16 columns, all `kp / 32` of its tiles) of a [`PackedB`] from the
 /// columns' rows of `k` values: each row rounded, then its (k, k+1) pairs placed one tile row
-/// apart (AMX's "VNNI" layout). Columns past `n` and values past `k` stay as they are (zero).
+/// apart (AMX's "VNNI" layout); columns past `n` and values past `k` are zeros.
 fn fill_rows<'a>(panel: &mut [u16], cb: usize, n: usize, kp: usize, row: impl Fn(usize) -> &'a [f32]) {
     let mut rounded = vec![0u16; kp];
     let cols = 16.min(n.saturating_sub(cb * 16));
@@ -358,6 +399,13 @@ fn fill_rows<'a>(panel: &mut [u16], cb: usize, n: usize, kp: usize, row: impl Fn
             for p in 0..16 {
                 let at = step * TK + 2 * p;
                 tile[p * TK + 2 * c..][..2].copy_from_slice(&rounded[at..at + 2]);
+            }
+        }
+    }
+    if cols < 16 {
+        for tile in panel.chunks_mut(TILE) {
+            for p in 0..16 {
+                tile[p * TK + 2 * cols..(p + 1) * TK].fill(0);
             }
         }
     }
@@ -374,22 +422,38 @@ struct PackedA {
 }
 
 thread_local! {
-    /// The buffer of this thread's last [`PackedA`], for its next one. A new buffer (tens of
+    /// Buffers of this thread's last [`PackedA`]s, for its next ones. A new buffer (tens of
     /// MB for a SmolVLM image's tiles) would be zeroed on every product, by the kernel for
     /// fresh pages or by `memset` for reused ones: about 8% of a `--quant bf16` image. Holds
-    /// the largest left operand the thread has multiplied.
-    static SPARE_A: std::cell::Cell<Option<Aligned<u16>>> = const { std::cell::Cell::new(None) };
+    /// the [`SPARES`] largest left operands the thread has had at once (an MLP's input and
+    /// its hidden activations, [`mlp`]).
+    static SPARE_A: std::cell::RefCell<Vec<Aligned<u16>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A task's float32 accumulators when its output goes to a [`PackedA`] ([`Dest::Packed`]).
+    static SPARE_ACC: std::cell::Cell<Option<Aligned<f32>>> = const { std::cell::Cell::new(None) };
 }
 
+/// Most buffers [`SPARE_A`] keeps.
+const SPARES: usize = 2;
+
 impl PackedA {
-    /// `a` row-major `[m, k]`, rounded in parallel blocks of 64 rows, into this thread's spare
-    /// buffer when it is large enough ([`PackedA::recycle`] gives it back); every place is
-    /// written, the padding with zeros.
+    /// A buffer for an `[m, k]` operand (`kp` ≥ k, a multiple of 32), from this thread's spares
+    /// when one is large enough. Its contents are whatever was there: the caller writes every
+    /// place.
+    fn spare(m: usize, kp: usize) -> PackedA {
+        let len = m.next_multiple_of(BLOCK) / 16 * (kp / TK * TILE);
+        let data = SPARE_A
+            .with_borrow_mut(|s| s.iter().position(|d| d.len() >= len).map(|i| s.swap_remove(i)))
+            .unwrap_or_else(|| Aligned::zeros(len));
+        PackedA { m, kp, data }
+    }
+
+    /// `a` row-major `[m, k]`, rounded in parallel blocks of 64 rows, into a spare buffer
+    /// ([`PackedA::recycle`] gives it back); every place is written, the padding with zeros.
     fn from_rows(a: &[f32], m: usize, k: usize, kp: usize) -> PackedA {
+        let mut pa = PackedA::spare(m, kp);
         let panel = kp / TK * TILE;
         let len = m.next_multiple_of(BLOCK) / 16 * panel;
-        let mut data = SPARE_A.take().filter(|d| d.len() >= len).unwrap_or_else(|| Aligned::zeros(len));
-        data[..len].par_chunks_mut(4 * panel).enumerate().for_each(|(chunk, dst)| {
+        pa.data[..len].par_chunks_mut(4 * panel).enumerate().for_each(|(chunk, dst)| {
             // This chunk's rows, the padding rows past `m` included.
             for r in 0..dst.len() / panel * 16 {
                 let (row, at) = (64 * chunk + r, tiled_row(r, panel));
@@ -404,12 +468,18 @@ impl PackedA {
                 }
             }
         });
-        PackedA { m, kp, data }
+        pa
     }
 
-    /// Keeps the buffer for this thread's next operand.
+    /// Keeps the buffer for this thread's next operands (the [`SPARES`] largest).
     fn recycle(self) {
-        SPARE_A.set(Some(self.data));
+        SPARE_A.with_borrow_mut(|s| {
+            s.push(self.data);
+            if s.len() > SPARES {
+                let smallest = (0..s.len()).min_by_key(|&i| s[i].len()).expect("not empty");
+                s.swap_remove(smallest);
+            }
+        });
     }
 }
 
@@ -488,6 +558,54 @@ pub fn linear(
     out
 }
 
+/// A two-layer MLP's `epilogue(a · W1ᵀ + b1) · W2ᵀ + b2 + other` (SigLIP's `fc2(gelu(fc1(x)))`
+/// plus the block's residual) into a new `[m, n2]` vector. The hidden activations go from the
+/// first product's output pass straight into the second product's operand, rounded to bfloat16
+/// in its tile-major order ([`Dest::Packed`]), never to float32 memory: the same numbers as the
+/// two [`linear`] calls, bit for bit, without writing and re-reading `m × hidden` floats (a
+/// SmolVLM image's tiles: 160 MB a layer). Tiles only (no decoding rows). Needs [`available`];
+/// panics on mismatched sizes.
+#[allow(clippy::too_many_arguments)]
+pub fn mlp(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    (w1, b1): (&PackedB, Option<&[f32]>),
+    epilogue: Epilogue,
+    (w2, b2): (&PackedB, Option<&[f32]>),
+    other: Option<&[f32]>,
+) -> Vec<f32> {
+    assert!(available(), "AMX is not available");
+    assert_eq!(k, w1.k, "inner dimensions: {k} against {}", w1.k);
+    assert_eq!(w1.n, w2.k, "hidden width {} against {}", w1.n, w2.k);
+    assert_eq!(a.len(), m * k);
+    assert!(b1.is_none_or(|v| v.len() == w1.n) && b2.is_none_or(|v| v.len() == w2.n), "bias of another width");
+    assert!(other.is_none_or(|v| v.len() == m * w2.n), "second operand of another shape");
+    assert!(epilogue != Epilogue::SiluTimes, "a gate needs its factor");
+    let mut out = Vec::with_capacity(m * w2.n);
+    if m > 0 && w2.n > 0 {
+        let pa = PackedA::from_rows(a, m, k, w1.kp);
+        let mut hidden = PackedA::spare(m, w2.kp);
+        // SAFETY: `hidden` holds `m` rows (rounded up to 32) of `w1.np = w2.kp` places, all
+        // written by the first product before the second reads them; the capacity of `out`
+        // holds `m × n2` floats, every one written before the length is set.
+        unsafe {
+            matmul_packed(
+                &pa,
+                w1,
+                Dest::Packed(hidden.data.as_mut_ptr()),
+                Finish { bias: b1, epilogue, other: None, n: w1.n },
+            );
+            let finish = Finish { bias: b2, epilogue: Epilogue::None, other, n: w2.n };
+            matmul_packed(&hidden, w2, Dest::Rows(out.as_mut_ptr()), finish);
+            out.set_len(m * w2.n);
+        }
+        pa.recycle();
+        hidden.recycle();
+    }
+    out
+}
+
 /// `a · Bᵀ`, finished, into `out`: the first `dot_rows` rows (decoding rows) as AVX-512 BF16
 /// dot products, [`FEW_ROWS`] per pass over the weights, where the CPU has them; the rest on
 /// tiles. The two kernels round their sums differently; a row's numbers depend only on which
@@ -510,7 +628,7 @@ unsafe fn product(a: &[f32], m: usize, k: usize, b: &PackedB, out: *mut f32, fin
         }
         if dots < m {
             let pa = PackedA::from_rows(&a[dots * k..], m - dots, k, b.kp);
-            matmul_packed(&pa, b, out.add(dots * n), from(dots));
+            matmul_packed(&pa, b, Dest::Rows(out.add(dots * n)), from(dots));
             pa.recycle();
         }
     }
@@ -618,27 +736,66 @@ unsafe fn finish_avx512(f: &Finish, dst: *mut f32, ld: usize, r0: usize, rows: u
     }
 }
 
+/// Where [`matmul_packed`] writes its finished output.
+#[derive(Clone, Copy)]
+enum Dest {
+    /// Float32 rows `[m, n]`.
+    Rows(*mut f32),
+    /// The left operand of a next product: `[m, n]` rounded to bfloat16 in [`PackedA`]'s
+    /// tile-major order (`kp` = `n` rounded up to 32), its padding rows and columns zeros.
+    Packed(*mut u16),
+}
+
+// SAFETY: a destination is shared by the tasks of one product, each writing its own blocks.
+unsafe impl Send for Dest {}
+// SAFETY: as above.
+unsafe impl Sync for Dest {}
+
 /// `out[m, n] = A · Bᵀ` for a packed `A` (`kp` equal to `B`'s).
 ///
 /// Tasks of up to 16 × 16 output blocks (spans balanced so the last task is not a sliver); in
 /// a task, for each [`K_CHUNK`] steps along k, each row block meets every column block of the
 /// span: its two A panels (48 KiB) stay in L1 while the B panels stream from L2, the task's
-/// whole B span (768 KiB at k = 768) staying there. Whole blocks accumulate in the output
-/// itself from chunk to chunk (stored as float32 and loaded back: the same sums as one pass)
-/// and are finished after the last; blocks cut by `m` or `n` go through a scratch block.
+/// whole B span (768 KiB at k = 768) staying there. Whole blocks accumulate from chunk to chunk
+/// in the output itself, or for [`Dest::Packed`] in the task's float32 buffer (stored as float32
+/// and loaded back: the same sums as one pass), and are finished after the last; blocks cut by
+/// `m` or `n` go through a scratch block. A packed destination gets each finished block rounded
+/// as [`PackedA::from_rows`] rounds its rows, so the next product sees the same operand as from
+/// a float32 output.
 ///
 /// # Safety
-/// `out` must be valid for writes of `pa.m × b.n` floats; every one of them is written,
-/// finished ([`Finish`]).
-unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, finish: Finish) {
+/// For [`Dest::Rows`], `out` must be valid for writes of `pa.m × b.n` floats; every one of
+/// them is written, finished ([`Finish`]). For [`Dest::Packed`], valid for writes of the
+/// `pa.m` rows (rounded up to 32) of `b.n` rounded up to 32 values, in [`PackedA`]'s layout;
+/// every one of them is written.
+unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: Dest, finish: Finish) {
     debug_assert_eq!(pa.kp, b.kp);
     let (m, n) = (pa.m, b.n);
     let steps = b.kp / TK;
     let panel = steps * TILE;
+    // The packed output's panel: `np` (n rounded up to 32) values per row.
+    let out_panel = b.np / TK * TILE;
     let (mblocks, nblocks) = (m.div_ceil(BLOCK), b.np / BLOCK);
     let (mspan, nspan) = (balanced_span(mblocks, SPAN), balanced_span(nblocks, SPAN));
     let ntasks = nblocks.div_ceil(nspan);
-    let out_ptr = SendPtr(out);
+    // Rounds the finished block at `src` (`BLOCK` rows `ld` apart, `rows × cols` of them output
+    // rows `r0..`, columns `c0..`) into the packed output, zeros past `rows` and `cols`.
+    let pack = |packed: *mut u16, src: &[f32], ld: usize, r0: usize, rows: usize, c0: usize, cols: usize| {
+        for r in 0..BLOCK {
+            // SAFETY: row `r0 + r` lies within the output's rows rounded up to 32 and columns
+            // `c0..c0 + 32` within `np` (`c0` a multiple of 32): one piece of 32 contiguous
+            // places of this task's own block (the caller's contract).
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(packed.add(tiled_row(r0 + r, out_panel) + tiled(c0)), TK) };
+            let written = if r < rows {
+                round_row::<true>(&src[r * ld..r * ld + cols], dst);
+                cols
+            } else {
+                0
+            };
+            dst[written..].fill(0);
+        }
+    };
     (0..mblocks.div_ceil(mspan) * ntasks).into_par_iter().for_each(|task| {
         let (mt, nt) = (task / ntasks, task % ntasks);
         let rows_of = |mb: usize| BLOCK.min(m - mb * BLOCK);
@@ -649,28 +806,60 @@ unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, finish: Finish
             (pa.data[2 * mb * panel + k0 * TILE..].as_ptr(), b.data[2 * nb * panel + k0 * TILE..].as_ptr())
         };
         let (mbs, nbs) = (mt * mspan..((mt + 1) * mspan).min(mblocks), nt * nspan..((nt + 1) * nspan).min(nblocks));
+        // The whole blocks' accumulators: the output's own rows, or this task's buffer.
+        let mut acc = match out {
+            Dest::Rows(_) => None,
+            Dest::Packed(_) => {
+                let len = mspan * nspan * BLOCK * BLOCK;
+                Some(SPARE_ACC.take().filter(|a| a.len() >= len).unwrap_or_else(|| Aligned::zeros(len)))
+            }
+        };
+        let acc_ld = nspan * BLOCK;
+        let acc_of = |acc: &mut Option<Aligned<f32>>, mb: usize, nb: usize| match (out, acc) {
+            // SAFETY (both): row `mb·32`, column `nb·32` of the output (row stride `n`) or of
+            // the task's buffer (`mspan × nspan` blocks, row stride `acc_ld`).
+            (Dest::Rows(o), _) => (unsafe { o.add(mb * BLOCK * n + nb * BLOCK) }, n),
+            (_, acc) => {
+                let acc = acc.as_mut().expect("a packed destination's buffer");
+                let (i, j) = (mb - mbs.start, nb - nbs.start);
+                (unsafe { acc.as_mut_ptr().add(i * BLOCK * acc_ld + j * BLOCK) }, acc_ld)
+            }
+        };
         let _tiles = imp::Tiles::configure();
         for k0 in (0..steps).step_by(K_CHUNK) {
             let (chunk, last) = (K_CHUNK.min(steps - k0), k0 + K_CHUNK >= steps);
             for mb in mbs.clone() {
                 for nb in nbs.clone().filter(|&nb| whole(mb, nb)) {
                     let (r0, c0) = (mb * BLOCK, nb * BLOCK);
+                    let (dst, ld) = acc_of(&mut acc, mb, nb);
                     // SAFETY: `pa.data` holds the two row panels of `steps` tiles from row tile
                     // `2·mb`, `b.data` the two column panels from column tile `2·nb`, each from
-                    // step `k0` for `chunk ≤ steps − k0` steps; rows `r0..r0 + 32 ≤ m`, columns
-                    // `c0..c0 + 32 ≤ n` of `out` (row stride `n`) are this task's alone, written
-                    // by the first chunk before later ones load them and before `finish` reads
-                    // them.
+                    // step `k0` for `chunk ≤ steps − k0` steps; the 32 × 32 block at `dst` (row
+                    // stride `ld`) is this task's alone, written by the first chunk before later
+                    // ones load it and before `finish` reads it.
                     unsafe {
-                        let dst = out_ptr.get().add(r0 * n + c0);
                         let (a0, b0) = panels(mb, nb, k0);
-                        imp::block(a0, b0, panel, chunk, dst, n, k0 > 0);
+                        imp::block(a0, b0, panel, chunk, dst, ld, k0 > 0);
                         if last {
-                            finish.block(dst, n, r0, BLOCK, c0, BLOCK);
+                            finish.block(dst, ld, r0, BLOCK, c0, BLOCK);
+                            if let Dest::Packed(p) = out {
+                                pack(
+                                    p,
+                                    std::slice::from_raw_parts(dst, (BLOCK - 1) * ld + BLOCK),
+                                    ld,
+                                    r0,
+                                    BLOCK,
+                                    c0,
+                                    BLOCK,
+                                );
+                            }
                         }
                     }
                 }
             }
+        }
+        if let Some(acc) = acc {
+            SPARE_ACC.set(Some(acc));
         }
         let mut scratch = BlockBuf([0f32; BLOCK * BLOCK]);
         for mb in mbs {
@@ -686,11 +875,16 @@ unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: *mut f32, finish: Finish
                     }
                     finish.block(scratch.0.as_mut_ptr(), BLOCK, r0, rows, c0, cols);
                 }
-                for (r, row) in scratch.0.chunks(BLOCK).take(rows).enumerate() {
-                    // SAFETY: row `r0 + r < m`, columns `c0..c0 + cols ≤ n`; tasks write
-                    // disjoint blocks. Written through the pointer (the memory may be
-                    // uninitialised, so no slice is formed over it).
-                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out_ptr.get().add((r0 + r) * n + c0), cols) };
+                match out {
+                    Dest::Rows(o) => {
+                        for (r, row) in scratch.0.chunks(BLOCK).take(rows).enumerate() {
+                            // SAFETY: row `r0 + r < m`, columns `c0..c0 + cols ≤ n`; tasks write
+                            // disjoint blocks. Written through the pointer (the memory may be
+                            // uninitialised, so no slice is formed over it).
+                            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), o.add((r0 + r) * n + c0), cols) };
+                        }
+                    }
+                    Dest::Packed(p) => pack(p, &scratch.0, BLOCK, r0, rows, c0, cols),
                 }
             }
         }
@@ -886,18 +1080,15 @@ pub fn attention_into(
         })
         .collect();
     let (keys_np, steps_d, steps_n) = (packed[0].0.np, packed[0].0.kp / TK, packed[0].1.kp / TK);
-    // Per task: queries and probabilities in tile-major order (as [`PackedA`], two row
-    // panels), the scores, each row's sum of exponentials and a 32×32 output block. Reused,
-    // so only what a block reads is ever written: a query row's padding past `d` stays zero
-    // from the start, padding rows (past `n_rows`) give output rows nobody copies, and each
-    // probability row is zeroed past its visible keys below.
-    let buffers = || {
-        let qa = Aligned::<u16>::zeros(2 * steps_d * TILE);
-        let probs = Aligned::<u16>::zeros(2 * steps_n * TILE);
-        (qa, Aligned::<f32>::zeros(BLOCK * keys_np), probs, [0f32; BLOCK], BlockBuf([0f32; BLOCK * BLOCK]))
-    };
     let row_blocks = n_rows.div_ceil(BLOCK);
-    (0..heads * row_blocks).into_par_iter().for_each_init(buffers, |(qa, scores, probs, sums, scratch), task| {
+    (0..heads * row_blocks).into_par_iter().for_each(|task| {
+        // The thread's buffers, grown to this call's sizes; only what a block reads is ever
+        // written: padding rows (past `n_rows`) give output rows nobody copies, and each
+        // probability row is zeroed past its visible keys below.
+        let mut bufs = ATTENTION_SPARE.take().unwrap_or_default();
+        bufs.reserve(2 * steps_d * TILE, BLOCK * keys_np, 2 * steps_n * TILE);
+        let TaskBuffers { qa, scores, probs } = &mut bufs;
+        let (mut sums, mut scratch) = ([0f32; BLOCK], BlockBuf([0f32; BLOCK * BLOCK]));
         let (h, rb) = (task / row_blocks, task % row_blocks);
         let (keys, values) = &packed[h];
         let (r0, rows) = (rb * BLOCK, BLOCK.min(n_rows - rb * BLOCK));
@@ -908,7 +1099,12 @@ pub fn attention_into(
             prefetch(q.row(h, r0 + r, d));
         }
         for r in 0..rows {
-            round_row::<true>(q.row(h, r0 + r, d), &mut qa[tiled_row(r, steps_d * TILE)..]);
+            let at = tiled_row(r, steps_d * TILE);
+            round_row::<true>(q.row(h, r0 + r, d), &mut qa[at..]);
+            // The row's padding past `d`: zeros (the buffer held other shapes before).
+            for i in d..steps_d * TK {
+                qa[at + tiled(i)] = 0;
+            }
         }
         let _tiles = imp::Tiles::configure();
         // Key blocks no row of this block sees are skipped (causal masks).
@@ -963,7 +1159,41 @@ pub fn attention_into(
                 }
             }
         }
+        ATTENTION_SPARE.set(Some(bufs));
     });
+    for (keys, values) in packed {
+        keys.recycle();
+        values.recycle();
+    }
+}
+
+/// One [`attention_into`] task's operands: queries and probabilities in tile-major order (as
+/// [`PackedA`], two row panels) and the scores of 32 rows.
+#[derive(Default)]
+struct TaskBuffers {
+    qa: Aligned<u16>,
+    scores: Aligned<f32>,
+    probs: Aligned<u16>,
+}
+
+impl TaskBuffers {
+    /// Grows each buffer to at least the given length (new ones zeroed).
+    fn reserve(&mut self, qa: usize, scores: usize, probs: usize) {
+        fn grow<T: TileValue>(b: &mut Aligned<T>, len: usize) {
+            if b.len() < len {
+                *b = Aligned::zeros(len);
+            }
+        }
+        grow(&mut self.qa, qa);
+        grow(&mut self.scores, scores);
+        grow(&mut self.probs, probs);
+    }
+}
+
+thread_local! {
+    /// This thread's [`TaskBuffers`], kept from one attention task to the next: fresh ones per
+    /// task were zeroed each time (with the packed keys and values, ~2% of a SmolVLM image).
+    static ATTENTION_SPARE: std::cell::Cell<Option<TaskBuffers>> = const { std::cell::Cell::new(None) };
 }
 
 /// `e^(scale·(x − max x))` for the row `src`, rounded to bfloat16 into `dst` laid out as
@@ -1232,6 +1462,57 @@ impl candle_core::CustomOp2 for Linear {
         rl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         self.run(s, l, Some((rs, rl)))
+    }
+}
+
+/// candle's side of [`mlp`]: `(x, residual)` → `residual + fc2(epilogue(fc1(x)))`, the layers'
+/// own ops ([`Linear`], `fc1` with the activation, `fc2` without) fused.
+pub(crate) struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl candle_core::CustomOp2 for Mlp {
+    fn name(&self) -> &'static str {
+        "mmloop-amx-mlp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+        rs: &candle_core::CpuStorage,
+        rl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let msg = |m: &str| candle_core::Error::Msg(format!("AMX MLP: {m}"));
+        let (w1, w2) = (&self.fc1.weight, &self.fc2.weight);
+        let x = crate::kernels::contiguous_f32(s, l).ok_or_else(|| msg("contiguous float32 input only"))?;
+        let residual = crate::kernels::contiguous_f32(rs, rl).ok_or_else(|| msg("contiguous float32 residual only"))?;
+        let k = *l.shape().dims().last().unwrap_or(&0);
+        let m = x.len() / k.max(1);
+        let mut shape = l.shape().dims().to_vec();
+        *shape.last_mut().expect("a dimension") = w2.n;
+        if k != w1.k || w1.n != w2.k || rl.shape().dims() != shape {
+            return Err(msg(&format!(
+                "input {:?} and residual {:?} for layers [{}, {}] and [{}, {}]",
+                l.shape().dims(),
+                rl.shape().dims(),
+                w1.n,
+                w1.k,
+                w2.n,
+                w2.k
+            )));
+        }
+        let out = mlp(
+            x,
+            m,
+            k,
+            (w1, self.fc1.bias.as_deref()),
+            self.fc1.epilogue,
+            (w2, self.fc2.bias.as_deref()),
+            Some(residual),
+        );
+        Ok((candle_core::CpuStorage::F32(out), shape.into()))
     }
 }
 
@@ -1603,6 +1884,36 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The fused MLP equals its two products to the bit: ragged rows and hidden widths (the
+    /// packed hidden operand's padding written as zeros), products past one k chunk (fails when
+    /// the task's accumulators are not carried between chunks: checked) and of more than one
+    /// task, each into spare buffers a larger NaN MLP has just left behind (fails when the hidden
+    /// operand's padding columns are left as they were: checked).
+    #[test]
+    fn a_fused_mlp_equals_its_two_products() {
+        if !available() {
+            eprintln!("AMX not available on this CPU: the kernel is not exercised");
+            return;
+        }
+        // A NaN MLP as large as any below fills this thread's spare buffers with NaN.
+        let nan = vec![f32::NAN; 1000 * 1000];
+        let (nan1, nan2) = (PackedB::from_rows(&nan[..1000 * 800], 1000, 800), PackedB::from_rows(&nan, 1000, 1000));
+        let dirty = || mlp(&nan[..600 * 800], 600, 800, (&nan1, None), Epilogue::None, (&nan2, None), None);
+        for (m, k, hidden, n) in [(40, 200, 70, 50), (600, 800, 900, 40), (32, 64, 32, 32), (5, 33, 1000, 17)] {
+            let (a, w1, b1) = (operand(m * k, 41), operand(hidden * k, 42), operand(hidden, 43));
+            let (w2, b2, other) = (operand(n * hidden, 44), operand(n, 45), operand(m * n, 46));
+            let (p1, p2) = (PackedB::from_rows(&w1, hidden, k), PackedB::from_rows(&w2, n, hidden));
+            let h = linear(&a, m, k, &p1, Some(&b1), Epilogue::GeluTanh, None, 0);
+            let want = linear(&h, m, hidden, &p2, Some(&b2), Epilogue::None, Some(&other), 0);
+            dirty();
+            let got = mlp(&a, m, k, (&p1, Some(&b1)), Epilogue::GeluTanh, (&p2, Some(&b2)), Some(&other));
+            assert!(
+                got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
+                "{m}x{k}x{hidden}x{n}: fused MLP differs from its two products"
+            );
         }
     }
 

@@ -213,7 +213,7 @@ impl Vision {
             let a = segment_attention(&q, &k, &v, &lens, scale, ctx)?;
             x = b.o.forward_residual(&a, ctx, &x)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
-            x = b.fc2.forward_residual(&b.fc1.forward_act(&h, ctx, Some(self.act))?, ctx, &x)?;
+            x = b.fc1.forward_mlp(&b.fc2, &h, ctx, self.act, &x)?;
         }
         let x = self.post_norm.forward(&x, ctx.mode)?;
         // transformers' pixel_shuffle on [n, g·g, d] with factor r.

@@ -9,6 +9,8 @@
 //! (≈ 1 ulp), so results agree with the libm path to ~1e-7 relative. Inference only: the
 //! training path ([`crate::nn::Mode::Train`]) uses plain differentiable ops.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -78,29 +80,29 @@ fn sum_lanes(src: &[f32], g: impl Fn(f32) -> f32) -> f32 {
 /// centred values in a second pass as PyTorch computes it (one pass of `Σx²/n − mean²` loses
 /// digits when the mean is large against the spread: residual streams).
 #[inline(always)]
-fn layer_norm_row(src: &[f32], w: &[f32], b: &[f32], eps: f32, dst: &mut [f32]) {
+fn layer_norm_row(src: &[f32], w: &[f32], b: &[f32], eps: f32, dst: &mut [MaybeUninit<f32>]) {
     let n = src.len() as f32;
     let mean = sum_lanes(src, |x| x) / n;
     let var = sum_lanes(src, |x| (x - mean) * (x - mean)) / n;
     let inv = 1.0 / (var + eps).sqrt();
     for (((d, &x), &w), &b) in dst.iter_mut().zip(src).zip(w).zip(b) {
-        *d = (x - mean) * inv * w + b;
+        d.write((x - mean) * inv * w + b);
     }
 }
 
 /// One row of RMSNorm, `x / sqrt(mean(x²) + eps) · w`.
 #[inline(always)]
-fn rms_norm_row(src: &[f32], w: &[f32], eps: f32, dst: &mut [f32]) {
+fn rms_norm_row(src: &[f32], w: &[f32], eps: f32, dst: &mut [MaybeUninit<f32>]) {
     let inv = 1.0 / (sum_lanes(src, |x| x * x) / src.len() as f32 + eps).sqrt();
     for ((d, &x), &w) in dst.iter_mut().zip(src).zip(w) {
-        *d = x * inv * w;
+        d.write(x * inv * w);
     }
 }
 
 /// [`layer_norm_row`] (with a bias) or [`rms_norm_row`] (without) over each `w.len()`-wide row
-/// of `src`.
+/// of `src`, every value of `dst` written.
 #[inline(always)]
-fn norm_rows(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [f32]) {
+fn norm_rows(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [MaybeUninit<f32>]) {
     for (s, d) in src.chunks_exact(w.len()).zip(dst.chunks_exact_mut(w.len())) {
         match b {
             Some(b) => layer_norm_row(s, w, b, eps, d),
@@ -192,13 +194,13 @@ unsafe fn softmax_avx512(src: &[f32], dst: &mut [f32], scale: f32) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn norm_rows_avx2(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [f32]) {
+unsafe fn norm_rows_avx2(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [MaybeUninit<f32>]) {
     norm_rows(src, w, b, eps, dst)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn norm_rows_avx512(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [f32]) {
+unsafe fn norm_rows_avx512(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [MaybeUninit<f32>]) {
     norm_rows(src, w, b, eps, dst)
 }
 
@@ -256,7 +258,7 @@ pub(crate) fn softmax_chunk(src: &[f32], dst: &mut [f32], scale: f32) {
 }
 
 /// [`norm_rows`] on the widest vectors the CPU has.
-fn norm_chunk(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [f32]) {
+fn norm_chunk(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked above).
@@ -466,11 +468,16 @@ impl Norm {
         if n == 0 || l.shape().dims().last() != Some(&n) || b.is_some_and(|b| b.len() != n) {
             candle_core::bail!("norm kernel: rows of {:?} against a weight of {n}", l.shape());
         }
-        let mut out = vec![0f32; src.len()];
+        // Written once, never zeroed first.
+        let mut out = Vec::with_capacity(src.len());
         let rows_per = (8_192 / n).max(1);
-        out.par_chunks_mut(n * rows_per)
+        out.spare_capacity_mut()[..src.len()]
+            .par_chunks_mut(n * rows_per)
             .zip(src.par_chunks(n * rows_per))
             .for_each(|(d, s)| norm_chunk(s, w, b, self.eps, d));
+        // SAFETY: `norm_chunk` wrote every one of the `src.len()` values (whole rows: the
+        // length is a multiple of `n`, checked above with the shape).
+        unsafe { out.set_len(src.len()) };
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }

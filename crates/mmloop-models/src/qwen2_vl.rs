@@ -254,9 +254,9 @@ impl Vision {
             let h = b.norm1.forward(&x, ctx.mode)?;
             let (q, k, v) = rotary_qkv(&b.qkv.forward(&h, ctx)?, self.heads, &cos, &sin, ctx.mode)?;
             let a = segment_attention(&q, &k, &v, &lens, scale, ctx)?;
-            x = (x + b.proj.forward(&a, ctx)?)?;
+            x = b.proj.forward_residual(&a, ctx, &x)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
-            x = b.fc2.forward_residual(&self.act.forward(&b.fc1.forward(&h, ctx)?, ctx.mode)?, ctx, &x)?;
+            x = b.fc1.forward_mlp(&b.fc2, &h, ctx, self.act, &x)?;
         }
         let rows = x.dim(0)?;
         let m2 = self.merge * self.merge;

@@ -202,7 +202,7 @@ impl Vision {
             let (q, k, v) = rotary_qkv(&b.qkv.forward(&h, ctx)?, self.heads, &cos, &sin, ctx.mode)?;
             x = b.proj.forward_residual(&segment_attention(&q, &k, &v, &lens, scale, ctx)?, ctx, &x)?;
             let h = b.norm2.forward(&x, ctx.mode)?;
-            x = b.fc2.forward_residual(&self.act.forward(&b.fc1.forward(&h, ctx)?, ctx.mode)?, ctx, &x)?;
+            x = b.fc1.forward_mlp(&b.fc2, &h, ctx, self.act, &x)?;
             if let Some(j) = self.deepstack_layers.iter().position(|&l| l == i) {
                 deepstack.push(self.deepstack[j].forward(&x, m2, ctx)?);
             }
