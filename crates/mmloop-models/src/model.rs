@@ -195,7 +195,17 @@ impl VlModel {
         eos.sort_unstable();
         eos.dedup();
         let processor = Processor::load(dir, family, &config, &eos)?;
-        let w = Weights::open(dir, &opts.device, opts.dtype)?;
+        let bf16 = opts.quant == Some(Quant::Bf16);
+        if bf16 && opts.dtype != DType::F32 {
+            return Err(Error::Unsupported(format!(
+                "--quant bf16 rounds float32 weights; the model is loaded as {:?} (use --dtype f32)",
+                opts.dtype
+            )));
+        }
+        // Layers rounded as they are read, unless adapters given at load need the float32
+        // weights first (merged into them, or DoRA's column norms).
+        let w =
+            Weights::open(dir, &opts.device, opts.dtype)?.rounding_linears_to_bf16(bf16 && opts.adapters.is_empty());
         let hidden = text_cfg.hidden_size;
         let vision = match family {
             Family::Qwen2Vl => Vision::Qwen2(qwen2_vl::Vision::load(&w, &config, hidden)?),
@@ -233,13 +243,8 @@ impl VlModel {
                 l.quantize(q)?;
             }
         }
-        if opts.quant == Some(Quant::Bf16) {
-            if opts.dtype != DType::F32 {
-                return Err(Error::Unsupported(format!(
-                    "--quant bf16 rounds float32 weights; the model is loaded as {:?} (use --dtype f32)",
-                    opts.dtype
-                )));
-            }
+        if bf16 {
+            // The layers not yet rounded (all of them when adapters came first).
             for l in model.linears_mut() {
                 l.to_bf16()?;
             }

@@ -204,7 +204,11 @@ impl Linear {
     pub fn load(w: &Weights, path: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
         let weight = w.get(&format!("{path}.weight"), &[out_dim, in_dim])?;
         let bias = if bias { Some(w.get(&format!("{path}.bias"), &[out_dim])?) } else { None };
-        Ok(Linear::new(path, weight, bias))
+        let mut layer = Linear::new(path, weight, bias);
+        if w.rounds_linears_to_bf16() {
+            layer.to_bf16()?;
+        }
+        Ok(layer)
     }
 
     fn dims(&self) -> (usize, usize) {
@@ -286,8 +290,16 @@ impl Linear {
         }
         self.weight = Weight::Bf16(if w.device().is_cpu() && crate::amx::available() {
             let (n, k) = w.dims2()?;
-            let values = w.flatten_all()?.to_vec1::<f32>()?;
-            Bf16Weight::Amx(Arc::new(crate::amx::PackedB::from_rows(&values, n, k)))
+            let (storage, layout) = w.storage_and_layout();
+            let packed = match (&*storage, w.is_contiguous()) {
+                // Packed from where the values lie (a 3B model's weights are 12 GB in float32).
+                (candle_core::Storage::Cpu(s), true) => {
+                    let values = crate::kernels::contiguous_f32(s, layout).expect("a contiguous float32 weight");
+                    crate::amx::PackedB::from_rows(values, n, k)
+                }
+                _ => crate::amx::PackedB::from_rows(&w.flatten_all()?.to_vec1::<f32>()?, n, k),
+            };
+            Bf16Weight::Amx(Arc::new(packed))
         } else {
             Bf16Weight::Emulated(round_bf16(w)?)
         });
