@@ -1426,7 +1426,7 @@ impl Linear {
         other: Option<(&candle_core::CpuStorage, &candle_core::Layout)>,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let msg = |m: &str| candle_core::Error::Msg(format!("AMX linear: {m}"));
-        let x = crate::kernels::contiguous_f32(s, l).ok_or_else(|| msg("contiguous float32 input only"))?;
+        let x = crate::kernels::f32_operand(s, l, "AMX linear", "input")?;
         let k = *l.shape().dims().last().unwrap_or(&0);
         if k != self.weight.k {
             return Err(msg(&format!("input of width {k} for a layer of {}", self.weight.k)));
@@ -1436,9 +1436,9 @@ impl Linear {
         *shape.last_mut().expect("a dimension") = self.weight.n;
         let other = match other {
             None => None,
-            Some((rs, rl)) if rl.shape().dims() == shape => Some(
-                crate::kernels::contiguous_f32(rs, rl).ok_or_else(|| msg("contiguous float32 second operand only"))?,
-            ),
+            Some((rs, rl)) if rl.shape().dims() == shape => {
+                Some(crate::kernels::f32_operand(rs, rl, "AMX linear", "second operand")?)
+            }
             Some((_, rl)) => {
                 return Err(msg(&format!(
                     "second operand of shape {:?} for an output of {shape:?}",
@@ -1505,8 +1505,8 @@ impl candle_core::CustomOp2 for Mlp {
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let msg = |m: &str| candle_core::Error::Msg(format!("AMX MLP: {m}"));
         let (w1, w2) = (&self.fc1.weight, &self.fc2.weight);
-        let x = crate::kernels::contiguous_f32(s, l).ok_or_else(|| msg("contiguous float32 input only"))?;
-        let residual = crate::kernels::contiguous_f32(rs, rl).ok_or_else(|| msg("contiguous float32 residual only"))?;
+        let x = crate::kernels::f32_operand(s, l, "AMX MLP", "input")?;
+        let residual = crate::kernels::f32_operand(rs, rl, "AMX MLP", "residual")?;
         let k = *l.shape().dims().last().unwrap_or(&0);
         let m = x.len() / k.max(1);
         let mut shape = l.shape().dims().to_vec();
@@ -1555,8 +1555,8 @@ impl candle_core::CustomOp2 for SiluTimes {
         fl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let msg = |m: &str| candle_core::Error::Msg(format!("AMX SiLU gate: {m}"));
-        let g = crate::kernels::contiguous_f32(s, l).ok_or_else(|| msg("contiguous float32 input only"))?;
-        let factor = crate::kernels::contiguous_f32(fs, fl).ok_or_else(|| msg("contiguous float32 factor only"))?;
+        let g = crate::kernels::f32_operand(s, l, "AMX SiLU gate", "input")?;
+        let factor = crate::kernels::f32_operand(fs, fl, "AMX SiLU gate", "factor")?;
         if l.shape() != fl.shape() {
             return Err(msg(&format!("factor of shape {:?} for {:?}", fl.dims(), l.dims())));
         }

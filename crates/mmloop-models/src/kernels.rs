@@ -411,6 +411,11 @@ pub(crate) fn combine(parts: &[Partial], out: &mut [f32]) {
     }
 }
 
+/// [`contiguous_f32`], or an error naming the op and the operand.
+pub(crate) fn f32_operand<'a>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) -> Result<&'a [f32]> {
+    contiguous_f32(s, l).ok_or_else(|| candle_core::Error::Msg(format!("{op}: contiguous float32 {what} only")))
+}
+
 pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Option<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Some(&v[a..b]),
@@ -426,8 +431,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let src =
-            contiguous_f32(s, l).ok_or_else(|| candle_core::Error::Msg("gelu kernel: contiguous f32 only".into()))?;
+        let src = f32_operand(s, l, "gelu kernel", "input")?;
         let mut out = vec![0f32; src.len()];
         out.par_chunks_mut(16_384).zip(src.par_chunks(16_384)).for_each(|(d, s)| gelu_chunk(s, d));
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -442,8 +446,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let src = contiguous_f32(s, l)
-            .ok_or_else(|| candle_core::Error::Msg("softmax kernel: contiguous f32 only".into()))?;
+        let src = f32_operand(s, l, "softmax kernel", "input")?;
         let n = *l.shape().dims().last().unwrap_or(&1);
         let mut out = vec![0f32; src.len()];
         // Rows in blocks so each task has work enough.
@@ -483,7 +486,7 @@ impl Norm {
 }
 
 fn norm_operand<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    contiguous_f32(s, l).ok_or_else(|| candle_core::Error::Msg("norm kernel: contiguous f32 only".into()))
+    f32_operand(s, l, "norm kernel", "operand")
 }
 
 impl CustomOp2 for Norm {
