@@ -1,5 +1,6 @@
 //! One SigLIP layer's AMX ops at a SmolVLM image's shape (13 tiles of 1024 patches, width 768,
-//! MLP 3072, 12 heads of 64): milliseconds and GFLOP/s per op, and per image (× 12 layers).
+//! MLP 3072, 12 heads of 64): milliseconds and GFLOP/s per op, and per image (× 12 layers). The
+//! model runs the fused ones (norm + q/k/v, norm + MLP + residual, o + residual, attention).
 //! Twice: inputs of ±0.1, and of ±1, where fc1's outputs reach ±30 (large activations, as
 //! trained checkpoints have; the GELU's exponentials then reach the float32 range's ends).
 //!
@@ -8,7 +9,7 @@
 //!
 //! The variables keep glibc from handing each op's output (up to 160 MB) back to the OS and
 //! faulting it in again on the next call (`mmloop` itself keeps freed memory: mimalloc).
-use mmloop_models::amx::{self, Epilogue, Heads, PackedB, View};
+use mmloop_models::amx::{self, Epilogue, Heads, PackedB, RowNorm, View};
 
 /// `n` values in [−scale, scale] (xorshift).
 fn values(n: usize, seed: u32, scale: f32) -> Vec<f32> {
@@ -47,12 +48,18 @@ fn main() {
         PackedB::from_rows(&values(d * hidden, 4, 1.0), d, hidden),
     );
     let (b, b1) = (values(d, 5, 1.0), values(hidden, 6, 1.0));
+    let qkv = PackedB::concat(&[&w, &w, &w]).expect("widths of 32s");
+    let (ln_w, ln_b, b3) = (values(d, 7, 1.0), values(d, 8, 0.1), values(3 * d, 9, 1.0));
+    let norm = RowNorm { weight: &ln_w, bias: Some(&ln_b), eps: 1e-6 };
     let flop = |k: usize, n: usize| 2.0 * (m * k * n) as f64;
     for scale in [0.1, 1.0] {
         println!("inputs of ±{scale}:");
         let x = values(m * d, 1, scale);
         time("q/k/v/o projection 768→768", flop(d, d), || {
             std::hint::black_box(amx::linear(&x, m, d, &w, Some(&b), Epilogue::None, None, 0));
+        });
+        time("LayerNorm + q, k, v as one product", flop(d, 3 * d), || {
+            std::hint::black_box(amx::normed_linear(&x, m, d, norm, &qkv, Some(&b3)));
         });
         time("o projection + residual", flop(d, d), || {
             std::hint::black_box(amx::linear(&x, m, d, &w, Some(&b), Epilogue::None, Some(&x), 0));
@@ -61,7 +68,16 @@ fn main() {
             std::hint::black_box(amx::linear(&x, m, d, &w1, Some(&b1), Epilogue::GeluTanh, None, 0));
         });
         time("MLP (fused fc1, GELU, fc2) + residual", 2.0 * flop(d, hidden), || {
-            std::hint::black_box(amx::mlp(&x, m, d, (&w1, Some(&b1)), Epilogue::GeluTanh, (&w2, Some(&b)), Some(&x)));
+            std::hint::black_box(amx::mlp(
+                &x,
+                m,
+                d,
+                None,
+                (&w1, Some(&b1)),
+                Epilogue::GeluTanh,
+                (&w2, Some(&b)),
+                Some(&x),
+            ));
         });
         let mut out = vec![0f32; m * d];
         time("attention, 13 tiles", (tiles * heads) as f64 * 4.0 * (n * n * hd) as f64, || {

@@ -358,6 +358,25 @@ impl PackedB {
         }
     }
 
+    /// The products with `parts` side by side, `[Σn, k]` (a block's q, k and v projections as one):
+    /// `None` unless every part has the same `k` and a width that is a multiple of 32 (no padding
+    /// columns between them).
+    pub fn concat(parts: &[&PackedB]) -> Option<PackedB> {
+        let first = parts.first()?;
+        if parts.iter().any(|p| p.k != first.k || p.n % BLOCK != 0) {
+            return None;
+        }
+        let n = parts.iter().map(|p| p.n).sum::<usize>();
+        let mut out = PackedB::zeros(n, first.k);
+        let mut at = 0;
+        for p in parts {
+            let len = p.np * p.kp;
+            out.data[at..at + len].copy_from_slice(&p.data[..len]);
+            at += len;
+        }
+        Some(out)
+    }
+
     /// The operand `[n, k]` back as float32 (bfloat16 values), for tests and fallbacks.
     pub fn unpack(&self) -> Vec<f32> {
         let steps = self.kp / TK;
@@ -411,6 +430,16 @@ fn fill_rows<'a>(panel: &mut [u16], cb: usize, n: usize, kp: usize, row: impl Fn
     }
 }
 
+/// A LayerNorm (with a bias) or RMSNorm a product applies to its left operand's rows as it
+/// packs them ([`normed_linear`], [`mlp`]): the numbers of [`crate::kernels::layer_norm`] /
+/// [`crate::kernels::rms_norm`], to the bit.
+#[derive(Clone, Copy, Debug)]
+pub struct RowNorm<'a> {
+    pub weight: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub eps: f32,
+}
+
 /// A left operand `[m, k]` rounded to bfloat16 in tile-major order: for each 16 rows, for
 /// each step of 32 along k, one tile (16 rows × 32 values, 1 KiB contiguous) — a tile load of
 /// contiguous memory is about a third faster than one of 16 rows `k` apart. `m` is padded to
@@ -450,15 +479,31 @@ impl PackedA {
     /// `a` row-major `[m, k]`, rounded in parallel blocks of 64 rows, into a spare buffer
     /// ([`PackedA::recycle`] gives it back); every place is written, the padding with zeros.
     fn from_rows(a: &[f32], m: usize, k: usize, kp: usize) -> PackedA {
+        PackedA::from_rows_normed(a, m, k, kp, None)
+    }
+
+    /// [`PackedA::from_rows`] of `norm(a)` when a [`RowNorm`] is given: each row normalised
+    /// into a float32 row the task keeps, then rounded, instead of the whole normalised
+    /// operand written to memory and read back.
+    fn from_rows_normed(a: &[f32], m: usize, k: usize, kp: usize, norm: Option<RowNorm>) -> PackedA {
         let mut pa = PackedA::spare(m, kp);
         let panel = kp / TK * TILE;
         let len = m.next_multiple_of(BLOCK) / 16 * panel;
         pa.data[..len].par_chunks_mut(4 * panel).enumerate().for_each(|(chunk, dst)| {
+            let mut normed = vec![0f32; if norm.is_some() { k } else { 0 }];
             // This chunk's rows, the padding rows past `m` included.
             for r in 0..dst.len() / panel * 16 {
                 let (row, at) = (64 * chunk + r, tiled_row(r, panel));
                 let written = if row < m {
-                    round_row::<true>(&a[row * k..(row + 1) * k], &mut dst[at..]);
+                    let src = &a[row * k..(row + 1) * k];
+                    let src = match norm {
+                        Some(n) => {
+                            crate::kernels::norm_rows_into(src, n.weight, n.bias, n.eps, &mut normed);
+                            &normed[..]
+                        }
+                        None => src,
+                    };
+                    round_row::<true>(src, &mut dst[at..]);
                     k
                 } else {
                     0
@@ -559,7 +604,8 @@ pub fn linear(
 }
 
 /// A two-layer MLP's `epilogue(a · W1ᵀ + b1) · W2ᵀ + b2 + other` (SigLIP's `fc2(gelu(fc1(x)))`
-/// plus the block's residual) into a new `[m, n2]` vector. The hidden activations go from the
+/// plus the block's residual) into a new `[m, n2]` vector, `a`'s rows normalised first when a
+/// [`RowNorm`] is given (the block's pre-MLP norm, packed as it is applied). The hidden activations go from the
 /// first product's output pass straight into the second product's operand, rounded to bfloat16
 /// in its tile-major order ([`Dest::Packed`]), never to float32 memory: the same numbers as the
 /// two [`linear`] calls, bit for bit, without writing and re-reading `m × hidden` floats (a
@@ -570,6 +616,7 @@ pub fn mlp(
     a: &[f32],
     m: usize,
     k: usize,
+    norm: Option<RowNorm>,
     (w1, b1): (&PackedB, Option<&[f32]>),
     epilogue: Epilogue,
     (w2, b2): (&PackedB, Option<&[f32]>),
@@ -584,7 +631,7 @@ pub fn mlp(
     assert!(epilogue != Epilogue::SiluTimes, "a gate needs its factor");
     let mut out = Vec::with_capacity(m * w2.n);
     if m > 0 && w2.n > 0 {
-        let pa = PackedA::from_rows(a, m, k, w1.kp);
+        let pa = PackedA::from_rows_normed(a, m, k, w1.kp, norm);
         let mut hidden = PackedA::spare(m, w2.kp);
         // SAFETY: `hidden` holds `m` rows (rounded up to 32) of `w1.np = w2.kp` places, all
         // written by the first product before the second reads them; the capacity of `out`
@@ -602,6 +649,30 @@ pub fn mlp(
         }
         pa.recycle();
         hidden.recycle();
+    }
+    out
+}
+
+/// `norm(a) · Bᵀ + bias` into a new `[m, n]` vector: a pre-norm block's projections (SigLIP's
+/// q, k and v as one [`PackedB::concat`]), the normalised rows packed as they are computed,
+/// never written as float32 — the same numbers as the norm's op and [`linear`], bit for bit.
+/// Tiles only (no decoding rows). Needs [`available`]; panics on mismatched sizes.
+pub fn normed_linear(a: &[f32], m: usize, k: usize, norm: RowNorm, b: &PackedB, bias: Option<&[f32]>) -> Vec<f32> {
+    assert!(available(), "AMX is not available");
+    assert_eq!(k, b.k, "inner dimensions: {k} against {}", b.k);
+    assert_eq!(a.len(), m * k);
+    assert!(norm.weight.len() == k && norm.bias.is_none_or(|v| v.len() == k), "norm of another width");
+    assert!(bias.is_none_or(|v| v.len() == b.n), "bias of another width");
+    let mut out = Vec::with_capacity(m * b.n);
+    if m > 0 && b.n > 0 {
+        let pa = PackedA::from_rows_normed(a, m, k, b.kp, Some(norm));
+        let finish = Finish { bias, epilogue: Epilogue::None, other: None, n: b.n };
+        // SAFETY: the capacity holds `m × n` floats, every one written before the length is set.
+        unsafe {
+            matmul_packed(&pa, b, Dest::Rows(out.as_mut_ptr()), finish);
+            out.set_len(m * b.n);
+        }
+        pa.recycle();
     }
     out
 }
@@ -1487,8 +1558,58 @@ impl candle_core::CustomOp2 for Linear {
 /// candle's side of [`mlp`]: `(x, residual)` → `residual + fc2(epilogue(fc1(x)))`, the layers'
 /// own ops ([`Linear`], `fc1` with the activation, `fc2` without) fused.
 pub(crate) struct Mlp {
+    /// The block's pre-MLP norm, applied as the input is packed.
+    pub norm: Option<NormWeights>,
     pub fc1: Linear,
     pub fc2: Linear,
+}
+
+/// A norm's weights for [`RowNorm`]: LayerNorm with a bias, RMSNorm without.
+pub(crate) struct NormWeights {
+    pub weight: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+    pub eps: f32,
+}
+
+impl NormWeights {
+    fn row_norm(&self) -> RowNorm<'_> {
+        RowNorm { weight: &self.weight, bias: self.bias.as_deref(), eps: self.eps }
+    }
+}
+
+/// candle's side of [`normed_linear`]: `x` → `norm(x) · Wᵀ + b`.
+pub(crate) struct NormedLinear {
+    pub norm: NormWeights,
+    pub weight: std::sync::Arc<PackedB>,
+    pub bias: Option<std::sync::Arc<[f32]>>,
+}
+
+impl candle_core::CustomOp1 for NormedLinear {
+    fn name(&self) -> &'static str {
+        "mmloop-amx-normed-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = crate::kernels::f32_operand(s, l, "AMX normed linear", "input")?;
+        let k = *l.shape().dims().last().unwrap_or(&0);
+        if k != self.weight.k || self.norm.weight.len() != k {
+            candle_core::bail!(
+                "AMX normed linear: input {:?} for a norm of {} and a layer of width {}",
+                l.shape().dims(),
+                self.norm.weight.len(),
+                self.weight.k
+            );
+        }
+        let m = x.len() / k.max(1);
+        let mut shape = l.shape().dims().to_vec();
+        *shape.last_mut().expect("a dimension") = self.weight.n;
+        let out = normed_linear(x, m, k, self.norm.row_norm(), &self.weight, self.bias.as_deref());
+        Ok((candle_core::CpuStorage::F32(out), shape.into()))
+    }
 }
 
 impl candle_core::CustomOp2 for Mlp {
@@ -1522,10 +1643,14 @@ impl candle_core::CustomOp2 for Mlp {
                 w2.k
             )));
         }
+        if self.norm.as_ref().is_some_and(|n| n.weight.len() != k) {
+            return Err(msg(&format!("a norm of another width than the input {:?}", l.shape().dims())));
+        }
         let out = mlp(
             x,
             m,
             k,
+            self.norm.as_ref().map(NormWeights::row_norm),
             (w1, self.fc1.bias.as_deref()),
             self.fc1.epilogue,
             (w2, self.fc2.bias.as_deref()),
@@ -1939,7 +2064,7 @@ mod tests {
         // A NaN MLP as large as any below fills this thread's spare buffers with NaN.
         let nan = vec![f32::NAN; 1000 * 1000];
         let (nan1, nan2) = (PackedB::from_rows(&nan[..1000 * 800], 1000, 800), PackedB::from_rows(&nan, 1000, 1000));
-        let dirty = || mlp(&nan[..600 * 800], 600, 800, (&nan1, None), Epilogue::None, (&nan2, None), None);
+        let dirty = || mlp(&nan[..600 * 800], 600, 800, None, (&nan1, None), Epilogue::None, (&nan2, None), None);
         for (m, k, hidden, n) in [(40, 200, 70, 50), (600, 800, 900, 40), (32, 64, 32, 32), (5, 33, 1000, 17)] {
             let (a, w1, b1) = (operand(m * k, 41), operand(hidden * k, 42), operand(hidden, 43));
             let (w2, b2, other) = (operand(n * hidden, 44), operand(n, 45), operand(m * n, 46));
@@ -1947,12 +2072,56 @@ mod tests {
             let h = linear(&a, m, k, &p1, Some(&b1), Epilogue::GeluTanh, None, 0);
             let want = linear(&h, m, hidden, &p2, Some(&b2), Epilogue::None, Some(&other), 0);
             dirty();
-            let got = mlp(&a, m, k, (&p1, Some(&b1)), Epilogue::GeluTanh, (&p2, Some(&b2)), Some(&other));
+            let got = mlp(&a, m, k, None, (&p1, Some(&b1)), Epilogue::GeluTanh, (&p2, Some(&b2)), Some(&other));
             assert!(
                 got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
                 "{m}x{k}x{hidden}x{n}: fused MLP differs from its two products"
             );
         }
+    }
+
+    /// A norm applied as the operand is packed equals the norm's own kernel then the product, and
+    /// layers side by side ([`PackedB::concat`]) equal each alone, all to the bit; LayerNorm into
+    /// q/k/v-like parts, RMSNorm into an MLP.
+    #[test]
+    fn normed_and_side_by_side_products_equal_their_parts() {
+        if !available() {
+            eprintln!("AMX not available on this CPU: the kernel is not exercised");
+            return;
+        }
+        let (m, k) = (70, 96);
+        let x: Vec<f32> = operand(m * k, 51).iter().map(|v| 3.0 * v + 1.5).collect();
+        let (lw, lb) = (operand(k, 52), operand(k, 53));
+        let normed = |bias: Option<&[f32]>| {
+            let mut h = vec![0f32; m * k];
+            crate::kernels::norm_rows_into(&x, &lw, bias, 1e-6, &mut h);
+            h
+        };
+        let same =
+            |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+        let widths = [64, 32, 96];
+        let parts: Vec<PackedB> =
+            widths.iter().enumerate().map(|(i, &n)| PackedB::from_rows(&operand(n * k, 60 + i as u32), n, k)).collect();
+        let total: usize = widths.iter().sum();
+        let bias = operand(total, 70);
+        let fused = PackedB::concat(&parts.iter().collect::<Vec<_>>()).expect("widths of 32s");
+        let norm = RowNorm { weight: &lw, bias: Some(&lb), eps: 1e-6 };
+        let got = normed_linear(&x, m, k, norm, &fused, Some(&bias));
+        let h = normed(Some(&lb));
+        let mut at = 0;
+        for (p, &n) in parts.iter().zip(&widths) {
+            let want = linear(&h, m, k, p, Some(&bias[at..at + n]), Epilogue::None, None, 0);
+            let mine: Vec<f32> = (0..m).flat_map(|r| got[r * total + at..r * total + at + n].to_vec()).collect();
+            assert!(same(&mine, &want), "columns {at}..{} differ from their layer alone", at + n);
+            at += n;
+        }
+        assert!(PackedB::concat(&[&PackedB::from_rows(&operand(40 * k, 80), 40, k)]).is_none(), "a ragged width");
+        let (p1, p2) =
+            (PackedB::from_rows(&operand(50 * k, 81), 50, k), PackedB::from_rows(&operand(20 * 50, 82), 20, 50));
+        let rms = RowNorm { weight: &lw, bias: None, eps: 1e-6 };
+        let want = mlp(&normed(None), m, k, None, (&p1, None), Epilogue::GeluTanh, (&p2, None), None);
+        let got = mlp(&x, m, k, Some(rms), (&p1, None), Epilogue::GeluTanh, (&p2, None), None);
+        assert!(same(&got, &want), "an MLP's norm applied as it packs");
     }
 
     /// The output pass on AVX-512 and a value at a time: the same operations in the same order

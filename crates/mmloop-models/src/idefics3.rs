@@ -13,7 +13,7 @@ use candle_core::Tensor;
 use serde_json::Value;
 
 use crate::model::ImageFeatures;
-use crate::nn::{Act, Ctx, LayerNorm, Linear, segment_attention};
+use crate::nn::{Act, Ctx, FusedProjections, LayerNorm, Linear, segment_attention};
 use crate::processor::Array;
 use crate::qwen2_vl::{float, uint};
 use crate::text::{RopeKind, TextConfig};
@@ -89,6 +89,8 @@ struct Block {
     o: Linear,
     fc1: Linear,
     fc2: Linear,
+    /// q, k and v as one product on `norm1`'s output ([`FusedProjections`]).
+    qkv: FusedProjections,
 }
 
 pub struct Vision {
@@ -143,6 +145,7 @@ impl Vision {
                 o: Linear::load(w, &format!("{lp}.self_attn.out_proj"), dim, dim, true)?,
                 fc1: Linear::load(w, &format!("{lp}.mlp.fc1"), dim, inter, true)?,
                 fc2: Linear::load(w, &format!("{lp}.mlp.fc2"), inter, dim, true)?,
+                qkv: FusedProjections::default(),
             });
         }
         Ok(Vision {
@@ -207,13 +210,21 @@ impl Vision {
         let heads =
             |t: Tensor| -> Result<Tensor> { Ok(t.reshape((rows, self.heads, self.head_dim))?.transpose(0, 1)?) };
         for b in &self.blocks {
-            let h = b.norm1.forward(&x, ctx.mode)?;
-            let (q, k, v) =
-                (heads(b.q.forward(&h, ctx)?)?, heads(b.k.forward(&h, ctx)?)?, heads(b.v.forward(&h, ctx)?)?);
+            let (q, k, v) = match b.qkv.forward(&b.norm1, &[&b.q, &b.k, &b.v], &x, ctx)? {
+                // `[rows, 3·heads·d]`, each of q, k, v read in place per head.
+                Some(qkv) => {
+                    let t = qkv.reshape((rows, 3, self.heads, self.head_dim))?;
+                    let part = |i: usize| -> Result<Tensor> { Ok(t.narrow(1, i, 1)?.squeeze(1)?.transpose(0, 1)?) };
+                    (part(0)?, part(1)?, part(2)?)
+                }
+                None => {
+                    let h = b.norm1.forward(&x, ctx.mode)?;
+                    (heads(b.q.forward(&h, ctx)?)?, heads(b.k.forward(&h, ctx)?)?, heads(b.v.forward(&h, ctx)?)?)
+                }
+            };
             let a = segment_attention(&q, &k, &v, &lens, scale, ctx)?;
             x = b.o.forward_residual(&a, ctx, &x)?;
-            let h = b.norm2.forward(&x, ctx.mode)?;
-            x = b.fc1.forward_mlp(&b.fc2, &h, ctx, self.act, &x)?;
+            x = b.fc1.forward_mlp(&b.fc2, &b.norm2, &x, ctx, self.act, &x)?;
         }
         let x = self.post_norm.forward(&x, ctx.mode)?;
         // transformers' pixel_shuffle on [n, g·g, d] with factor r.

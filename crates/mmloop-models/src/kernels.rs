@@ -257,6 +257,21 @@ pub(crate) fn softmax_chunk(src: &[f32], dst: &mut [f32], scale: f32) {
     softmax_row(src, dst, scale)
 }
 
+/// LayerNorm (with `b`) or RMSNorm of whole rows of `src` into `dst` (as long), the numbers of
+/// [`layer_norm`] / [`rms_norm`] to the bit: for a product that packs its normalised operand
+/// itself ([`crate::amx`]).
+pub(crate) fn norm_rows_into(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [f32]) {
+    assert!(
+        src.len() == dst.len() && src.len().is_multiple_of(w.len().max(1)),
+        "rows of {} for {}",
+        w.len(),
+        src.len()
+    );
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and every value written is a float.
+    let dst = unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    norm_chunk(src, w, b, eps, dst)
+}
+
 /// [`norm_rows`] on the widest vectors the CPU has.
 fn norm_chunk(src: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, dst: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]

@@ -410,11 +410,20 @@ impl Linear {
         Ok((residual + self.forward(x, ctx)?)?)
     }
 
-    /// `residual + fc2(act(fc1(x)))` with `self` as `fc1`, a block's two-layer MLP (SigLIP's):
-    /// on the AMX path one op whose hidden activations never reach float32 memory
-    /// ([`crate::amx::mlp`], the same numbers as the two layers' own ops); elsewhere the two
-    /// layers' [`Linear::forward_act`] and [`Linear::forward_residual`].
-    pub fn forward_mlp(&self, fc2: &Linear, x: &Tensor, ctx: &Ctx, act: Act, residual: &Tensor) -> Result<Tensor> {
+    /// `residual + fc2(act(fc1(norm(x))))` with `self` as `fc1`, a pre-norm block's two-layer MLP
+    /// (SigLIP's): on the AMX path one op that normalises the rows as it packs them and whose
+    /// hidden activations never reach float32 memory ([`crate::amx::mlp`], the same numbers as
+    /// the norm's and the two layers' own ops); elsewhere the norm,
+    /// [`Linear::forward_act`] and [`Linear::forward_residual`].
+    pub fn forward_mlp(
+        &self,
+        fc2: &Linear,
+        norm: &LayerNorm,
+        x: &Tensor,
+        ctx: &Ctx,
+        act: Act,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
         let epilogue = match act {
             Act::GeluTanh => Some(crate::amx::Epilogue::GeluTanh),
             _ => None,
@@ -425,11 +434,13 @@ impl Linear {
             && residual.dtype() == DType::F32
             && let (Some(first), Some(second)) =
                 (self.amx_op(x, ctx, epilogue)?, fc2.amx_op(x, ctx, crate::amx::Epilogue::None)?)
+            && let Some(norm) = norm.row_weights()?
         {
-            let op = crate::amx::Mlp { fc1: first, fc2: second };
+            let op = crate::amx::Mlp { norm: Some(norm), fc1: first, fc2: second };
             return Ok(x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &op)?);
         }
-        fc2.forward_residual(&self.forward_act(x, ctx, Some(act))?, ctx, residual)
+        let h = norm.forward(x, ctx.mode)?;
+        fc2.forward_residual(&self.forward_act(&h, ctx, Some(act))?, ctx, residual)
     }
 
     /// `act(x · Wᵀ + b) ⊙ factor`, a gated MLP's gate (`factor`: its up projection): on the
@@ -637,6 +648,19 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// The weights as a product's [`crate::amx::RowNorm`] takes them (float32 on the CPU).
+    fn row_weights(&self) -> Result<Option<crate::amx::NormWeights>> {
+        let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        if !cpu_f32(&self.weight) || !cpu_f32(&self.bias) {
+            return Ok(None);
+        }
+        Ok(Some(crate::amx::NormWeights {
+            weight: self.weight.to_vec1()?,
+            bias: Some(self.bias.to_vec1()?),
+            eps: self.eps as f32,
+        }))
+    }
+
     pub fn load(w: &Weights, path: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
         Ok(LayerNorm {
             weight: w.get(&format!("{path}.weight"), &[dim])?,
@@ -657,6 +681,50 @@ impl LayerNorm {
                 Ok(normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
             }
         }
+    }
+}
+
+/// Linear layers that read the same normalised input (a pre-norm block's q, k and v) as one
+/// AMX product whose operand is normalised as it is packed ([`crate::amx::normed_linear`]):
+/// the normalised rows are never written as float32 and rounded once instead of once per
+/// layer. The layers' packed weights side by side are built at the first fused call.
+#[derive(Default)]
+pub struct FusedProjections {
+    weights: OnceLock<Option<SideBySide>>,
+}
+
+/// [`FusedProjections`]' packed weights and biases side by side.
+type SideBySide = (Arc<crate::amx::PackedB>, Option<Arc<[f32]>>);
+
+impl FusedProjections {
+    /// `norm(x)` through `layers`, their outputs side by side `[rows, Σ out]`; `None` where the
+    /// fused product does not apply (no AMX `--quant bf16`, training, decoding rows, an adapter
+    /// active, widths that are not multiples of 32): the caller runs the layers one by one.
+    pub fn forward(&self, norm: &LayerNorm, layers: &[&Linear], x: &Tensor, ctx: &Ctx) -> Result<Option<Tensor>> {
+        if ctx.decode_rows != 0 || layers.is_empty() {
+            return Ok(None);
+        }
+        let mut ops = Vec::with_capacity(layers.len());
+        for l in layers {
+            match l.amx_op(x, ctx, crate::amx::Epilogue::None)? {
+                Some(op) => ops.push(op),
+                None => return Ok(None),
+            }
+        }
+        let Some(norm) = norm.row_weights()? else { return Ok(None) };
+        let fused = self.weights.get_or_init(|| {
+            let parts: Vec<&crate::amx::PackedB> = ops.iter().map(|o| &*o.weight).collect();
+            let weight = crate::amx::PackedB::concat(&parts)?;
+            let bias = ops.iter().any(|o| o.bias.is_some()).then(|| {
+                let each =
+                    |o: &crate::amx::Linear| o.bias.as_deref().map_or_else(|| vec![0.0; o.weight.n], <[f32]>::to_vec);
+                ops.iter().flat_map(each).collect::<Arc<[f32]>>()
+            });
+            Some((Arc::new(weight), bias))
+        });
+        let Some((weight, bias)) = fused else { return Ok(None) };
+        let op = crate::amx::NormedLinear { norm, weight: weight.clone(), bias: bias.clone() };
+        Ok(Some(x.contiguous()?.apply_op1_no_bwd(&op)?))
     }
 }
 

@@ -255,8 +255,7 @@ impl Vision {
             let (q, k, v) = rotary_qkv(&b.qkv.forward(&h, ctx)?, self.heads, &cos, &sin, ctx.mode)?;
             let a = segment_attention(&q, &k, &v, &lens, scale, ctx)?;
             x = b.proj.forward_residual(&a, ctx, &x)?;
-            let h = b.norm2.forward(&x, ctx.mode)?;
-            x = b.fc1.forward_mlp(&b.fc2, &h, ctx, self.act, &x)?;
+            x = b.fc1.forward_mlp(&b.fc2, &b.norm2, &x, ctx, self.act, &x)?;
         }
         let rows = x.dim(0)?;
         let m2 = self.merge * self.merge;

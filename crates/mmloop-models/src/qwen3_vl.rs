@@ -201,8 +201,7 @@ impl Vision {
             let h = b.norm1.forward(&x, ctx.mode)?;
             let (q, k, v) = rotary_qkv(&b.qkv.forward(&h, ctx)?, self.heads, &cos, &sin, ctx.mode)?;
             x = b.proj.forward_residual(&segment_attention(&q, &k, &v, &lens, scale, ctx)?, ctx, &x)?;
-            let h = b.norm2.forward(&x, ctx.mode)?;
-            x = b.fc1.forward_mlp(&b.fc2, &h, ctx, self.act, &x)?;
+            x = b.fc1.forward_mlp(&b.fc2, &b.norm2, &x, ctx, self.act, &x)?;
             if let Some(j) = self.deepstack_layers.iter().position(|&l| l == i) {
                 deepstack.push(self.deepstack[j].forward(&x, m2, ctx)?);
             }
