@@ -32,7 +32,7 @@ fn time(label: &str, flop: f64, mut f: impl FnMut()) {
         f();
     }
     let s = t.elapsed().as_secs_f64() / REPS as f64;
-    println!("  {label:38} {:7.1} ms {:7.0} GFLOP/s   per image {:5.0} ms", s * 1e3, flop / s / 1e9, s * 12e3);
+    println!("  {label:44} {:7.1} ms {:7.0} GFLOP/s   per image {:5.0} ms", s * 1e3, flop / s / 1e9, s * 12e3);
 }
 
 fn main() {
@@ -67,12 +67,12 @@ fn main() {
         time("fc1 + GELU 768→3072", flop(d, hidden), || {
             std::hint::black_box(amx::linear(&x, m, d, &w1, Some(&b1), Epilogue::GeluTanh, None, 0));
         });
-        time("MLP (fused fc1, GELU, fc2) + residual", 2.0 * flop(d, hidden), || {
+        time("LayerNorm + MLP (fc1, GELU, fc2) + residual", 2.0 * flop(d, hidden), || {
             std::hint::black_box(amx::mlp(
                 &x,
                 m,
                 d,
-                None,
+                Some(norm),
                 (&w1, Some(&b1)),
                 Epilogue::GeluTanh,
                 (&w2, Some(&b)),
