@@ -1502,9 +1502,7 @@ impl Linear {
         if k != self.weight.k {
             return Err(msg(&format!("input of width {k} for a layer of {}", self.weight.k)));
         }
-        let m = x.len() / k.max(1);
-        let mut shape = l.shape().dims().to_vec();
-        *shape.last_mut().expect("a dimension") = self.weight.n;
+        let (m, shape) = rows_and_output(x, l, k, self.weight.n);
         let other = match other {
             None => None,
             Some((rs, rl)) if rl.shape().dims() == shape => {
@@ -1520,6 +1518,16 @@ impl Linear {
         let out = linear(x, m, k, &self.weight, self.bias.as_deref(), self.epilogue, other, self.dot_rows);
         Ok((candle_core::CpuStorage::F32(out), shape.into()))
     }
+}
+
+/// A custom op's input `x` (`[.., k]`, layout `l`) as rows: their count, and the output's
+/// dimensions with the last one `n`.
+fn rows_and_output(x: &[f32], l: &candle_core::Layout, k: usize, n: usize) -> (usize, Vec<usize>) {
+    let mut shape = l.shape().dims().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
+    (x.len() / k.max(1), shape)
 }
 
 impl candle_core::CustomOp1 for Linear {
@@ -1604,9 +1612,7 @@ impl candle_core::CustomOp1 for NormedLinear {
                 self.weight.k
             );
         }
-        let m = x.len() / k.max(1);
-        let mut shape = l.shape().dims().to_vec();
-        *shape.last_mut().expect("a dimension") = self.weight.n;
+        let (m, shape) = rows_and_output(x, l, k, self.weight.n);
         let out = normed_linear(x, m, k, self.norm.row_norm(), &self.weight, self.bias.as_deref());
         Ok((candle_core::CpuStorage::F32(out), shape.into()))
     }
@@ -1629,9 +1635,7 @@ impl candle_core::CustomOp2 for Mlp {
         let x = crate::kernels::f32_operand(s, l, "AMX MLP", "input")?;
         let residual = crate::kernels::f32_operand(rs, rl, "AMX MLP", "residual")?;
         let k = *l.shape().dims().last().unwrap_or(&0);
-        let m = x.len() / k.max(1);
-        let mut shape = l.shape().dims().to_vec();
-        *shape.last_mut().expect("a dimension") = w2.n;
+        let (m, shape) = rows_and_output(x, l, k, w2.n);
         if k != w1.k || w1.n != w2.k || rl.shape().dims() != shape {
             return Err(msg(&format!(
                 "input {:?} and residual {:?} for layers [{}, {}] and [{}, {}]",
