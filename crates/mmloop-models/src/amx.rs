@@ -106,6 +106,32 @@ impl<T: TileValue> Default for Aligned<T> {
     }
 }
 
+/// Buffers kept for later operands instead of zero-allocated per call: [`Spares::take`] hands
+/// out the first one long enough, holding whatever was there (the caller writes every place it
+/// reads), [`Spares::keep`] takes one back and keeps the `most` largest.
+struct Spares<T: TileValue>(Vec<Aligned<T>>);
+
+impl<T: TileValue> Spares<T> {
+    const fn new() -> Spares<T> {
+        Spares(Vec::new())
+    }
+
+    fn take(&mut self, len: usize) -> Aligned<T> {
+        match self.0.iter().position(|d| d.len() >= len) {
+            Some(i) => self.0.swap_remove(i),
+            None => Aligned::zeros(len),
+        }
+    }
+
+    fn keep(&mut self, buf: Aligned<T>, most: usize) {
+        self.0.push(buf);
+        if self.0.len() > most {
+            let smallest = (0..self.0.len()).min_by_key(|&i| self.0[i].len()).expect("not empty");
+            self.0.swap_remove(smallest);
+        }
+    }
+}
+
 impl<T: TileValue> Drop for Aligned<T> {
     fn drop(&mut self) {
         // SAFETY: allocated by `zeros` with this layout.
@@ -340,21 +366,17 @@ impl PackedB {
     /// there: the caller writes every place.
     fn spare(n: usize, k: usize) -> PackedB {
         let (kp, np) = (k.next_multiple_of(TK), n.next_multiple_of(BLOCK));
-        let taken = SPARE_B.lock().ok().and_then(|mut s| {
-            let i = s.iter().position(|d| d.len() >= np * kp)?;
-            Some(s.swap_remove(i))
-        });
-        PackedB { n, k, kp, np, data: taken.unwrap_or_else(|| Aligned::zeros(np * kp)) }
+        let data = match SPARE_B.lock() {
+            Ok(mut spares) => spares.take(np * kp),
+            Err(_) => Aligned::zeros(np * kp),
+        };
+        PackedB { n, k, kp, np, data }
     }
 
     /// Gives the buffer to [`SPARE_B`] for the next call's operands.
     fn recycle(self) {
-        if let Ok(mut s) = SPARE_B.lock() {
-            s.push(self.data);
-            if s.len() > SPARES_B {
-                let smallest = (0..s.len()).min_by_key(|&i| s[i].len()).expect("not empty");
-                s.swap_remove(smallest);
-            }
+        if let Ok(mut spares) = SPARE_B.lock() {
+            spares.keep(self.data, SPARES_B);
         }
     }
 
@@ -399,7 +421,7 @@ impl PackedB {
 /// Buffers of attention's packed keys and values, for the next call's: each call would
 /// otherwise zero new ones (a SmolVLM image: 480 MB, with its per-task buffers ~2% of the time).
 /// Shared, as the heads are packed on any thread. At most [`SPARES_B`].
-static SPARE_B: std::sync::Mutex<Vec<Aligned<u16>>> = std::sync::Mutex::new(Vec::new());
+static SPARE_B: std::sync::Mutex<Spares<u16>> = std::sync::Mutex::new(Spares::new());
 /// Most buffers [`SPARE_B`] keeps: keys and values of 32 heads.
 const SPARES_B: usize = 64;
 
@@ -456,9 +478,9 @@ thread_local! {
     /// fresh pages or by `memset` for reused ones: about 8% of a `--quant bf16` image. Holds
     /// the [`SPARES`] largest left operands the thread has had at once (an MLP's input and
     /// its hidden activations, [`mlp`]).
-    static SPARE_A: std::cell::RefCell<Vec<Aligned<u16>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_A: std::cell::RefCell<Spares<u16>> = const { std::cell::RefCell::new(Spares::new()) };
     /// A task's float32 accumulators when its output goes to a [`PackedA`] ([`Dest::Packed`]).
-    static SPARE_ACC: std::cell::Cell<Option<Aligned<f32>>> = const { std::cell::Cell::new(None) };
+    static SPARE_ACC: std::cell::RefCell<Spares<f32>> = const { std::cell::RefCell::new(Spares::new()) };
 }
 
 /// Most buffers [`SPARE_A`] keeps.
@@ -470,10 +492,7 @@ impl PackedA {
     /// place.
     fn spare(m: usize, kp: usize) -> PackedA {
         let len = m.next_multiple_of(BLOCK) / 16 * (kp / TK * TILE);
-        let data = SPARE_A
-            .with_borrow_mut(|s| s.iter().position(|d| d.len() >= len).map(|i| s.swap_remove(i)))
-            .unwrap_or_else(|| Aligned::zeros(len));
-        PackedA { m, kp, data }
+        PackedA { m, kp, data: SPARE_A.with_borrow_mut(|s| s.take(len)) }
     }
 
     /// `a` row-major `[m, k]`, rounded in parallel blocks of 64 rows, into a spare buffer
@@ -486,6 +505,10 @@ impl PackedA {
     /// into a float32 row the task keeps, then rounded, instead of the whole normalised
     /// operand written to memory and read back.
     fn from_rows_normed(a: &[f32], m: usize, k: usize, kp: usize, norm: Option<RowNorm>) -> PackedA {
+        assert!(
+            norm.is_none_or(|n| n.weight.len() == k && n.bias.is_none_or(|b| b.len() == k)),
+            "norm of another width than {k}"
+        );
         let mut pa = PackedA::spare(m, kp);
         let panel = kp / TK * TILE;
         let len = m.next_multiple_of(BLOCK) / 16 * panel;
@@ -518,13 +541,7 @@ impl PackedA {
 
     /// Keeps the buffer for this thread's next operands (the [`SPARES`] largest).
     fn recycle(self) {
-        SPARE_A.with_borrow_mut(|s| {
-            s.push(self.data);
-            if s.len() > SPARES {
-                let smallest = (0..s.len()).min_by_key(|&i| s[i].len()).expect("not empty");
-                s.swap_remove(smallest);
-            }
-        });
+        SPARE_A.with_borrow_mut(|s| s.keep(self.data, SPARES));
     }
 }
 
@@ -661,7 +678,6 @@ pub fn normed_linear(a: &[f32], m: usize, k: usize, norm: RowNorm, b: &PackedB, 
     assert!(available(), "AMX is not available");
     assert_eq!(k, b.k, "inner dimensions: {k} against {}", b.k);
     assert_eq!(a.len(), m * k);
-    assert!(norm.weight.len() == k && norm.bias.is_none_or(|v| v.len() == k), "norm of another width");
     assert!(bias.is_none_or(|v| v.len() == b.n), "bias of another width");
     let mut out = Vec::with_capacity(m * b.n);
     if m > 0 && b.n > 0 {
@@ -882,7 +898,7 @@ unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: Dest, finish: Finish) {
             Dest::Rows(_) => None,
             Dest::Packed(_) => {
                 let len = mspan * nspan * BLOCK * BLOCK;
-                Some(SPARE_ACC.take().filter(|a| a.len() >= len).unwrap_or_else(|| Aligned::zeros(len)))
+                Some(SPARE_ACC.with_borrow_mut(|s| s.take(len)))
             }
         };
         let acc_ld = nspan * BLOCK;
@@ -930,7 +946,7 @@ unsafe fn matmul_packed(pa: &PackedA, b: &PackedB, out: Dest, finish: Finish) {
             }
         }
         if let Some(acc) = acc {
-            SPARE_ACC.set(Some(acc));
+            SPARE_ACC.with_borrow_mut(|s| s.keep(acc, 1));
         }
         let mut scratch = BlockBuf([0f32; BLOCK * BLOCK]);
         for mb in mbs {
@@ -1878,6 +1894,15 @@ mod imp {
 mod tests {
     use super::*;
 
+    /// Whether this CPU runs the tile kernel; says so where it does not (the test then checks
+    /// nothing: `Linear` falls back to candle's matmul there).
+    fn exercised() -> bool {
+        if !available() {
+            eprintln!("AMX not available on this CPU: the kernel is not exercised");
+        }
+        available()
+    }
+
     fn operand(len: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
         (0..len)
@@ -1992,8 +2017,7 @@ mod tests {
     /// kernels agree but for float32 summation order.
     #[test]
     fn rows_do_not_depend_on_their_batch() {
-        if !available() {
-            eprintln!("AMX not available on this CPU: the kernel is not exercised");
+        if !exercised() {
             return;
         }
         let (m, k, n) = (40, 200, 70);
@@ -2021,8 +2045,7 @@ mod tests {
     /// 32×32 blocks and on a decode step's few rows.
     #[test]
     fn finished_outputs_match_float64() {
-        if !available() {
-            eprintln!("AMX not available on this CPU: the kernel is not exercised");
+        if !exercised() {
             return;
         }
         // (m, k, n, decoding rows): whole and partial blocks, decoding rows alone and ahead of
@@ -2061,8 +2084,7 @@ mod tests {
     /// operand's padding columns are left as they were: checked).
     #[test]
     fn a_fused_mlp_equals_its_two_products() {
-        if !available() {
-            eprintln!("AMX not available on this CPU: the kernel is not exercised");
+        if !exercised() {
             return;
         }
         // A NaN MLP as large as any below fills this thread's spare buffers with NaN.
@@ -2089,8 +2111,7 @@ mod tests {
     /// q/k/v-like parts, RMSNorm into an MLP.
     #[test]
     fn normed_and_side_by_side_products_equal_their_parts() {
-        if !available() {
-            eprintln!("AMX not available on this CPU: the kernel is not exercised");
+        if !exercised() {
             return;
         }
         let (m, k) = (70, 96);
@@ -2177,8 +2198,7 @@ mod tests {
     /// Every size class: below one tile, ragged edges in all three dimensions, several tasks.
     #[test]
     fn products_match_float64_on_rounded_operands() {
-        if !available() {
-            eprintln!("AMX not available on this CPU: the kernel is not exercised (Linear falls back)");
+        if !exercised() {
             return;
         }
         // A product of NaNs first: the thread's spare left-operand buffer then holds NaN
